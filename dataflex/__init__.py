@@ -1,0 +1,3 @@
+"""dataflex: data-centric dynamic training of LLMs over LLaMA-Factory."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,230 @@
+"""Config -> LLaMA-Factory: hparams, tokenizer, template, datasets, model and trainer.
+
+Everything is built through LLaMA-Factory's own public building blocks, in the order its
+``run_sft``/``run_pt`` workflows use; the trainer is the DataFlex mixin over LLaMA-Factory's
+``CustomSeq2SeqTrainer`` (sft) or ``CustomTrainer`` (pt).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataflex.config import ConfigError, to_dict
+from dataflex.utils import atomic_write_json
+
+STAGES = ("sft", "pt")
+
+
+def write_registry(data_cfg: dict, out_dir: Path) -> str:
+    """Write the run's LLaMA-Factory ``dataset_info.json`` and return its directory.
+
+    It merges the offline asset registry (when the data config names an asset) with the data
+    config's own ``registry`` entries (the paper's public sets, by hub name), with local file
+    names made absolute so one registry serves files from anywhere.
+    """
+    registry: dict[str, Any] = {}
+    source_dir = data_cfg.get("dataset_dir")
+    if source_dir:
+        path = Path(source_dir) / "dataset_info.json"
+        if not path.is_file():
+            raise ConfigError(f"data={data_cfg.get('name')}: no {path}; build the offline assets with `dataflex-data build`")
+        for name, entry in json.loads(path.read_text()).items():
+            entry = dict(entry)
+            if "file_name" in entry:
+                entry["file_name"] = str((Path(source_dir) / entry["file_name"]).resolve())
+            registry[name] = entry
+    registry.update(data_cfg.get("registry") or {})
+    atomic_write_json(out_dir / "dataset_info.json", registry)
+    return str(out_dir)
+
+
+def build_hparams(cfg: dict, run_dir: Path, resume_from: str | None) -> dict[str, Any]:
+    """The LLaMA-Factory argument dict for this run (model + data + trainer groups)."""
+    model, data, trainer = cfg["model"], cfg["data"], dict(cfg["trainer"])
+    stage = trainer.get("stage")
+    if stage not in STAGES:
+        raise ConfigError(f"trainer.stage must be one of {STAGES}, got {stage!r}")
+    if data.get("stage") and data["stage"] != stage:
+        raise ConfigError(
+            f"data={data['name']} is a {data['stage']} dataset but trainer stage is {stage}; "
+            f"pick a {data['stage']} trainer (e.g. trainer={'pt_full' if data['stage'] == 'pt' else 'sft_lora'})"
+        )
+    domains = list(data.get("domains") or [])
+    if not domains:
+        raise ConfigError(f"data={data.get('name')}: `domains` lists no dataset")
+    hparams = {
+        "model_name_or_path": model["name_or_path"],
+        "template": model["template"],
+        "trust_remote_code": bool(model.get("trust_remote_code", False)),
+        **(model.get("args") or {}),
+        "dataset": ",".join(domains),
+        "dataset_dir": write_registry(data, run_dir / "data"),
+        "cutoff_len": data.get("cutoff_len", 512),
+        "max_samples": data.get("max_samples"),
+        "overwrite_cache": False,
+        **(data.get("args") or {}),
+        **trainer,
+        "do_train": True,
+        "output_dir": str(run_dir / "checkpoints"),
+        "seed": cfg["seed"],
+        "report_to": "none",  # tracking goes through dataflex.tracking (JSONL + optional W&B)
+        "plot_loss": False,
+        "resume_from_checkpoint": resume_from,
+    }
+    return {k: v for k, v in hparams.items() if v is not None}
+
+
+def parse_hparams(hparams: dict[str, Any]):
+    """LLaMA-Factory's ``get_train_args``, with its errors turned into one clear ConfigError."""
+    from llamafactory.hparams import get_train_args
+
+    try:
+        return get_train_args(copy.deepcopy(hparams))
+    except ValueError as err:
+        message = str(err)
+        unused = re.search(r"Some keys are not used by the HfArgumentParser: \[(.*)\]", message)
+        if unused:
+            raise ConfigError(
+                f"unknown LLaMA-Factory key(s) {unused.group(1)} in the model/data/trainer config; "
+                "fix the spelling or remove them (see llamafactory/hparams/*.py for valid keys)"
+            ) from None
+        raise ConfigError(f"LLaMA-Factory rejected the configuration: {message}") from None
+
+
+@dataclass
+class Built:
+    """What the backend built for one run."""
+
+    model_args: Any
+    data_args: Any
+    training_args: Any
+    finetuning_args: Any
+    tokenizer: Any
+    template: Any
+    pool: Any  # datasets.Dataset with sample_index and domain_id columns
+    domain_names: list[str]
+    model: Any
+    collator: Any
+    tokenizer_module: dict
+
+
+def build_pool(template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):
+    """Tokenise every domain through LLaMA-Factory's ``get_dataset`` and concatenate them.
+
+    Each domain is processed on its own so that packing (pt) never crosses domains and every row
+    knows its domain; rows get ``domain_id`` and ``sample_index`` (its row in the pool).
+    """
+    from datasets import concatenate_datasets
+    from llamafactory.data import get_dataset
+
+    parts = []
+    for domain_id, name in enumerate(data_args.dataset):
+        domain_args = copy.copy(data_args)
+        domain_args.dataset = [name]
+        try:
+            part = get_dataset(template, model_args, domain_args, training_args, stage=stage, **tokenizer_module)
+        except RuntimeError as err:  # LLaMA-Factory's "Cannot find valid samples"
+            raise ConfigError(f"dataset '{name}' has no usable sample after tokenisation ({err})") from None
+        part = part["train_dataset"]
+        if len(part) == 0:
+            raise ConfigError(f"dataset '{name}' has no usable sample after tokenisation; check its file and cutoff_len")
+        parts.append(part.add_column("domain_id", [domain_id] * len(part)))
+    pool = concatenate_datasets(parts)
+    return pool.add_column("sample_index", list(range(len(pool))))
+
+
+def resolve_max_steps(training_args, pool_size: int) -> None:
+    """Make ``max_steps`` explicit (HF's own formula when the config counts epochs)."""
+    if training_args.max_steps > 0:
+        return
+    per_step = training_args.per_device_train_batch_size * training_args.world_size
+    batches = math.ceil(pool_size / per_step)
+    per_epoch = max(math.ceil(batches / training_args.gradient_accumulation_steps), 1)
+    training_args.max_steps = math.ceil(training_args.num_train_epochs * per_epoch)
+
+
+def build(hparams: dict[str, Any]) -> Built:
+    """Tokenizer, template, pool and model, as LLaMA-Factory's workflows build them."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.model import load_model, load_tokenizer
+
+    model_args, data_args, training_args, finetuning_args, _ = parse_hparams(hparams)
+    try:
+        tokenizer_module = load_tokenizer(model_args)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot load model '{model_args.model_name_or_path}' ({str(err).splitlines()[0]}); "
+            "for offline assets run `dataflex-data build`, for hub models download them first"
+        ) from None
+    tokenizer = tokenizer_module["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    stage = finetuning_args.stage
+    pool = build_pool(template, model_args, data_args, training_args, stage, tokenizer_module)
+    resolve_max_steps(training_args, len(pool))
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    collator = _collator(stage, model, tokenizer_module, template, model_args, data_args, training_args)
+    return Built(
+        model_args=model_args,
+        data_args=data_args,
+        training_args=training_args,
+        finetuning_args=finetuning_args,
+        tokenizer=tokenizer,
+        template=template,
+        pool=pool,
+        domain_names=list(data_args.dataset),
+        model=model,
+        collator=collator,
+        tokenizer_module=tokenizer_module,
+    )
+
+
+def _collator(stage, model, tokenizer_module, template, model_args, data_args, training_args):
+    """The collator LLaMA-Factory's own workflow uses for ``stage`` (same arguments)."""
+    tokenizer = tokenizer_module["tokenizer"]
+    if stage == "pt":
+        from transformers import DataCollatorForLanguageModeling
+
+        return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+    from llamafactory.extras.constants import IGNORE_INDEX
+
+    return SFTDataCollatorWith4DAttentionMask(
+        template=template,
+        model=model if not training_args.predict_with_generate else None,
+        pad_to_multiple_of=8,
+        label_pad_token_id=IGNORE_INDEX if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+        block_diag_attn=model_args.block_diag_attn,
+        neat_packing=data_args.neat_packing,
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        compute_dtype=model_args.compute_dtype,
+        **tokenizer_module,
+    )
+
+
+def build_trainer(built: Built, callback) -> Any:
+    """The DataFlex trainer over LLaMA-Factory's trainer class for the stage."""
+    from dataflex.train.trainer import MetaCollator, dataflex_trainer_class
+
+    kwargs = dict(
+        model=built.model,
+        args=built.training_args,
+        finetuning_args=built.finetuning_args,
+        data_collator=MetaCollator(built.collator),
+        train_dataset=built.pool,
+        dataflex_callback=callback,
+        dataflex_domain_ids=built.pool["domain_id"],
+        **built.tokenizer_module,
+    )
+    if built.finetuning_args.stage == "pt":
+        from llamafactory.train.pt.trainer import CustomTrainer as base
+    else:
+        from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer as base
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return dataflex_trainer_class(base)(**kwargs)

@@ -1,0 +1,90 @@
+"""`dataflex-run`: compose the Hydra config and run it.
+
+    dataflex-run                                   # the embedded offline default (LoRA SFT of smollm2_135m)
+    dataflex-run model=tiny                        # seconds, for tests
+    dataflex-run model=tiny trainer=pt_full data=offline_domains
+    dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
+    dataflex-run --cfg job model=mistral7b         # print the composed config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from dataflex.config import ConfigError, register_resolvers
+from dataflex.utils import atomic_write_text
+
+LAUNCH_FILE = "launch_config.yaml"
+
+
+def fail(message: str, code: int = 2):
+    """One clear line on stderr and a non-zero exit; the traceback only with HYDRA_FULL_ERROR=1."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise
+    print(f"dataflex: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def needs_launcher(cfg: DictConfig) -> bool:
+    """Several processes, or DeepSpeed (LLaMA-Factory only runs DeepSpeed distributed)."""
+    return int(cfg.get("nproc", 1)) > 1 or bool(cfg.trainer.get("deepspeed"))
+
+
+def launch_distributed(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
+    """Run the job on ``nproc`` processes with torchrun; the workers read the resolved config."""
+    import torch
+
+    atomic_write_text(run_dir / LAUNCH_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={int(cfg.get('nproc', 1))}",
+        "-m", "dataflex.cli.worker", str(run_dir), run_name,
+    ]
+    print(f"[dataflex] launching: {' '.join(command)}", flush=True)
+    code = subprocess.call(command, env=env)
+    if code != 0:
+        sys.exit(code)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    from dataflex.run import Run
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_name = cfg.get("run_name") or hydra_cfg.job.override_dirname or "default"
+    try:
+        if needs_launcher(cfg):
+            return launch_distributed(cfg, run_dir, run_name)
+        return Run(cfg, run_dir, run_name).fit()
+    except ConfigError as err:
+        fail(str(err))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metrics = run_job(cfg)
+    loss = (metrics or {}).get("final_train_loss")
+    return float(loss) if loss is not None else None
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    register_resolvers()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

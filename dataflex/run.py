@@ -1,0 +1,186 @@
+"""Run: one composed config -> one training run with evaluation, tracking and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dataflex.config import ConfigError, build_component, to_dict
+from dataflex.tracking import Tracker, build_tracker
+from dataflex.utils import atomic_write_json, atomic_write_text
+
+CONFIG_FILE = "dataflex_config.yaml"
+# Groups that define what a run computes: resuming with any of them changed is refused.
+IDENTITY_KEYS = ("model", "data", "trainer", "selector", "mixer", "weighter", "seed")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def newest_complete_checkpoint(checkpoint_root: Path) -> str | None:
+    """The newest ``checkpoint-N`` whose DataFlex state was written (the last file of a save)."""
+    from dataflex.train.callback import has_dataflex_state
+
+    if not checkpoint_root.is_dir():
+        return None
+    found = []
+    for path in checkpoint_root.glob("checkpoint-*"):
+        suffix = path.name.split("-")[-1]
+        if suffix.isdigit() and has_dataflex_state(path):
+            found.append((int(suffix), path))
+    return str(max(found)[1]) if found else None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Gather ZeRO-3 partitioned parameters on every rank for evaluation (no-op otherwise)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+class Run:
+    """A training run built from the composed config.
+
+    Args:
+        cfg: the composed config (DictConfig or plain dict).
+        run_dir: where everything the run writes goes.
+        run_name: name for trackers (the command-line overrides by default).
+    """
+
+    def __init__(self, cfg: Any, run_dir: str | os.PathLike, run_name: str = "default"):
+        self.cfg: dict[str, Any] = to_dict(cfg)
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.components = {kind: build_component(kind, self.cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
+        if self.components["weighter"] is not None:
+            raise ConfigError("weighters other than `none` are not available yet; use weighter=none")
+
+    # -- run directory ---------------------------------------------------------------------------
+    def _check_run_dir(self) -> str | None:
+        """Refuse a directory holding a different run; return the checkpoint to resume, if any."""
+        saved_path = self.run_dir / CONFIG_FILE
+        identity = {k: self.cfg.get(k) for k in IDENTITY_KEYS}
+        if saved_path.is_file():
+            saved = yaml.safe_load(saved_path.read_text()) or {}
+            old, new = _flat({k: saved.get(k) for k in IDENTITY_KEYS}), _flat(identity)
+            diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            if diff:
+                shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+                raise ConfigError(
+                    f"output directory {self.run_dir} holds another run ({shown}{', ...' if len(diff) > 3 else ''}); "
+                    "use a new directory (hydra.run.dir=...) or rerun with the original settings to resume"
+                )
+        elif is_main_process():
+            atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
+        return newest_complete_checkpoint(self.run_dir / "checkpoints")
+
+    # -- the run ---------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train with evaluation before and after; return (and write) the metrics."""
+        from dataflex.data.assets import ensure
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure([a for a in (self.cfg["model"].get("asset"), self.cfg["data"].get("asset")) if a])
+        resume_from = self._check_run_dir()
+        tracker = build_tracker(self.cfg.get("logger"), self.run_dir, self.run_name, self.cfg) if is_main_process() else Tracker()
+        try:
+            return self._fit(tracker, resume_from)
+        finally:
+            tracker.close()
+
+    def _fit(self, tracker: Tracker, resume_from: str | None) -> dict[str, Any]:
+        from dataflex.backend.llamafactory import build, build_hparams, build_trainer
+        from dataflex.train.callback import DataFlexCallback
+
+        start = time.time()
+        if resume_from:
+            print(f"[dataflex] resuming from {resume_from}", flush=True)
+        built = build(build_hparams(self.cfg, self.run_dir, resume_from))
+        eval_cfg = self.cfg.get("eval") or {}
+        before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
+
+        callback = DataFlexCallback(self.components, tracker, resume_from=resume_from)
+        trainer = build_trainer(built, callback)
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+        trainer.save_model(str(self.run_dir / "model"))
+        step = trainer.state.global_step
+        after = self._evaluate(built, "eval_after", tracker, step=step) if eval_cfg.get("after", True) else {}
+
+        metrics = {
+            "run_name": self.run_name,
+            "stage": built.finetuning_args.stage,
+            "model": self.cfg["model"]["name"],
+            "data": self.cfg["data"]["name"],
+            "global_step": step,
+            "pool_size": len(built.pool),
+            "domains": built.domain_names,
+            "train": {k: v for k, v in train_result.metrics.items()},
+            "final_train_loss": _last_logged_loss(trainer),
+            "eval_before": before,
+            "eval_after": after,
+            "wall_time_s": round(time.time() - start, 2),
+        }
+        if is_main_process():
+            atomic_write_json(self.run_dir / "metrics.json", metrics)
+            tracker.summary({**{f"eval_after/{k}": v for k, v in after.items()}, "global_step": step})
+            self._print_summary(before, after, metrics)
+        return metrics
+
+    def _evaluate(self, built, name: str, tracker: Tracker, step: int) -> dict[str, float]:
+        """Held-out evaluation; the ``before`` numbers are cached so a resumed run does not redo them."""
+        from dataflex.eval import run_eval_suite
+
+        cache = self.run_dir / f"{name}.json"
+        if name == "eval_before" and cache.is_file():
+            import json
+
+            return json.loads(cache.read_text())
+        spec = dict(self.cfg["data"].get("eval") or {})
+        spec.update({k: v for k, v in (self.cfg.get("eval") or {}).items() if k not in ("before", "after")})
+        model = built.model
+        with full_parameters(model):
+            results = run_eval_suite(model, built.tokenizer, built.template, spec, progress=is_main_process())
+        if is_main_process():
+            atomic_write_json(cache, results)
+            tracker.log({f"{name}/{k}": v for k, v in results.items()}, step=step)
+        return results
+
+    def _print_summary(self, before: dict, after: dict, metrics: dict) -> None:
+        from dataflex.eval import format_table
+
+        print("\n" + "=" * 72)
+        print(f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
+              f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})")
+        if before or after:
+            print(format_table(before, after))
+        print(f"outputs: {self.run_dir}")
+        print("=" * 72, flush=True)
+
+
+def _last_logged_loss(trainer) -> float | None:
+    for record in reversed(trainer.state.log_history):
+        if "loss" in record:
+            return float(record["loss"])
+    return None

@@ -1,0 +1,124 @@
+"""DataFlexCallback: owns WHEN components decide, and puts their state in every checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TrainerCallback
+
+from dataflex.train.components import Component, Mixer, Selector, UpdateContext
+from dataflex.utils import atomic_torch_save
+
+if TYPE_CHECKING:
+    from dataflex.tracking import Tracker
+
+STATE_FILE = "dataflex_state.pt"
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Return rank 0's ``obj`` on every rank (identity when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
+    """A checkpoint is complete only once the callback wrote its state (the last file written)."""
+    return (Path(checkpoint_dir) / STATE_FILE).is_file()
+
+
+class DataFlexCallback(TrainerCallback):
+    """Runs the component schedule, feeds decisions to the sampler, checkpoints everything.
+
+    Args:
+        components: the run's selector/mixer/weighter (None entries are skipped).
+        tracker: where logs go (JSONL, W&B, ...).
+        resume_from: checkpoint directory being resumed, if any.
+    """
+
+    def __init__(self, components: dict[str, Component | None], tracker: Tracker, resume_from: str | None = None):
+        self.components = {name: c for name, c in components.items() if c is not None}
+        self.tracker = tracker
+        self.resume_from = resume_from
+        self.updates_done = {name: 0 for name in self.components}
+        self.trainer = None  # set by the trainer mixin
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def sampler(self):
+        return getattr(self.trainer, "dataflex_sampler", None)
+
+    def _context(self, state, update_index: int) -> UpdateContext:
+        return UpdateContext(
+            trainer=self.trainer,
+            sampler=self.sampler,
+            global_step=state.global_step,
+            update_index=update_index,
+            max_steps=state.max_steps,
+        )
+
+    def _apply(self, component: Component, decision: torch.Tensor | None, step: int) -> None:
+        decision = broadcast_from_main(decision)
+        if isinstance(component, Selector):
+            self.sampler.set_indices(decision)
+            if decision is not None:
+                self.tracker.log({"selector/selected": int(decision.numel())}, step=step)
+        elif isinstance(component, Mixer):
+            self.sampler.set_proportions(decision)
+            self.tracker.log({f"mixer/proportion/{d}": float(p) for d, p in enumerate(decision)}, step=step)
+
+    # -- HF callback events ----------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume_from is not None:
+            self.load(self.resume_from)
+            return
+        for component in self.components.values():
+            ctx = self._context(state, update_index=-1)
+            if isinstance(component, Selector):
+                self._apply(component, component.initial_indices(ctx), state.global_step)
+            elif isinstance(component, Mixer):
+                self._apply(component, component.initial_proportions(ctx), state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for name, component in self.components.items():
+            if not component.schedule.is_update_step(state.global_step, self.updates_done[name]):
+                continue
+            ctx = self._context(state, update_index=self.updates_done[name])
+            if isinstance(component, Selector):
+                self._apply(component, component.select(ctx), state.global_step)
+            elif isinstance(component, Mixer):
+                self._apply(component, component.update(ctx), state.global_step)
+            self.updates_done[name] += 1
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.tracker.log({f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, step=state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic_torch_save(self.state_dict(), checkpoint / STATE_FILE)
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "updates_done": dict(self.updates_done),
+            "components": {name: c.state_dict() for name, c in self.components.items()},
+        }
+
+    def load(self, checkpoint_dir: str | os.PathLike) -> None:
+        state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+        if state["sampler"] is not None and self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        missing = set(self.components) - set(state["components"])
+        if missing:
+            raise RuntimeError(f"checkpoint {checkpoint_dir} has no state for components {sorted(missing)}")
+        self.updates_done.update(state["updates_done"])
+        for name, component in self.components.items():
+            component.load_state_dict(state["components"][name])

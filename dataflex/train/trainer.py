@@ -1,0 +1,80 @@
+"""The DataFlex layer over LLaMA-Factory's trainers.
+
+The mixin overrides ONLY ``_get_train_sampler`` (decisions reach the data through the
+DynamicSampler) and ``compute_loss`` (batches carry each sample's pool index and domain id, which
+the model must not see). No LLaMA-Factory module is patched and no training loop is copied.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import torch
+
+from dataflex.train.callback import DataFlexCallback
+from dataflex.train.components import Mixer, Selector
+from dataflex.train.sampler import DynamicSampler
+
+META_KEYS = ("sample_index", "domain_id")
+
+
+class MetaCollator:
+    """Wraps a collator: lifts ``sample_index``/``domain_id`` out of the features, collates the rest
+    with the wrapped collator, and adds them back as LongTensors of shape [B]."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        features = [dict(f) for f in features]
+        meta = {k: torch.tensor([f.pop(k) for f in features], dtype=torch.long) for k in META_KEYS if k in features[0]}
+        batch = self.base(features)
+        batch.update(meta)
+        return batch
+
+
+class DataFlexTrainerMixin:
+    """Mixed in front of CustomSeq2SeqTrainer (sft) or CustomTrainer (pt).
+
+    Extra keyword arguments:
+        dataflex_callback: the run's DataFlexCallback (its selector/mixer decide the sampling).
+        dataflex_domain_ids: domain id of every pool sample.
+    """
+
+    def __init__(self, *args, dataflex_callback: DataFlexCallback, dataflex_domain_ids, **kwargs):
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        super().__init__(*args, callbacks=[*callbacks, dataflex_callback], **kwargs)
+        self.dataflex_callback = dataflex_callback
+        self.dataflex_domain_ids = torch.as_tensor(dataflex_domain_ids, dtype=torch.long)
+        self.dataflex_sampler: DynamicSampler | None = None
+        self.dataflex_batch: dict[str, torch.Tensor] = {}
+        dataflex_callback.trainer = self
+
+    @property
+    def dataflex_dynamic(self) -> bool:
+        """True when a selector or a mixer decides what is sampled."""
+        return any(isinstance(c, (Selector, Mixer)) for c in self.dataflex_callback.components.values())
+
+    def dataflex_num_draws(self) -> int:
+        """Draws of the whole run: every optimizer step on every rank."""
+        args = self.args
+        return args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+    def _get_train_sampler(self, *args, **kwargs):
+        if not self.dataflex_dynamic:
+            return super()._get_train_sampler(*args, **kwargs)  # plain training stays exactly plain
+        if self.dataflex_sampler is None:
+            self.dataflex_sampler = DynamicSampler(self.dataflex_domain_ids, self.dataflex_num_draws(), self.args.seed)
+        return self.dataflex_sampler
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        inputs = dict(inputs)
+        self.dataflex_batch = {k: inputs.pop(k) for k in META_KEYS if k in inputs}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+@cache
+def dataflex_trainer_class(base: type) -> type:
+    """``DataFlex<Base>``: the mixin in front of a LLaMA-Factory trainer class."""
+    return type(f"DataFlex{base.__name__}", (DataFlexTrainerMixin, base), {})

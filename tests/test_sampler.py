@@ -1,0 +1,105 @@
+"""DynamicSampler: decisions take effect at the next draw, replay is exact, state round-trips."""
+
+import itertools
+
+import pytest
+import torch
+
+from dataflex.train.sampler import DynamicSampler
+
+
+def take(iterator, n):
+    return list(itertools.islice(iterator, n))
+
+
+def test_without_plan_every_sample_once_per_pass():
+    sampler = DynamicSampler([0] * 10, num_draws=30, seed=1)
+    draws = list(sampler)
+    assert len(draws) == 30
+    for p in range(3):
+        assert sorted(draws[10 * p : 10 * (p + 1)]) == list(range(10))
+    assert draws[:10] != draws[10:20]  # each pass is a fresh permutation
+
+
+def test_same_seed_same_stream_other_seed_other_stream():
+    a, b, c = (list(DynamicSampler([0] * 50, 50, seed=s)) for s in (3, 3, 4))
+    assert a == b and a != c
+
+
+def test_selection_takes_effect_at_next_draw():
+    sampler = DynamicSampler([0] * 100, num_draws=60, seed=0)
+    it = iter(sampler)
+    first = take(it, 7)
+    sampler.set_indices([5, 6, 7])
+    rest = take(it, 53)
+    assert len(first) == 7 and set(rest) == {5, 6, 7}
+    assert sampler.history[-1].start == 7
+
+
+def test_proportions_follow_the_domains():
+    domains = [0] * 50 + [1] * 50
+    sampler = DynamicSampler(domains, num_draws=4000, seed=0)
+    sampler.set_proportions([0.9, 0.1])
+    draws = torch.tensor(list(sampler))
+    share = (draws < 50).float().mean().item()
+    assert abs(share - 0.9) < 0.03
+    sampler2 = DynamicSampler(domains, num_draws=200, seed=0)
+    sampler2.set_proportions([0.0, 1.0])
+    assert all(i >= 50 for i in sampler2)
+
+
+def test_mixture_within_a_selection():
+    domains = [0] * 10 + [1] * 10
+    sampler = DynamicSampler(domains, num_draws=300, seed=0)
+    sampler.set_indices([0, 1, 15])
+    sampler.set_proportions([0.5, 0.5])
+    draws = list(sampler)
+    assert set(draws) == {0, 1, 15}
+    # domain 1 has one selected sample, drawn about half the time
+    assert 100 < draws.count(15) < 200
+
+
+def test_replay_with_restored_history_is_identical():
+    """A resumed run replays draws from 0 with the restored plan history: same stream."""
+    domains = [0] * 30 + [1] * 30
+    live = DynamicSampler(domains, num_draws=120, seed=9)
+    it = iter(live)
+    stream = take(it, 13)
+    live.set_indices(list(range(0, 60, 2)))
+    stream += take(it, 20)
+    live.set_proportions([0.2, 0.8])
+    stream += take(it, 87)
+
+    resumed = DynamicSampler(domains, num_draws=120, seed=9)
+    resumed.load_state_dict(live.state_dict())
+    assert list(resumed) == stream
+
+
+def test_state_for_another_run_is_refused():
+    state = DynamicSampler([0] * 5, 10, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        DynamicSampler([0] * 5, 10, seed=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (lambda s: s.set_indices([]), "at least one"),
+        (lambda s: s.set_indices([0, 99]), r"\[0, 4\)"),
+        (lambda s: s.set_proportions([1.0]), "2 domains"),
+        (lambda s: s.set_proportions([-0.5, 1.5]), ">= 0"),
+        (lambda s: s.set_proportions([float("nan"), 1.0]), "finite"),
+    ],
+)
+def test_bad_decisions_are_refused(action, match):
+    sampler = DynamicSampler([0, 0, 1, 1], 10, 0)
+    with pytest.raises(ValueError, match=match):
+        action(sampler)
+
+
+def test_positive_proportion_on_a_domain_without_selected_samples_is_refused():
+    sampler = DynamicSampler([0, 0, 1, 1], 10, 0)
+    sampler.set_indices([0, 1])
+    sampler.set_proportions([0.5, 0.5])
+    with pytest.raises(ValueError, match=r"domains \[1\]"):
+        list(sampler)
