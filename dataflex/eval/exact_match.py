@@ -1,0 +1,113 @@
+"""Exact match of greedy generations against short reference answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .mcq import model_device, pad_batch, pad_id_of
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an answer for exact match: strip, keep the first line, drop trailing periods, lowercase.
+
+    Args:
+        text: Generated or reference answer.
+
+    Returns:
+        The normalised answer, e.g. `" 85.\\nbecause ..."` -> `"85"`.
+    """
+    lines = str(text).strip().splitlines()
+    first = lines[0] if lines else ""
+    return first.strip().rstrip(".").strip().lower()
+
+
+def generation_prompt_ids(tokenizer: Any, template: Any, instruction: str) -> list[int]:
+    """Prompt ids of an instruction as a user turn, ending where the template's response starts."""
+    messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": ""}]
+    return list(template.encode_oneturn(tokenizer, messages)[0])
+
+
+@torch.no_grad()
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    template: Any,
+    instructions: Sequence[str],
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to instructions (left-padded batches), decoded from the new tokens only.
+
+    Generation stops at eos or any template stop word; the text is cut at the first stop token and any
+    thought block of the template is removed.
+
+    Args:
+        model: Causal LM (plain or PEFT-wrapped).
+        tokenizer: Tokenizer fixed by `get_template_and_fix_tokenizer`.
+        template: LLaMA-Factory `Template`.
+        instructions: User-turn contents.
+        max_new_tokens: Generation budget per answer.
+        batch_size: Prompts per `generate` call.
+        progress: Show a tqdm bar.
+
+    Returns:
+        One decoded answer per instruction (not normalised).
+    """
+    device = model_device(model)
+    pad_id = pad_id_of(tokenizer)
+    stop_ids = [int(t) for t in template.get_stop_token_ids(tokenizer) if t is not None]
+    answers: list[str] = []
+    starts = range(0, len(instructions), batch_size)
+    for start in tqdm(starts, desc="exact_match", disable=not progress, leave=False):
+        seqs = [generation_prompt_ids(tokenizer, template, x) for x in instructions[start : start + batch_size]]
+        ids, mask, _ = pad_batch(seqs, pad_id, "left", device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=stop_ids or None,
+            pad_token_id=pad_id,
+        )
+        for row in out[:, ids.shape[1] :].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+            text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+            answers.append(template.remove_thought(text))
+    return answers
+
+
+def exact_match(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    template: Any,
+    rows: Sequence[dict],
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict:
+    """Fraction of rows whose greedy answer equals the reference after `normalize_answer`.
+
+    Args:
+        model: Causal LM (plain or PEFT-wrapped); should already be in eval mode.
+        tokenizer: Tokenizer fixed by `get_template_and_fix_tokenizer`.
+        template: LLaMA-Factory `Template`.
+        rows: Dicts `{"instruction": ..., "output": ...}`.
+        max_new_tokens: Generation budget per answer.
+        batch_size: Prompts per `generate` call.
+        progress: Show a tqdm bar.
+
+    Returns:
+        `{"exact_match": float, "n": int}` (0.0 when there are no rows).
+    """
+    rows = list(rows)
+    answers = generate_answers(
+        model, tokenizer, template, [r["instruction"] for r in rows], max_new_tokens, batch_size, progress
+    )
+    hits = sum(int(normalize_answer(a) == normalize_answer(r["output"])) for a, r in zip(answers, rows))
+    return {"exact_match": hits / len(rows) if rows else 0.0, "n": len(rows)}
