@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from dataflex.cli.run import fail
     from dataflex.config import ConfigError
+    from dataflex.data.assets import AssetError
     from dataflex.run import Run
 
     try:
         Run(cfg, run_dir, run_name).fit()
-    except ConfigError as err:
+    except (ConfigError, AssetError) as err:
         fail(str(err))
 
 

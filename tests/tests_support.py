@@ -1,0 +1,57 @@
+"""Helpers for tests (not fixtures): config discovery and small test-only components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import dataflex
+from dataflex.train.components import Mixer, Selector
+
+CONF_DIR = Path(dataflex.__file__).parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+class HalfPoolSelector(Selector):
+    """Test-only selector: every update keeps a seeded random half of the pool.
+
+    It exercises the schedule -> decision -> sampler -> checkpoint path without any method logic.
+    """
+
+    def __init__(self, warmup_steps=2, update_every=2, num_updates=0, seed=0):
+        super().__init__(warmup_steps, update_every, num_updates)
+        self.seed = seed
+        self.history: list[list[int]] = []
+
+    def select(self, ctx):
+        g = torch.Generator().manual_seed(self.seed * 1000 + ctx.update_index)
+        indices = torch.randperm(ctx.pool_size, generator=g)[: max(ctx.pool_size // 2, 1)]
+        self.history.append(indices.tolist())
+        return indices
+
+    def state_dict(self):
+        return {"history": self.history}
+
+    def load_state_dict(self, state):
+        self.history = state["history"]
+
+
+class RotatingMixer(Mixer):
+    """Test-only mixer: puts most of the mass on domain (update_index mod K)."""
+
+    def __init__(self, warmup_steps=0, update_every=2, num_updates=0):
+        super().__init__(warmup_steps, update_every, num_updates)
+
+    def initial_proportions(self, ctx):
+        k = int(ctx.domain_ids.max()) + 1
+        return torch.full((k,), 1.0 / k)
+
+    def update(self, ctx):
+        k = int(ctx.domain_ids.max()) + 1
+        p = torch.full((k,), 0.2 / k)
+        p[ctx.update_index % k] += 0.8
+        return p
