@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, build_component, to_dict
 from dataflex.tracking import Tracker, build_tracker
@@ -122,7 +123,9 @@ class Run:
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
         callback = DataFlexCallback(self.components, tracker, resume_from=resume_from)
-        trainer = build_trainer(built, callback)
+        every = int(eval_cfg.get("every_n_steps") or 0)
+        periodic = [PeriodicEval(every, lambda step: self._evaluate(built, "eval", tracker, step))] if every > 0 else []
+        trainer = build_trainer(built, callback, periodic)
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         trainer.save_model(str(self.run_dir / "model"))
         step = trainer.state.global_step
@@ -149,7 +152,8 @@ class Run:
         return metrics
 
     def _evaluate(self, built, name: str, tracker: Tracker, step: int) -> dict[str, float]:
-        """Held-out evaluation; the ``before`` numbers are cached so a resumed run does not redo them."""
+        """Held-out evaluation, logged under ``name/``; ``eval_before``/``eval_after`` are also written
+        to ``<name>.json`` (the ``before`` numbers are reused by a resumed run)."""
         from dataflex.eval import run_eval_suite
 
         cache = self.run_dir / f"{name}.json"
@@ -158,12 +162,13 @@ class Run:
 
             return json.loads(cache.read_text())
         spec = dict(self.cfg["data"].get("eval") or {})
-        spec.update({k: v for k, v in (self.cfg.get("eval") or {}).items() if k not in ("before", "after")})
+        spec.update({k: v for k, v in (self.cfg.get("eval") or {}).items() if k not in ("before", "after", "every_n_steps")})
         model = built.model
         with full_parameters(model):
             results = run_eval_suite(model, built.tokenizer, built.template, spec, progress=is_main_process())
         if is_main_process():
-            atomic_write_json(cache, results)
+            if name != "eval":
+                atomic_write_json(cache, results)
             tracker.log({f"{name}/{k}": v for k, v in results.items()}, step=step)
         return results
 
@@ -177,6 +182,17 @@ class Run:
             print(format_table(before, after))
         print(f"outputs: {self.run_dir}")
         print("=" * 72, flush=True)
+
+
+class PeriodicEval(TrainerCallback):
+    """Evaluates every ``every`` optimizer steps during training (the final one is ``eval_after``)."""
+
+    def __init__(self, every: int, evaluate):
+        self.every, self.evaluate = every, evaluate
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self.evaluate(state.global_step)
 
 
 def _last_logged_loss(trainer) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from transformers import HfArgumentParser
 
@@ -33,8 +34,11 @@ def test_every_option_composes_and_binds(group, option, tmp_path, monkeypatch):
     monkeypatch.setenv("DATAFLEX_HOME", str(tmp_path / "home"))
     overrides = [f"{group}={option}"]
     # A pretraining dataset goes with a pretraining trainer and vice versa.
-    if (group, option) in (("data", "offline_domains"), ("trainer", "pt_full")):
-        overrides = ["data=offline_domains", "trainer=pt_full"]
+    stage = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text() or "{}") or {}
+    if group == "data" and stage.get("stage") == "pt":
+        overrides.append("trainer=pt_full")
+    if group == "trainer" and stage.get("stage") == "pt":
+        overrides.append("data=offline_domains")
     cfg = compose_config(overrides, tiny=False)
     for kind in ("selector", "mixer", "weighter"):
         build_component(kind, cfg[kind])  # signature-bound: unknown keys raise

@@ -31,7 +31,7 @@ def fit(tmp_path, name, overrides=()):
 
 
 def test_sft_lora_trains_adapters_and_evaluates(tmp_path):
-    metrics, run_dir = fit(tmp_path, "lora")
+    metrics, run_dir = fit(tmp_path, "lora", ["eval.every_n_steps=3"])
     steps = losses(run_dir)
     assert len(steps) == 6 and all(math.isfinite(x) for x in steps)
     adapter = load_file(run_dir / "model" / "adapter_model.safetensors")
@@ -42,6 +42,9 @@ def test_sft_lora_trains_adapters_and_evaluates(tmp_path):
     for key in ("mcq/definitions/accuracy", "em/arithmetic", "em/facts"):
         assert 0.0 <= saved["eval_after"][key] <= 1.0 and key in saved["eval_before"]
     assert len(saved["domains"]) == 4
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    periodic = [r["step"] for r in records if "eval/em/arithmetic" in r]
+    assert periodic == [3]  # every 3 steps, the last one being eval_after
 
 
 def test_sft_full_changes_every_trained_weight(tmp_path):
@@ -145,3 +148,33 @@ def test_output_dir_of_another_run_is_refused(tmp_path):
     fit(tmp_path, "run", overrides)
     with pytest.raises(ConfigError, match="holds another run.*learning_rate"):
         fit(tmp_path, "run", [*overrides, "trainer.learning_rate=0.1"])
+
+
+def test_wandb_logger_runs_offline_with_the_overrides_as_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_config(["logger=wandb", "eval.before=false", "trainer.max_steps=2"])
+    Run(cfg, tmp_path / "wb", run_name="model=tiny,logger=wandb").fit()
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert (tmp_path / "wb" / "metrics.jsonl").stat().st_size > 0  # the JSONL is written whatever the logger
+
+
+@pytest.mark.slow
+def test_two_processes_deepspeed_zero3(tmp_path):
+    """`nproc=2` launches torchrun; ZeRO-3 partitions the model over 2 gloo processes on CPU."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "z3"
+    command = [str(Path(sys.executable).parent / "dataflex-run"), "model=tiny", "trainer=deepspeed_z3", "nproc=2",
+               "trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_train_batch_size=2",
+               "data.max_samples=32", "eval.max_samples=8", "eval.max_new_tokens=4", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+    assert "world size: 2" in result.stdout + result.stderr
+    # one global stream of batches: 4 steps x 2 per device x 2 processes
+    assert metrics["train"]["train_samples_per_second"] > 0

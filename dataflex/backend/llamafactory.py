@@ -208,7 +208,7 @@ def _collator(stage, model, tokenizer_module, template, model_args, data_args, t
     )
 
 
-def build_trainer(built: Built, callback) -> Any:
+def build_trainer(built: Built, callback, extra_callbacks: list | None = None) -> Any:
     """The DataFlex trainer over LLaMA-Factory's trainer class for the stage."""
     from dataflex.train.trainer import MetaCollator, dataflex_trainer_class
 
@@ -219,6 +219,7 @@ def build_trainer(built: Built, callback) -> Any:
         data_collator=MetaCollator(built.collator),
         train_dataset=built.pool,
         dataflex_callback=callback,
+        callbacks=extra_callbacks,
         dataflex_domain_ids=built.pool["domain_id"],
         **built.tokenizer_module,
     )
