@@ -116,7 +116,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, comp
     a, b = state(straight), state(resumed)
     assert a["updates_done"] == b["updates_done"]
     assert a["components"] == b["components"]
-    assert [p["start"] for p in a["sampler"]["history"]] == [p["start"] for p in b["sampler"]["history"]]
+    if components:  # plain training keeps LLaMA-Factory's own sampler (and its own resume)
+        starts = lambda state: [p["start"] for p in state["sampler"]["history"]]
+        assert len(starts(a)) > 1 and starts(a) == starts(b)
+    else:
+        assert a["sampler"] is None and b["sampler"] is None
 
 
 def test_dynamic_selection_reaches_the_batches(tmp_path, monkeypatch):
