@@ -29,7 +29,7 @@ help:
 $(STAMPS)/venv: pyproject.toml $(CONSTRAINTS) requirements/stubs/torchaudio/torchaudio/__init__.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "dataflex needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip "setuptools>=68" wheel
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q ./requirements/stubs/torchvision ./requirements/stubs/torchaudio
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test]'
