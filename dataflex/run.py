@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,12 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def newest_complete_checkpoint(checkpoint_root: Path) -> str | None:
-    """The newest ``checkpoint-N`` whose DataFlex state was written (the last file of a save)."""
+def newest_complete_checkpoint(checkpoint_root: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest ``checkpoint-N`` whose DataFlex state was written (the last file of a save).
+
+    With ``remove_incomplete``, checkpoints a kill interrupted (no DataFlex state) are deleted, so
+    neither this run nor LLaMA-Factory's own auto-resume ever trusts one.
+    """
     from dataflex.train.callback import has_dataflex_state
 
     if not checkpoint_root.is_dir():
@@ -38,8 +43,13 @@ def newest_complete_checkpoint(checkpoint_root: Path) -> str | None:
     found = []
     for path in checkpoint_root.glob("checkpoint-*"):
         suffix = path.name.split("-")[-1]
-        if suffix.isdigit() and has_dataflex_state(path):
+        if not suffix.isdigit():
+            continue
+        if has_dataflex_state(path):
             found.append((int(suffix), path))
+        elif remove_incomplete:
+            print(f"[dataflex] removing incomplete checkpoint {path} (interrupted save)", flush=True)
+            shutil.rmtree(path)
     return str(max(found)[1]) if found else None
 
 
@@ -95,7 +105,7 @@ class Run:
                 )
         elif is_main_process():
             atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
-        return newest_complete_checkpoint(self.run_dir / "checkpoints")
+        return newest_complete_checkpoint(self.run_dir / "checkpoints", remove_incomplete=is_main_process())
 
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:

@@ -182,3 +182,14 @@ def test_two_processes_deepspeed_zero3(tmp_path):
     assert "world size: 2" in result.stdout + result.stderr
     # one global stream of batches: 4 steps x 2 per device x 2 processes
     assert metrics["train"]["train_samples_per_second"] > 0
+
+
+def test_an_interrupted_save_is_never_resumed_from(tmp_path):
+    """A checkpoint without DataFlex state (killed mid-save) is removed; the run starts clean."""
+    overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=2", "trainer.save_steps=2"]
+    _, run_dir = fit(tmp_path, "run", overrides)
+    (run_dir / "checkpoints" / "checkpoint-2" / "dataflex_state.pt").unlink()  # as if killed before it was written
+    (run_dir / "metrics.jsonl").unlink()
+    fit(tmp_path, "run", overrides)
+    assert len(losses(run_dir)) == 2  # trained from step 1 again, not resumed from the broken checkpoint
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "dataflex_state.pt").is_file()
