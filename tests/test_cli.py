@@ -45,3 +45,11 @@ def test_stage_mismatch_says_which_trainer_to_pick(tmp_path):
     result = run("model=tiny", "data=offline_domains", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert "trainer=pt_full" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_seed_multirun_through_the_local_launcher_gives_each_job_its_own_dir(tmp_path):
+    result = run("-m", "hydra/launcher=local", "seed=1,2", "model=tiny", "trainer.max_steps=2", "eval.before=false",
+                 "eval.after=false", "data.max_samples=16", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    finished = sorted(p.parent.name for p in tmp_path.glob("multirun/*/*/metrics.json"))
+    assert len(finished) == 2 and "seed=1" in finished[0] and "seed=2" in finished[1]
