@@ -1,0 +1,13 @@
+"""The shared model-signals engine: every component reads model quantities through these modules.
+
+- ``losses``: per-sample and per-token losses, batched and padding-exact.
+- ``gradients``: batched per-sample gradients, and the streaming path to projected features.
+- ``projection``: the seeded blockwise random projection (shard-sum exact).
+- ``optimizer``: Adam ``exp_avg``/``exp_avg_sq`` by parameter name (torch and DeepSpeed ZeRO).
+- ``embeddings``: mean-pooled hidden states of the training model; the offline MiniLM encoder.
+- ``generation``: seeded on-policy sampling of several responses per prompt.
+- ``distributed``: gather per-sample tensors in dataset-index order, broadcast, rank-0 progress bars.
+
+Import the submodules directly (``from dataflex.signals.losses import per_sample_losses``); this
+package imports nothing heavy on its own.
+"""
