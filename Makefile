@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-fast setup data bench clean help
+.PHONY: run test test-fast setup data bench bench-signals clean help
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -60,6 +60,9 @@ test-fast: setup
 
 bench: data
 	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+bench-signals: data
+	$(BIN)/python benchmarks/signals.py
 
 clean:
 	rm -rf $(STAMPS) outputs multirun .pytest_cache
