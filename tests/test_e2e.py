@@ -193,3 +193,21 @@ def test_an_interrupted_save_is_never_resumed_from(tmp_path):
     fit(tmp_path, "run", overrides)
     assert len(losses(run_dir)) == 2  # trained from step 1 again, not resumed from the broken checkpoint
     assert (run_dir / "checkpoints" / "checkpoint-2" / "dataflex_state.pt").is_file()
+
+
+def test_signals_on_the_runs_own_pool_and_collator(tmp_path):
+    """Per-sample losses over LLaMA-Factory batches (padded to 8, with sample_index/domain_id keys)
+    equal each sample run alone."""
+    from dataflex.backend.llamafactory import build, build_hparams
+    from dataflex.config import to_dict
+    from dataflex.signals.losses import per_sample_losses
+    from dataflex.signals.pool import map_pool
+    from dataflex.train.trainer import MetaCollator
+
+    built = build(build_hparams(to_dict(compose_config()), tmp_path, resume_from=None))
+    collator = MetaCollator(built.collator)
+    indices = [0, 5, 17, 40, 63, 100]
+    batched = map_pool(per_sample_losses, built.model, built.pool, collator, indices=indices, batch_size=4)
+    alone = torch.cat([per_sample_losses(built.model.eval(), collator([built.pool[i]])) for i in indices])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    assert built.pool["domain_id"][100] > built.pool["domain_id"][0]  # rows know their domain

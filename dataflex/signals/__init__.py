@@ -7,6 +7,7 @@
 - ``embeddings``: mean-pooled hidden states of the training model; the offline MiniLM encoder.
 - ``generation``: seeded on-policy sampling of several responses per prompt.
 - ``distributed``: gather per-sample tensors in dataset-index order, broadcast, rank-0 progress bars.
+- ``pool``: ``map_pool``, a batched signal over a whole pool, sharded across ranks, in order.
 
 Import the submodules directly (``from dataflex.signals.losses import per_sample_losses``); this
 package imports nothing heavy on its own.
