@@ -211,3 +211,19 @@ def test_signals_on_the_runs_own_pool_and_collator(tmp_path):
     alone = torch.cat([per_sample_losses(built.model.eval(), collator([built.pool[i]])) for i in indices])
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
     assert built.pool["domain_id"][100] > built.pool["domain_id"][0]  # rows know their domain
+
+
+def test_batch_observers_see_every_micro_batch_without_changing_training(tmp_path):
+    from tests_support import BatchRecorder
+
+    overrides = ["eval.before=false", "eval.after=false", "trainer.gradient_accumulation_steps=2"]
+    _, plain_dir = fit(tmp_path, "plain", overrides)
+    run = Run(compose_config(overrides), tmp_path / "observed")
+    recorder = run.components["recorder"] = BatchRecorder()
+    run.fit()
+    assert losses(tmp_path / "observed") == losses(plain_dir)  # observing changes nothing
+    assert len(recorder.seen) == 6 * 2  # every micro-batch of every step
+    for per_sample, indices, domains in recorder.seen:
+        assert len(per_sample) == len(indices) == len(domains) == 4
+        assert all(math.isfinite(x) and x > 0 for x in per_sample)
+        assert all(0 <= d < 4 for d in domains)

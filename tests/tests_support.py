@@ -55,3 +55,19 @@ class RotatingMixer(Mixer):
         p = torch.full((k,), 0.2 / k)
         p[ctx.update_index % k] += 0.8
         return p
+
+
+from dataflex.train.components import Component  # noqa: E402
+
+
+class BatchRecorder(Component):
+    """Test-only observer: records what every training micro-batch showed it."""
+
+    kind = "weighter"
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[list[float], list[int], list[int]]] = []
+
+    def observe_batch(self, per_sample_losses, batch):
+        self.seen.append((per_sample_losses.tolist(), batch["sample_index"].tolist(), batch["domain_id"].tolist()))

@@ -123,7 +123,18 @@ def per_sample_losses(
     """
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with ctx:
-        logits = _forward_logits(model, batch)
-        nll, valid = _shifted_token_nll(logits, batch["labels"])
-        count = valid.sum(-1)
-        return nll.sum(-1) / count.clamp(min=1).to(nll.dtype)
+        return per_sample_losses_from_logits(_forward_logits(model, batch), batch["labels"])
+
+
+def per_sample_losses_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """ℓ_i from logits a forward pass already produced (e.g. the training step's own forward).
+
+    Args:
+        logits: ``[B, T, V]`` causal-LM logits.
+        labels: ``[B, T]`` labels, -100 where a token does not count.
+
+    Returns:
+        ``[B]`` fp32 tensor, 0.0 for a sample without label tokens.
+    """
+    nll, valid = _shifted_token_nll(logits, labels)
+    return nll.sum(-1) / valid.sum(-1).clamp(min=1).to(nll.dtype)

@@ -40,6 +40,15 @@ class DataFlexCallback(TrainerCallback):
         self.updates_done = {name: 0 for name in self.components}
         self.trainer = None  # set by the trainer mixin
 
+    @property
+    def observers(self) -> list[Component]:
+        """Components that watch every training batch (they override ``observe_batch``)."""
+        return [c for c in self.components.values() if type(c).observe_batch is not Component.observe_batch]
+
+    def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        for component in self.observers:
+            component.observe_batch(per_sample_losses, batch)
+
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def sampler(self):

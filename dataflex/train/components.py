@@ -80,6 +80,15 @@ class Component:
     def __init__(self, warmup_steps: int = 0, update_every: int = 0, num_updates: int = 0):
         self.schedule = Schedule(warmup_steps, update_every, num_updates)
 
+    def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Called for every training micro-batch when a component overrides it.
+
+        Args:
+            per_sample_losses: ``[b]`` token-mean NLL of this rank's samples, read off the training
+                forward's own logits (detached; no extra forward pass).
+            batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
+        """
+
     def state_dict(self) -> dict[str, Any]:
         """Everything the component decided or accumulated, saved in every checkpoint."""
         return {}

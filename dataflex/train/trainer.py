@@ -2,7 +2,8 @@
 
 The mixin overrides ONLY ``_get_train_sampler`` (decisions reach the data through the
 DynamicSampler) and ``compute_loss`` (batches carry each sample's pool index and domain id, which
-the model must not see). No LLaMA-Factory module is patched and no training loop is copied.
+the model must not see; components that observe batches get the per-sample losses of the training
+forward's own logits). No LLaMA-Factory module is patched and no training loop is copied.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dataflex.signals.losses import per_sample_losses_from_logits
 from dataflex.train.callback import DataFlexCallback
 from dataflex.train.components import Mixer, Selector
 from dataflex.train.sampler import DynamicSampler
@@ -68,10 +70,16 @@ class DataFlexTrainerMixin:
             self.dataflex_sampler = DynamicSampler(self.dataflex_domain_ids, self.dataflex_num_draws(), self.args.seed)
         return self.dataflex_sampler
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         self.dataflex_batch = {k: inputs.pop(k) for k in META_KEYS if k in inputs}
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        if not self.dataflex_callback.observers:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        labels = inputs.get("labels")  # HF's compute_loss may pop it from the dict
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        per_sample = per_sample_losses_from_logits(outputs.logits.detach(), labels)
+        self.dataflex_callback.observe_batch(per_sample, self.dataflex_batch)
+        return (loss, outputs) if return_outputs else loss
 
 
 @cache
