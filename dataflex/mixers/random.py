@@ -1,0 +1,89 @@
+"""Random mixer: a fresh Dirichlet(1) draw of the domain proportions at every update.
+
+A baseline for the learned mixers: it changes the mixture as often as they do, but blindly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dataflex.train.components import Mixer, UpdateContext
+
+
+def dirichlet_draw(num_domains: int, seed: int, update_index: int) -> torch.Tensor:
+    """The Dirichlet(1, ..., 1) draw of update ``update_index`` under ``seed`` (float64, [K]).
+
+    The generator is seeded from (seed, update_index) alone, so a resumed run (or a test) gets the
+    same draw without replaying earlier ones. numpy's SeedSequence mixes the pair, so different
+    (seed, update) pairs do not collide the way ``seed * C + update`` would.
+    """
+    if num_domains < 1:
+        raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+    if seed < 0 or update_index < 0:
+        raise ValueError(
+            f"seed and update_index must be >= 0, got {seed}, {update_index}"
+        )
+    state = np.random.SeedSequence([seed, update_index]).generate_state(2, np.uint32)
+    generator = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    # Dirichlet(1) = i.i.d. Exp(1) draws normalised (torch's Dirichlet takes no generator).
+    draws = torch.empty(num_domains, dtype=torch.float64).exponential_(
+        generator=generator
+    )
+    return draws / draws.sum()
+
+
+class RandomMixer(Mixer):
+    """Uniform proportions at the start, then a seeded Dirichlet(1) draw at every update.
+
+    The initial proportions are uniform (1/K each), not a draw, so the run starts unbiased and the
+    ``u``-th update's draw depends only on (seed, u).
+
+    Args:
+        seed: seed of the draws (the shipped YAML uses the run's ``seed``).
+        warmup_steps: optimizer steps before the first update.
+        update_every: steps between updates (<= 0: never update, stay uniform).
+        num_updates: number of updates (<= 0: until the end of training).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        warmup_steps: int = 0,
+        update_every: int = 10,
+        num_updates: int = 0,
+    ):
+        super().__init__(warmup_steps, update_every, num_updates)
+        self.seed = int(seed)
+        # One entry per decision: update_index (-1 for the start), global_step, proportions.
+        self.history: list[dict[str, Any]] = []
+
+    def _record(self, ctx: UpdateContext, proportions: torch.Tensor) -> torch.Tensor:
+        self.history.append(
+            {
+                "update_index": ctx.update_index,
+                "global_step": ctx.global_step,
+                "proportions": proportions.tolist(),
+            }
+        )
+        return proportions
+
+    def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
+        k = int(ctx.domain_ids.max()) + 1
+        return self._record(ctx, torch.full((k,), 1.0 / k, dtype=torch.float64))
+
+    def update(self, ctx: UpdateContext) -> torch.Tensor:
+        k = int(ctx.domain_ids.max()) + 1
+        return self._record(ctx, dirichlet_draw(k, self.seed, ctx.update_index))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"mixer=random: checkpoint was drawn with seed {state['seed']}, this run has {self.seed}"
+            )
+        self.history = [dict(h) for h in state.get("history", [])]
