@@ -1,0 +1,167 @@
+"""Shared helpers for the selectors: budget resolution, seeded generators, a stateful shell.
+
+Every selector draws its randomness from a generator seeded by ``(seed, update_index[, stream])``
+rather than from a long-lived RNG: the decision of round ``u`` then depends only on the seed, the
+round and the model, so a resumed run re-draws exactly what the uninterrupted run drew without
+having to checkpoint any RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from dataflex.signals.losses import per_sample_losses
+from dataflex.signals.pool import map_pool
+from dataflex.train.components import Selector, UpdateContext
+
+#: ``update_index`` of the decision made at the start of training (as in UpdateContext).
+INITIAL = -1
+
+
+def resolve_budget(budget: int | float, pool_size: int, what: str = "budget") -> int:
+    """The number of samples ``k`` that ``budget`` asks for out of ``pool_size``.
+
+    Args:
+        budget: an ``int`` count, or a ``float`` fraction of the pool in ``(0, 1]``.
+        pool_size: the number of samples to choose from.
+        what: the setting's name, for the error message.
+
+    Returns:
+        ``k`` with ``1 <= k <= pool_size``.
+
+    Raises:
+        ValueError: a fraction outside ``(0, 1]``, or a ``k`` that is ``<= 0`` or larger than the pool.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"{what} must be an int count or a float fraction in (0, 1], got {budget!r}")
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"{what} as a fraction must lie in (0, 1], got {budget}")
+        # floor, with a tolerance so 0.3 * 10 (= 3.0000000000000004 or 2.9999...) gives 3
+        k = int(math.floor(budget * pool_size + 1e-9))
+    else:
+        k = int(budget)
+    if k <= 0:
+        raise ValueError(f"{what}={budget!r} selects {k} of {pool_size} samples; it must select at least 1")
+    if k > pool_size:
+        raise ValueError(f"{what}={budget!r} asks for {k} samples but the pool has only {pool_size}")
+    return k
+
+
+def seeded_generator(seed: int, update_index: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on ``(seed, update_index, stream)``.
+
+    ``stream`` separates independent draws of the same round (e.g. the candidate subset and the
+    selection itself) so they do not share random numbers.
+    """
+    # distinct (seed, update_index, stream) give distinct seeds for any realistic range of values
+    mixed = (int(seed) * 1_000_003 + (int(update_index) + 2)) * 101 + int(stream)
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+
+def random_subset(pool_size: int, k: int, generator: torch.Generator, replacement: bool = False) -> torch.Tensor:
+    """``k`` uniform pool indices, without replacement unless ``replacement`` (LongTensor[k])."""
+    if replacement:
+        return torch.randint(pool_size, (k,), generator=generator)
+    return torch.randperm(pool_size, generator=generator)[:k]
+
+
+class BudgetSelector(Selector):
+    """A selector with a budget, a seed and a recorded history of its decisions.
+
+    Subclasses implement :meth:`select`; the warm-up (:meth:`initial_indices`) is a seeded random
+    subset of ``budget`` samples (ALGORITHMS.md, Online schedule: "warmup_steps of training on a
+    random subset").
+
+    Args:
+        budget: samples per round: an int count or a float fraction of the pool in (0, 1].
+        warmup_steps: optimizer steps on the warm-up subset before the first selection.
+        update_every: steps between selections (<= 0: never update after the warm-up decision).
+        num_updates: number of selections (<= 0: until the end of training).
+        seed: seed of every random draw (combined with the round index).
+    """
+
+    def __init__(
+        self,
+        budget: int | float,
+        warmup_steps: int = 0,
+        update_every: int = 0,
+        num_updates: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(warmup_steps, update_every, num_updates)
+        resolve_budget(budget, max(1, 10**12), "budget")  # type/range check now; the pool size comes later
+        self.budget = budget
+        self.seed = int(seed)
+        # one entry per decision: {"update_index", "step", "indices"}; the warm-up is update_index -1
+        self.rounds: list[dict[str, Any]] = []
+
+    def k(self, ctx: UpdateContext) -> int:
+        return resolve_budget(self.budget, ctx.pool_size)
+
+    def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:
+        indices = random_subset(ctx.pool_size, self.k(ctx), seeded_generator(self.seed, INITIAL))
+        return self.record(ctx, indices)
+
+    def record(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
+        """Keep the decision in the history (checkpointed) and return it."""
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+        self.rounds.append({"update_index": ctx.update_index, "step": ctx.global_step, "indices": indices.tolist()})
+        return indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": [dict(r) for r in self.rounds]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rounds = [dict(r) for r in state["rounds"]]
+
+
+class PoolLossSelector(BudgetSelector):
+    """A budget selector that reads per-sample losses of (a candidate subset of) the pool.
+
+    Args:
+        candidates: score only a seeded random subset of the pool each round (int count or float
+            fraction; None: the whole pool). Bounds the cost of a round on large pools; it must be
+            at least the budget.
+        batch_size: samples per forward pass of the scoring pass.
+        (others as :class:`BudgetSelector`)
+    """
+
+    #: generator stream for the candidate subset (the selection draw uses stream 0)
+    CANDIDATE_STREAM = 1
+
+    def __init__(self, budget, warmup_steps=0, update_every=0, num_updates=0, seed=0, candidates=None, batch_size=16):
+        super().__init__(budget, warmup_steps, update_every, num_updates, seed)
+        if candidates is not None:
+            resolve_budget(candidates, max(1, 10**12), "candidates")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.candidates = candidates
+        self.batch_size = int(batch_size)
+
+    def candidate_indices(self, ctx: UpdateContext) -> torch.Tensor:
+        """The pool rows scored this round, sorted (all of them when ``candidates`` is None)."""
+        n = ctx.pool_size
+        if self.candidates is None:
+            return torch.arange(n)
+        m = resolve_budget(self.candidates, n, "candidates")
+        if m < self.k(ctx):
+            raise ValueError(f"candidates ({m}) must be at least the budget ({self.k(ctx)})")
+        g = seeded_generator(self.seed, ctx.update_index, self.CANDIDATE_STREAM)
+        return random_subset(n, m, g).sort().values
+
+    def pool_losses(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
+        """ℓ_i under the current model for the pool rows ``indices`` (through the signals engine)."""
+        trainer = ctx.trainer
+        return map_pool(
+            per_sample_losses,
+            trainer.model,
+            trainer.train_dataset,
+            trainer.data_collator,
+            indices=indices,
+            batch_size=self.batch_size,
+            desc=f"{type(self).__name__} losses",
+        )
