@@ -32,7 +32,9 @@ def same_state(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_state, a, b))
     if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-6)
+        return torch.is_tensor(b) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-6, equal_nan=True)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))  # NaN marks "absent" in recorded histories
     return a == b
 
 
@@ -112,7 +114,12 @@ DYNAMIC = [
 LOSS_SELECTOR = ["selector=loss", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2"]
 
 
-@pytest.mark.parametrize("components", [[], DYNAMIC, LOSS_SELECTOR], ids=["plain", "selector+mixer", "loss-selector"])
+ODM = [*PT, "mixer=odm"]
+
+
+@pytest.mark.parametrize(
+    "components", [[], DYNAMIC, LOSS_SELECTOR, ODM], ids=["plain", "selector+mixer", "loss-selector", "odm-mixer"]
+)
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, components):
     overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8", "trainer.save_steps=2", *components]
     _, straight = fit(tmp_path, "straight", overrides)

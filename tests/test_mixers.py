@@ -362,3 +362,52 @@ def test_e2e_random_mixer_proportions_are_the_seeded_draws(tmp_path, monkeypatch
     ] == pytest.approx(history[2]["proportions"])
     # Several domains were trained (so the static test's all-zero domain ids are not a default value).
     assert torch.cat([d.flatten() for d in seen]).unique().numel() > 1
+
+
+def test_odm_mixer_follows_exp3_on_observed_batches():
+    """The component's proportions are exactly the pure cores applied to the observed batch losses."""
+    from types import SimpleNamespace
+
+    from dataflex.mixers.odm import ODMMixer, exp3_probabilities, odm_update_rewards
+
+    ctx = SimpleNamespace(domain_ids=torch.tensor([0, 0, 1, 1, 2, 2]), global_step=1)
+    mixer = ODMMixer(alpha=0.9)
+    pi = mixer.initial_proportions(ctx)
+    torch.testing.assert_close(pi, torch.full((3,), 1 / 3, dtype=torch.float64))
+    rewards = torch.zeros(3, dtype=torch.float64)
+    for step in range(1, 6):
+        # two micro-batches per step; domain 2 absent; domain 0 has a NaN sample that must be ignored
+        mixer.observe_batch(torch.tensor([4.0, 2.0, float("nan")]), {"domain_id": torch.tensor([0, 1, 0])})
+        mixer.observe_batch(torch.tensor([6.0, 2.0]), {"domain_id": torch.tensor([0, 1])})
+        ctx.global_step = step
+        got = mixer.update(ctx)
+        rewards = odm_update_rewards(rewards, torch.tensor([5.0, 2.0, 0.0], dtype=torch.float64), pi,
+                                     torch.tensor([True, True, False]), alpha=0.9)
+        pi = exp3_probabilities(rewards, step + 1)
+        torch.testing.assert_close(got, pi)
+        assert torch.isfinite(got).all() and abs(float(got.sum()) - 1) < 1e-9
+    assert got[0] > got[1]  # the higher-loss domain gains probability
+    assert mixer.rewards[2] == 0  # an absent domain keeps its reward
+
+
+def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
+    """With K = 7, eps_t = 1/K (so pi is exactly uniform) while t <= K ln K ~ 13.6; after that the
+    observed losses move the proportions."""
+    from conftest import compose_config
+    from dataflex.run import Run
+
+    cfg = compose_config(["data=offline_domains", "trainer=pt_full", "data.max_samples=16", "mixer=odm",
+                          "eval.before=false", "eval.after=false", "trainer.max_steps=20", "trainer.save_steps=10"])
+    Run(cfg, tmp_path / "odm").fit()
+    state = torch.load(tmp_path / "odm" / "checkpoints" / "checkpoint-20" / "dataflex_state.pt", weights_only=False)
+    odm = state["components"]["mixer"]
+    assert odm["t"] == 21 and len(odm["history"]) == 20  # one update per optimizer step
+    for record in odm["history"]:
+        p = torch.tensor(record["probabilities"], dtype=torch.float64)
+        assert abs(float(p.sum()) - 1) < 1e-9 and (p > 0).all()
+        assert all(math.isfinite(x) for x in record["domain_losses"] if x == x)  # NaN marks an absent domain
+    uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
+    torch.testing.assert_close(torch.tensor(odm["history"][11]["probabilities"], dtype=torch.float64), uniform)  # t = 13
+    assert not torch.allclose(torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64), uniform)
+    plans = state["sampler"]["history"]
+    torch.testing.assert_close(plans[-1]["proportions"], torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64))

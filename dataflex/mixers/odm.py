@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from dataflex.train.components import Mixer, UpdateContext
+
 REWARDS = ("importance", "exp_loss")
 
 
@@ -103,3 +105,91 @@ def odm_update_rewards(
         present, alpha * r + (1.0 - alpha) * observed / torch.where(present, pi, 1.0), r
     )
     return updated.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+class ODMMixer(Mixer):
+    """Online Data Mixing: EXP3 over domains, rewarded by each domain's training loss.
+
+    The training batches are observed through ``observe_batch`` (per-sample losses of the training
+    forward, no extra pass); at each update the per-domain mean losses since the previous update
+    (summed over ranks) update R̂ with the probabilities they were sampled under, then π moves to
+    the next EXP3 step. Domains absent from those batches, or whose loss is not finite, keep their
+    reward (a NaN never reaches the proportions).
+
+    Args:
+        alpha: reward smoothing α.
+        reward: ``"importance"`` (the paper's L_i/π_i) or ``"exp_loss"`` (the reference code's form).
+        warmup_steps, update_every, num_updates: the schedule (the paper updates after every step).
+    """
+
+    def __init__(self, alpha: float = 0.9, reward: str = "importance", warmup_steps: int = 0,
+                 update_every: int = 1, num_updates: int = 0):
+        super().__init__(warmup_steps, update_every, num_updates)
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        self.alpha, self.reward = alpha, reward
+        self.t = 1  # EXP3 step of the probabilities in force
+        self.rewards: torch.Tensor | None = None
+        self.probabilities: torch.Tensor | None = None
+        self.loss_sum: torch.Tensor | None = None  # per-domain loss sums and counts since the last update
+        self.loss_count: torch.Tensor | None = None
+        self.history: list[dict] = []
+
+    def _reset_window(self, num_domains: int) -> None:
+        self.loss_sum = torch.zeros(num_domains, dtype=torch.float64)
+        self.loss_count = torch.zeros(num_domains, dtype=torch.float64)
+
+    def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
+        k = int(ctx.domain_ids.max()) + 1
+        self.rewards = torch.zeros(k, dtype=torch.float64)
+        self.t = 1
+        self.probabilities = exp3_probabilities(self.rewards, self.t)
+        self._reset_window(k)
+        return self.probabilities.clone()
+
+    def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        if self.loss_sum is None:
+            return  # not started (no initial proportions yet)
+        domains = batch["domain_id"].cpu().long()
+        losses = per_sample_losses.detach().cpu().double()
+        finite = torch.isfinite(losses)
+        self.loss_sum.index_add_(0, domains[finite], losses[finite])
+        self.loss_count.index_add_(0, domains[finite], torch.ones_like(losses[finite]))
+
+    def update(self, ctx: UpdateContext) -> torch.Tensor:
+        from dataflex.signals.distributed import all_reduce_mean, world_size
+
+        # sums over ranks (mean x world size): every rank computes the same update
+        sums = all_reduce_mean(self.loss_sum) * world_size()
+        counts = all_reduce_mean(self.loss_count) * world_size()
+        present = counts > 0
+        domain_losses = sums / counts.clamp(min=1)
+        self.rewards = odm_update_rewards(self.rewards, domain_losses, self.probabilities, present,
+                                          alpha=self.alpha, reward=self.reward)
+        self.t += 1
+        self.probabilities = exp3_probabilities(self.rewards, self.t)
+        self.history.append({
+            "global_step": ctx.global_step,
+            "domain_losses": torch.where(present, domain_losses, torch.nan).tolist(),
+            "probabilities": self.probabilities.tolist(),
+        })
+        self._reset_window(self.rewards.numel())
+        return self.probabilities.clone()
+
+    def state_dict(self) -> dict:
+        return {
+            "t": self.t,
+            "rewards": self.rewards,
+            "probabilities": self.probabilities,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = state["t"]
+        self.rewards, self.probabilities = state["rewards"], state["probabilities"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.history = state["history"]
