@@ -132,7 +132,7 @@ class Run:
         eval_cfg = self.cfg.get("eval") or {}
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
-        callback = DataFlexCallback(self.components, tracker, resume_from=resume_from)
+        callback = DataFlexCallback(self.components, tracker, resume_from=resume_from, domain_names=built.domain_names)
         every = int(eval_cfg.get("every_n_steps") or 0)
         periodic = [PeriodicEval(every, lambda step: self._evaluate(built, "eval", tracker, step))] if every > 0 else []
         trainer = build_trainer(built, callback, periodic)
@@ -156,6 +156,10 @@ class Run:
             "wall_time_s": round(time.time() - start, 2),
         }
         if is_main_process():
+            if self.components["mixer"] is not None:
+                from dataflex.report import plot_proportions
+
+                plot_proportions(self.run_dir)
             atomic_write_json(self.run_dir / "metrics.json", metrics)
             tracker.summary({**{f"eval_after/{k}": v for k, v in after.items()}, "global_step": step})
             self._print_summary(before, after, metrics)

@@ -248,3 +248,15 @@ def test_batch_observers_see_every_micro_batch_without_changing_training(tmp_pat
         assert len(per_sample) == len(indices) == len(domains) == 4
         assert all(math.isfinite(x) and x > 0 for x in per_sample)
         assert all(0 <= d < 4 for d in domains)
+
+
+def test_mixer_runs_log_named_proportions_and_plot_them(tmp_path):
+    _, run_dir = fit(tmp_path, "mix", [*PT, "mixer=random", "mixer.update_every=2", "eval.before=false",
+                                       "eval.after=false", "trainer.max_steps=6"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "mixer/proportion/offline_domains_code" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4, 6]
+    for r in logged:
+        assert sum(v for k, v in r.items() if k.startswith("mixer/proportion/")) == pytest.approx(1.0)
+    png = (run_dir / "proportions.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -31,12 +31,20 @@ class DataFlexCallback(TrainerCallback):
         components: the run's selector/mixer/weighter (None entries are skipped).
         tracker: where logs go (JSONL, W&B, ...).
         resume_from: checkpoint directory being resumed, if any.
+        domain_names: names for the logged domain proportions (default: domain ids).
     """
 
-    def __init__(self, components: dict[str, Component | None], tracker: Tracker, resume_from: str | None = None):
+    def __init__(
+        self,
+        components: dict[str, Component | None],
+        tracker: Tracker,
+        resume_from: str | None = None,
+        domain_names: list[str] | None = None,
+    ):
         self.components = {name: c for name, c in components.items() if c is not None}
         self.tracker = tracker
         self.resume_from = resume_from
+        self.domain_names = domain_names
         self.updates_done = {name: 0 for name in self.components}
         self.trainer = None  # set by the trainer mixin
 
@@ -71,7 +79,8 @@ class DataFlexCallback(TrainerCallback):
                 self.tracker.log({"selector/selected": int(decision.numel())}, step=step)
         elif isinstance(component, Mixer):
             self.sampler.set_proportions(decision)
-            self.tracker.log({f"mixer/proportion/{d}": float(p) for d, p in enumerate(decision)}, step=step)
+            names = self.domain_names or [str(d) for d in range(len(decision))]
+            self.tracker.log({f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(decision)}, step=step)
 
     # -- HF callback events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
