@@ -352,10 +352,11 @@ def test_e2e_random_mixer_proportions_are_the_seeded_draws(tmp_path, monkeypatch
         json.loads(line)
         for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     ]
+    names = ["code", "techdocs", "drama", "scripture", "dictionary", "computing", "quotes"]
     logged = {
-        r["step"]: [r[f"mixer/proportion/{d}"] for d in range(7)]
+        r["step"]: [r[f"mixer/proportion/offline_domains_{d}"] for d in names]
         for r in records
-        if "mixer/proportion/0" in r
+        if "mixer/proportion/offline_domains_code" in r
     }
     assert logged[2] == pytest.approx(history[1]["proportions"]) and logged[
         4
