@@ -31,7 +31,7 @@ def plot_proportions(run_dir: str | os.PathLike) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dataflex.utils import _atomic_write
+    from dataflex.utils import atomic_write
 
     by_step: dict[int, dict[str, float]] = {}
     for record in read_metrics(run_dir):
@@ -49,6 +49,6 @@ def plot_proportions(run_dir: str | os.PathLike) -> Path | None:
              title=f"Domain proportions: {Path(run_dir).name}")
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     figure.tight_layout()
-    path = _atomic_write(Path(run_dir) / "proportions.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
+    path = atomic_write(Path(run_dir) / "proportions.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
     plt.close(figure)
     return path

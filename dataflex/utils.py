@@ -8,10 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 
-
-def _atomic_write(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(handle)`` on a temp file beside ``path``, fsync, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,7 +28,7 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temp file and a rename."""
-    return _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -39,4 +38,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through a temp file and a rename."""
-    return _atomic_write(path, lambda handle: torch.save(obj, handle))
+    import torch
+
+    return atomic_write(path, lambda handle: torch.save(obj, handle))

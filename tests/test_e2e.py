@@ -201,8 +201,9 @@ def test_two_processes_deepspeed_zero3(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
     assert "world size: 2" in result.stdout + result.stderr
-    # one global stream of batches: 4 steps x 2 per device x 2 processes
+    # one global stream of batches: 4 steps x 2 per device x 2 processes = 16 samples of the pool
     assert metrics["train"]["train_samples_per_second"] > 0
+    assert metrics["train"]["epoch"] == pytest.approx(4 / math.ceil(metrics["pool_size"] / 4), rel=1e-3)
 
 
 def test_an_interrupted_save_is_never_resumed_from(tmp_path):

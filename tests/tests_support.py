@@ -63,8 +63,6 @@ from dataflex.train.components import Component  # noqa: E402
 class BatchRecorder(Component):
     """Test-only observer: records what every training micro-batch showed it."""
 
-    kind = "weighter"
-
     def __init__(self):
         super().__init__()
         self.seen: list[tuple[list[float], list[int], list[int]]] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataflex.config import ConfigError, to_dict
+from dataflex.config import ConfigError
 from dataflex.utils import atomic_write_json
 
 STAGES = ("sft", "pt")

@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         Run(cfg, run_dir, run_name).fit()
     except (ConfigError, AssetError) as err:
         fail(str(err))
+    finally:
+        # Leave the process group explicitly: left to interpreter teardown, DeepSpeed's CPU comm
+        # threads can abort a finished worker ("terminate called without an active exception").
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

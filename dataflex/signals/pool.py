@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from dataflex.eval.mcq import model_device
 from dataflex.signals.distributed import gather_by_index, progress, rank, world_size
 
 
@@ -42,7 +43,7 @@ def map_pool(
     if indices.unique().numel() != indices.numel():
         raise ValueError("map_pool needs unique indices")
     local = indices[rank() :: world_size()]
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     outputs = []

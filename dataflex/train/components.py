@@ -7,7 +7,7 @@ A new method is one subclass (a thin stateful shell around a pure core) plus one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -61,7 +61,6 @@ class UpdateContext:
     global_step: int
     update_index: int
     max_steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pool_size(self) -> int:
@@ -74,8 +73,6 @@ class UpdateContext:
 
 class Component:
     """Base of all components: a schedule plus checkpointable state."""
-
-    kind = "component"
 
     def __init__(self, warmup_steps: int = 0, update_every: int = 0, num_updates: int = 0):
         self.schedule = Schedule(warmup_steps, update_every, num_updates)
@@ -100,8 +97,6 @@ class Component:
 class Selector(Component):
     """Chooses which pool samples train next (a LongTensor of pool indices)."""
 
-    kind = "selector"
-
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:
         """Indices to train on before the first update (None: the whole pool)."""
         return None
@@ -114,8 +109,6 @@ class Selector(Component):
 class Mixer(Component):
     """Sets the sampling proportions of the K domains (a FloatTensor on the simplex)."""
 
-    kind = "mixer"
-
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """Proportions before the first update."""
         raise NotImplementedError
@@ -126,9 +119,8 @@ class Mixer(Component):
 
 
 class Weighter(Component):
-    """Weights the per-sample losses of a batch (weights sum to 1 over the global batch)."""
+    """Weights the per-sample losses of a batch (weights sum to 1 over the global batch).
 
-    kind = "weighter"
-
-    def weights(self, per_sample_losses: torch.Tensor, inputs: dict[str, Any], trainer: Trainer) -> torch.Tensor:
-        raise NotImplementedError
+    The weighted ``compute_loss`` path is not in place yet: ``Run`` refuses any weighter but
+    ``none`` until it is.
+    """

@@ -50,7 +50,6 @@ class DataFlexTrainerMixin:
         self.dataflex_callback = dataflex_callback
         self.dataflex_domain_ids = torch.as_tensor(dataflex_domain_ids, dtype=torch.long)
         self.dataflex_sampler: DynamicSampler | None = None
-        self.dataflex_batch: dict[str, torch.Tensor] = {}
         dataflex_callback.trainer = self
 
     @property
@@ -72,13 +71,13 @@ class DataFlexTrainerMixin:
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        self.dataflex_batch = {k: inputs.pop(k) for k in META_KEYS if k in inputs}
+        meta = {k: inputs.pop(k) for k in META_KEYS if k in inputs}
         if not self.dataflex_callback.observers:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         labels = inputs.get("labels")  # HF's compute_loss may pop it from the dict
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         per_sample = per_sample_losses_from_logits(outputs.logits.detach(), labels)
-        self.dataflex_callback.observe_batch(per_sample, self.dataflex_batch)
+        self.dataflex_callback.observe_batch(per_sample, meta)
         return (loss, outputs) if return_outputs else loss
 
 
