@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -88,6 +90,12 @@ class Run:
         if self.components["weighter"] is not None:
             raise ConfigError("weighters other than `none` are not available yet; use weighter=none")
 
+    @property
+    def run_id(self) -> str:
+        """A short hash of what the run computes (IDENTITY_KEYS), stamped into the files it writes."""
+        identity = json.dumps({k: self.cfg.get(k) for k in IDENTITY_KEYS}, sort_keys=True, default=str)
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
     # -- run directory ---------------------------------------------------------------------------
     def _check_run_dir(self) -> str | None:
         """Refuse a directory holding a different run; return the checkpoint to resume, if any."""
@@ -122,17 +130,26 @@ class Run:
             tracker.close()
 
     def _fit(self, tracker: Tracker, resume_from: str | None) -> dict[str, Any]:
-        from dataflex.backend.llamafactory import build, build_hparams, build_trainer
+        from dataflex.backend.llamafactory import build, build_hparams, build_trainer, validation_names
         from dataflex.train.callback import DataFlexCallback
 
         start = time.time()
         if resume_from:
             print(f"[dataflex] resuming from {resume_from}", flush=True)
-        built = build(build_hparams(self.cfg, self.run_dir, resume_from))
+        # the target/validation set is only tokenised for the selectors that read it
+        validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
+        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation)
         eval_cfg = self.cfg.get("eval") or {}
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
-        callback = DataFlexCallback(self.components, tracker, resume_from=resume_from, domain_names=built.domain_names)
+        callback = DataFlexCallback(
+            self.components,
+            tracker,
+            resume_from=resume_from,
+            domain_names=built.domain_names,
+            run_dir=self.run_dir,
+            run_id=self.run_id,
+        )
         every = int(eval_cfg.get("every_n_steps") or 0)
         periodic = [PeriodicEval(every, lambda step: self._evaluate(built, "eval", tracker, step))] if every > 0 else []
         trainer = build_trainer(built, callback, periodic)
@@ -172,8 +189,6 @@ class Run:
 
         cache = self.run_dir / f"{name}.json"
         if name == "eval_before" and cache.is_file():
-            import json
-
             return json.loads(cache.read_text())
         spec = dict(self.cfg["data"].get("eval") or {})
         spec.update({k: v for k, v in (self.cfg.get("eval") or {}).items() if k not in ("before", "after", "every_n_steps")})

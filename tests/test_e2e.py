@@ -261,3 +261,43 @@ def test_mixer_runs_log_named_proportions_and_plot_them(tmp_path):
         assert sum(v for k, v in r.items() if k.startswith("mixer/proportion/")) == pytest.approx(1.0)
     png = (run_dir / "proportions.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_selection_rounds_are_logged_and_saved_per_run(tmp_path):
+    overrides = ["eval.before=false", "eval.after=false", *LOSS_SELECTOR]
+    run = Run(compose_config(overrides), tmp_path / "sel")
+    run.fit()
+    run_dir = tmp_path / "sel"
+    rounds = sorted((run_dir / "selections").glob("round_*.json"))
+    assert [p.name for p in rounds] == ["round_000.json", "round_001.json", "round_002.json", "round_003.json"]
+    history = torch.load(run_dir / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)
+    recorded = history["components"]["selector"]["rounds"]
+    records = [json.loads(p.read_text()) for p in rounds]
+    for record, kept in zip(records, recorded):
+        assert record["run_id"] == run.run_id and record["indices"] == kept["indices"]
+        assert record["step"] == kept["step"] and record["selected"] == 16
+        assert sum(record["domains"].values()) == 16
+    for previous, record in zip(records, records[1:]):
+        expected = len(set(previous["indices"]) & set(record["indices"])) / len(set(record["indices"]))
+        assert record["overlap"] == pytest.approx(expected)
+    assert "overlap" not in records[0]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "selector/selected" in r] == [0, 2, 4, 6]
+    assert sum(1 for r in logged if "selector/overlap" in r) == 3
+
+
+def test_selectors_see_the_validation_set_with_subtasks(tmp_path):
+    from dataflex.backend.llamafactory import build, build_hparams, validation_names
+    from dataflex.config import to_dict
+    from dataflex.signals.text import prompt_response_texts
+
+    cfg = to_dict(compose_config(["data.validation=[offline_sft_val_mcq,offline_sft_eval_facts]"]))
+    names = validation_names(cfg["data"])
+    built = build(build_hparams(cfg, tmp_path, resume_from=None), names)
+    val = built.validation
+    assert built.validation_names == names == ["offline_sft_val_mcq", "offline_sft_eval_facts"]
+    counts = torch.bincount(torch.tensor(val["domain_id"]))
+    assert counts.tolist()[0] == 100 and counts.tolist()[1] > 0  # not cut by data.max_samples=64
+    prompts, responses = prompt_response_texts(val, built.tokenizer, indices=[0])
+    assert prompts[0].startswith("user\nWhich is the definition") and prompts[0].endswith("assistant")
+    assert responses[0] in ("A", "B", "C", "D")  # the MCQ answer letter is the labelled part

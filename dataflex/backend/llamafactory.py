@@ -110,34 +110,54 @@ class Built:
     template: Any
     pool: Any  # datasets.Dataset with sample_index and domain_id columns
     domain_names: list[str]
+    validation: Any  # datasets.Dataset (domain_id = subtask) or None
+    validation_names: list[str]
     model: Any
     collator: Any
     tokenizer_module: dict
 
 
-def build_pool(template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):
-    """Tokenise every domain through LLaMA-Factory's ``get_dataset`` and concatenate them.
+def tokenise(names, template, model_args, data_args, training_args, stage: str, tokenizer_module: dict, what="dataset"):
+    """Tokenise every dataset of ``names`` through LLaMA-Factory's ``get_dataset`` and concatenate them.
 
-    Each domain is processed on its own so that packing (pt) never crosses domains and every row
-    knows its domain; rows get ``domain_id`` and ``sample_index`` (its row in the pool).
+    Each dataset is processed on its own so that packing (pt) never crosses datasets and every row
+    knows where it came from; rows get ``domain_id`` (the position of their dataset in ``names``)
+    and ``sample_index`` (their row in the result).
     """
     from datasets import concatenate_datasets
     from llamafactory.data import get_dataset
 
     parts = []
-    for domain_id, name in enumerate(data_args.dataset):
+    for domain_id, name in enumerate(names):
         domain_args = copy.copy(data_args)
         domain_args.dataset = [name]
         try:
             part = get_dataset(template, model_args, domain_args, training_args, stage=stage, **tokenizer_module)
         except RuntimeError as err:  # LLaMA-Factory's "Cannot find valid samples"
-            raise ConfigError(f"dataset '{name}' has no usable sample after tokenisation ({err})") from None
+            raise ConfigError(f"{what} '{name}' has no usable sample after tokenisation ({err})") from None
         part = part["train_dataset"]
         if len(part) == 0:
-            raise ConfigError(f"dataset '{name}' has no usable sample after tokenisation; check its file and cutoff_len")
+            raise ConfigError(f"{what} '{name}' has no usable sample after tokenisation; check its file and cutoff_len")
         parts.append(part.add_column("domain_id", [domain_id] * len(part)))
     pool = concatenate_datasets(parts)
     return pool.add_column("sample_index", list(range(len(pool))))
+
+
+def build_pool(template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):
+    """The training pool: every domain of ``data_args.dataset`` (see :func:`tokenise`)."""
+    return tokenise(data_args.dataset, template, model_args, data_args, training_args, stage, tokenizer_module)
+
+
+def build_validation(names, template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):
+    """The selectors' target/validation set: ``domain_id`` is the subtask (position in ``names``).
+
+    Not truncated by ``max_samples`` (a per-domain cap of the training pool).
+    """
+    if not names:
+        return None
+    val_args = copy.copy(data_args)
+    val_args.max_samples = None
+    return tokenise(names, template, model_args, val_args, training_args, stage, tokenizer_module, what="validation set")
 
 
 def resolve_max_steps(training_args, pool_size: int) -> None:
@@ -150,8 +170,23 @@ def resolve_max_steps(training_args, pool_size: int) -> None:
     training_args.max_steps = math.ceil(training_args.num_train_epochs * per_epoch)
 
 
-def build(hparams: dict[str, Any]) -> Built:
-    """Tokenizer, template, pool and model, as LLaMA-Factory's workflows build them."""
+def validation_names(data_cfg: dict) -> list[str]:
+    """``data.validation`` as a list of registry names (a name, a comma-separated string or a list)."""
+    value = data_cfg.get("validation")
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def build(hparams: dict[str, Any], validation: list[str] | None = None) -> Built:
+    """Tokenizer, template, pool, validation set and model, as LLaMA-Factory's workflows build them.
+
+    Args:
+        hparams: the LLaMA-Factory argument dict (:func:`build_hparams`).
+        validation: registry names of the target/validation set (one subtask each), if any.
+    """
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_model, load_tokenizer
 
@@ -167,6 +202,7 @@ def build(hparams: dict[str, Any]) -> Built:
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     stage = finetuning_args.stage
     pool = build_pool(template, model_args, data_args, training_args, stage, tokenizer_module)
+    val = build_validation(validation or [], template, model_args, data_args, training_args, stage, tokenizer_module)
     resolve_max_steps(training_args, len(pool))
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
     collator = _collator(stage, model, tokenizer_module, template, model_args, data_args, training_args)
@@ -179,6 +215,8 @@ def build(hparams: dict[str, Any]) -> Built:
         template=template,
         pool=pool,
         domain_names=list(data_args.dataset),
+        validation=val,
+        validation_names=list(validation or []),
         model=model,
         collator=collator,
         tokenizer_module=tokenizer_module,
@@ -221,6 +259,7 @@ def build_trainer(built: Built, callback, extra_callbacks: list | None = None) -
         dataflex_callback=callback,
         callbacks=extra_callbacks,
         dataflex_domain_ids=built.pool["domain_id"],
+        dataflex_validation=built.validation,
         **built.tokenizer_module,
     )
     if built.finetuning_args.stage == "pt":

@@ -8,6 +8,8 @@
 - ``generation``: seeded on-policy sampling of several responses per prompt.
 - ``distributed``: gather per-sample tensors in dataset-index order, broadcast, rank-0 progress bars.
 - ``pool``: ``map_pool``, a batched signal over a whole pool, sharded across ranks, in order.
+- ``text``: decoded prompts and responses of tokenised rows.
+- ``knn``: cosine nearest neighbours (FAISS; exact or IVF).
 
 Import the submodules directly (``from dataflex.signals.losses import per_sample_losses``); this
 package imports nothing heavy on its own.

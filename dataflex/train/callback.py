@@ -11,12 +11,30 @@ from transformers import TrainerCallback
 
 from dataflex.signals.distributed import broadcast_object
 from dataflex.train.components import Component, Mixer, Selector, UpdateContext
-from dataflex.utils import atomic_torch_save
+from dataflex.utils import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:
     from dataflex.tracking import Tracker
 
 STATE_FILE = "dataflex_state.pt"
+SELECTIONS_DIR = "selections"
+
+
+def selection_stats(indices: torch.Tensor, previous: torch.Tensor | None, domain_ids: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """What is logged for one selection round.
+
+    ``selector/selected``: indices chosen (with repeats, as drawn); ``selector/unique``: distinct
+    ones; ``selector/overlap``: the fraction of this round's distinct samples that the previous
+    selection also held (absent for the first); ``selector/domain/<name>``: how many chosen
+    samples (with repeats) come from each domain or task.
+    """
+    unique = torch.unique(indices)
+    stats: dict[str, float] = {"selector/selected": int(indices.numel()), "selector/unique": int(unique.numel())}
+    if previous is not None:
+        stats["selector/overlap"] = float(torch.isin(unique, torch.unique(previous)).double().mean())
+    counts = torch.bincount(domain_ids[indices], minlength=len(names))
+    stats.update({f"selector/domain/{name}": int(c) for name, c in zip(names, counts.tolist())})
+    return stats
 
 
 def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
@@ -32,6 +50,10 @@ class DataFlexCallback(TrainerCallback):
         tracker: where logs go (JSONL, W&B, ...).
         resume_from: checkpoint directory being resumed, if any.
         domain_names: names for the logged domain proportions (default: domain ids).
+        run_dir: the run directory; each selection round is saved as
+            ``selections/round_NNN.json`` (round 000 is the warm-up decision).
+        run_id: identity of the run, stamped into every file it writes so no other run reads it
+            as its own.
     """
 
     def __init__(
@@ -40,11 +62,15 @@ class DataFlexCallback(TrainerCallback):
         tracker: Tracker,
         resume_from: str | None = None,
         domain_names: list[str] | None = None,
+        run_dir: str | os.PathLike | None = None,
+        run_id: str | None = None,
     ):
         self.components = {name: c for name, c in components.items() if c is not None}
         self.tracker = tracker
         self.resume_from = resume_from
         self.domain_names = domain_names
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_id = run_id
         self.updates_done = {name: 0 for name in self.components}
         self.trainer = None  # set by the trainer mixin
 
@@ -69,18 +95,41 @@ class DataFlexCallback(TrainerCallback):
             global_step=state.global_step,
             update_index=update_index,
             max_steps=state.max_steps,
+            run_dir=self.run_dir,
         )
 
-    def _apply(self, component: Component, decision: torch.Tensor | None, step: int) -> None:
+    def _names(self) -> list[str]:
+        return self.domain_names or [str(d) for d in range(self.sampler.num_domains)]
+
+    def _apply(self, component: Component, decision: torch.Tensor | None, state, update_index: int) -> None:
         decision = broadcast_object(decision)  # every rank applies rank 0's decision
+        step = state.global_step
         if isinstance(component, Selector):
+            previous = self.sampler.current.indices if update_index >= 0 else None
             self.sampler.set_indices(decision)
-            if decision is not None:
-                self.tracker.log({"selector/selected": int(decision.numel())}, step=step)
+            if decision is not None and state.is_world_process_zero:
+                self._record_selection(decision, previous, step, update_index)
         elif isinstance(component, Mixer):
             self.sampler.set_proportions(decision)
-            names = self.domain_names or [str(d) for d in range(len(decision))]
+            names = self._names()
             self.tracker.log({f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(decision)}, step=step)
+
+    def _record_selection(self, indices: torch.Tensor, previous, step: int, update_index: int) -> None:
+        """Log a selection round and save it as ``selections/round_NNN.json`` (rank 0)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        stats = selection_stats(indices, previous, self.sampler.domain_ids, self._names())
+        self.tracker.log(stats, step=step)
+        if self.run_dir is not None:
+            record = {
+                "run_id": self.run_id,
+                "round": update_index + 1,
+                "update_index": update_index,
+                "step": step,
+                **{k.removeprefix("selector/"): v for k, v in stats.items() if "/domain/" not in k},
+                "domains": {k.split("/", 2)[2]: v for k, v in stats.items() if "/domain/" in k},
+                "indices": indices.tolist(),
+            }
+            atomic_write_json(self.run_dir / SELECTIONS_DIR / f"round_{update_index + 1:03d}.json", record)
 
     # -- HF callback events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -90,9 +139,9 @@ class DataFlexCallback(TrainerCallback):
         for component in self.components.values():
             ctx = self._context(state, update_index=-1)
             if isinstance(component, Selector):
-                self._apply(component, component.initial_indices(ctx), state.global_step)
+                self._apply(component, component.initial_indices(ctx), state, -1)
             elif isinstance(component, Mixer):
-                self._apply(component, component.initial_proportions(ctx), state.global_step)
+                self._apply(component, component.initial_proportions(ctx), state, -1)
 
     def on_step_end(self, args, state, control, **kwargs):
         for name, component in self.components.items():
@@ -100,9 +149,9 @@ class DataFlexCallback(TrainerCallback):
                 continue
             ctx = self._context(state, update_index=self.updates_done[name])
             if isinstance(component, Selector):
-                self._apply(component, component.select(ctx), state.global_step)
+                self._apply(component, component.select(ctx), state, ctx.update_index)
             elif isinstance(component, Mixer):
-                self._apply(component, component.update(ctx), state.global_step)
+                self._apply(component, component.update(ctx), state, ctx.update_index)
             self.updates_done[name] += 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):

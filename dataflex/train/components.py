@@ -8,6 +8,7 @@ A new method is one subclass (a thin stateful shell around a pure core) plus one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,6 +55,7 @@ class UpdateContext:
         global_step: optimizer steps done so far.
         update_index: 0-based index of this update (-1 for the decision at the start).
         max_steps: total optimizer steps of the run.
+        run_dir: the run directory (files a component writes go under it), None outside a Run.
     """
 
     trainer: Trainer
@@ -61,6 +63,28 @@ class UpdateContext:
     global_step: int
     update_index: int
     max_steps: int
+    run_dir: Path | None = None
+
+    @property
+    def tokenizer(self):
+        return self.trainer.processing_class
+
+    @property
+    def validation(self):
+        """The tokenised target/validation set (rows like the pool's; ``domain_id`` = subtask id),
+        or None when the data config names none (``data.validation``)."""
+        return getattr(self.trainer, "dataflex_validation", None)
+
+    def require_validation(self, who: str):
+        """:attr:`validation`, or a ConfigError telling the user to name one."""
+        from dataflex.config import ConfigError
+
+        if self.validation is None or len(self.validation) == 0:
+            raise ConfigError(
+                f"selector={who} needs a target/validation set: set data.validation=<registered dataset name(s)> "
+                "(offline_sft uses offline_sft_val_mcq)"
+            )
+        return self.validation
 
     @property
     def pool_size(self) -> int:
@@ -85,6 +109,27 @@ class Component:
                 forward's own logits (detached; no extra forward pass).
             batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
         """
+
+    def training_loss(
+        self,
+        token_losses: torch.Tensor,
+        token_mask: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        inputs: dict[str, Any],
+        model: torch.nn.Module,
+    ) -> torch.Tensor | None:
+        """The loss to back-propagate for this micro-batch, when the component owns it (weighters;
+        DoReMi's alpha-weighted proxy loss). Default None: the trainer's own loss.
+
+        Args:
+            token_losses: ``[b, T]`` next-token NLL of this rank's samples (with grad; 0 where
+                ``token_mask`` is False).
+            token_mask: ``[b, T]`` True on label tokens (labels != -100, shifted).
+            batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
+            inputs: the model inputs of the micro-batch (input_ids, attention_mask, labels, ...).
+            model: the training model (e.g. for a component's own forward of a reference model).
+        """
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the component decided or accumulated, saved in every checkpoint."""
