@@ -50,7 +50,7 @@ def sample_generations(
     model: torch.nn.Module,
     tokenizer: Any,
     template: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     num_samples: int = 4,
     temperature: float = 0.7,
     max_new_tokens: int = 128,
@@ -71,7 +71,8 @@ def sample_generations(
         model: Causal LM (plain or PEFT-wrapped).
         tokenizer: Tokenizer fixed by `get_template_and_fix_tokenizer`.
         template: LLaMA-Factory `Template` (prompt encoding and stop tokens).
-        prompts: User-turn contents.
+        prompts: User-turn contents (encoded with `template`), or prompts already encoded as token
+            ids and used as they are (e.g. the unlabelled prefix of a tokenised row, `text.split_row`).
         num_samples: Responses per prompt.
         temperature: Sampling temperature (> 0).
         max_new_tokens: Generation budget per response.
@@ -104,6 +105,8 @@ def sample_generations(
             for start in tqdm(starts, desc="sample", disable=not progress, leave=False):
                 seqs = [
                     generation_prompt_ids(tokenizer, template, p)
+                    if isinstance(p, str)
+                    else [int(t) for t in p]
                     for p in prompts[start : start + batch_size]
                 ]
                 ids, mask, _ = pad_batch(seqs, pad_id, "left", device)
