@@ -65,8 +65,15 @@ def build_component(kind: str, cfg: Any) -> Component | None:
     except Exception as err:
         raise ConfigError(f"{kind}: cannot import _target_ '{target_path}' ({err})") from None
     kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
-    check_kwargs(target, kwargs, where=f"{kind}={cfg.get('name', target_path)}")
-    component = target(**kwargs)
+    name = cfg.get("name", target_path)
+    check_kwargs(target, kwargs, where=f"{kind}={name}")
+    try:
+        component = target(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:  # a value out of range or of the wrong type
+        raise ConfigError(f"{kind}={name}: {err}") from err
     if not isinstance(component, _KINDS[kind]):
         raise ConfigError(f"{kind}: {target_path} is not a {_KINDS[kind].__name__}")
+    component.config_name = name  # for messages naming the config option
     return component

@@ -45,6 +45,81 @@ def write_registry(data_cfg: dict, out_dir: Path) -> str:
     return str(out_dir)
 
 
+def required_columns(entry: dict) -> list[str]:
+    """The fields every row of a local alpaca/sharegpt file must have, as LLaMA-Factory reads them
+    (a ``columns`` mapping replaces the defaults; unmapped columns are then unused)."""
+    columns = entry.get("columns")
+    if entry.get("formatting", "alpaca") == "sharegpt":
+        return [(columns or {}).get("messages") or "conversations"]
+    if columns is None:
+        return ["instruction", "output"]
+    return [columns[k] for k in ("prompt", "response") if columns.get(k)]
+
+
+def check_dataset_file(name: str, entry: dict) -> None:
+    """Refuse a local dataset file LLaMA-Factory would choke on, naming the file, line and fix.
+
+    Checks: the file exists, every line of a ``.jsonl`` (or the array of a ``.json``) parses, every
+    row has the fields the registry entry maps, and there is at least one row. Hub datasets and
+    other file types are left to LLaMA-Factory.
+    """
+    if "file_name" not in entry:
+        return
+    path = Path(entry["file_name"])
+    if not path.exists():
+        raise ConfigError(
+            f"dataset '{name}': file {path} not found; build the offline assets (`dataflex-data build`) "
+            f"or fix the path in its registry entry"
+        )
+    if path.suffix not in (".jsonl", ".json") or path.is_dir():
+        return
+    required = required_columns(entry)
+
+    def check_row(row, where: str) -> None:
+        if not isinstance(row, dict):
+            raise ConfigError(f"dataset '{name}': {path} {where} is not a JSON object; each row must be one")
+        missing = [c for c in required if c not in row]
+        if missing:
+            raise ConfigError(
+                f"dataset '{name}': {path} {where} has no field {missing[0]!r} (the registry maps {required}); "
+                "add the field or fix the entry's `columns`"
+            )
+
+    rows = 0
+    with path.open(encoding="utf-8") as f:
+        if path.suffix == ".json":
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"dataset '{name}': {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+            for i, row in enumerate(data if isinstance(data, list) else [data]):
+                check_row(row, f"row {i}")
+                rows += 1
+        else:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ConfigError(
+                        f"dataset '{name}': {path} line {lineno} is not valid JSON ({err.msg}); fix or remove that line"
+                    ) from None
+                check_row(row, f"line {lineno}")
+                rows += 1
+    if rows == 0:
+        raise ConfigError(f"dataset '{name}': {path} holds no rows; an empty domain cannot be trained on")
+
+
+def check_datasets(names: list[str], dataset_dir: str) -> None:
+    """Every dataset the run reads is registered, and its local file is sound (:func:`check_dataset_file`)."""
+    registry = json.loads((Path(dataset_dir) / "dataset_info.json").read_text())
+    for name in names:
+        if name not in registry:
+            raise ConfigError(f"dataset '{name}' is not registered; known: {', '.join(sorted(registry)) or 'none'}")
+        check_dataset_file(name, registry[name])
+
+
 def build_hparams(cfg: dict, run_dir: Path, resume_from: str | None) -> dict[str, Any]:
     """The LLaMA-Factory argument dict for this run (model + data + trainer groups)."""
     model, data, trainer = cfg["model"], cfg["data"], dict(cfg["trainer"])
@@ -190,6 +265,7 @@ def build(hparams: dict[str, Any], validation: list[str] | None = None) -> Built
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_model, load_tokenizer
 
+    check_datasets([*hparams["dataset"].split(","), *(validation or [])], hparams["dataset_dir"])
     model_args, data_args, training_args, finetuning_args, _ = parse_hparams(hparams)
     try:
         tokenizer_module = load_tokenizer(model_args)

@@ -98,6 +98,19 @@ class DataFlexCallback(TrainerCallback):
             run_dir=self.run_dir,
         )
 
+    def _decide(self, name: str, decide, ctx: UpdateContext):
+        """A component's decision; a ValueError (a setting that does not fit this data, e.g. a budget
+        larger than the pool) becomes a ConfigError naming the component and the step."""
+        from dataflex.config import ConfigError
+
+        try:
+            return decide(ctx)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            when = "at the start" if ctx.update_index < 0 else f"at step {ctx.global_step}"
+            raise ConfigError(f"{name}={getattr(self.components[name], 'config_name', type(self.components[name]).__name__)} {when}: {err}") from err
+
     def _names(self) -> list[str]:
         return self.domain_names or [str(d) for d in range(self.sampler.num_domains)]
 
@@ -136,12 +149,12 @@ class DataFlexCallback(TrainerCallback):
         if self.resume_from is not None:
             self.load(self.resume_from)
             return
-        for component in self.components.values():
+        for name, component in self.components.items():
             ctx = self._context(state, update_index=-1)
             if isinstance(component, Selector):
-                self._apply(component, component.initial_indices(ctx), state, -1)
+                self._apply(component, self._decide(name, component.initial_indices, ctx), state, -1)
             elif isinstance(component, Mixer):
-                self._apply(component, component.initial_proportions(ctx), state, -1)
+                self._apply(component, self._decide(name, component.initial_proportions, ctx), state, -1)
 
     def on_step_end(self, args, state, control, **kwargs):
         for name, component in self.components.items():
@@ -149,9 +162,9 @@ class DataFlexCallback(TrainerCallback):
                 continue
             ctx = self._context(state, update_index=self.updates_done[name])
             if isinstance(component, Selector):
-                self._apply(component, component.select(ctx), state, ctx.update_index)
+                self._apply(component, self._decide(name, component.select, ctx), state, ctx.update_index)
             elif isinstance(component, Mixer):
-                self._apply(component, component.update(ctx), state, ctx.update_index)
+                self._apply(component, self._decide(name, component.update, ctx), state, ctx.update_index)
             self.updates_done[name] += 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
