@@ -180,3 +180,243 @@ def test_sampling_from_prompt_ids_equals_sampling_from_text(model, tokenizer, te
     text = sample_generations(model, tokenizer, template, [q for q, _ in QA], **kw)
     ids = sample_generations(model, tokenizer, template, [encode(tokenizer, template, q, "")[0] for q, _ in QA], **kw)
     assert [[r.response_ids for r in g] for g in text] == [[r.response_ids for r in g] for g in ids]
+
+
+# -- the component on a hand-built trainer ---------------------------------------------------------
+class TemplateCollator(N.RowCollator):
+    """Collates pool rows and carries the template, as LLaMA-Factory's SFT collator does."""
+
+    def __init__(self, template, pad_id):
+        super().__init__(pad_id)
+        self.template = template
+
+
+def rows_of(tokenizer, template, pairs, domains):
+    """A tokenised dataset of (question, answer) rows labelled on the answer, with ``domain_id``."""
+    from datasets import Dataset
+
+    rows = []
+    for (q, a), d in zip(pairs, domains):
+        p, r = encode(tokenizer, template, q, a)
+        rows.append({**N.reinforce_row(p, r), "domain_id": d})
+    return Dataset.from_list(rows)
+
+
+POOL = [("Add 2 and 2", "4"), ("Capital of France?", "Paris"), ("Say hi", "hi there"), ("Colour of the sky", "blue"),
+        ("What is 10 - 3?", "7"), ("the cat sat on the", "mat"), ("Opposite of up", "down"), ("Count to three", "1 2 3")]
+
+
+def make_ctx(model, tokenizer, template, validation, update_index=0):
+    from types import SimpleNamespace
+
+    from dataflex.train.components import UpdateContext
+
+    pool = rows_of(tokenizer, template, POOL, [i % 2 for i in range(len(POOL))])
+    trainer = SimpleNamespace(
+        model=model, processing_class=tokenizer, optimizer=None, train_dataset=pool,
+        data_collator=TemplateCollator(template, tokenizer.pad_token_id), dataflex_validation=validation,
+    )
+    sampler = SimpleNamespace(pool_size=len(pool), domain_ids=torch.tensor(pool["domain_id"]))
+    return UpdateContext(trainer=trainer, sampler=sampler, global_step=2, update_index=update_index, max_steps=10)
+
+
+SMALL = {"num_samples": 2, "max_new_tokens": 6, "proj_dim": 64, "gradient_type": "sgd", "batch_size": 4, "seed": 5}
+
+
+def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_reference(model, tokenizer, template):
+    """The default reward end to end: the references are set to the model's own (seeded) samples, so
+    exact match fires, and the matching prompts get non-zero validation features and the pool non-zero scores."""
+    sel = N.NiceSelector(budget=3, **SMALL)
+    probe = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]))
+    prompt_ids = [N.split_row(r["input_ids"], r["labels"])[0] for r in probe.validation]
+    samples = sel.sample(probe, prompt_ids)
+    own = [group[0].text for group in samples]  # what the model says to each prompt with this seed
+    assert any(N.normalize_answer(t) for t in own)
+    validation = rows_of(tokenizer, template, [(q, t) for (q, _), t in zip(QA, own)], [0, 0, 1])
+    ctx = make_ctx(model, tokenizer, template, validation)
+
+    chosen = sel.select(ctx)
+    last = sel.last_scores
+    # the samples of the round are the probe's (same seed, same prompts), so the rewards are known by hand
+    expected = [[float(bool(N.normalize_answer(t)) and N.normalize_answer(s.text) == N.normalize_answer(t)) for s in g]
+                for g, t in zip(samples, own)]
+    assert last["rewards"].tolist() == expected and sum(map(sum, expected)) >= 1
+    assert [row[0] for row in expected] == [float(bool(N.normalize_answer(t))) for t in own]
+    scores = last["scores"]
+    assert torch.isfinite(scores).all() and scores.abs().max() > 0
+    assert scores[chosen].tolist() == torch.topk(scores, 3).values.tolist()  # the top 3, best first
+    assert sel.rounds[-1]["indices"] == chosen.tolist()
+
+
+def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
+    import dataflex.selectors.less as less
+
+    monkeypatch.setattr(less, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
+    sel = N.NiceSelector(budget=4, reward="test_selectors_nice.constant_reward", reward_kwargs={"value": 0.0}, **SMALL)
+    ctx = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]), update_index=3)
+    chosen = sel.select(ctx)
+    assert torch.equal(sel.last_scores["scores"], torch.zeros(len(POOL)))
+    assert torch.equal(sel.last_scores["rewards"], torch.zeros(3, 2))
+    expected = torch.randperm(len(POOL), generator=N.seeded_generator(5, 3))[:4]  # the tie-break order itself
+    assert chosen.tolist() == expected.tolist()
+
+
+def test_reference_samples_with_unit_reward_give_the_less_sgd_score(model, tokenizer, template, monkeypatch):
+    """ALGORITHMS.md: every y_m the reference and r ≡ 1 gives the LESS-SGD score (subtask mean, max)."""
+    import dataflex.selectors.less as less
+    from dataflex.signals.generation import SampledResponse
+
+    validation = rows_of(tokenizer, template, QA, [0, 1, 1])
+    ctx = make_ctx(model, tokenizer, template, validation)
+    sel = N.NiceSelector(budget=3, reward="test_selectors_nice.always_one", **SMALL)
+
+    def references(ctx, prompt_ids):
+        out = []
+        for p, row in zip(prompt_ids, validation):
+            ids = N.split_row(row["input_ids"], row["labels"])[1]
+            out.append([SampledResponse(text="x", response_ids=ids, prompt_ids=p, finished=True)] * sel.num_samples)
+        return out
+
+    monkeypatch.setattr(sel, "sample", references)
+    sel.select(ctx)
+    train = less.training_features(ctx, None, sel.projector, "sgd")
+    val = less.validation_features(ctx, sel.projector)
+    expected = less.less_scores(train, val, val_groups=[0, 1, 1])
+    assert torch.allclose(sel.last_scores["scores"].double(), expected, atol=1e-5)
+    assert expected.abs().max() > 0.01
+
+
+def test_subtask_centroids_give_less_scores():
+    from dataflex.selectors.less import less_scores
+
+    g = torch.Generator().manual_seed(0)
+    train, val = torch.randn(7, 5, generator=g), torch.randn(6, 5, generator=g)
+    val[2] = 0  # a prompt without reward signal
+    groups = [3, 1, 3, 1, 1, 8]
+    for grp in (groups, None):
+        c = N.subtask_centroids(val, grp)
+        mine = (N.normalize_features(train.double()) @ c.T).max(-1).values
+        assert torch.allclose(mine, less_scores(train, val, grp), atol=1e-10)
+    assert N.subtask_centroids(val, groups).shape == (3, 5)
+
+
+def test_selector_checks_its_settings_and_validation(model, tokenizer, template):
+    from dataflex.config import ConfigError, build_component
+
+    for bad in ({"num_samples": 0}, {"temperature": 0.0}, {"max_new_tokens": 0}, {"top_p": 1.5},
+                {"val_prompts": 0}, {"proj_dim": 0}, {"proj_kind": "nope"}, {"gradient_type": "adagrad"}):
+        with pytest.raises(ConfigError, match="selector=nice: "):
+            build_component("selector", {"_target_": "dataflex.selectors.nice.NiceSelector", "name": "nice", "budget": 2, **bad})
+    with pytest.raises(ConfigError, match="data.validation"):
+        N.NiceSelector(budget=2, **SMALL).select(make_ctx(model, tokenizer, template, None))
+
+
+def test_unknown_reward_is_a_config_error_before_any_model_loads():
+    from conftest import compose_config
+
+    from dataflex.config import ConfigError, build_component
+
+    cfg = compose_config(["selector=nice"])
+    assert isinstance(build_component("selector", cfg.selector), N.NiceSelector)  # the shipped YAML builds
+    with pytest.raises(ConfigError, match=r"reward='exact'.*exact_match"):
+        build_component("selector", compose_config(["selector=nice", "selector.reward=exact"]).selector)
+    with pytest.raises(ConfigError, match=r"reward='no_such_module.fn' cannot be imported"):
+        build_component("selector", compose_config(["selector=nice", "selector.reward=no_such_module.fn"]).selector)
+    with pytest.raises(ConfigError, match="reward_kwargs"):
+        build_component("selector", compose_config(
+            ["selector=nice", "selector.reward=test_selectors_nice.constant_reward", "+selector.reward_kwargs.nope=1"]).selector)
+
+
+def test_reward_errors_fail_the_round_with_the_reward_named(model, tokenizer, template):
+    sel = N.NiceSelector(budget=2, reward=lambda p, y, r: [1.0], **SMALL)
+    with pytest.raises(ValueError, match="reward=.*returned 1 values for 6"):
+        sel.select(make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1])))
+
+
+# -- end to end on model=tiny ----------------------------------------------------------------------
+# two update rounds (steps 2 and 4) after a 2-step warm-up; small sampling; the always-1 reward through
+# the pluggable path, so the rounds carry signal (exact match on the untrained tiny model never fires)
+E2E = ["selector=nice", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2",
+       "selector.num_updates=2", "selector.val_prompts=4", "selector.num_samples=2", "selector.max_new_tokens=6",
+       "selector.proj_dim=64", "selector.candidates=32", "selector.batch_size=8",
+       "selector.reward=test_selectors_nice.always_one", "eval.before=false", "eval.after=false"]
+
+
+def read_jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory):
+    from conftest import compose_config
+
+    from dataflex.run import Run
+
+    run_dir = tmp_path_factory.mktemp("nice") / "run"
+    run = Run(compose_config(E2E), run_dir)
+    metrics = run.fit()
+    return run, metrics, run_dir
+
+
+def dataflex_state(run_dir, step=6):
+    return torch.load(run_dir / "checkpoints" / f"checkpoint-{step}" / "dataflex_state.pt", weights_only=False)
+
+
+def test_e2e_two_rounds_logged_and_saved(e2e_run):
+    import json
+
+    run, metrics, run_dir = e2e_run
+    assert metrics["global_step"] == 6 and math.isfinite(metrics["final_train_loss"])
+    state = dataflex_state(run_dir)
+    assert state["updates_done"]["selector"] == 2
+    sel = state["components"]["selector"]
+    rounds = sel["rounds"]
+    assert [r["update_index"] for r in rounds] == [-1, 0, 1] and [r["step"] for r in rounds] == [0, 2, 4]
+    assert all(len(r["indices"]) == len(set(r["indices"])) == 16 for r in rounds)
+    plans = [p["indices"].tolist() for p in state["sampler"]["history"] if p["indices"] is not None]
+    assert plans[-3:] == [r["indices"] for r in rounds]  # every decision reached the sampler
+
+    last = sel["last_scores"]
+    assert last["update_index"] == 1 and last["rewards"].shape == (4, 2) and bool((last["rewards"] == 1).all())
+    assert last["validation_indices"].numel() == 4 and last["candidates"].numel() == 32
+    scores = last["scores"]
+    assert torch.isfinite(scores).all() and scores.abs().max() > 0
+    picked = last["candidates"][torch.topk(scores, 16).indices]
+    assert sorted(rounds[-1]["indices"]) == sorted(picked.tolist())
+
+    files = sorted((run_dir / "selections").glob("round_*.json"))
+    assert [p.name for p in files] == ["round_000.json", "round_001.json", "round_002.json"]
+    for f, kept in zip(files, rounds):
+        record = json.loads(f.read_text())
+        assert record["run_id"] == run.run_id and record["indices"] == kept["indices"] and record["step"] == kept["step"]
+        assert record["selected"] == 16 and sum(record["domains"].values()) == 16
+    logged = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "selector/selected" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4] and sum("selector/overlap" in r for r in logged) == 2
+
+
+@pytest.mark.slow
+def test_e2e_resume_selects_what_the_uninterrupted_run_selects(e2e_run, tmp_path, monkeypatch):
+    """Killed at step 5 (after checkpoint-3, before the step-6 save), resumed: the round at step 4 is
+    redone from the restored model and must pick the same samples; losses and state match."""
+    from conftest import compose_config
+    from test_e2e import losses, same_state
+
+    from dataflex.run import Run
+    from dataflex.train.callback import DataFlexCallback
+
+    _, _, straight = e2e_run
+
+    def boom(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DataFlexCallback, "on_step_begin", boom)
+        with pytest.raises(KeyboardInterrupt):
+            Run(compose_config(E2E), tmp_path / "resumed").fit()
+    Run(compose_config(E2E), tmp_path / "resumed").fit()
+    assert losses(tmp_path / "resumed") == pytest.approx(losses(straight), abs=1e-6)
+    a, b = dataflex_state(straight), dataflex_state(tmp_path / "resumed")
+    assert a["updates_done"] == b["updates_done"] and same_state(a["components"], b["components"])

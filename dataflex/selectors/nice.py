@@ -34,7 +34,7 @@ import torch
 
 from dataflex.eval.exact_match import normalize_answer
 from dataflex.eval.mcq import pad_batch, pad_id_of
-from dataflex.selectors.base import INITIAL, BudgetSelector, resolve_budget, seeded_generator
+from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
 from dataflex.signals.distributed import broadcast_object, is_main_process
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import project_per_sample_gradients
@@ -102,11 +102,12 @@ def resolve_reward(reward: str | RewardFn, reward_kwargs: dict[str, Any] | None 
     Args:
         reward: ``exact_match``, ``contains``, an import path (``package.module.name`` or
             ``package.module:name``) or a callable.
-        reward_kwargs: when given (non-empty), the named object is a factory (e.g. a reward-model
-            class) and ``obj(**reward_kwargs)`` is the reward callable.
+        reward_kwargs: when not None (``{}`` included), the named object is a factory (e.g. a
+            reward-model class) and ``obj(**reward_kwargs)`` is the reward callable.
 
     Raises:
-        ValueError: a name that is neither a short name nor an importable callable.
+        ConfigError: a name that is neither a short name nor an importable callable, or a factory
+            that fails to build with ``reward_kwargs``.
     """
     from dataflex.config import ConfigError
 
@@ -124,8 +125,13 @@ def resolve_reward(reward: str | RewardFn, reward_kwargs: dict[str, Any] | None 
                 obj = getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as err:
                 raise ConfigError(f"reward={reward!r} cannot be imported ({err})") from None
-    if reward_kwargs:
-        obj = obj(**reward_kwargs)
+    if reward_kwargs is not None:
+        if not callable(obj):
+            raise ConfigError(f"reward={reward!r} is not callable, so reward_kwargs cannot build a reward from it")
+        try:
+            obj = obj(**dict(reward_kwargs))
+        except Exception as err:
+            raise ConfigError(f"reward={reward!r} could not be built with reward_kwargs={dict(reward_kwargs)!r} ({err})") from None
     if not callable(obj):
         raise ConfigError(f"reward={reward!r} is not callable")
     return obj
@@ -262,3 +268,239 @@ def nice_validation_features(
         features[needed] = map_pool(fn, model, rows, RowCollator(pad_id), indices=needed, batch_size=batch_size, desc="NICE validation gradients")
     g = reinforce_features(features.reshape(p, m, -1), rewards, num_tokens)
     return normalize_features(g)
+
+
+def subtask_centroids(val_features: torch.Tensor, val_groups: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+    """``[J, d]`` float64: the mean L2-normalised validation feature of each subtask (ordered by id).
+
+    Because the cosine is linear in the normalised validation feature, ``mean_{z' in j} cos(x, z')``
+    is ``normalise(x) · centroid_j``, so the pool pass keeps ``[N, J]`` similarities, never ``N x d``.
+    A zero validation feature (no reward signal) counts as cosine 0 in its subtask's mean, exactly as
+    :func:`dataflex.selectors.less.less_scores` treats it.
+    """
+    val = normalize_features(torch.as_tensor(val_features).double())
+    if val.dim() != 2 or val.shape[0] == 0:
+        raise ValueError(f"validation features must be [M, d] with M >= 1, got {tuple(val.shape)}")
+    if val_groups is None:
+        return val.mean(0, keepdim=True)
+    groups = torch.as_tensor(val_groups, dtype=torch.long).flatten()
+    if groups.numel() != val.shape[0]:
+        raise ValueError(f"val_groups has {groups.numel()} entries for {val.shape[0]} validation rows")
+    _, inverse = torch.unique(groups, sorted=True, return_inverse=True)
+    j = int(inverse.max()) + 1
+    sums = torch.zeros(j, val.shape[1], dtype=val.dtype).index_add_(0, inverse, val)
+    return sums / torch.bincount(inverse, minlength=j).to(val)[:, None]
+
+
+# -- the component ---------------------------------------------------------------------------------
+class _EosStop:
+    """Stand-in template when the trainer's collator carries none (pt stage): stop at EOS only."""
+
+    def get_stop_token_ids(self, tokenizer) -> list[int]:
+        return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def template_of(trainer: Any) -> Any:
+    """The LLaMA-Factory template of the run (its stop tokens end sampled responses).
+
+    The SFT collator holds it (``data_collator.template``, under DataFlex's MetaCollator as
+    ``.base``); without one, sampling stops at the tokenizer's EOS token.
+    """
+    collator = getattr(trainer, "data_collator", None)
+    for _ in range(4):  # MetaCollator(base) -> LLaMA-Factory collator; never a deep chain
+        if collator is None:
+            break
+        template = getattr(collator, "template", None)
+        if template is not None:
+            return template
+        collator = getattr(collator, "base", None)
+    return _EosStop()
+
+
+class NiceSelector(PoolLossSelector):
+    """NICE, online: every update, sample responses to target prompts from the CURRENT model, reward
+    them, turn the rewards into REINFORCE validation gradients, and keep the ``budget`` pool samples
+    whose LESS training features (Adam-preconditioned by default) point where those gradients point.
+
+    One round (ALGORITHMS.md, nice):
+
+    1. prompts: the unlabelled prefix of (a seeded subset, ``val_prompts``, of) the validation rows
+       (``data.validation``; their ``domain_id`` is the subtask), the labelled part decoded is the
+       reference answer;
+    2. ``num_samples`` responses per prompt from the current model (temperature sampling, seeded by
+       ``(seed, update_index)``; every rank samples, rank 0's samples are used everywhere);
+    3. rewards ``r(x, y_m)`` from the pluggable ``reward`` (rank 0, broadcast);
+    4. validation features g_val(x) (:func:`nice_validation_features`), projected and L2-normalised;
+    5. training features of (a seeded subset, ``candidates``, of) the pool from
+       :func:`dataflex.selectors.less.training_features` with the same projector;
+    6. score = max over subtasks of the mean cosine (:func:`dataflex.selectors.less.less_scores`), top k
+       with a seeded tie-break: a round in which every reward is 0 scores every sample 0 and so picks a
+       seeded random subset (the training pass is then skipped).
+
+    The warm-up decision is a seeded random subset of ``budget`` samples. Everything random is seeded
+    by ``(seed, update_index)`` and the model/optimizer are restored on resume, so a resumed run selects
+    what the uninterrupted run selects; the checkpoint holds every round's indices and the latest
+    round's candidates, scores and rewards.
+
+    Args:
+        budget: samples per round: an int count or a float fraction of the pool in (0, 1].
+        warmup_steps, update_every, num_updates: the schedule (see the YAML).
+        seed: seeds the warm-up subset, the candidate and validation subsets, the sampling, the
+            tie-break and the projection.
+        candidates: score only a seeded random subset of the pool per round (count or fraction; None: all).
+        batch_size: rows per batched forward/backward of the gradient passes.
+        num_samples: M, responses sampled per validation prompt.
+        temperature: sampling temperature (> 0).
+        max_new_tokens: generation budget per response.
+        top_p: nucleus threshold of the sampling (1.0: plain temperature sampling).
+        generation_batch_size: prompts per ``generate`` call (part of the seeded result).
+        val_prompts: validation prompts per round: None (all), an int count or a float fraction; a
+            seeded random subset per round when smaller than the set.
+        reward: ``exact_match`` (default), ``contains``, or an import path ``package.module:name``
+            (see :func:`resolve_reward`, :data:`RewardFn`).
+        reward_kwargs: when not None, ``reward`` names a factory (e.g. a reward-model class) and
+            ``factory(**reward_kwargs)`` is the reward callable (built once, when the selector is built).
+        proj_dim: d, the projected feature dimension.
+        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
+        gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
+    """
+
+    #: generator streams of a round (0: the tie-break, 1: the candidate subset)
+    VALIDATION_STREAM = 2
+    SAMPLING_STREAM = 3
+
+    def __init__(
+        self,
+        budget,
+        warmup_steps=0,
+        update_every=0,
+        num_updates=0,
+        seed=0,
+        candidates=None,
+        batch_size=16,
+        num_samples: int = 4,
+        temperature: float = 0.7,
+        max_new_tokens: int = 128,
+        top_p: float = 1.0,
+        generation_batch_size: int = 8,
+        val_prompts: int | float | None = None,
+        reward: str | RewardFn = "exact_match",
+        reward_kwargs: dict[str, Any] | None = None,
+        proj_dim: int = 8192,
+        proj_kind: str = "rademacher",
+        gradient_type: str = "adam",
+    ):
+        from dataflex.signals.projection import Projector
+
+        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
+        for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("generation_batch_size", generation_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if val_prompts is not None:
+            resolve_budget(val_prompts, max(1, 10**12), "val_prompts")
+        if gradient_type not in ("adam", "sgd"):
+            raise ValueError(f"gradient_type must be 'adam' or 'sgd', got {gradient_type!r}")
+        self.num_samples, self.max_new_tokens, self.generation_batch_size = num_samples, max_new_tokens, generation_batch_size
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.val_prompts = val_prompts
+        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__qualname__", repr(reward))
+        self.reward_fn = resolve_reward(reward, reward_kwargs)  # fails now, before any model loads
+        self.gradient_type = gradient_type
+        self.projector = Projector(proj_dim, seed=self.seed, kind=proj_kind)  # validates dim and kind
+        # the latest round only (a full history would grow the checkpoint every round)
+        self.last_scores: dict[str, Any] | None = None
+
+    # -- one round, step by step (each usable on its own) ----------------------------------------------
+    def validation_indices(self, ctx: UpdateContext, size: int) -> torch.Tensor:
+        """The validation rows whose prompts are sampled this round (sorted; all when ``val_prompts`` is None)."""
+        if self.val_prompts is None:
+            return torch.arange(size)
+        m = resolve_budget(self.val_prompts, size, "val_prompts")
+        g = seeded_generator(self.seed, ctx.update_index, self.VALIDATION_STREAM)
+        return torch.randperm(size, generator=g)[:m].sort().values
+
+    def sampling_seed(self, ctx: UpdateContext) -> int:
+        return int(seeded_generator(self.seed, ctx.update_index, self.SAMPLING_STREAM).initial_seed())
+
+    def sample(self, ctx: UpdateContext, prompt_ids: Sequence[Sequence[int]]) -> list[list[Any]]:
+        """``num_samples`` on-policy responses per prompt (``SampledResponse``), identical on every rank.
+
+        Every rank calls ``generate`` (a sharded model needs all of them), rank 0's result is kept.
+        """
+        trainer = ctx.trainer
+        groups = sample_generations(
+            trainer.model,
+            ctx.tokenizer,
+            template_of(trainer),
+            prompt_ids,
+            num_samples=self.num_samples,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.sampling_seed(ctx),
+            batch_size=self.generation_batch_size,
+            top_p=self.top_p,
+            progress=is_main_process(),
+        )
+        return broadcast_object(groups)
+
+    def rewards(self, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]) -> torch.Tensor:
+        """``[P, M]`` rewards, computed on rank 0 and broadcast (an error there is raised on every rank)."""
+        outcome: tuple[str, Any] | None = None
+        if is_main_process():
+            try:
+                outcome = ("ok", compute_rewards(self.reward_fn, prompts, responses, references))
+            except Exception as err:  # every rank must leave the broadcast, then fail together
+                outcome = ("error", f"reward={self.reward_name}: {err}")
+        status, value = broadcast_object(outcome)
+        if status == "error":
+            raise ValueError(value)
+        return value
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:
+        from dataflex.selectors.less import training_features
+        from dataflex.signals.text import prompt_response_texts
+
+        validation = ctx.require_validation("nice")
+        trainer, tokenizer = ctx.trainer, ctx.tokenizer
+        val_idx = self.validation_indices(ctx, len(validation))
+        rows = validation.select(val_idx.tolist())
+        prompt_ids = [split_row(r["input_ids"], r.get("labels"))[0] for r in rows]
+        prompts, references = prompt_response_texts(rows, tokenizer)
+        groups = self.sample(ctx, prompt_ids)
+        responses = [[s.response_ids for s in group] for group in groups]
+        rewards = self.rewards(prompts, [[s.text for s in group] for group in groups], references)
+
+        val_features = nice_validation_features(
+            trainer.model, prompt_ids, responses, rewards, self.projector, self.batch_size, pad_id_of(tokenizer)
+        )
+        subtasks = torch.as_tensor(rows["domain_id"], dtype=torch.long) if "domain_id" in rows.column_names else None
+        centroids = subtask_centroids(val_features, subtasks)  # [J, d]
+        candidates = self.candidate_indices(ctx)
+        if centroids.abs().sum() == 0:  # no reward anywhere: every cosine is 0, no pass needed
+            scores = torch.zeros(candidates.numel(), dtype=torch.float64)
+        else:
+            sims = training_features(
+                ctx, candidates, self.projector, self.gradient_type, self.batch_size,
+                reduce=lambda f: f.double() @ centroids.to(f.device).T, desc="NICE training features",
+            )
+            scores = sims.double().reshape(candidates.numel(), -1).max(dim=-1).values
+        local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
+        self.last_scores = {
+            "update_index": ctx.update_index,
+            "candidates": candidates,
+            "scores": scores.float(),
+            "validation_indices": val_idx,
+            "rewards": rewards.float(),
+        }
+        return self.record(ctx, candidates[local])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_scores": self.last_scores}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.last_scores = state.get("last_scores")
