@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, build_component, to_dict
 from dataflex.tracking import Tracker, build_tracker
+from dataflex.train.components import Component
 from dataflex.utils import atomic_write_json, atomic_write_text
 
 CONFIG_FILE = "dataflex_config.yaml"
@@ -87,8 +88,10 @@ class Run:
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.components = {kind: build_component(kind, self.cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
-        if self.components["weighter"] is not None:
-            raise ConfigError("weighters other than `none` are not available yet; use weighter=none")
+        owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
+                  if c is not None and type(c).training_loss is not Component.training_loss]
+        if len(owners) > 1:
+            raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
 
     @property
     def run_id(self) -> str:

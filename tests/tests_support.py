@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import dataflex
-from dataflex.train.components import Mixer, Selector
+from dataflex.train.components import Mixer, Selector, Weighter
 
 CONF_DIR = Path(dataflex.__file__).parent / "conf"
 
@@ -69,3 +69,27 @@ class BatchRecorder(Component):
 
     def observe_batch(self, per_sample_losses, batch):
         self.seen.append((per_sample_losses.tolist(), batch["sample_index"].tolist(), batch["domain_id"].tolist()))
+
+
+class PlainLossWeighter(Weighter):
+    """Test-only weighter that owns the loss and hands back exactly the trainer's own loss."""
+
+    def __init__(self, warmup_steps=0, update_every=0, num_updates=0):
+        super().__init__(warmup_steps, update_every, num_updates)
+
+    def training_loss(self, loss):
+        return loss.plain()
+
+
+class MeanOfSamplesWeighter(PlainLossWeighter):
+    """Test-only weighter: the mean of the per-sample token-mean losses of each micro-batch."""
+
+    def training_loss(self, loss):
+        return loss.from_local_mean(loss.sample_losses().mean())
+
+
+class LossOwningMixer(RotatingMixer):
+    """Test-only mixer that also owns the loss (to test that two loss owners are refused)."""
+
+    def training_loss(self, loss):
+        return loss.plain()

@@ -60,7 +60,7 @@ def model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
-def _shifted_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def shifted_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """NLL per predicted position (fp32) and the mask of counted positions, both ``[B, T-1]``."""
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
@@ -100,7 +100,7 @@ def per_token_losses(
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with ctx:
         logits = _forward_logits(model, batch)
-        nll, _ = _shifted_token_nll(logits, batch["labels"])
+        nll, _ = shifted_token_nll(logits, batch["labels"])
     return nll
 
 
@@ -136,5 +136,5 @@ def per_sample_losses_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
     Returns:
         ``[B]`` fp32 tensor, 0.0 for a sample without label tokens.
     """
-    nll, valid = _shifted_token_nll(logits, labels)
+    nll, valid = shifted_token_nll(logits, labels)
     return nll.sum(-1) / valid.sum(-1).clamp(min=1).to(nll.dtype)

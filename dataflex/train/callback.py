@@ -79,6 +79,17 @@ class DataFlexCallback(TrainerCallback):
         """Components that watch every training batch (they override ``observe_batch``)."""
         return [c for c in self.components.values() if type(c).observe_batch is not Component.observe_batch]
 
+    @property
+    def loss_owner(self) -> Component | None:
+        """The component that replaces the training loss (it overrides ``training_loss``), if any."""
+        owners = [c for c in self.components.values() if type(c).training_loss is not Component.training_loss]
+        return owners[0] if owners else None
+
+    def describe(self, component: Component) -> str:
+        """``kind=name`` of a component, for messages."""
+        kind = next(k for k, c in self.components.items() if c is component)
+        return f"{kind}={getattr(component, 'config_name', type(component).__name__)}"
+
     def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         for component in self.observers:
             component.observe_batch(per_sample_losses, batch)

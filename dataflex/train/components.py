@@ -95,6 +95,54 @@ class UpdateContext:
         return self.sampler.domain_ids
 
 
+@dataclass
+class LossInputs:
+    """What a loss-owning component sees of one training micro-batch (see Component.training_loss).
+
+    Attributes:
+        token_losses: ``[b, T-1]`` next-token NLL of this rank's samples, fp32, WITH grad; 0 where
+            ``token_mask`` is False (entry t predicts label t + 1).
+        token_mask: ``[b, T-1]`` True on counted label tokens.
+        batch: ``sample_index`` and ``domain_id`` of the samples (``[b]`` each).
+        inputs: the model inputs of the micro-batch (input_ids, attention_mask, labels, ...).
+        model: the training model (e.g. for a reference forward on the same inputs).
+        num_items_in_batch: the label-token count the trainer normalises by (the whole optimizer
+            step's, over gradient-accumulation micro-batches and, when tokens are averaged across
+            devices, over ranks), or None when the trainer takes a per-micro-batch mean.
+        grad_accum_steps: micro-batches per optimizer step.
+        world_size: number of processes.
+        token_scale: the factor the trainer puts on a summed token loss: its own loss is
+            ``token_losses.sum() * token_scale``.
+        mean_scale: the factor that puts a per-rank micro-batch mean on the trainer's scale (1/GA
+            when the trainer itself does not divide by GA; otherwise 1).
+    """
+
+    token_losses: torch.Tensor
+    token_mask: torch.Tensor
+    batch: dict[str, torch.Tensor]
+    inputs: dict[str, Any]
+    model: torch.nn.Module
+    num_items_in_batch: Any
+    grad_accum_steps: int
+    world_size: int
+    token_scale: float | torch.Tensor
+    mean_scale: float
+
+    def sample_losses(self) -> torch.Tensor:
+        """``[b]`` token-mean NLL per sample (with grad; 0 for a sample without label tokens)."""
+        return self.token_losses.sum(-1) / self.token_mask.sum(-1).clamp(min=1).to(self.token_losses.dtype)
+
+    def plain(self) -> torch.Tensor:
+        """Exactly the loss the trainer would back-propagate without any component."""
+        return self.token_losses.sum() * self.token_scale
+
+    def from_local_mean(self, objective: torch.Tensor) -> torch.Tensor:
+        """An objective defined as a mean over this rank's micro-batch, on the trainer's scale: the
+        optimizer step then follows the mean of the objective over micro-batches and ranks (data
+        parallelism averages gradients over ranks)."""
+        return objective * self.mean_scale
+
+
 class Component:
     """Base of all components: a schedule plus checkpointable state."""
 
@@ -110,24 +158,14 @@ class Component:
             batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
         """
 
-    def training_loss(
-        self,
-        token_losses: torch.Tensor,
-        token_mask: torch.Tensor,
-        batch: dict[str, torch.Tensor],
-        inputs: dict[str, Any],
-        model: torch.nn.Module,
-    ) -> torch.Tensor | None:
+    def training_loss(self, loss: LossInputs) -> torch.Tensor | None:
         """The loss to back-propagate for this micro-batch, when the component owns it (weighters;
         DoReMi's alpha-weighted proxy loss). Default None: the trainer's own loss.
 
-        Args:
-            token_losses: ``[b, T]`` next-token NLL of this rank's samples (with grad; 0 where
-                ``token_mask`` is False).
-            token_mask: ``[b, T]`` True on label tokens (labels != -100, shifted).
-            batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
-            inputs: the model inputs of the micro-batch (input_ids, attention_mask, labels, ...).
-            model: the training model (e.g. for a component's own forward of a reference model).
+        At most one component of a run may own the loss. The returned value replaces the model's
+        loss on the trainer's scale: build it with :meth:`LossInputs.from_local_mean` (an objective
+        that is a mean over this rank's micro-batch) or start from :meth:`LossInputs.plain` (exactly
+        the trainer's own loss).
         """
         return None
 
@@ -164,8 +202,5 @@ class Mixer(Component):
 
 
 class Weighter(Component):
-    """Weights the per-sample losses of a batch (weights sum to 1 over the global batch).
-
-    The weighted ``compute_loss`` path is not in place yet: ``Run`` refuses any weighter but
-    ``none`` until it is.
-    """
+    """Weights the per-sample losses of a batch (weights sum to 1 over the global batch), through
+    :meth:`Component.training_loss`."""

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from dataflex.signals.losses import per_sample_losses_from_logits
+from dataflex.config import ConfigError
+from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token_nll
 from dataflex.train.callback import DataFlexCallback
-from dataflex.train.components import Mixer, Selector
+from dataflex.train.components import LossInputs, Mixer, Selector
 from dataflex.train.sampler import DynamicSampler
 
 META_KEYS = ("sample_index", "domain_id")
@@ -74,13 +75,56 @@ class DataFlexTrainerMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         meta = {k: inputs.pop(k) for k in META_KEYS if k in inputs}
-        if not self.dataflex_callback.observers:
+        callback = self.dataflex_callback
+        owner = callback.loss_owner
+        if not callback.observers and owner is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         labels = inputs.get("labels")  # HF's compute_loss may pop it from the dict
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        per_sample = per_sample_losses_from_logits(outputs.logits.detach(), labels)
-        self.dataflex_callback.observe_batch(per_sample, meta)
+        logits = getattr(outputs, "logits", None)
+        if logits is None or labels is None:
+            raise ConfigError(
+                f"{callback.describe(owner or callback.observers[0])} needs per-sample losses, but the training forward "
+                "returned no logits (a fused loss kernel such as the Liger kernel); set model.enable_liger_kernel=false"
+            )
+        if callback.observers:
+            callback.observe_batch(per_sample_losses_from_logits(logits.detach(), labels), meta)
+        if owner is not None:
+            loss = owner.training_loss(self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch))
         return (loss, outputs) if return_outputs else loss
+
+    def _dataflex_loss_inputs(self, logits, labels, meta, inputs, model, num_items_in_batch) -> LossInputs:
+        """The micro-batch's per-token losses (with grad) and the factors that put a loss built from
+        them on exactly the scale of the trainer's own loss (transformers' Trainer.compute_loss and
+        training_step: a sum over label tokens divided by ``num_items_in_batch``, times the process
+        count when tokens are averaged across devices, and no division by GA; or, without
+        ``num_items_in_batch``, a micro-batch token mean that training_step divides by GA)."""
+        if self.compute_loss_func is not None:
+            raise ConfigError(
+                f"{self.dataflex_callback.describe(self.dataflex_callback.loss_owner)} replaces the training loss and cannot "
+                "be combined with a LLaMA-Factory custom loss (use_dft_loss, use_asft_loss, ...); turn that loss off"
+            )
+        token_losses, token_mask = shifted_token_nll(logits, labels)
+        grad_accum = int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+            token_scale = processes / num_items_in_batch
+            mean_scale = 1.0 / grad_accum  # training_step will not divide by GA
+        else:
+            token_scale = 1.0 / token_mask.sum().clamp(min=1)
+            mean_scale = 1.0
+        return LossInputs(
+            token_losses=token_losses,
+            token_mask=token_mask,
+            batch=meta,
+            inputs=inputs,
+            model=model,
+            num_items_in_batch=num_items_in_batch,
+            grad_accum_steps=grad_accum,
+            world_size=self.args.world_size,
+            token_scale=token_scale,
+            mean_scale=mean_scale,
+        )
 
 
 @cache
