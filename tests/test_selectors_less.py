@@ -1,0 +1,284 @@
+"""LESS: the pure cores against hand-computed values and every ALGORITHMS.md invariant, the feature
+passes against an independent per-sample computation (LoRA, full fine-tuning with tied weights),
+online LESS end to end on the tiny model with resume equivalence, and the offline recipe end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dataflex.selectors import less as L
+from dataflex.signals.gradients import per_sample_gradients_loop, trainable_parameters
+from dataflex.signals.projection import Projector
+
+
+# -- adam_feature ----------------------------------------------------------------------------------
+def test_adam_feature_with_empty_state_is_the_pinned_formula():
+    g = torch.tensor([1.0, -2.0, 0.0, 1e-3, 50.0], dtype=torch.float64)
+    got = L.adam_feature(g, torch.zeros_like(g), torch.zeros_like(g))
+    expected = 0.1 * g / torch.sqrt(0.001 * g**2 + 1e-8)  # ALGORITHMS.md invariant, elementwise
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
+    # by hand: g = 1 -> 0.1 / sqrt(0.00100001); g = 0 -> 0 (ε inside the root: never NaN)
+    assert got[0].item() == pytest.approx(3.1622618, rel=1e-7)
+    assert got[2].item() == 0.0
+    assert got[3].item() == pytest.approx(1e-4 / math.sqrt(1e-9 + 1e-8), rel=1e-12)
+
+
+def test_adam_feature_with_state_by_hand_and_no_bias_correction():
+    # m = 0.5, v = 0.25, g = 1: m' = 0.45 + 0.1 = 0.55, v' = 0.24975 + 0.001 = 0.25075
+    got = L.adam_feature(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64))
+    assert got.item() == pytest.approx(0.55 / math.sqrt(0.25075 + 1e-8), rel=1e-12)
+    # other betas / eps are honoured
+    got = L.adam_feature(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(0.0), beta1=0.5, beta2=0.5, eps=0.0)
+    assert got.item() == pytest.approx(1.0 / math.sqrt(2.0), rel=1e-6)  # m' = 1, v' = 2
+
+
+def test_adam_feature_broadcasts_a_batch_over_the_state():
+    g = torch.randn(3, 4, 5, dtype=torch.float64)
+    m, v = torch.randn(4, 5, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)
+    batched = L.adam_feature(g, m, v)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], L.adam_feature(g[i], m, v))
+
+
+# -- less_scores -----------------------------------------------------------------------------------
+TRAIN = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
+VAL = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+
+
+def test_less_scores_one_subtask_by_hand():
+    # centroid of the normalised validation rows: (1/2, 1/2)
+    s = L.less_scores(TRAIN, VAL)
+    expected = [0.5, 0.5, 1 / math.sqrt(2), -0.5, 0.0]  # the zero row: cosine 0, not NaN
+    assert s.dtype == torch.float64 and s.tolist() == pytest.approx(expected, abs=1e-12)
+    # one checkpoint, one subtask: one matrix product
+    direct = (F.normalize(TRAIN.double(), dim=-1) @ F.normalize(VAL.double(), dim=-1).T).mean(1)
+    torch.testing.assert_close(s, direct)
+
+
+def test_less_scores_max_over_subtasks_of_the_mean_within_by_hand():
+    val = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 3.0]])
+    groups = [7, 3, 3]  # subtask 3 = rows 1, 2 (both (0, 1)); subtask 7 = row 0
+    s = L.less_scores(TRAIN, val, groups)
+    assert s.tolist() == pytest.approx([1.0, 1.0, 1 / math.sqrt(2), 0.0, 0.0], abs=1e-12)
+    # the mean is WITHIN a subtask: a subtask of two opposite rows averages to 0
+    s = L.less_scores(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]), [0, 0, 1])
+    assert s.tolist() == pytest.approx([0.0], abs=1e-12)
+
+
+def test_less_scores_checkpoints_weighted_sum_before_the_max_by_hand():
+    # two checkpoints, two subtasks (one validation row each)
+    train = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # [C=2, N=1, d=2]
+    val = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])  # [C=2, M=2, d=2]
+    # sims: c0 -> (1, 0), c1 -> (0, 1); w = (3, 1)/4 -> (0.75, 0.25): max = 0.75
+    s = L.less_scores(train, val, [0, 1], checkpoint_weights=[3.0, 1.0])
+    assert s.tolist() == pytest.approx([0.75])
+    # max-then-sum would give 0.75 * 1 + 0.25 * 1 = 1.0: the order matters and is the pinned one
+    assert L.less_scores(train, val, [0, 1]).tolist() == pytest.approx([0.5])  # uniform weights
+    torch.testing.assert_close(L.less_scores(train, val, [0, 1], [2.0, 2.0]), L.less_scores(train, val, [0, 1]))
+    # the same checkpoint twice equals it once (weights normalised to sum 1)
+    one = L.less_scores(TRAIN, VAL, [0, 1])
+    twice = L.less_scores(torch.stack([TRAIN, TRAIN]), torch.stack([VAL, VAL]), [0, 1], [0.3, 0.9])
+    torch.testing.assert_close(twice, one)
+
+
+def test_less_scores_are_unchanged_by_positive_rescaling():
+    g = torch.Generator().manual_seed(0)
+    train, val = torch.randn(6, 16, generator=g), torch.randn(5, 16, generator=g)
+    groups = [0, 1, 1, 2, 0]
+    base = L.less_scores(train, val, groups)
+    scale = torch.rand(6, 1, generator=g) * 100 + 0.01  # a sample's loss times c > 0 scales its gradient by c
+    torch.testing.assert_close(L.less_scores(train * scale, val * 3.0, groups), base)
+    assert ((base >= -1 - 1e-12) & (base <= 1 + 1e-12)).all()
+    # a negative factor is not a positive rescaling: the score flips sign for that row
+    flipped = L.less_scores(train * torch.tensor([[-1.0]] + [[1.0]] * 5), val, [0, 0, 0, 0, 0])
+    assert flipped[0].item() == pytest.approx(-L.less_scores(train, val, [0] * 5)[0].item())
+
+
+def test_less_scores_errors():
+    with pytest.raises(ValueError, match="disagree"):
+        L.less_scores(torch.randn(3, 4), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="disagree"):
+        L.less_scores(torch.randn(2, 3, 4), torch.randn(3, 2, 4))
+    with pytest.raises(ValueError, match="val_groups"):
+        L.less_scores(torch.randn(3, 4), torch.randn(2, 4), [0, 1, 2])
+    with pytest.raises(ValueError, match="checkpoint weights"):
+        L.less_scores(torch.randn(2, 3, 4), torch.randn(2, 2, 4), checkpoint_weights=[1.0])
+    with pytest.raises(ValueError, match="checkpoint weights"):
+        L.less_scores(torch.randn(2, 3, 4), torch.randn(2, 2, 4), checkpoint_weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match=r"\[N, d\]"):
+        L.less_scores(torch.randn(4), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="no validation"):
+        L.less_scores(torch.randn(3, 4), torch.randn(0, 4))
+
+
+def test_top_k_is_stable_and_checked():
+    assert L.top_k(torch.tensor([0.1, 0.5, 0.5, -1.0, 0.7]), 3).tolist() == [4, 1, 2]
+    with pytest.raises(ValueError):
+        L.top_k(torch.tensor([1.0, 2.0]), 3)
+
+
+def test_epoch_learning_rates_by_hand():
+    log = [{"step": s, "learning_rate": lr, "loss": 1.0} for s, lr in [(1, 1.0), (2, 3.0), (3, 2.0), (4, 2.0), (5, 0.5), (6, 0.5)]]
+    log.append({"step": 6, "train_runtime": 1.0})  # a record without a learning rate is ignored
+    assert L.epoch_learning_rates(log, [2, 4, 6]) == pytest.approx([2.0, 2.0, 0.5])
+    assert L.epoch_learning_rates(log, [3, 6]) == pytest.approx([2.0, 1.0])
+    with pytest.raises(ValueError, match="logging_steps=1"):
+        L.epoch_learning_rates(log, [6, 8])
+    with pytest.raises(ValueError, match="increasing"):
+        L.epoch_learning_rates(log, [4, 2])
+
+
+# -- the feature passes against an independent computation ------------------------------------------
+def _rows(batch):
+    """A padded batch as a list of unpadded rows (a pool), and a collator padding them back."""
+    rows = []
+    for i in range(batch["input_ids"].shape[0]):
+        keep = batch["attention_mask"][i].bool()
+        rows.append({k: batch[k][i][keep].tolist() for k in ("input_ids", "attention_mask", "labels")})
+
+    def collate(rs):
+        t = max(len(r["input_ids"]) for r in rs)
+        out = {k: torch.full((len(rs), t), pad, dtype=torch.long) for k, pad in (("input_ids", 0), ("attention_mask", 0), ("labels", -100))}
+        for i, r in enumerate(rs):
+            for k in out:
+                out[k][i, : len(r[k])] = torch.tensor(r[k])
+        return out
+
+    return rows, collate
+
+
+def _stepped_trainer(model, rows, collate):
+    """A trainer-like object whose Adam optimizer has taken two steps (non-trivial moments)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(2):
+        batch = collate(rows)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return SimpleNamespace(model=model.eval(), optimizer=opt, train_dataset=rows, data_collator=collate)
+
+
+def _expected(trainer, rows, collate, projector, gradient_type):
+    """Γ (or g) of each sample's whole gradient, each sample alone, projected and normalised."""
+    from dataflex.signals.optimizer import adam_state
+
+    grads = per_sample_gradients_loop(trainer.model, collate(rows))
+    if gradient_type == "adam":
+        state = adam_state(trainer.optimizer, trainer.model)
+        grads = {n: L.adam_feature(g, *state[n]) for n, g in grads.items()}
+    return F.normalize(projector.project(grads), dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["lora", "full_tied"])
+@pytest.mark.parametrize("gradient_type", ["adam", "sgd"])
+def test_training_features_equal_the_per_sample_definition(kind, gradient_type):
+    from test_signals_grads import _batch, _lora, _tiny_llama
+
+    model = _lora(_tiny_llama()) if kind == "lora" else _tiny_llama(tie=True)
+    rows, collate = _rows(_batch(lengths=(11, 7, 16, 9, 5), prompt=(3, 2, 5, 4, 1)))
+    trainer = _stepped_trainer(model, rows, collate)
+    if kind == "full_tied":
+        assert L.shared_trainable_parameters(model) == {"model.embed_tokens.weight"}
+    projector = Projector(64, seed=3)
+    expected = _expected(trainer, rows, collate, projector, gradient_type)
+    # batched with padding (batch of 3 then 2), in a chosen order
+    order = [4, 0, 2, 1, 3]
+    got = L.training_features(trainer, order, projector, gradient_type, batch_size=3)
+    assert got.shape == (5, 64)
+    torch.testing.assert_close(got, expected[order], rtol=1e-4, atol=1e-5)
+    if gradient_type == "adam":  # the preconditioning matters: Adam and SGD features differ
+        sgd = L.training_features(trainer, order, projector, "sgd", batch_size=3)
+        assert (got - sgd).abs().max() > 1e-2
+
+
+def test_tied_weights_are_preconditioned_whole():
+    """Γ is nonlinear: applied to the two pieces of a tied weight's gradient separately (embedding
+    and lm_head) it gives another feature; the pass must transform their sum."""
+    from test_signals_grads import _batch, _tiny_llama
+
+    from dataflex.signals.gradients import project_per_sample_gradients
+    from dataflex.signals.optimizer import adam_state
+
+    model = _tiny_llama(tie=True)
+    rows, collate = _rows(_batch())
+    trainer = _stepped_trainer(model, rows, collate)
+    projector = Projector(32, seed=0)
+    right = L.training_features(trainer, None, projector, "adam", batch_size=4)
+    naive = F.normalize(project_per_sample_gradients(model, collate(rows), projector, transform=L.adam_transform(adam_state(trainer.optimizer, model))), dim=-1)
+    assert (right - naive).abs().max() > 1e-3
+
+
+def test_validation_features_and_similarities_match_less_scores():
+    from test_signals_grads import _batch, _lora, _tiny_llama
+
+    model = _lora(_tiny_llama())
+    rows, collate = _rows(_batch(lengths=(11, 7, 16, 9, 5, 12), prompt=(3, 2, 5, 4, 1, 6)))
+    pool, val = rows[:4], rows[4:] + rows[:1]
+    trainer = _stepped_trainer(model, pool, collate)
+    projector = Projector(48, seed=1)
+    v = L.validation_features(trainer, projector, dataset=val, batch_size=2)
+    torch.testing.assert_close(v, _expected(trainer, val, collate, projector, "sgd"), rtol=1e-4, atol=1e-5)
+
+    class Val(list):  # a dataset with a domain_id column (the subtask), as the run's validation set
+        column_names = ["input_ids", "attention_mask", "labels", "domain_id"]
+
+        def __getitem__(self, key):
+            return [r["domain_id"] for r in self] if key == "domain_id" else list.__getitem__(self, key)
+
+    groups = [0, 1, 1]
+    validation = Val({**r, "domain_id": d} for r, d in zip(val, groups))
+    sims = L.checkpoint_similarities(trainer, torch.arange(4), projector, "adam", 2, validation=validation)
+    assert sims.shape == (4, 2)
+    t = L.training_features(trainer, None, projector, "adam")
+    torch.testing.assert_close(L.combine_subtask_similarities(sims), L.less_scores(t, v, groups), rtol=1e-5, atol=1e-6)
+
+
+def test_constructors_reject_bad_settings():
+    with pytest.raises(ValueError, match="gradient_type"):
+        L.LessSelector(8, gradient_type="rmsprop")
+    with pytest.raises(ValueError, match="proj_dim"):
+        L.LessSelector(8, proj_dim=0)
+    with pytest.raises(ValueError, match="proj_kind"):
+        L.LessSelector(8, proj_kind="fourier")
+    with pytest.raises(ValueError, match="projection_cache_mb"):
+        L.LessSelector(8, projection_cache_mb=-1)
+    with pytest.raises(ValueError, match="checkpoint weights"):
+        L.LessOfflineSelector(8, checkpoint_weights=[0.0, 0.0])
+    with pytest.raises(ValueError, match="checkpoints"):
+        L.LessOfflineSelector(8, checkpoints=[0])
+    with pytest.raises(ValueError, match="checkpoint_weights for"):
+        L.LessOfflineSelector(8, checkpoints=[1, 2], checkpoint_weights=[1.0])
+    with pytest.raises(ValueError, match="gradient_type"):
+        L.training_features(SimpleNamespace(model=None), None, None, "newton")
+
+
+def test_checkpoint_adam_state_maps_saved_positions_to_names(tmp_path):
+    from test_signals_grads import _batch, _lora, _tiny_llama
+
+    from dataflex.config import ConfigError
+    from dataflex.signals.optimizer import adam_state
+
+    model = _lora(_tiny_llama())
+    rows, collate = _rows(_batch())
+    trainer = _stepped_trainer(model, rows, collate)
+    torch.save(trainer.optimizer.state_dict(), tmp_path / "optimizer.pt")
+    fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)  # no state yet
+    got = L.checkpoint_adam_state(tmp_path, fresh, model)
+    want = adam_state(trainer.optimizer, model)
+    assert got.keys() == want.keys() == trainable_parameters(model).keys()
+    for n in want:
+        torch.testing.assert_close(got[n][0], want[n][0])
+        torch.testing.assert_close(got[n][1], want[n][1])
+    other = torch.optim.AdamW([next(p for p in model.parameters() if p.requires_grad)], lr=1e-2)
+    with pytest.raises(ConfigError, match="optimizer groups"):
+        L.checkpoint_adam_state(tmp_path, other, model)
+    with pytest.raises(ConfigError, match="optimizer.pt"):
+        L.checkpoint_adam_state(tmp_path / "nowhere", fresh, model)
