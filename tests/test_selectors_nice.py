@@ -249,7 +249,7 @@ def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_refer
 
 
 def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
-    import dataflex.selectors.less as less
+    from dataflex.selectors import less
 
     monkeypatch.setattr(less, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
     sel = N.NiceSelector(budget=4, reward="test_selectors_nice.constant_reward", reward_kwargs={"value": 0.0}, **SMALL)
@@ -263,7 +263,7 @@ def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer
 
 def test_reference_samples_with_unit_reward_give_the_less_sgd_score(model, tokenizer, template, monkeypatch):
     """ALGORITHMS.md: every y_m the reference and r ≡ 1 gives the LESS-SGD score (subtask mean, max)."""
-    import dataflex.selectors.less as less
+    from dataflex.selectors import less
     from dataflex.signals.generation import SampledResponse
 
     validation = rows_of(tokenizer, template, QA, [0, 1, 1])

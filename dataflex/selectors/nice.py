@@ -130,7 +130,7 @@ def resolve_reward(reward: str | RewardFn, reward_kwargs: dict[str, Any] | None 
             raise ConfigError(f"reward={reward!r} is not callable, so reward_kwargs cannot build a reward from it")
         try:
             obj = obj(**dict(reward_kwargs))
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any failure of user code becomes one clear line
             raise ConfigError(f"reward={reward!r} could not be built with reward_kwargs={dict(reward_kwargs)!r} ({err})") from None
     if not callable(obj):
         raise ConfigError(f"reward={reward!r} is not callable")
@@ -383,7 +383,7 @@ class NiceSelector(PoolLossSelector):
         max_new_tokens: int = 128,
         top_p: float = 1.0,
         generation_batch_size: int = 8,
-        val_prompts: int | float | None = None,
+        val_prompts: float | None = None,
         reward: str | RewardFn = "exact_match",
         reward_kwargs: dict[str, Any] | None = None,
         proj_dim: int = 8192,
@@ -453,7 +453,7 @@ class NiceSelector(PoolLossSelector):
         if is_main_process():
             try:
                 outcome = ("ok", compute_rewards(self.reward_fn, prompts, responses, references))
-            except Exception as err:  # every rank must leave the broadcast, then fail together
+            except Exception as err:  # noqa: BLE001 - every rank must leave the broadcast, then fail together
                 outcome = ("error", f"reward={self.reward_name}: {err}")
         status, value = broadcast_object(outcome)
         if status == "error":
