@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from dataflex.signals.distributed import broadcast_object
-from dataflex.train.components import Component, Mixer, Selector, UpdateContext
+from dataflex.train.components import Component, Mixer, Selector, UpdateContext, Weighter
 from dataflex.utils import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:
@@ -168,6 +168,9 @@ class DataFlexCallback(TrainerCallback):
                 self._apply(component, self._decide(name, component.initial_proportions, ctx), state, -1)
 
     def on_step_end(self, args, state, control, **kwargs):
+        for component in self.components.values():
+            if isinstance(component, Weighter):
+                component.step_end(state.global_step)
         for name, component in self.components.items():
             if not component.schedule.is_update_step(state.global_step, self.updates_done[name]):
                 continue
@@ -179,8 +182,11 @@ class DataFlexCallback(TrainerCallback):
             self.updates_done[name] += 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # weight statistics since the previous log, on every rank (identical weights), logged by rank 0
+        weights = {k: v for c in self.components.values() if isinstance(c, Weighter) for k, v in c.pop_stats().items()}
         if logs and state.is_world_process_zero:
-            self.tracker.log({f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, step=state.global_step)
+            self.tracker.log({**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **weights},
+                             step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

@@ -204,3 +204,10 @@ class Mixer(Component):
 class Weighter(Component):
     """Weights the per-sample losses of a batch (weights sum to 1 over the global batch), through
     :meth:`Component.training_loss`."""
+
+    def step_end(self, global_step: int) -> None:
+        """Called after every optimizer step (``global_step`` steps done), e.g. for a temperature schedule."""
+
+    def pop_stats(self) -> dict[str, float]:
+        """Weight statistics since the last call, logged with the training loss (empty: nothing to log)."""
+        return {}

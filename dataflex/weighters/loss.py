@@ -1,0 +1,158 @@
+"""Loss-based sample reweighting (Sow et al., ICLR 2025): the pure core and the weighter.
+
+Definitions (docs/ALGORITHMS.md, "Weighters / loss"):
+
+- normalise the global batch's per-sample losses, l̃ = δ·(2l − l_max − l_min)/(l_max − l_min) in
+  [−δ, δ] (l̃ = 0 when l_max = l_min);
+- strategy g: ``linupper`` min(l̃ + δ, δ) (default), ``quadratic`` 1 − l̃²/δ², ``extremes`` |l̃|,
+  ``uniform`` 0;
+- w = softmax(g / r) over the global batch, with temperature r.
+
+Temperature schedule (:func:`inverse_temperature`): the inverse temperature 1/r moves linearly from
+``1/start_temperature`` (default 0, i.e. r = ∞: exactly uniform weights) at step 0 to ``1/temperature``
+at ``warmup_steps``, and stays there. So the weights start uniform and sharpen over the warm-up.
+
+How the weights reach the loss (global micro-batch over ranks, gradient accumulation, the
+``token``/``sample`` objective, samples without label tokens) is :class:`dataflex.weighters.BatchWeighter`'s
+docstring. Per-micro-batch normalisation over all ranks is this project's choice (the paper normalises
+over the whole optimizer step): see the README section "Weighters".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dataflex.weighters import BatchWeighter
+
+STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")
+
+
+def normalised_losses(losses: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """l̃ = δ·(2l − l_max − l_min)/(l_max − l_min), clamped to [−δ, δ]; all zeros when l_max = l_min.
+
+    Args:
+        losses: ``[B]`` per-sample losses (finite).
+        delta: δ > 0.
+
+    Returns:
+        ``[B]`` float64.
+    """
+    l = torch.as_tensor(losses, dtype=torch.float64).flatten()
+    lmax, lmin = l.max(), l.min()
+    spread = lmax - lmin
+    if spread <= 0:
+        return torch.zeros_like(l)
+    return (delta * (2 * l - lmax - lmin) / spread).clamp(-delta, delta)
+
+
+def strategy_scores(normalised: torch.Tensor, strategy: str = "linupper", delta: float = 1.0) -> torch.Tensor:
+    """g(l̃) for a strategy: linupper min(l̃ + δ, δ), quadratic 1 − l̃²/δ², extremes |l̃|, uniform 0."""
+    if strategy == "linupper":
+        return torch.minimum(normalised + delta, torch.full_like(normalised, delta))
+    if strategy == "quadratic":
+        return 1.0 - normalised.square() / delta**2
+    if strategy == "extremes":
+        return normalised.abs()
+    if strategy == "uniform":
+        return torch.zeros_like(normalised)
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def loss_weights(
+    losses: torch.Tensor, strategy: str = "linupper", delta: float = 1.0, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-sample weights w = softmax(g(l̃) / r) over the (global) batch.
+
+    Args:
+        losses: ``[B]`` per-sample losses, B >= 1, finite.
+        strategy: ``linupper`` (default), ``quadratic``, ``extremes`` or ``uniform``.
+        delta: δ > 0, the half-width of the normalised range.
+        temperature: r > 0; ``math.inf`` gives exactly uniform weights.
+
+    Returns:
+        ``[B]`` weights in the losses' floating dtype (computed in float64; float32 for integer
+        losses), non-negative and summing to 1; never NaN (the softmax is shifted by its maximum,
+        so a tiny r only concentrates the mass on the top-scored samples).
+
+    Raises:
+        ValueError: on an unknown strategy, δ <= 0, r <= 0 or NaN, an empty or non-finite batch.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a finite number > 0, got {delta!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):  # NaN fails the comparison
+        raise ValueError(f"temperature must be > 0 (math.inf for uniform weights), got {temperature!r}")
+    losses = torch.as_tensor(losses)
+    l = losses.detach().to(torch.float64).flatten()
+    if l.numel() == 0:
+        raise ValueError("losses must hold at least one sample")
+    if not torch.isfinite(l).all():
+        raise ValueError("losses must be finite")
+    out_dtype = losses.dtype if losses.is_floating_point() else torch.float32
+    g = strategy_scores(normalised_losses(l, delta), strategy, delta)
+    if math.isinf(temperature):
+        z = torch.zeros_like(g)
+    else:
+        z = (g - g.max()) / temperature  # <= 0, with 0 at the maximum: the sum below is >= 1
+    e = z.exp()
+    return (e / e.sum()).to(out_dtype)
+
+
+def inverse_temperature(step: int, temperature: float, warmup_steps: int, start_temperature: float = math.inf) -> float:
+    """1/r at ``step`` optimizer steps done: linear from 1/start_temperature (step 0) to 1/temperature
+    (step >= warmup_steps); constant 1/temperature without warm-up."""
+    target, start = 1.0 / temperature, 1.0 / start_temperature
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return target
+    return start + (target - start) * max(step, 0) / warmup_steps
+
+
+class LossWeighter(BatchWeighter):
+    """Loss-based reweighting of every training micro-batch (Sow et al. 2025).
+
+    Args:
+        strategy: ``linupper`` (up-weight high losses, flat above the midpoint), ``quadratic``
+            (favour medium losses), ``extremes`` (favour both ends) or ``uniform``.
+        delta: δ, half-width of the normalised loss range.
+        temperature: the target temperature r (> 0; smaller is sharper).
+        start_temperature: r at step 0 (null/inf: exactly uniform weights at the start).
+        warmup_steps: optimizer steps over which 1/r moves from 1/start_temperature to 1/temperature.
+        reduction: ``token`` (default) or ``sample``: see :mod:`dataflex.weighters`.
+    """
+
+    def __init__(
+        self,
+        strategy: str = "linupper",
+        delta: float = 1.0,
+        temperature: float = 1.0,
+        start_temperature: float | None = None,
+        warmup_steps: int = 0,
+        reduction: str = "token",
+    ):
+        super().__init__(reduction=reduction, warmup_steps=warmup_steps)
+        start_temperature = math.inf if start_temperature is None else float(start_temperature)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if not (math.isfinite(delta) and delta > 0):
+            raise ValueError(f"delta must be a finite number > 0, got {delta}")
+        if not (float(temperature) > 0):
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (start_temperature > 0):
+            raise ValueError(f"start_temperature must be > 0 (null: infinite), got {start_temperature}")
+        self.strategy, self.delta = strategy, float(delta)
+        self.temperature, self.start_temperature = float(temperature), start_temperature
+        self.warmup_steps = int(warmup_steps)
+
+    def current_temperature(self) -> float:
+        """r in force for the step being trained (math.inf for uniform weights)."""
+        beta = inverse_temperature(self.steps_done, self.temperature, self.warmup_steps, self.start_temperature)
+        return math.inf if beta <= 0 else 1.0 / beta
+
+    def batch_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return loss_weights(losses, self.strategy, self.delta, self.current_temperature())
+
+    def extra_stats(self) -> dict[str, float]:
+        return {"temperature": self.current_temperature()}
