@@ -37,6 +37,43 @@ def selection_stats(indices: torch.Tensor, previous: torch.Tensor | None, domain
     return stats
 
 
+class DomainLossTracker(Component):
+    """Per-domain training loss of every optimizer step (runs with a mixer): the mean of the
+    per-sample losses of each domain over the step's micro-batches, summed over ranks.
+
+    Args:
+        num_domains: a callable giving K (resolved at the first batch, when the sampler exists).
+    """
+
+    def __init__(self, num_domains):
+        super().__init__()
+        self.num_domains = num_domains
+        self.sums: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        if self.sums is None:
+            k = self.num_domains()
+            self.sums, self.counts = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+        losses, domains = per_sample_losses.detach().cpu().double(), batch["domain_id"].cpu().long()
+        finite = torch.isfinite(losses)
+        self.sums.index_add_(0, domains[finite], losses[finite])
+        self.counts.index_add_(0, domains[finite], torch.ones_like(losses[finite]))
+
+    def pop(self, names: list[str]) -> dict[str, float]:
+        """``train/domain_loss/<name>`` for every domain seen since the last call (every rank must
+        call: the sums are reduced over ranks); the accumulators restart."""
+        from dataflex.signals.distributed import all_reduce_mean, world_size
+
+        if self.sums is None:  # no batch seen (yet) on this rank
+            self.sums, self.counts = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
+        totals = all_reduce_mean(torch.cat([self.sums, self.counts])) * world_size()
+        k = self.sums.numel()
+        sums, counts = totals[:k], totals[k:]
+        self.sums, self.counts = torch.zeros_like(self.sums), torch.zeros_like(self.counts)
+        return {f"train/domain_loss/{names[d]}": float(sums[d] / counts[d]) for d in range(k) if counts[d] > 0}
+
+
 def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
     """A checkpoint is complete only once the callback wrote its state (the last file written)."""
     return (Path(checkpoint_dir) / STATE_FILE).is_file()
@@ -73,11 +110,15 @@ class DataFlexCallback(TrainerCallback):
         self.run_id = run_id
         self.updates_done = {name: 0 for name in self.components}
         self.trainer = None  # set by the trainer mixin
+        # with a mixer, the per-domain training loss is logged every step
+        has_mixer = any(isinstance(c, Mixer) for c in self.components.values())
+        self.domain_losses = DomainLossTracker(lambda: len(self._names())) if has_mixer else None
 
     @property
     def observers(self) -> list[Component]:
         """Components that watch every training batch (they override ``observe_batch``)."""
-        return [c for c in self.components.values() if type(c).observe_batch is not Component.observe_batch]
+        watching = [c for c in self.components.values() if type(c).observe_batch is not Component.observe_batch]
+        return watching + ([self.domain_losses] if self.domain_losses is not None else [])
 
     @property
     def loss_owner(self) -> Component | None:
@@ -87,7 +128,9 @@ class DataFlexCallback(TrainerCallback):
 
     def describe(self, component: Component) -> str:
         """``kind=name`` of a component, for messages."""
-        kind = next(k for k, c in self.components.items() if c is component)
+        kind = next((k for k, c in self.components.items() if c is component), None)
+        if kind is None:
+            return "the per-domain training loss of a mixer run"
         return f"{kind}={getattr(component, 'config_name', type(component).__name__)}"
 
     def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
@@ -137,6 +180,9 @@ class DataFlexCallback(TrainerCallback):
             self.sampler.set_proportions(decision)
             names = self._names()
             self.tracker.log({f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(decision)}, step=step)
+            extra = component.decision_stats()
+            if extra:
+                self.tracker.log(extra, step=step)
 
     def _record_selection(self, indices: torch.Tensor, previous, step: int, update_index: int) -> None:
         """Log a selection round and save it as ``selections/round_NNN.json`` (rank 0)."""
@@ -168,6 +214,10 @@ class DataFlexCallback(TrainerCallback):
                 self._apply(component, self._decide(name, component.initial_proportions, ctx), state, -1)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.domain_losses is not None:  # every rank reduces; rank 0's tracker writes
+            domain_losses = self.domain_losses.pop(self._names())
+            if domain_losses:
+                self.tracker.log(domain_losses, step=state.global_step)
         for component in self.components.values():
             if isinstance(component, Weighter):
                 component.step_end(state.global_step)

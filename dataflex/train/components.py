@@ -200,6 +200,11 @@ class Mixer(Component):
         """Proportions for the next window."""
         raise NotImplementedError
 
+    def decision_stats(self) -> dict[str, float]:
+        """Extra values logged with each decision, beside the proportions (e.g. DoReMi's domain
+        weights); empty: nothing more to log."""
+        return {}
+
 
 class Weighter(Component):
     """Weights the per-sample losses of a batch (weights sum to 1 over the global batch), through
