@@ -103,3 +103,42 @@ def test_positive_proportion_on_a_domain_without_selected_samples_is_refused():
     sampler.set_proportions([0.5, 0.5])
     with pytest.raises(ValueError, match=r"domains \[1\]"):
         list(sampler)
+
+
+def _chi_square(draws: torch.Tensor, domains: torch.Tensor, proportions: list[float]) -> float:
+    """Pearson's statistic of the drawn domains' counts against the proportions."""
+    counts = torch.bincount(domains[draws], minlength=len(proportions)).double()
+    expected = torch.tensor(proportions, dtype=torch.float64) * draws.numel()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+# chi-square critical value, 3 degrees of freedom, p = 0.001 (the tests use a fixed seed: a failure
+# means the draws do not follow the proportions, not bad luck)
+CHI2_3DF_P001 = 16.266
+
+
+def test_domain_frequencies_match_the_proportions_chi_square():
+    domains = torch.tensor([0] * 40 + [1] * 7 + [2] * 100 + [3] * 13)  # sizes unrelated to the proportions
+    proportions = [0.1, 0.2, 0.3, 0.4]
+    sampler = DynamicSampler(domains, num_draws=5000, seed=3)
+    sampler.set_proportions(proportions)
+    draws = torch.tensor(list(sampler))
+    assert _chi_square(draws, domains, proportions) < CHI2_3DF_P001
+    # the statistic can fail: the same draws against the domain sizes are far off
+    sizes = (torch.bincount(domains).double() / len(domains)).tolist()
+    assert _chi_square(draws, domains, sizes) > 100 * CHI2_3DF_P001
+
+
+def test_after_a_proportion_change_the_next_draws_follow_the_new_proportions():
+    domains = torch.tensor([0] * 25 + [1] * 25 + [2] * 25 + [3] * 25)
+    before, after = [0.7, 0.1, 0.1, 0.1], [0.05, 0.05, 0.1, 0.8]
+    sampler = DynamicSampler(domains, num_draws=4300, seed=5)
+    sampler.set_proportions(before)
+    it = iter(sampler)
+    first = torch.tensor(take(it, 300))
+    sampler.set_proportions(after)  # a live update, as a mixer makes between steps
+    rest = torch.tensor(take(it, 4000))
+    assert sampler.history[-1].start == 300
+    assert _chi_square(first, domains, before) < CHI2_3DF_P001
+    assert _chi_square(rest, domains, after) < CHI2_3DF_P001
+    assert _chi_square(rest[:200], domains, before) > 10 * CHI2_3DF_P001  # the very next draws already changed
