@@ -1,0 +1,49 @@
+"""`dataflex-report`: run directories -> a comparison table (report.md) and PNG plots.
+
+    dataflex-report outputs/sweeps/compare_mixers            # a sweep: one row per arm (mean ± std over seeds)
+    dataflex-report outputs/sweeps/a outputs/sweeps/b --out cmp   # several sweeps in one table
+    dataflex-report outputs/runs/2026-01-01_12-00-00         # a single run directory
+    dataflex-report SWEEP --metric em/arithmetic             # the metric that picks the best row
+
+Reads only the files every run writes (metrics.jsonl, metrics.json, dataflex_config.yaml); W&B is
+never needed. Prints the table and writes report.md plus report_loss.png, report_proportions.png
+(mixer runs) and report_selection_overlap.png (selector runs) into --out (default: the first
+directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dataflex-report", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep directories or run directories")
+    parser.add_argument("--out", default=None, help="where report.md and the plots go (default: the first DIR)")
+    parser.add_argument("--metric", default=None, help="the eval metric that picks the best row "
+                        "(default: ppl/avg, else the first accuracy, else the first exact match)")
+    parser.add_argument("--metrics", default=None, help="comma-separated eval metrics for the table (default: all)")
+    args = parser.parse_args(argv)
+
+    from dataflex.config import ConfigError
+    from dataflex.report import write_report
+
+    try:
+        report = write_report(args.dirs, args.out, args.metric, args.metrics.split(",") if args.metrics else None)
+    except ConfigError as err:
+        print(f"dataflex-report: error: {err}", file=sys.stderr)
+        return 2
+    print(report.table or "No run has finished yet.")
+    unfinished = [r for r in report.runs if not r.finished]
+    if unfinished:
+        print(f"({len(unfinished)} unfinished run(s) left out; listed in the report)")
+    print(f"report: {report.path}")
+    for name, path in report.plots.items():
+        print(f"plot ({name}): {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
