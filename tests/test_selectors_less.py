@@ -282,3 +282,72 @@ def test_checkpoint_adam_state_maps_saved_positions_to_names(tmp_path):
         L.checkpoint_adam_state(tmp_path, other, model)
     with pytest.raises(ConfigError, match="optimizer.pt"):
         L.checkpoint_adam_state(tmp_path / "nowhere", fresh, model)
+
+
+def test_validation_subset_per_subtask_is_seeded_and_fixed():
+    groups = torch.tensor([0, 1, 0, 1, 1, 2, 0, 1])
+    rows = L.validation_subset(groups, 8, 2, seed=5)
+    assert rows.tolist() == sorted(rows.tolist())
+    assert torch.bincount(groups[rows]).tolist() == [2, 2, 1]  # subtask 2 has only one row
+    assert torch.equal(rows, L.validation_subset(groups, 8, 2, seed=5))  # the same every round
+    assert any(not torch.equal(rows, L.validation_subset(groups, 8, 2, seed=s)) for s in range(6, 12))
+    assert L.validation_subset(groups, 8, None, seed=5) is None
+    assert L.validation_subset(None, 8, 3, seed=0).numel() == 3  # no subtasks: one
+    with pytest.raises(ValueError, match="validation_per_subtask"):
+        L.LessSelector(8, validation_per_subtask=0)
+
+
+# -- end to end on the tiny model ------------------------------------------------------------------
+# Small enough for seconds: 32 candidates and 8 validation rows per round, d = 128 with the
+# projection kept between batches.
+LESS = ["selector=less", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2",
+        "selector.candidates=32", "selector.validation_per_subtask=8", "selector.proj_dim=128",
+        "selector.projection_cache_mb=64", "selector.batch_size=8"]
+QUIET = ["eval.before=false", "eval.after=false"]
+
+
+def test_e2e_less_online(tmp_path):
+    from test_e2e import losses
+    from test_selectors import check_rounds, run
+
+    _, state = run(tmp_path, [*LESS, *QUIET, "trainer.max_steps=6"])
+    assert all(math.isfinite(x) for x in losses(tmp_path / "x"))
+    rounds = check_rounds(state)  # warm-up, then steps 2, 4, 6, each reaching the sampler
+    scores = state["components"]["selector"]["last_scores"]
+    cand, s = scores["candidates"], scores["scores"]
+    assert scores["update_index"] == 2 and cand.numel() == 32 and torch.equal(cand, cand.unique())
+    assert s.shape == (32,) and torch.isfinite(s).all() and (s.abs() <= 1 + 1e-6).all() and s.std() > 0
+    assert rounds[-1]["indices"] == cand[L.top_k(s, 16)].tolist()
+    logged = [json.loads(line) for line in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "selector/selected" in r] == [0, 2, 4, 6]
+    saved = sorted(p.name for p in (tmp_path / "x" / "selections").glob("round_*.json"))
+    assert saved == ["round_000.json", "round_001.json", "round_002.json", "round_003.json"]
+
+
+def test_resume_less_selects_what_an_uninterrupted_run_selects(tmp_path, monkeypatch):
+    from test_e2e import _kill_at_step, fit, losses, same_state
+
+    overrides = [*QUIET, "trainer.max_steps=8", "trainer.save_steps=2", *LESS]
+    _, straight = fit(tmp_path, "straight", overrides)
+    with monkeypatch.context() as patch:
+        _kill_at_step(patch, 5)  # after checkpoint-4 (and the selection of step 4), before step 6's
+        with pytest.raises(KeyboardInterrupt):
+            fit(tmp_path, "resumed", overrides)
+    _, resumed = fit(tmp_path, "resumed", overrides)
+    assert losses(resumed) == pytest.approx(losses(straight), abs=1e-6) and len(losses(straight)) == 8
+    state = lambda d: torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+    a, b = state(straight), state(resumed)
+    assert a["updates_done"] == b["updates_done"] == {"selector": 4}
+    assert same_state(a["components"], b["components"])  # every round's indices and the last scores
+    assert [p["start"] for p in a["sampler"]["history"]] == [p["start"] for p in b["sampler"]["history"]]
+
+
+def test_less_without_a_validation_set_is_a_config_error(tmp_path):
+    from conftest import compose_config
+
+    from dataflex.config import ConfigError
+    from dataflex.run import Run
+
+    cfg = compose_config([*LESS, *QUIET, "trainer.max_steps=2", "selector.warmup_steps=1", "selector.update_every=1", "data.validation=null"])
+    with pytest.raises(ConfigError, match="selector=less needs a target/validation set: set data.validation"):
+        Run(cfg, tmp_path / "r").fit()

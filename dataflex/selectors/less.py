@@ -42,6 +42,9 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 #: What the offline selector writes into the run directory (besides selections/round_000.json).
 OFFLINE_RECORD = "less_offline.json"
 
+#: generator stream of the validation subset (stream 1 is the candidate subset's)
+VALIDATION_STREAM = 2
+
 
 # ------------------------------------------------------------------------------------ pure cores
 def adam_feature(
@@ -462,8 +465,13 @@ def make_projector(dim: int, seed: int, kind: str = "rademacher", cache_mb: floa
     return Projector(int(dim), seed=int(seed), kind=kind, cache_bytes=int(cache_mb * 2**20))
 
 
-def _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb) -> None:
+def _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask=None) -> None:
     from dataflex.signals.projection import KINDS
+
+    if validation_per_subtask is not None and (
+        isinstance(validation_per_subtask, bool) or not isinstance(validation_per_subtask, int) or validation_per_subtask < 1
+    ):
+        raise ValueError(f"validation_per_subtask must be a positive int or null, got {validation_per_subtask!r}")
 
     if isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 1:
         raise ValueError(f"proj_dim must be a positive int, got {proj_dim!r}")
@@ -482,6 +490,29 @@ def subtask_ids(validation: Any) -> Tensor | None:
     return torch.as_tensor(validation["domain_id"], dtype=torch.long)
 
 
+def validation_subset(groups: Tensor | None, size: int, per_subtask: int | None, seed: int) -> Tensor | None:
+    """At most ``per_subtask`` validation rows of every subtask (the paper's few-shot targets): a
+    seeded draw that depends only on ``seed``, the same in every round; sorted. None: all rows.
+
+    Args:
+        groups: the subtask id of every row (None: one subtask).
+        size: the number of validation rows.
+        per_subtask: rows kept per subtask (None: all).
+        seed: the selector's seed.
+    """
+    if per_subtask is None:
+        return None
+    from dataflex.selectors.base import INITIAL, seeded_generator
+
+    groups = torch.zeros(size, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
+    order = torch.randperm(size, generator=seeded_generator(seed, INITIAL, VALIDATION_STREAM))
+    kept = []
+    for g in torch.unique(groups).tolist():
+        rows = order[groups[order] == g]
+        kept.append(rows[:per_subtask])
+    return torch.cat(kept).sort().values
+
+
 def checkpoint_similarities(
     ctx_or_trainer: Any,
     candidates: Tensor,
@@ -490,6 +521,7 @@ def checkpoint_similarities(
     batch_size: int = 16,
     *,
     validation: Any = None,
+    validation_indices: Tensor | None = None,
     adam: Mapping[str, tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """One checkpoint's ``[n, J]`` mean cosine of every candidate with every validation subtask,
@@ -497,7 +529,8 @@ def checkpoint_similarities(
 
     Row i, column j is ``mean_{z' in val_j} cos(Γ(z_i), ∇ℓ(z'))`` (:func:`less_scores` before the
     checkpoint sum and the subtask max), computed against the subtask centroids so the pool pass
-    never holds ``n x d``. Subtasks are the validation rows' ``domain_id``.
+    never holds ``n x d``. Subtasks are the validation rows' ``domain_id``; ``validation_indices``
+    restricts the validation rows (None: all).
     """
     trainer = _trainer(ctx_or_trainer)
     if validation is None:
@@ -506,8 +539,11 @@ def checkpoint_similarities(
             if isinstance(ctx_or_trainer, UpdateContext)
             else getattr(trainer, "dataflex_validation", None)
         )
-    val = validation_features(trainer, projector, batch_size=batch_size, dataset=validation)
-    centroids = subtask_centroids(val, subtask_ids(validation))[0]  # [J, d] float64
+    val = validation_features(trainer, projector, validation_indices, batch_size, dataset=validation)
+    groups = subtask_ids(validation)
+    if groups is not None and validation_indices is not None:
+        groups = groups[torch.as_tensor(validation_indices, dtype=torch.long)]
+    centroids = subtask_centroids(val, groups)[0]  # [J, d] float64
 
     def against_centroids(features: Tensor) -> Tensor:
         return features.double() @ centroids.to(features.device).T
@@ -517,8 +553,51 @@ def checkpoint_similarities(
     )
 
 
-# ------------------------------------------------------------------------------------- online
-class LessSelector(PoolLossSelector):
+# ------------------------------------------------------------------------------------- components
+class _LessComponent(PoolLossSelector):
+    """What both LESS selectors share: the feature settings, the projector, the validation rows."""
+
+    def __init__(self, budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
+                 proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask):
+        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
+        _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
+        self.proj_dim, self.proj_kind, self.gradient_type = int(proj_dim), proj_kind, gradient_type
+        self.projection_cache_mb = projection_cache_mb
+        self.validation_per_subtask = validation_per_subtask
+        self._projector = None
+        # the scores of the latest round only (a full history would grow the checkpoint every round)
+        self.last_scores: dict[str, Any] | None = None
+
+    @property
+    def projector(self):
+        """The seeded projection (the same in every round, process and resumed run)."""
+        if self._projector is None:
+            self._projector = make_projector(self.proj_dim, self.seed, self.proj_kind, self.projection_cache_mb)
+        return self._projector
+
+    def validation(self, ctx: UpdateContext) -> tuple[Any, Tensor | None]:
+        """The target set and the rows of it that are scored against (None: all)."""
+        validation = ctx.require_validation(getattr(self, "config_name", "less"))
+        rows = validation_subset(subtask_ids(validation), len(validation), self.validation_per_subtask, self.seed)
+        return validation, rows
+
+    def similarities(self, ctx: UpdateContext, candidates: Tensor, adam=None) -> Tensor:
+        """``[n, J]``: :func:`checkpoint_similarities` under the model as it is now."""
+        validation, rows = self.validation(ctx)
+        return checkpoint_similarities(
+            ctx.trainer, candidates, self.projector, self.gradient_type, self.batch_size,
+            validation=validation, validation_indices=rows, adam=adam,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_scores": self.last_scores}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.last_scores = state.get("last_scores")
+
+
+class LessSelector(_LessComponent):
     """Online LESS (``selector=less``): every update, score (a candidate subset of) the pool by the
     cosine of its Adam-preconditioned gradient features with the target set's gradient features,
     under the current model and optimizer state, and keep the top k.
@@ -536,7 +615,9 @@ class LessSelector(PoolLossSelector):
         gradient_type: ``adam`` (Γ) or ``sgd`` (the plain gradient) for the training features.
         projection_cache_mb: keep up to this many MiB of the projection's random blocks between
             batches and rounds (0: regenerate them every batch). Worth it for LoRA, whose
-            projection matrix (trainable parameters x d x 4 bytes) is small enough to keep.
+            projection matrix (trainable parameters x d x 4 bytes) may be small enough to keep.
+        validation_per_subtask: score against at most this many rows of every validation subtask
+            (a seeded subset fixed for the run, as the paper's few-shot targets; None: all rows).
         batch_size: rows per batched forward/backward of the feature passes.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
@@ -554,38 +635,18 @@ class LessSelector(PoolLossSelector):
         proj_kind: str = "rademacher",
         gradient_type: str = "adam",
         projection_cache_mb: float = 0,
+        validation_per_subtask: int | None = None,
     ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb)
-        self.proj_dim, self.proj_kind, self.gradient_type = int(proj_dim), proj_kind, gradient_type
-        self.projection_cache_mb = projection_cache_mb
-        self._projector = None
-        # the scores of the latest round only (a full history would grow the checkpoint every round)
-        self.last_scores: dict[str, Any] | None = None
-
-    @property
-    def projector(self):
-        if self._projector is None:
-            self._projector = make_projector(self.proj_dim, self.seed, self.proj_kind, self.projection_cache_mb)
-        return self._projector
+        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
+                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
-        validation = ctx.require_validation(getattr(self, "config_name", "less"))
+        self.validation(ctx)  # a missing validation set fails before any pass
         candidates = self.candidate_indices(ctx)
-        sims = checkpoint_similarities(
-            ctx, candidates, self.projector, self.gradient_type, self.batch_size, validation=validation
-        )
-        scores = combine_subtask_similarities(sims)
+        scores = combine_subtask_similarities(self.similarities(ctx, candidates))
         local = top_k(scores, self.k(ctx))
         self.last_scores = {"update_index": ctx.update_index, "candidates": candidates, "scores": scores.float()}
         return self.record(ctx, candidates[local])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last_scores": self.last_scores}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.last_scores = state.get("last_scores")
 
 
 # ------------------------------------------------------------------------------------ offline
@@ -714,7 +775,7 @@ def checkpoint_adam_state(checkpoint_dir: str | Path, optimizer: Any, model: tor
     return out
 
 
-class LessOfflineSelector(PoolLossSelector):
+class LessOfflineSelector(_LessComponent):
     """The LESS paper's offline selection (``selector=less_offline``): once, before training, score
     the pool with the per-epoch checkpoints of a warm-up run and keep the top k for the whole run.
 
@@ -752,9 +813,10 @@ class LessOfflineSelector(PoolLossSelector):
         proj_kind: str = "rademacher",
         gradient_type: str = "adam",
         projection_cache_mb: float = 0,
+        validation_per_subtask: int | None = None,
     ):
-        super().__init__(budget, 0, 0, 0, seed, candidates, batch_size)
-        _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb)
+        super().__init__(budget, 0, 0, 0, seed, candidates, batch_size,
+                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
         if checkpoints is not None and (not list(checkpoints) or any(int(s) <= 0 for s in checkpoints)):
             raise ValueError(f"checkpoints must list positive warm-up steps (or be null), got {checkpoints!r}")
         if checkpoint_weights is not None:
@@ -764,9 +826,6 @@ class LessOfflineSelector(PoolLossSelector):
         self.warmup_dir = warmup_dir
         self.checkpoints = None if checkpoints is None else sorted(int(s) for s in checkpoints)
         self.checkpoint_weights = None if checkpoint_weights is None else [float(w) for w in checkpoint_weights]
-        self.proj_dim, self.proj_kind, self.gradient_type = int(proj_dim), proj_kind, gradient_type
-        self.projection_cache_mb = projection_cache_mb
-        self.last_scores: dict[str, Any] | None = None
 
     def _weights(self, found: list[tuple[int, Path]]) -> list[float]:
         from dataflex.config import ConfigError
@@ -792,24 +851,19 @@ class LessOfflineSelector(PoolLossSelector):
                 f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
                 "`python -m dataflex.cli.less_offline` trains the warm-up and then this run"
             )
-        validation = ctx.require_validation(name)
+        self.validation(ctx)  # a missing validation set fails before any pass
         found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
         weights = self._weights(found)
-        projector = make_projector(self.proj_dim, self.seed, self.proj_kind, self.projection_cache_mb)
         candidates = self.candidate_indices(ctx)
         trainer = ctx.trainer
         model = trainer.model
         own = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
         sims = []
         try:
-            for step, path in found:
+            for _, path in found:
                 load_trainable_weights(model, path)
                 adam = checkpoint_adam_state(path, trainer.optimizer, model) if self.gradient_type == "adam" else None
-                sims.append(
-                    checkpoint_similarities(
-                        trainer, candidates, projector, self.gradient_type, self.batch_size, validation=validation, adam=adam
-                    )
-                )
+                sims.append(self.similarities(ctx, candidates, adam=adam))
         finally:
             with torch.no_grad():
                 for n, p in trainable_parameters(model).items():
@@ -842,10 +896,3 @@ class LessOfflineSelector(PoolLossSelector):
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:  # never scheduled: update_every is 0
         raise RuntimeError("offline LESS selects once, before training")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last_scores": self.last_scores}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.last_scores = state.get("last_scores")
