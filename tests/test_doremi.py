@@ -361,3 +361,30 @@ def test_e2e_doremi_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkey
     a, b = final_state(straight, 6), final_state(resumed, 6)
     assert same_state(a["components"], b["components"]) and a["components"]["mixer"]["alpha_updates"] == 6
     assert (straight / WEIGHTS_FILE).read_text() == (resumed / WEIGHTS_FILE).read_text()
+
+
+# -- the pipeline script --------------------------------------------------------------------------
+PIPELINE = Path(__file__).resolve().parents[1] / "sweeps" / "doremi_pipeline.sh"
+
+
+def test_pipeline_script_runs_the_three_steps_in_order(tmp_path):
+    import shlex
+    import subprocess
+
+    result = subprocess.run(["bash", str(PIPELINE), "slurm", "--dry-run", f"doremi.root={tmp_path}", "trainer.max_steps=5"],
+                            capture_output=True, text=True, check=True)
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert [c[c.index("-m") + 1 :][3] for c in commands] == [f"experiment=doremi_{s}" for s in ("reference", "proxy", "final")]
+    for command, step in zip(commands, ("reference", "proxy", "final")):
+        assert command[0].endswith("dataflex-run") and "hydra/launcher=slurm" in command
+        assert f"hydra.sweep.dir={tmp_path}/{step}" in command and f"doremi.root={tmp_path}" in command
+        assert command[-1] == "trainer.max_steps=5"
+        # each step's overrides compose: step 2 reads step 1's directory, step 3 step 2's weights
+        cfg = compose_config([o for o in command[2:] if not o.startswith("hydra")], tiny=False)
+        assert cfg.trainer.max_steps == 5
+    proxy = compose_config(["experiment=doremi_proxy", f"doremi.root={tmp_path}"], tiny=False)
+    final = compose_config(["experiment=doremi_final", f"doremi.root={tmp_path}"], tiny=False)
+    assert proxy.mixer.reference_dir == f"{tmp_path}/reference"
+    assert final.mixer.proportions_file == f"{tmp_path}/proxy/{WEIGHTS_FILE}"
+    bad = subprocess.run(["bash", str(PIPELINE), "cluster"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "unknown launcher 'cluster'" in bad.stderr
