@@ -97,10 +97,16 @@ def test_bad_decisions_are_refused(action, match):
         action(sampler)
 
 
-def test_positive_proportion_on_a_domain_without_selected_samples_is_refused():
-    sampler = DynamicSampler([0, 0, 1, 1], 10, 0)
-    sampler.set_indices([0, 1])
-    sampler.set_proportions([0.5, 0.5])
+def test_a_domain_without_selected_samples_is_skipped_and_no_drawable_domain_is_refused():
+    # selector + mixer: the proportions apply over the domains the selection holds (renormalised)
+    sampler = DynamicSampler([0, 0, 1, 1, 2, 2], 10, 0)
+    sampler.set_indices([0, 1, 4])
+    sampler.set_proportions([0.25, 0.5, 0.25])
+    drawn = list(sampler)
+    assert set(drawn) == {0, 1, 4}
+    sampler = DynamicSampler([0, 0, 1, 1, 2, 2], 10, 0)
+    sampler.set_indices([0, 1, 4])
+    sampler.set_proportions([0.0, 1.0, 0.0])  # the only weighted domain has no selected sample
     with pytest.raises(ValueError, match=r"domains \[1\]"):
         list(sampler)
 

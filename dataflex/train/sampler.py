@@ -40,7 +40,8 @@ class DynamicSampler(Sampler[int]):
     Without proportions, draws go through seeded permutations of the selected indices (every
     selected sample once per pass). With proportions, each draw first picks a domain with the
     current proportions, then the next sample of that domain's own seeded permutation (restricted
-    to the selected indices when a selection is in force).
+    to the selected indices when a selection is in force; a domain the selection does not reach is
+    skipped, the proportions renormalised over the others).
 
     Args:
         domain_ids: domain id of every pool sample (length = pool size).
@@ -144,7 +145,13 @@ class _PlanStream:
             self.groups = [members[member_domains == d] for d in range(self.proportions.numel())]
             empty = [d for d, g in enumerate(self.groups) if g.numel() == 0 and self.proportions[d] > 0]
             if empty:
-                raise ValueError(f"domains {empty} have positive proportion but no sample to draw")
+                # A selector and a mixer together: the proportions apply over the domains the selection
+                # holds; a domain without selected samples is skipped and its mass spread over the others.
+                kept = self.proportions.clone()
+                kept[empty] = 0
+                if kept.sum() <= 0:
+                    raise ValueError(f"no selected sample lies in a domain with positive proportion (domains {empty})")
+                self.proportions = kept / kept.sum()
         self.orders: list[torch.Tensor | None] = [None] * len(self.groups)
         self.cursors = [0] * len(self.groups)
 
