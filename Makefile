@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-fast setup data bench bench-signals clean help
+.PHONY: run test test-fast setup data bench bench-signals clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -63,6 +63,15 @@ bench: bench-signals
 
 bench-signals: data
 	$(BIN)/python benchmarks/signals.py
+
+# A real one-node SLURM cluster on localhost (munge + slurmctld + slurmd from Debian's packages,
+# state in /tmp/dataflex-slurm; scripts/slurm.sh). The `slurm` tests start it themselves when they can.
+# Use it from a shell with: eval "$$(bash scripts/slurm.sh env)"
+slurm-up:
+	bash scripts/slurm.sh up
+
+slurm-down:
+	bash scripts/slurm.sh down
 
 clean:
 	rm -rf $(STAMPS) outputs multirun .pytest_cache

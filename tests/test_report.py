@@ -169,3 +169,19 @@ def test_cli_prints_the_table_and_fails_in_one_line(mixer_sweep, tmp_path):
     result = subprocess.run([str(cli), str(empty)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("dataflex-report: error: no run directories")
     assert "Traceback" not in result.stderr
+
+
+def test_notebook_runs_top_to_bottom_offline(mixer_sweep, monkeypatch):
+    """notebooks/compare_methods.ipynb on a sweep directory, executed with nbclient."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "compare_methods.ipynb"
+    monkeypatch.setenv("DATAFLEX_SWEEP_DIR", str(mixer_sweep))
+    nb = nbformat.read(notebook, as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", "")) for o in outputs)
+    assert "**mixer=random** ★" in shown and "6 run(s), 2 arm(s)" in shown
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # training loss and domain proportions (no selector in this sweep)
