@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-fast setup data bench bench-signals clean help slurm-up slurm-down
+.PHONY: run test test-fast setup data bench bench-signals bench-mix clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -59,10 +59,13 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
 # Every benchmark times the project's way and a baseline in the same run and prints the ratio.
-bench: bench-signals
+bench: bench-signals bench-mix
 
 bench-signals: data
 	$(BIN)/python benchmarks/signals.py
+
+bench-mix: data
+	$(BIN)/python benchmarks/mix.py
 
 # A real one-node SLURM cluster on localhost (munge + slurmctld + slurmd from Debian's packages,
 # state in /tmp/dataflex-slurm; scripts/slurm.sh). The `slurm` tests start it themselves when they can.
