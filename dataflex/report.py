@@ -454,3 +454,35 @@ def write_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike 
     report.path = out / "report.md"
     atomic_write_text(report.path, report.markdown)
     return report
+
+
+def log_to_wandb(report: Report, group: str, project: str = "dataflex", entity: str | None = None,
+                 mode: str | None = None) -> Path:
+    """Log the comparison table (and the plots) to W&B as one ``report`` run in ``group`` (a sweep's
+    runs share that group). Offline, under ``<report dir>/wandb``, when no API key is configured.
+    Returns the W&B run's directory."""
+    import wandb
+
+    if mode is None:
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or Path("~/.netrc").expanduser().is_file()
+        mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
+    out = report.path.parent if report.path is not None else Path.cwd()
+    metrics = sorted({m for a in report.arms for m in a.stats})
+    best = best_arm(report.arms, report.metric)
+    columns = ["arm", "method", "seeds", *[f"{m} mean" for m in metrics], *[f"{m} std" for m in metrics],
+               "tokens", "wall_time_s", "best"]
+    rows = []
+    for arm in report.arms:
+        stats = [arm.stats.get(m, (None, None)) for m in metrics]
+        rows.append([arm.name, arm.method, ",".join(map(str, arm.seeds)), *[s[0] for s in stats], *[s[1] for s in stats],
+                     arm.tokens, arm.wall_time_s, arm is best])
+    run = wandb.init(project=project, entity=entity, group=group, name=f"{group}/report", job_type="report",
+                     dir=str(out), mode=mode, config={"metric": report.metric, "runs": len(report.runs)})
+    try:
+        run.log({"report/table": wandb.Table(columns=columns, data=rows),
+                 **{f"report/{name}": wandb.Image(str(path)) for name, path in report.plots.items()}})
+        if best is not None:
+            run.summary.update({"best_arm": best.name, "metric": report.metric})
+        return Path(run.dir).parent
+    finally:
+        run.finish()

@@ -152,6 +152,10 @@ class Sweep:
         self.sweep_dir = self._sweep_dir()
 
     @property
+    def uses_wandb(self) -> bool:
+        return "logger=wandb" in self.task_overrides
+
+    @property
     def parallel(self) -> int:
         """Local launcher: jobs run at once (--parallel; default half the CPU cores, at least 1)."""
         return self.args.parallel or max(1, (os.cpu_count() or 2) // 2)
@@ -301,11 +305,15 @@ class Sweep:
                   file=sys.stderr)
             return code
         if not self.args.no_report:
-            code = subprocess.call([sys.executable, "-m", "dataflex.cli.report", str(self.sweep_dir)])
-        offline = sorted(self.sweep_dir.glob("*/*/wandb/offline-run-*"))
+            report = [sys.executable, "-m", "dataflex.cli.report", str(self.sweep_dir)]
+            if self.uses_wandb:  # the table joins the sweep's runs in their W&B group
+                report += ["--wandb", self.name]
+            code = subprocess.call(report)
+        offline = sorted([*self.sweep_dir.glob("*/*/wandb/offline-run-*"), *self.sweep_dir.glob("wandb/offline-run-*")])
         if offline:
+            where = shlex.quote(str(self.sweep_dir))
             print(f"[sweep] W&B runs are offline ({len(offline)}); to upload: "
-                  f"wandb sync {shlex.quote(str(self.sweep_dir))}/*/*/wandb/offline-run-*")
+                  f"wandb sync {where}/*/*/wandb/offline-run-* {where}/wandb/offline-run-*")
         return code
 
 

@@ -185,3 +185,21 @@ def test_notebook_runs_top_to_bottom_offline(mixer_sweep, monkeypatch):
     assert "**mixer=random** ★" in shown and "6 run(s), 2 arm(s)" in shown
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # training loss and domain proportions (no selector in this sweep)
+
+
+def test_report_table_logged_to_wandb_offline(mixer_sweep, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    from dataflex.report import log_to_wandb
+
+    report = write_report([mixer_sweep])
+    run_dir = log_to_wandb(report, group="compare_mixers")
+    assert run_dir.parent == mixer_sweep / "wandb" and run_dir.name.startswith("offline-run-")
+    assert any(run_dir.rglob("*.wandb"))
+    tables = list(run_dir.rglob("report/table*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:3] == ["arm", "method", "seeds"] and len(table["data"]) == 2
+    best = [row for row in table["data"] if row[-1]]
+    assert [row[0] for row in best] == ["mixer=random"]

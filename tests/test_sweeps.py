@@ -117,8 +117,9 @@ def test_compare_mixers_local_end_to_end_with_report_and_resume(tmp_path):
     result = _script("compare_mixers.sh", *args, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert _finished(sweep_dir) == ["mixer=odm/seed=1", "mixer=random/seed=1"]
-    log = (sweep_dir / "mixer=odm" / "seed=1" / "compare_mixers.log").read_text()
-    assert "resuming from" in log and "checkpoint-4" in log
+    printed = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.out"))  # the jobs' stdout
+    for arm in ("mixer=odm", "mixer=random"):
+        assert f"resuming from {sweep_dir}/{arm}/seed=1/checkpoints/checkpoint-4" in printed
     after = json.loads((sweep_dir / "mixer=odm" / "seed=1" / "metrics.json").read_text())
     assert after["final_train_loss"] == before["final_train_loss"] and after["global_step"] == 4
     assert len(json.loads((sweep_dir / "manifest.json").read_text())["earlier_launches"]) == 1

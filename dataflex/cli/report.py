@@ -4,6 +4,7 @@
     dataflex-report outputs/sweeps/a outputs/sweeps/b --out cmp   # several sweeps in one table
     dataflex-report outputs/runs/2026-01-01_12-00-00         # a single run directory
     dataflex-report SWEEP --metric em/arithmetic             # the metric that picks the best row
+    dataflex-report SWEEP --wandb                            # also log the table to W&B (the sweep's group)
 
 Reads only the files every run writes (metrics.jsonl, metrics.json, dataflex_config.yaml); W&B is
 never needed. Prints the table and writes report.md plus report_loss.png, report_proportions.png
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default=None, help="the eval metric that picks the best row "
                         "(default: ppl/avg, else the first accuracy, else the first exact match)")
     parser.add_argument("--metrics", default=None, help="comma-separated eval metrics for the table (default: all)")
+    parser.add_argument("--wandb", nargs="?", const="", default=None, metavar="GROUP",
+                        help="also log the table and plots to W&B as a `report` run in GROUP (default: the first "
+                             "DIR's name, a sweep's W&B group); offline without an API key")
+    parser.add_argument("--wandb-project", default="dataflex", help="W&B project for --wandb (default: dataflex)")
     args = parser.parse_args(argv)
 
     from dataflex.config import ConfigError
@@ -42,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {report.path}")
     for name, path in report.plots.items():
         print(f"plot ({name}): {path}")
+    if args.wandb is not None:
+        from pathlib import Path
+
+        from dataflex.report import log_to_wandb
+
+        group = args.wandb or Path(args.dirs[0]).resolve().name
+        where = log_to_wandb(report, group=group, project=args.wandb_project)
+        print(f"W&B report run ({group}): {where}")
     return 0
 
 
