@@ -20,6 +20,7 @@ from dataflex.config import ConfigError
 from dataflex.utils import atomic_write_json
 
 STAGES = ("sft", "pt")
+DOMAIN_SPLIT_FILE = "dataflex_domain_split.json"  # beside dataset_info.json: a column-defined split to make
 
 
 def write_registry(data_cfg: dict, out_dir: Path) -> str:
@@ -42,7 +43,135 @@ def write_registry(data_cfg: dict, out_dir: Path) -> str:
             registry[name] = entry
     registry.update(data_cfg.get("registry") or {})
     atomic_write_json(out_dir / "dataset_info.json", registry)
+    split = out_dir / DOMAIN_SPLIT_FILE
+    if data_cfg.get("domain_column"):  # made when the data is built (build()), not here: no data is read here
+        atomic_write_json(split, {"source": data_cfg["source"], "column": data_cfg["domain_column"],
+                                  "domains": list(data_cfg.get("domains") or []), "what": f"data={data_cfg.get('name')}"})
+    else:
+        split.unlink(missing_ok=True)
     return str(out_dir)
+
+
+def _column_value(row: dict, column: str):
+    """``row``'s value at a dotted ``column`` path (``meta.pile_set_name``), or None when absent."""
+    value: Any = row
+    for key in column.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _load_raw(name: str, entry: dict):
+    """The rows of a registry entry as stored (every column kept), through ``datasets``."""
+    from datasets import load_dataset
+    from llamafactory.extras.constants import FILEEXT2TYPE
+
+    if "file_name" in entry:
+        path = Path(entry["file_name"])
+        files = sorted(str(f) for f in path.iterdir() if f.is_file()) if path.is_dir() else [str(path)]
+        kind = FILEEXT2TYPE.get(Path(files[0]).suffix.lstrip(".")) if files else None
+        if kind is None:
+            raise ConfigError(f"dataset '{name}': cannot split {path} by a column (file types: {', '.join(FILEEXT2TYPE)})")
+        return load_dataset(kind, data_files=files, split="train")
+    if "hf_hub_url" in entry:
+        try:
+            return load_dataset(entry["hf_hub_url"], name=entry.get("subset"), data_dir=entry.get("folder"),
+                                split=entry.get("split", "train"))
+        except Exception as err:  # noqa: BLE001 - offline without a cached copy, a wrong id, ...: one clear line
+            raise ConfigError(
+                f"dataset '{name}': cannot load {entry['hf_hub_url']} to split it by column ({str(err).splitlines()[0]}); "
+                "set HF_HUB_OFFLINE=0 where the hub is reachable, or point the entry at a local file"
+            ) from None
+    raise ConfigError(f"dataset '{name}': only local files and hf_hub_url entries can be split by a column")
+
+
+def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list[str]:
+    """Column-defined domains: split the dataset ``spec["source"]`` into one local dataset per value
+    of ``spec["column"]`` and register each under its value's name.
+
+    ``spec["domains"]`` lists the values to keep, in order (each becomes one domain); empty: every
+    value found, sorted. Rows keep all their fields (the entry's ``columns`` mapping still applies);
+    rows without the column are dropped. The split is written once, streamed row by row, to
+    ``<out_dir>/domains/`` (each file atomically; a rerun with the same source and column reuses
+    it). On several processes rank 0 writes and the others wait.
+
+    Returns:
+        The registry names of the domains (the column values), also added to ``registry``.
+    """
+    import contextlib
+    import hashlib
+    import tempfile
+
+    from dataflex.signals.distributed import main_process_first
+
+    source, column, what = spec["source"], spec["column"], spec.get("what", "data")
+    if source not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise ConfigError(f"{what}: source '{source}' (the dataset to split by {column}) is not registered; known: {known}")
+    wanted = [str(v) for v in (spec.get("domains") or [])]
+    folder = out_dir / "domains"
+    index_path = folder / "index.json"
+    key = {"source": registry[source], "column": column}
+    with main_process_first():
+        index = json.loads(index_path.read_text()) if index_path.is_file() else None
+        if index is None or index.get("key") != key:
+            folder.mkdir(parents=True, exist_ok=True)
+            handles: dict[str, Any] = {}
+            with contextlib.ExitStack() as stack:  # every temp file closed on the way out
+                try:
+                    for row in _load_raw(source, registry[source]):
+                        value = _column_value(row, column)
+                        if value is None:
+                            continue
+                        value = str(value)
+                        if value not in handles:
+                            handles[value] = stack.enter_context(
+                                tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8"))
+                        handles[value].write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                except BaseException:
+                    for handle in handles.values():
+                        Path(handle.name).unlink(missing_ok=True)
+                    raise
+            files = {}
+            for value, handle in handles.items():
+                slug = re.sub(r"[^\w.-]", "_", value)[:40]
+                path = folder / f"{slug}-{hashlib.sha1(value.encode()).hexdigest()[:8]}.jsonl"
+                os.replace(handle.name, path)
+                files[value] = str(path)
+            index = {"key": key, "files": files}
+            atomic_write_json(index_path, index)
+    files = index["files"]
+    if not files:
+        raise ConfigError(f"{what}: no row of '{source}' has a value in column {column}; check data.domain_column")
+    names = wanted or sorted(files)
+    missing = [v for v in names if v not in files]
+    if missing:
+        raise ConfigError(f"{what}: no row of '{source}' has {column} = {missing[0]!r}; values found: {', '.join(sorted(files)) or 'none'}")
+    commas = [v for v in names if "," in v]
+    if commas:
+        raise ConfigError(f"{what}: domain {commas[0]!r} contains a comma (LLaMA-Factory splits dataset names at commas); "
+                          "list the other values in data.domains to leave it out")
+    entry = {k: v for k, v in registry[source].items() if k not in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url",
+                                                                       "cloud_file_name", "subset", "split", "folder")}
+    for value in names:
+        if value in registry and registry[value].get("file_name") != files[value]:
+            raise ConfigError(f"{what}: domain {value!r} clashes with a registered dataset of that name")
+        registry[value] = {**entry, "file_name": files[value]}
+    return names
+
+
+def resolve_column_domains(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` with a column-defined split made (:func:`split_by_column`): ``dataset`` becomes
+    the domains' names and the registry gains their entries. Unchanged without a split."""
+    spec_path = Path(hparams["dataset_dir"]) / DOMAIN_SPLIT_FILE
+    if not spec_path.is_file():
+        return hparams
+    registry_path = Path(hparams["dataset_dir"]) / "dataset_info.json"
+    registry = json.loads(registry_path.read_text())
+    names = split_by_column(json.loads(spec_path.read_text()), registry, Path(hparams["dataset_dir"]))
+    atomic_write_json(registry_path, registry)
+    return {**hparams, "dataset": ",".join(names)}
 
 
 def required_columns(entry: dict) -> list[str]:
@@ -132,6 +261,10 @@ def build_hparams(cfg: dict, run_dir: Path, resume_from: str | None) -> dict[str
             f"pick a {data['stage']} trainer (e.g. trainer={'pt_full' if data['stage'] == 'pt' else 'sft_lora'})"
         )
     domains = list(data.get("domains") or [])
+    if data.get("domain_column"):  # column-defined domains: one source dataset, split when it is built
+        if not data.get("source"):
+            raise ConfigError(f"data={data.get('name')}: domain_column needs `source`, the registered dataset whose rows it splits")
+        domains = [data["source"]]
     if not domains:
         raise ConfigError(f"data={data.get('name')}: `domains` lists no dataset")
     hparams = {
@@ -265,6 +398,7 @@ def build(hparams: dict[str, Any], validation: list[str] | None = None) -> Built
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_model, load_tokenizer
 
+    hparams = resolve_column_domains(hparams)
     check_datasets([*hparams["dataset"].split(","), *(validation or [])], hparams["dataset_dir"])
     model_args, data_args, training_args, finetuning_args, _ = parse_hparams(hparams)
     try:

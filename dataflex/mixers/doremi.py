@@ -282,7 +282,8 @@ class DoReMiMixer(Mixer):
         eta: step size η.
         smoothing: c, the uniform mass mixed in (every α_i >= c/K).
         clip: clamp λ to [−clip, clip] before the step (DataFlex uses 5); None: no clipping.
-        domains: the data config's domain names (keys of the JSON and of the logged weights).
+        domains: the data config's domain names (keys of the JSON and of the logged weights);
+            default: the run's domain names (a column-defined split's values).
         update_every: optimizer steps between refreshes of the sampling proportions (online),
             the JSON and the logged weights.
     """
@@ -336,6 +337,8 @@ class DoReMiMixer(Mixer):
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """α_0 uniform; checks that the reference model exists before training starts."""
         resolve_reference_model(self.reference_dir)
+        if not self.domains and getattr(ctx, "domain_names", None):  # e.g. a column-defined split
+            self.domains = list(ctx.domain_names)
         present = int(ctx.domain_ids.max()) + 1
         k = len(self.domains) if self.domains else present
         if present > k:
@@ -460,6 +463,7 @@ class DoReMiMixer(Mixer):
     def state_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "domains": self.domains,
             "alpha": self.alpha,
             "alpha_mean": self.alpha_mean,
             "alpha_updates": self.alpha_updates,
@@ -471,6 +475,7 @@ class DoReMiMixer(Mixer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("mode", self.mode) != self.mode:
             raise ValueError(f"checkpoint holds a DoReMi {state['mode']} run, this run is {self.mode}")
+        self.domains = self.domains or state.get("domains")
         self.alpha, self.alpha_mean = state["alpha"], state["alpha_mean"]
         self.alpha_updates = int(state["alpha_updates"])
         self.window_excess, self.window_updates = state["window_excess"], int(state["window_updates"])

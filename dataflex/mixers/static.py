@@ -125,9 +125,8 @@ class StaticMixer(Mixer):
                 raise ValueError(
                     f"mixer=static: proportions_file {path} does not exist; run the step that writes it first"
                 )
-            self.proportions = proportions_from_config(
-                json.loads(path.read_text()), self.domains
-            )
+            domains = self.domains or getattr(ctx, "domain_names", None)  # e.g. a column-defined split
+            self.proportions = proportions_from_config(json.loads(path.read_text()), domains)
         if self.proportions is None:
             num_domains = (
                 len(self.domains) if self.domains else int(ctx.domain_ids.max()) + 1

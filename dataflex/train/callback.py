@@ -150,6 +150,7 @@ class DataFlexCallback(TrainerCallback):
             update_index=update_index,
             max_steps=state.max_steps,
             run_dir=self.run_dir,
+            domain_names=self.domain_names,
         )
 
     def _decide(self, name: str, decide, ctx: UpdateContext):

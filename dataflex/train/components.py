@@ -56,6 +56,8 @@ class UpdateContext:
         update_index: 0-based index of this update (-1 for the decision at the start).
         max_steps: total optimizer steps of the run.
         run_dir: the run directory (files a component writes go under it), None outside a Run.
+        domain_names: the name of every domain id (the data config's domains, or the values of a
+            column-defined split), None when unknown.
     """
 
     trainer: Trainer
@@ -64,6 +66,7 @@ class UpdateContext:
     update_index: int
     max_steps: int
     run_dir: Path | None = None
+    domain_names: list[str] | None = None
 
     @property
     def tokenizer(self):
