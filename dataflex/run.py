@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from dataflex.config import ConfigError, build_component, to_dict
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.components import Component
+from dataflex.train.nan import NonFiniteGuard, nonfinite_policy
 from dataflex.utils import atomic_write_json, atomic_write_text
 
 CONFIG_FILE = "dataflex_config.yaml"
@@ -92,6 +93,7 @@ class Run:
                   if c is not None and type(c).training_loss is not Component.training_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
+        self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"))
 
     @property
     def run_id(self) -> str:
@@ -156,6 +158,7 @@ class Run:
         every = int(eval_cfg.get("every_n_steps") or 0)
         periodic = [PeriodicEval(every, lambda step: self._evaluate(built, "eval", tracker, step))] if every > 0 else []
         trainer = build_trainer(built, callback, periodic)
+        trainer.dataflex_nonfinite = NonFiniteGuard(self.nonfinite_loss)
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         trainer.save_model(str(self.run_dir / "model"))
         step = trainer.state.global_step

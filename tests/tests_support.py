@@ -93,3 +93,29 @@ class LossOwningMixer(RotatingMixer):
 
     def training_loss(self, loss):
         return loss.plain()
+
+
+class NonFiniteWeighter(PlainLossWeighter):
+    """Test-only weighter: returns the trainer's own loss, but NaN on its ``nan_step``-th micro-batch
+    (optimizer step ``nan_step`` without gradient accumulation)."""
+
+    def __init__(self, nan_step=3, warmup_steps=0, update_every=0, num_updates=0):
+        super().__init__(warmup_steps, update_every, num_updates)
+        self.nan_step = nan_step
+        self.calls = 0
+
+    def training_loss(self, loss):
+        self.calls += 1
+        plain = loss.plain()
+        return plain * float("nan") if self.calls == self.nan_step else plain
+
+
+class NeedsValidationSelector(Selector):
+    """Test-only selector that reads the target/validation set (as LESS, NICE, NEAR and TSDS do)."""
+
+    def __init__(self, warmup_steps=0, update_every=0, num_updates=0):
+        super().__init__(warmup_steps, update_every, num_updates)
+
+    def initial_indices(self, ctx):
+        ctx.require_validation("needs_validation")
+        return None

@@ -3,7 +3,8 @@
 The mixin overrides ONLY ``_get_train_sampler`` (decisions reach the data through the
 DynamicSampler) and ``compute_loss`` (batches carry each sample's pool index and domain id, which
 the model must not see; components that observe batches get the per-sample losses of the training
-forward's own logits). No LLaMA-Factory module is patched and no training loop is copied.
+forward's own logits; a NaN/inf loss stops the run or skips the micro-batch, see
+``dataflex.train.nan``, before any component sees it). No LLaMA-Factory module is patched and no training loop is copied.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataflex.config import ConfigError
 from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token_nll
 from dataflex.train.callback import DataFlexCallback
 from dataflex.train.components import LossInputs, Mixer, Selector
+from dataflex.train.nan import NonFiniteGuard
 from dataflex.train.sampler import DynamicSampler
 
 META_KEYS = ("sample_index", "domain_id")
@@ -53,6 +55,7 @@ class DataFlexTrainerMixin:
         self.dataflex_domain_ids = torch.as_tensor(dataflex_domain_ids, dtype=torch.long)
         self.dataflex_validation = dataflex_validation
         self.dataflex_sampler: DynamicSampler | None = None
+        self.dataflex_nonfinite = NonFiniteGuard("stop")  # the run sets its `nonfinite_loss` policy
         dataflex_callback.trainer = self
 
     @property
@@ -77,8 +80,13 @@ class DataFlexTrainerMixin:
         meta = {k: inputs.pop(k) for k in META_KEYS if k in inputs}
         callback = self.dataflex_callback
         owner = callback.loss_owner
+        guard, step = self.dataflex_nonfinite, self.state.global_step + 1
         if not callback.observers and owner is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            skip = guard.check(result[0] if return_outputs else result, step, meta, model)
+            if skip is None:
+                return result
+            return (skip, result[1]) if return_outputs else skip
         labels = inputs.get("labels")  # HF's compute_loss may pop it from the dict
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         logits = getattr(outputs, "logits", None)
@@ -87,10 +95,15 @@ class DataFlexTrainerMixin:
                 f"{callback.describe(owner or callback.observers[0])} needs per-sample losses, but the training forward "
                 "returned no logits (a fused loss kernel such as the Liger kernel); set model.enable_liger_kernel=false"
             )
-        if callback.observers:
-            callback.observe_batch(per_sample_losses_from_logits(logits.detach(), labels), meta)
-        if owner is not None:
+        per_sample = per_sample_losses_from_logits(logits.detach(), labels) if callback.observers else None
+        # checked BEFORE any component sees the batch: a NaN never reaches a component's state
+        skip = guard.check(loss, step, meta, model, per_sample)
+        if skip is None and callback.observers:
+            callback.observe_batch(per_sample, meta)
+        if skip is None and owner is not None:
             loss = owner.training_loss(self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch))
+            skip = guard.check(loss, step, meta, model, what=f"the loss {callback.describe(owner)} returned")
+        loss = loss if skip is None else skip
         return (loss, outputs) if return_outputs else loss
 
     def _dataflex_loss_inputs(self, logits, labels, meta, inputs, model, num_items_in_batch) -> LossInputs:
