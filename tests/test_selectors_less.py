@@ -351,3 +351,114 @@ def test_less_without_a_validation_set_is_a_config_error(tmp_path):
     cfg = compose_config([*LESS, *QUIET, "trainer.max_steps=2", "selector.warmup_steps=1", "selector.update_every=1", "data.validation=null"])
     with pytest.raises(ConfigError, match="selector=less needs a target/validation set: set data.validation"):
         Run(cfg, tmp_path / "r").fit()
+
+
+# -- the offline recipe ----------------------------------------------------------------------------
+from dataflex.train.components import Selector  # noqa: E402
+
+
+class FixedSelector(Selector):
+    """Test-only: trains on the given pool indices from the start (never updates)."""
+
+    def __init__(self, indices):
+        super().__init__()
+        self.indices = list(indices)
+
+    def initial_indices(self, ctx):
+        return torch.tensor(self.indices)
+
+
+# 256 pool rows, warm-up on 5% = 12 of them, global batch 4: 3 steps an epoch, 2 epochs = checkpoints
+# 3 and 6; then the top 16 of 48 candidates for 1 epoch over them (4 steps).
+OFFLINE = ["experiment=less_offline", "less_offline.warmup_epochs=2", "less_offline.train_epochs=1",
+           "selector.budget=16", "selector.candidates=48", "selector.validation_per_subtask=8",
+           "selector.proj_dim=128", "selector.projection_cache_mb=64", "selector.batch_size=8", "trainer.warmup_steps=0", *QUIET]
+
+
+@pytest.mark.slow
+def test_offline_recipe_end_to_end(tmp_path):
+    from conftest import compose_config
+    from test_e2e import fit, losses
+
+    from dataflex.cli.less_offline import run_recipe
+
+    run_dir = tmp_path / "less"
+    metrics = run_recipe(compose_config(OFFLINE), run_dir)
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+
+    warm = run_dir / "warmup"
+    warm_round = json.loads((warm / "selections" / "round_000.json").read_text())
+    assert warm_round["selected"] == 12 and len(losses(warm)) == 6
+    for step in (3, 6):
+        ckpt = warm / "checkpoints" / f"checkpoint-{step}"
+        assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "optimizer.pt").is_file()
+
+    record = json.loads((run_dir / L.OFFLINE_RECORD).read_text())
+    assert record["checkpoint_steps"] == [3, 6] and record["candidates"] == 48 and record["k"] == 16
+    # w_c: the mean learning rate the warm-up logged over each epoch's steps, normalised, by hand
+    log = json.loads((warm / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    lr = {r["step"]: r["learning_rate"] for r in log if "learning_rate" in r}
+    means = [(lr[1] + lr[2] + lr[3]) / 3, (lr[4] + lr[5] + lr[6]) / 3]
+    assert record["checkpoint_weights"] == pytest.approx([m / sum(means) for m in means])
+    assert means[0] > 2 * means[1]  # cosine decay: the first epoch weighs more (not a uniform fallback)
+
+    state = torch.load(run_dir / "checkpoints" / "checkpoint-3" / "dataflex_state.pt", weights_only=False)
+    sel = state["components"]["selector"]
+    chosen = record["indices"]
+    assert len(set(chosen)) == 16 and sel["rounds"][0]["indices"] == chosen
+    assert json.loads((run_dir / "selections" / "round_000.json").read_text())["indices"] == chosen
+    scores, cand = sel["last_scores"]["scores"], sel["last_scores"]["candidates"]
+    assert cand[L.top_k(scores, 16)].tolist() == chosen and torch.isfinite(scores).all()
+    assert record["scores"] == pytest.approx(sorted(record["scores"], reverse=True))
+
+    # the final model trained from where it was built (the warm-up weights were put back): the same
+    # losses as a run that trains on the same indices without any scoring
+    _, plain = fit(tmp_path, "fixed", [*QUIET, "trainer.max_steps=4", "trainer.warmup_steps=0", "+selector._target_=test_selectors_less.FixedSelector",
+                                       f"+selector.indices=[{','.join(map(str, chosen))}]"])
+    assert losses(run_dir) == pytest.approx(losses(plain), abs=1e-6)
+
+
+def test_offline_selector_needs_a_warmup_dir(tmp_path):
+    from conftest import compose_config
+
+    from dataflex.config import ConfigError
+    from dataflex.run import Run
+
+    with pytest.raises(ConfigError, match="needs selector.warmup_dir=.*python -m dataflex.cli.less_offline"):
+        Run(compose_config([*OFFLINE, "trainer.max_steps=1"]), tmp_path / "r").fit()
+    with pytest.raises(ConfigError, match="not a directory"):
+        L.warmup_checkpoints(tmp_path / "missing")
+    (tmp_path / "w" / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # no dataflex_state.pt: incomplete
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        L.warmup_checkpoints(tmp_path / "w")
+
+
+def test_recipe_settings_and_run_configs():
+    from conftest import compose_config
+
+    from dataflex.cli.less_offline import final_config, recipe_settings, run_recipe, warmup_config
+    from dataflex.config import ConfigError, to_dict
+
+    cfg = to_dict(compose_config(OFFLINE))
+    warm = warmup_config(cfg, 256)
+    assert warm["selector"]["budget"] == 12 and warm["selector"]["_target_"].endswith("RandomSelector")
+    assert (warm["trainer"]["max_steps"], warm["trainer"]["save_steps"], warm["trainer"]["logging_steps"]) == (6, 3, 1)
+    assert warm["trainer"]["save_total_limit"] is None and warm["eval"]["before"] is False
+    final = final_config(cfg, "somewhere", 256)
+    assert final["trainer"]["max_steps"] == 4 and final["selector"]["warmup_dir"].endswith("somewhere")
+    assert cfg["selector"]["warmup_dir"] is None  # the composed config is left alone
+    with pytest.raises(ConfigError, match="unknown key"):
+        recipe_settings({"less_offline": {"warmup_epoch": 2}})
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        recipe_settings({"less_offline": {"warmup_epochs": 0}})
+    with pytest.raises(ConfigError, match="selector=less_offline"):
+        run_recipe(compose_config(["selector=loss"]), "unused")
+
+
+def test_command_implies_the_experiment():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "_target_: dataflex.selectors.less.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
