@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-fast setup data bench bench-signals bench-mix clean help slurm-up slurm-down
+.PHONY: run test test-fast setup data bench bench-signals bench-mix bench-less clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -66,6 +66,10 @@ bench-signals: data
 
 bench-mix: data
 	$(BIN)/python benchmarks/mix.py
+
+# Online LESS: amortised cost per training step vs a plain (random-selector) step, same schedule.
+bench-less: data
+	$(BIN)/python benchmarks/less.py
 
 # A real one-node SLURM cluster on localhost (munge + slurmctld + slurmd from Debian's packages,
 # state in /tmp/dataflex-slurm; scripts/slurm.sh). The `slurm` tests start it themselves when they can.
