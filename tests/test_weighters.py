@@ -356,3 +356,97 @@ def test_two_processes_gather_the_global_batch_with_identical_weights(tmp_path):
             mask = nll[r] != 0
             per_token = 5 * w[lo:hi] / 12 if reduction == "token" else w[lo:hi] / lengths[lo:hi]
             torch.testing.assert_close(grad * mask, per_token[:, None] * mask, rtol=1e-5, atol=1e-7)
+
+
+# -- end to end on the tiny model --------------------------------------------------------------
+E2E = ["eval.before=false", "eval.after=false", "trainer.max_steps=3", "trainer.per_device_train_batch_size=2",
+       "trainer.gradient_accumulation_steps=2"]
+
+
+def fit_recording_gradients(tmp_path, monkeypatch, name, overrides):
+    """Train; return the per-step losses and the gradients the optimizer stepped with."""
+    from test_e2e import fit, losses
+
+    from dataflex.train.callback import DataFlexCallback
+
+    grads: list[dict[str, torch.Tensor]] = []
+
+    def record(self, args, state, control, model=None, **kwargs):
+        grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DataFlexCallback, "on_pre_optimizer_step", record, raising=False)
+        _, run_dir = fit(tmp_path, name, overrides)
+    return losses(run_dir), grads
+
+
+def test_uniform_weighter_reproduces_plain_training(tmp_path, monkeypatch):
+    """weighter=uniform and weighter=loss at r = ∞ give plain training's losses and gradients, with
+    gradient accumulation and ragged samples; the two weighters agree bit for bit."""
+    from dataflex.train.trainer import DataFlexTrainerMixin
+
+    plain_losses, plain_grads = fit_recording_gradients(tmp_path, monkeypatch, "plain", E2E)
+    counts = []
+    original = DataFlexTrainerMixin._dataflex_loss_inputs
+
+    def spy(self, *args, **kwargs):
+        li = original(self, *args, **kwargs)
+        counts.append(li.token_mask.sum(-1).tolist())
+        return li
+
+    monkeypatch.setattr(DataFlexTrainerMixin, "_dataflex_loss_inputs", spy)
+    uniform_losses, uniform_grads = fit_recording_gradients(tmp_path, monkeypatch, "uniform", [*E2E, "weighter=uniform"])
+    inf_losses, inf_grads = fit_recording_gradients(tmp_path, monkeypatch, "inf",
+                                                    [*E2E, "weighter=loss", "weighter.temperature=inf", "weighter.warmup_steps=0"])
+    assert len(counts) == 2 * 3 * 2 and any(len(set(c)) > 1 for c in counts)  # ragged label counts, GA = 2
+    assert len(plain_losses) == len(plain_grads) == 3
+    assert uniform_losses == pytest.approx(plain_losses, rel=1e-6)
+    for plain, uniform, inf in zip(plain_grads, uniform_grads, inf_grads):
+        assert plain.keys() == uniform.keys() == inf.keys() and plain
+        for name in plain:
+            torch.testing.assert_close(uniform[name], plain[name], rtol=1e-5, atol=1e-7)  # float noise of two NLL paths
+            assert torch.equal(uniform[name], inf[name])
+    assert uniform_losses == inf_losses
+
+
+@pytest.mark.slow
+def test_loss_weighter_logs_its_statistics_and_resumes_exactly(tmp_path, monkeypatch):
+    """Weighter state (the temperature step) is checkpointed: a run killed after checkpoint-4 and
+    resumed mid warm-up ends where an uninterrupted run ends; the statistics follow the schedule."""
+    from test_e2e import _kill_at_step, fit, losses, same_state
+
+    overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8", "trainer.save_steps=2",
+                 "weighter=loss", "weighter.warmup_steps=6", "weighter.temperature=0.3"]
+    _, straight = fit(tmp_path, "straight", overrides)
+    with monkeypatch.context() as patch:
+        _kill_at_step(patch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            fit(tmp_path, "resumed", overrides)
+    _, resumed = fit(tmp_path, "resumed", overrides)
+
+    assert len(losses(straight)) == 8 and losses(resumed) == pytest.approx(losses(straight), abs=1e-6)
+    state = lambda d: torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+    a, b = state(straight)["components"]["weighter"], state(resumed)["components"]["weighter"]
+    assert a["steps_done"] == 8 and same_state(a, b)
+
+    def stats(run_dir):  # per step, a resumed step's later line wins
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: {k: v for k, v in r.items() if k.startswith("weighter/")} for r in lines if "weighter/batch" in r}
+
+    by_step = stats(straight)
+    assert sorted(by_step) == list(range(1, 9))
+    # 1/r moves linearly from 0 to 1/0.3 over 6 steps: r = 1.8 / t for t = steps done < 6
+    expected = ["inf", 1.8, 0.9, 0.6, 0.45, 0.36, 0.3, 0.3]
+    assert [by_step[s]["weighter/temperature"] for s in range(1, 9)] == [
+        e if isinstance(e, str) else pytest.approx(e) for e in expected]
+    assert by_step[1]["weighter/weight_min"] == by_step[1]["weighter/weight_max"] == pytest.approx(1 / 4)
+    for s in range(2, 9):
+        r = by_step[s]
+        assert r["weighter/weight_min"] < 1 / 4 < r["weighter/weight_max"] and r["weighter/batch"] == 4
+        assert 0 < r["weighter/entropy"] < math.log(4)
+    assert by_step[8]["weighter/weight_max"] > by_step[2]["weighter/weight_max"]  # sharper at the target
+    resumed_stats = stats(resumed)
+    for s in range(1, 9):
+        assert resumed_stats[s].keys() == by_step[s].keys()
+        for key, value in by_step[s].items():  # the temperature "inf" is logged as a string
+            assert resumed_stats[s][key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5))
