@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-fast setup data bench bench-signals bench-mix bench-less clean help slurm-up slurm-down
+.PHONY: run test test-fast setup data bench bench-signals bench-mix bench-less bench-select clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -59,13 +59,17 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
 # Every benchmark times the project's way and a baseline in the same run and prints the ratio.
-bench: bench-signals bench-mix
+bench: bench-signals bench-mix bench-select
 
 bench-signals: data
 	$(BIN)/python benchmarks/signals.py
 
 bench-mix: data
 	$(BIN)/python benchmarks/mix.py
+
+# NEAR and TSDS selection on synthetic 384-d embeddings (10k, 100k, 1M candidates, 1k queries) vs exact brute force.
+bench-select: setup
+	$(BIN)/python benchmarks/select.py
 
 # Online LESS: amortised cost per training step vs a plain (random-selector) step, same schedule.
 bench-less: data
