@@ -1,0 +1,215 @@
+"""The small-scale reproduction study behind docs/results.md (sweeps/paper_small_*.sh).
+
+    sweeps/paper_small_mixture.sh   [local|slurm] [--dry-run] [--parallel N] [--no-report] [--arms A,B] [override ...]
+    sweeps/paper_small_selection.sh [local|slurm] [--dry-run] [--parallel N] [--no-report] [--arms A,B] [override ...]
+
+A study is a list of *phases*, each one Hydra multirun through the sweep engine (sweeps/sweep.py,
+with the config group ``experiment`` as its axis), run in order; a phase starts after the previous
+one has finished, because it reads what that one wrote (DoReMi: the proxy needs the reference model,
+the final model the proxy's weights). Every arm is one experiment file,
+``dataflex/conf/experiment/paper_small_<study>_<arm>.yaml``, on top of the study's shared settings
+(``paper_small_<study>.yaml``), so one job reruns alone as ``dataflex-run experiment=... seed=N``.
+
+Every phase writes into the same study directory, ``<output_root>/paper_small/<study>`` (or
+``hydra.sweep.dir=...``), one ``experiment=<arm>/seed=<seed>`` directory per job, so rerunning the
+same command resumes unfinished jobs and ``dataflex-report`` over the study directory merges
+whatever has finished (the study may be run in parts: ``--arms`` and ``seed=...``). Each phase
+writes ``manifest_<phase>.json`` (the commit, the command, the jobs); the report goes to
+``report.md`` and ``report_*.png`` in the study directory at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("dataflex_sweep_engine", HERE / "sweep.py")
+engine = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("dataflex_sweep_engine", engine)
+_spec.loader.exec_module(engine)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One multirun of a study: its name and the arms (experiment-file suffixes) it runs."""
+
+    name: str
+    arms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study: its name (``paper_small_<name>`` is the experiment prefix), phases, seeds and the
+    metrics its report shows (``primary`` picks the best row)."""
+
+    name: str
+    phases: tuple[Phase, ...]
+    seeds: str
+    primary: str
+    metrics: tuple[str, ...]
+
+    @property
+    def prefix(self) -> str:
+        return f"paper_small_{self.name}"
+
+    def experiment(self, arm: str) -> str:
+        return f"{self.prefix}_{arm}"
+
+    @property
+    def arms(self) -> list[str]:
+        return [arm for phase in self.phases for arm in phase.arms]
+
+
+DOMAINS = ("code", "techdocs", "drama", "scripture", "dictionary", "computing", "quotes")
+
+STUDIES = {
+    "mixture": Study(
+        name="mixture",
+        phases=(
+            # natural = DoReMi's step 1 (experiment=doremi_reference's settings): its model is the reference
+            Phase("mixers", ("uniform", "natural", "random", "odm")),
+            Phase("doremi_proxy", ("doremi_proxy",)),  # step 2, beside the natural arm of the same seed
+            Phase("doremi", ("doremi",)),  # step 3, on the proxy's averaged weights
+        ),
+        seeds="1,2,3",
+        primary="ppl/avg",
+        metrics=("ppl/avg", "ppl/worst", *(f"ppl/{d}" for d in DOMAINS)),
+    ),
+    "selection": Study(
+        name="selection",
+        phases=(Phase("selection", ("static", "random", "loss", "delta_loss", "less", "nice", "near", "tsds",
+                                    "loss_weighter")),),
+        seeds="1,2,3",
+        primary="mcq/definitions/accuracy",
+        metrics=("mcq/definitions/accuracy", "em/arithmetic", "em/facts"),
+    ),
+}
+
+
+class PhaseSweep(engine.Sweep):
+    """The engine's sweep with one manifest per phase (the phases share the study directory)."""
+
+    phase = "arms"
+
+    def write_manifest(self, manifest: dict) -> Path:
+        from dataflex.utils import atomic_write_json
+
+        manifest["phase"] = self.phase
+        path = self.sweep_dir / f"manifest_{self.phase}.json"
+        if path.is_file():  # a rerun or another part of the study: keep what earlier launches were
+            try:
+                old = json.loads(path.read_text())
+                earlier = old.pop("earlier_launches", [])
+                keep = ("created", "commit", "dirty", "command", "jobs")
+                manifest["earlier_launches"] = [*earlier, {k: old.get(k) for k in keep}]
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, manifest)
+        return path
+
+
+def split_args(argv: list[str], study: Study) -> tuple[list[str] | None, list[str]]:
+    """Take ``--arms A,B`` (a subset of the study's arms) out of the arguments; the rest go to the
+    engine (launcher, --dry-run, --parallel, --no-report, overrides)."""
+    arms, rest = None, []
+    items = iter(argv)
+    for item in items:
+        if item == "--arms" or item.startswith("--arms="):
+            value = item.split("=", 1)[1] if "=" in item else next(items, "")
+            arms = [a for a in value.split(",") if a]
+            unknown = [a for a in arms if a not in study.arms]
+            if not arms or unknown:
+                raise engine.SweepError(f"--arms {value!r}: the {study.name} study's arms are {','.join(study.arms)}")
+        else:
+            rest.append(item)
+    if any(o.split("=", 1)[0].lstrip("+~") == "experiment" for o in rest):
+        raise engine.SweepError("the study chooses the experiments itself; pick arms with --arms A,B instead of experiment=...")
+    return arms, rest
+
+
+def study_dir(study: Study, user: list[str]) -> Path:
+    """``hydra.sweep.dir=...`` if given, else ``<paths.output_root or $DATAFLEX_OUTPUTS or outputs>/paper_small/<study>``."""
+    root = os.environ.get("DATAFLEX_OUTPUTS", "outputs")
+    for item in user:
+        if item.startswith("hydra.sweep.dir="):
+            return Path(item.split("=", 1)[1]).expanduser().resolve()
+        if item.startswith("paths.output_root="):
+            root = item.split("=", 1)[1]
+    return (Path(root).expanduser() / "paper_small" / study.name).resolve()
+
+
+def plan(study: Study, argv: list[str], script: str | None = None) -> list[PhaseSweep]:
+    """The study's phases as engine sweeps (nothing runs): arms filtered by ``--arms``, every job in
+    the study directory, ``paper_small.root`` pointing there (the DoReMi steps find each other)."""
+    arms, rest = split_args(argv, study)
+    root = study_dir(study, rest)
+    user = list(rest)
+    overrides = [u for u in user if "=" in u and not u.startswith("-")]
+    if not any(o.split("=", 1)[0] == "logger" for o in overrides):
+        user.append("logger=jsonl")  # the report reads metrics.jsonl; logger=wandb adds W&B
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        user.append(f"hydra.sweep.dir={root}")
+    user.append(f"++paper_small.root={root}")
+    if "--no-report" not in user:
+        user.append("--no-report")  # one report over the whole study directory at the end
+    sweeps = []
+    for phase in study.phases:
+        chosen = [a for a in phase.arms if arms is None or a in arms]
+        if not chosen:
+            continue
+        sweep = PhaseSweep(f"paper_small_{study.name}", "experiment", [study.experiment(a) for a in chosen], [],
+                           study.seeds, user, script or f"paper_small_{study.name}.sh")
+        sweep.phase = phase.name
+        sweeps.append(sweep)
+    return sweeps
+
+
+def report(study: Study, root: Path) -> int:
+    """``dataflex-report`` over the study directory: report.md and the plots, in the study directory."""
+    command = [sys.executable, "-m", "dataflex.cli.report", str(root), "--metric", study.primary,
+               "--metrics", ",".join(study.metrics)]
+    print(f"[paper_small] {' '.join(command[2:])}", flush=True)
+    return subprocess.call(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run one study of the small-scale reproduction (docs/results.md)")
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--script", default=None)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    spec, user = parser.parse_args(argv[:split]), argv[split + 1:]
+    study = STUDIES[spec.study]
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+    try:
+        sweeps = plan(study, user, spec.script)
+    except engine.SweepError as err:
+        print(f"{spec.script or study.prefix}: error: {err}", file=sys.stderr)
+        return 2
+    for index, sweep in enumerate(sweeps, 1):
+        print(f"[paper_small] {study.name}: phase {index}/{len(sweeps)} ({sweep.phase})", flush=True)
+        try:
+            code = sweep.run()
+        except engine.SweepError as err:
+            print(f"{spec.script or study.prefix}: error: {err}", file=sys.stderr)
+            return 2
+        if code != 0:
+            print(f"[paper_small] phase {sweep.phase} failed (exit {code}); later phases not started. Rerun the same "
+                  f"command to resume.", file=sys.stderr)
+            return code
+    if sweeps and not sweeps[0].args.dry_run and "--no-report" not in user:
+        return report(study, sweeps[0].sweep_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""sweeps/paper_small_*.sh (the study behind docs/results.md): job lists, phase order, equal token
+budgets across arms, and the DoReMi steps finding each other. Dry runs only: nothing trains here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from dataflex.config import register_resolvers
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEPS = REPO / "sweeps"
+_spec = importlib.util.spec_from_file_location("dataflex_paper_small", SWEEPS / "paper_small.py")
+paper_small = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = paper_small  # dataclasses look their module up
+_spec.loader.exec_module(paper_small)
+MIXTURE, SELECTION = paper_small.STUDIES["mixture"], paper_small.STUDIES["selection"]
+SweepError = paper_small.engine.SweepError
+
+register_resolvers()
+
+
+def compose_job(job: dict) -> dict:
+    """The config a job of the plan runs (resolved, as a plain dict)."""
+    with initialize_config_module(config_module="dataflex.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(job["overrides"]))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def token_budget(cfg: dict) -> int:
+    """Training tokens per job, upper bound: steps x batch x accumulation x processes x cutoff_len."""
+    t = cfg["trainer"]
+    return (t["max_steps"] * t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] * cfg["nproc"]
+            * cfg["data"]["cutoff_len"])
+
+
+def test_mixture_plan_is_three_phases_in_the_doremi_order(tmp_path):
+    sweeps = paper_small.plan(MIXTURE, ["local", f"hydra.sweep.dir={tmp_path}"])
+    assert [s.phase for s in sweeps] == ["mixers", "doremi_proxy", "doremi"]
+    dirs = [[j["dir"] for j in s.jobs()] for s in sweeps]
+    assert dirs[0] == [f"experiment=paper_small_mixture_{arm}/seed={seed}"
+                       for arm in ("uniform", "natural", "random", "odm") for seed in (1, 2, 3)]
+    assert dirs[1] == [f"experiment=paper_small_mixture_doremi_proxy/seed={seed}" for seed in (1, 2, 3)]
+    assert dirs[2] == [f"experiment=paper_small_mixture_doremi/seed={seed}" for seed in (1, 2, 3)]
+    assert {s.sweep_dir for s in sweeps} == {tmp_path.resolve()}  # one study directory: one report merges all
+    for s in sweeps:
+        command = s.command()
+        assert "hydra/launcher=local" in command and "logger=jsonl" in command
+        assert f"++paper_small.root={tmp_path.resolve()}" in command
+
+
+def test_doremi_steps_read_the_natural_arm_and_the_proxy_of_the_same_seed(tmp_path):
+    root = tmp_path.resolve()
+    sweeps = paper_small.plan(MIXTURE, ["local", f"hydra.sweep.dir={root}", "seed=2"])
+    natural = next(j for j in sweeps[0].jobs() if "natural" in j["dir"])
+    proxy, = sweeps[1].jobs()
+    final, = sweeps[2].jobs()
+    assert compose_job(proxy)["mixer"]["reference_dir"] == str(root / natural["dir"])
+    assert compose_job(final)["mixer"]["proportions_file"] == str(root / proxy["dir"] / "doremi_weights.json")
+    # step 1 is exactly experiment=doremi_reference's recipe: static by domain size on the same model/data
+    reference = compose_job(natural)
+    assert reference["mixer"]["_target_"].endswith("StaticMixer") and reference["mixer"]["proportions"] is None
+    assert compose_job(proxy)["mixer"]["_target_"].endswith("DoReMiMixer")
+
+
+@pytest.mark.parametrize("study", [MIXTURE, SELECTION], ids=lambda s: s.name)
+def test_every_arm_has_the_same_token_budget_model_and_data(study, tmp_path):
+    sweeps = paper_small.plan(study, ["local", f"hydra.sweep.dir={tmp_path}", "seed=1"])
+    jobs = [j for s in sweeps for j in s.jobs()]
+    assert [j["dir"].split("/")[0] for j in jobs] == [f"experiment={study.experiment(a)}" for a in study.arms]
+    configs = [compose_job(j) for j in jobs]
+    budgets = {token_budget(c) for c in configs}
+    assert len(budgets) == 1, budgets
+    shared = {(c["model"]["name"], c["data"]["name"], c["data"]["max_samples"], c["trainer"]["learning_rate"],
+               c["trainer"]["lr_scheduler_type"], c["eval"]["max_samples"]) for c in configs}
+    assert len(shared) == 1, shared
+    if study is MIXTURE:
+        # packed pretraining blocks: every sequence is cutoff_len tokens, so the budget is exact
+        assert budgets == {100 * 8 * 256} and {c["trainer"]["stage"] for c in configs} == {"pt"}
+        assert {c["model"]["name"] for c in configs} == {"tiny"}
+    else:
+        assert budgets == {24 * 8 * 256} and {c["model"]["name"] for c in configs} == {"smollm2_135m"}
+        assert {c["trainer"]["finetuning_type"] for c in configs} == {"lora"}
+
+
+def test_selection_arms_share_the_budget_and_the_target():
+    configs = {a: compose_job(j) for a, j in zip(SELECTION.arms, paper_small.plan(SELECTION, ["seed=1"])[0].jobs())}
+    selectors = {a: c["selector"] for a, c in configs.items()}
+    assert selectors["static"]["name"] == "static" and "budget" not in selectors["static"]
+    assert selectors["loss_weighter"]["name"] == "static" and configs["loss_weighter"]["weighter"]["name"] == "loss"
+    assert all(c["weighter"]["name"] == "none" for a, c in configs.items() if a != "loss_weighter")
+    dynamic = [a for a in SELECTION.arms if a not in ("static", "loss_weighter")]
+    assert {selectors[a]["budget"] for a in dynamic} == {0.1}
+    assert {a: selectors[a]["name"] for a in dynamic} == {a: a for a in dynamic}
+    online = ("random", "loss", "delta_loss", "less", "nice")
+    assert {(selectors[a]["warmup_steps"], selectors[a]["update_every"]) for a in online} == {(8, 8)}
+    assert {(selectors[a]["warmup_steps"], selectors[a]["update_every"]) for a in ("near", "tsds")} == {(0, 0)}
+    assert {c["data"]["validation"] for c in configs.values()} == {"offline_sft_val_mcq"}
+    assert configs["static"]["eval"]["before"] is True  # the base model's numbers, once per seed
+
+
+def test_arms_option_runs_a_part_and_skips_empty_phases(tmp_path):
+    sweeps = paper_small.plan(MIXTURE, ["--arms", "odm,doremi", f"hydra.sweep.dir={tmp_path}", "seed=3"])
+    assert [(s.phase, [j["dir"] for j in s.jobs()]) for s in sweeps] == [
+        ("mixers", ["experiment=paper_small_mixture_odm/seed=3"]),
+        ("doremi", ["experiment=paper_small_mixture_doremi/seed=3"])]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arms", "odm,bogus"], "arms are uniform,natural,random,odm,doremi_proxy,doremi"),
+    (["--arms="], "arms are"),
+    (["experiment=paper_small_mixture_odm"], "pick arms with --arms"),
+    (["slurmm"], "unknown launcher 'slurmm'"),
+])
+def test_bad_arguments_are_one_clear_error(args, message):
+    with pytest.raises(SweepError, match=message):
+        paper_small.plan(MIXTURE, args)
+
+
+def test_default_study_directory_follows_the_output_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATAFLEX_OUTPUTS", str(tmp_path))
+    sweep = paper_small.plan(SELECTION, [])[0]
+    assert sweep.sweep_dir == (tmp_path / "paper_small" / "selection").resolve()
+    assert paper_small.plan(SELECTION, [f"paths.output_root={tmp_path / 'o'}"])[0].sweep_dir == \
+        (tmp_path / "o" / "paper_small" / "selection").resolve()
+
+
+def test_script_dry_run_prints_every_phase_and_launches_nothing(tmp_path):
+    env = {**os.environ, "DATAFLEX_PYTHON": sys.executable}
+    out = subprocess.run([str(SWEEPS / "paper_small_mixture.sh"), "--dry-run", "--arms", "natural,doremi_proxy,doremi",
+                          "seed=1", f"hydra.sweep.dir={tmp_path / 'study'}"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "phase 1/3 (mixers)" in out.stdout and "phase 3/3 (doremi)" in out.stdout
+    assert out.stdout.count("dry run: nothing launched") == 3
+    assert "experiment=paper_small_mixture_doremi_proxy/seed=1" in out.stdout
+    assert not (tmp_path / "study").exists()  # no manifest, no job directory
