@@ -376,7 +376,8 @@ def _owned(owned: dict, name: str, notes: list[str]) -> tuple[dict, dict]:
 
 
 def _evaluation(keys: dict, notes: list[str]) -> dict:
-    """The ``eval`` group's values from LLaMA-Factory's evaluation keys (the others get a note)."""
+    """The ``eval`` group's values from LLaMA-Factory's evaluation keys (the others get a note unless
+    they hold LLaMA-Factory's default)."""
     values = {}
     steps = keys.get("eval_steps")
     if keys.get("eval_strategy") == "steps" and isinstance(steps, int) and steps > 0:
@@ -384,9 +385,10 @@ def _evaluation(keys: dict, notes: list[str]) -> dict:
         del keys["eval_strategy"], keys["eval_steps"]
     if "per_device_eval_batch_size" in keys:
         values["batch_size"] = keys.pop("per_device_eval_batch_size")
-    if keys:
+    ignored = [k for k, v in keys.items() if v != llamafactory_default(k)]
+    if ignored:
         notes.append(
-            f"{', '.join(keys)}: not used; dataflex evaluates the data config's held-out sets before and "
+            f"{', '.join(ignored)}: not used; dataflex evaluates the data config's held-out sets before and "
             "after training (and every eval.every_n_steps steps), not LLaMA-Factory's eval loop"
         )
     return values
