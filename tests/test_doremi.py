@@ -264,6 +264,20 @@ def test_reference_with_another_vocabulary_is_refused(tmp_path):
         mixer.training_loss(li)
 
 
+# -- per-domain training loss (any mixer run) -------------------------------------------------------
+def test_domain_loss_tracker_means_per_domain_and_restarts():
+    from dataflex.train.callback import DomainLossTracker
+
+    tracker = DomainLossTracker(lambda: 3)
+    tracker.observe_batch(torch.tensor([2.0, 4.0, float("nan")]), {"domain_id": torch.tensor([0, 2, 2])})
+    tracker.observe_batch(torch.tensor([1.0, 3.0]), {"domain_id": torch.tensor([0, 2])})
+    # domain 0: (2 + 1)/2; domain 1 absent (not logged); domain 2: (4 + 3)/2, the NaN sample left out
+    assert tracker.pop(["a", "b", "c"]) == {"train/domain_loss/a": 1.5, "train/domain_loss/c": 3.5}
+    assert tracker.pop(["a", "b", "c"]) == {}  # the next step starts from nothing
+    tracker.observe_batch(torch.tensor([5.0]), {"domain_id": torch.tensor([1])})
+    assert tracker.pop(["a", "b", "c"]) == {"train/domain_loss/b": 5.0}
+
+
 # -- two gloo processes ------------------------------------------------------------------------
 WORKER = """
 import json, math, sys
