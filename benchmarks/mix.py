@@ -18,9 +18,14 @@ Step time = wall time between consecutive ``on_step_end`` events (data loading, 
 optimizer, callbacks: everything a step costs), the first ``--warmup`` steps of each run dropped.
 Arms run in ``--rounds`` rounds, in a rotated order each round, so that a slow phase of a shared
 machine does not fall on one arm only; each arm's figure is the median over all its timed steps,
-and the ratio is that median over the ``none`` median. Expected: odm within 5% of none (its only
-extra work is one log-softmax over the logits it already has); doremi about +1/3 (a forward pass
-is about a third of forward + backward) and no more.
+and the ratio is that median over the ``none`` median. Wall and CPU time (this process, all
+threads) are both reported: on a machine shared with other jobs the CPU time is the steadier
+measure of the work a step does (``--threads 1`` keeps thread spinning out of it).
+
+Expected: odm within 5% of none (its only extra work is one log-softmax over the logits it already
+has); doremi about +1/3 (a forward pass is about a third of forward + backward) and no more. With
+LLaMA-Factory's default gradient checkpointing a plain step is two forwards and a backward, so the
+reference forward adds about a quarter; ``--no-gradient-checkpointing`` measures the other case.
 
 ``--model small`` is a bigger local Llama (hidden 256, 6 layers, the tiny tokenizer), built from a
 fixed seed in the output directory, where the LM head is a smaller share of the step.
@@ -131,6 +136,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="per-device batch (packed blocks of --seq tokens)")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--max-samples", type=int, default=200, help="documents per domain")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 makes the CPU time a clean measure of work on a shared machine")
+    ap.add_argument("--no-gradient-checkpointing", action="store_true",
+                    help="turn off LLaMA-Factory's default gradient checkpointing (a step is then 1 forward + backward, not 2)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 timed steps, 1 round")
     ap.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     args = ap.parse_args()
@@ -138,6 +147,8 @@ def main() -> None:
         args.steps, args.rounds, args.warmup = 4, 1, 1
     if "none" not in args.arms:
         ap.error("--arms must include none (the baseline)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from dataflex.data.assets import asset_path, ensure
 
@@ -151,6 +162,8 @@ def main() -> None:
         "trainer.warmup_steps=0", "+trainer.disable_tqdm=true", "eval.before=false", "eval.after=false",
         "logger=jsonl",
     ]
+    if args.no_gradient_checkpointing:
+        base.append("+model.args.disable_gradient_checkpointing=true")
     steps = args.warmup + args.steps
     wall: dict[str, list[float]] = {arm: [] for arm in args.arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in args.arms}
@@ -172,7 +185,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"model {args.model} ({params:,} parameters), batch {args.batch} x {args.seq} tokens, "
-          f"{args.rounds} rounds x {args.steps} timed steps per arm (first {args.warmup} of each run dropped)")
+          f"{args.rounds} rounds x {args.steps} timed steps per arm (first {args.warmup} of each run dropped), "
+          f"gradient checkpointing {'off' if args.no_gradient_checkpointing else 'on (the default)'}")
     print()
     print(f"{'mixer':>8} | {'wall ms':>8} {'p10':>7} {'p90':>7} {'ratio':>7} | {'CPU ms':>8} {'p10':>7} {'p90':>7} {'ratio':>7}")
     print("-" * 80)

@@ -258,7 +258,8 @@ class DoReMiMixer(Mixer):
     reference model.
 
     Every training micro-batch, the reference model (step 1's trained model, loaded once beside
-    the proxy: eval mode, no grad, same device and dtype, same tokenizer) runs on the same inputs;
+    the proxy: eval mode, no grad, same device and dtype; it must share the proxy's tokenizer, and
+    its vocabulary size is checked) runs on the same inputs;
     the per-token excess loss max(ℓ_θ − ℓ_ref, 0) is summed per domain over all processes, so every
     rank computes the same λ_t and the same α_t = :func:`doremi_update` (α_{t−1}, λ_t). Then, in
     the paper's order, the micro-batch trains with α_t:
