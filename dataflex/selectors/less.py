@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dataflex.selectors.base import PoolLossSelector
+from dataflex.signals.gradients import DEFAULT_CHUNK_SIZE
 from dataflex.train.components import UpdateContext
 
 GRADIENT_TYPES = ("adam", "sgd")
@@ -44,6 +45,9 @@ OFFLINE_RECORD = "less_offline.json"
 
 #: generator stream of the validation subset (stream 1 is the candidate subset's)
 VALIDATION_STREAM = 2
+
+#: elements per sample per streamed gradient chunk (the signals engine's default)
+CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 
 
 # ------------------------------------------------------------------------------------ pure cores
@@ -285,59 +289,91 @@ def adam_transform(
     return transform
 
 
-class _WholeGradientProjector:
-    """A projector proxy for :func:`project_per_sample_gradients`: pieces of the ``whole``
-    parameters are summed into complete per-sample gradients (and count 0 in the projection)
-    instead of being projected piece by piece; :meth:`flush` transforms and projects them.
+class _AdamProjector:
+    """A projector proxy that makes the streamed Adam pass equal Γ of each WHOLE per-sample gradient.
 
-    Holds ``B x numel`` for each of those parameters (only tied weights use it)."""
+    :func:`~dataflex.signals.gradients.project_per_sample_gradients` hands over elementwise-mapped
+    chunks; two cases need more than that, because Γ(0) = β1·m / sqrt(β2·v + ε) is not 0:
 
-    def __init__(self, projector: Any, whole: Mapping[str, int]):
-        self.projector, self.whole = projector, dict(whole)
+    * tied parameters (in ``whole``): their pieces are summed into complete per-sample gradients
+      (they count 0 when handed over) and mapped once, at :meth:`flush`;
+    * chunks the engine skips as all-zero (embedding rows no sample of the batch uses): the ranges
+      of each parameter no chunk covered get Γ(0) of their elements (the same for every sample),
+      projected once and added to every row at :meth:`flush`.
+
+    Holds ``B x numel`` for each tied parameter; nothing else.
+    """
+
+    def __init__(self, projector: Any, sizes: Mapping[str, int], whole: set[str] | frozenset[str]):
+        self.projector, self.sizes, self.whole = projector, dict(sizes), set(whole)
         self.dim = projector.dim
         self.block_size = getattr(projector, "block_size", None)
         self.buffers: dict[str, Tensor] = {}
+        self.covered: dict[str, list[tuple[int, int]]] = {n: [] for n in self.sizes}
+        self.batch: tuple[int, torch.device] | None = None
 
     def project(self, grads: Mapping[str, Tensor], offsets: Mapping[str, int] | None = None) -> Tensor:
         offsets = dict(offsets or {})
         rest = {}
         first = next(iter(grads.values()))
+        self.batch = (first.shape[0], first.device)
         for name, g in grads.items():
+            flat = g.reshape(g.shape[0], -1)
+            o = int(offsets.get(name, 0))
             if name not in self.whole:
                 rest[name] = g
+                self.covered.setdefault(name, []).append((o, o + flat.shape[1]))
                 continue
-            flat = g.reshape(g.shape[0], -1)
             buf = self.buffers.get(name)
             if buf is None:
-                buf = self.buffers[name] = torch.zeros(g.shape[0], self.whole[name], dtype=torch.float32, device=g.device)
-            o = int(offsets.get(name, 0))
+                buf = self.buffers[name] = torch.zeros(g.shape[0], self.sizes[name], dtype=torch.float32, device=g.device)
             buf[:, o : o + flat.shape[1]] += flat
         if rest:
             return self.projector.project(rest, offsets={k: offsets.get(k, 0) for k in rest})
         return torch.zeros(first.shape[0], self.dim, dtype=torch.float32, device=first.device)
 
+    @staticmethod
+    def gaps(intervals: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+        """The parts of ``[0, size)`` no interval covers."""
+        out, at = [], 0
+        for a, b in sorted(intervals):
+            if a > at:
+                out.append((at, a))
+            at = max(at, b)
+        if at < size:
+            out.append((at, size))
+        return out
+
     def flush(self, transform: Callable[[str, Tensor, int], Tensor]) -> Tensor | None:
-        """``Σ project(transform(whole gradient))`` over the buffered parameters (None if none)."""
-        if not self.buffers:
+        """What the pieces lacked (see the class), ``[B, dim]`` or ``[1, dim]`` to broadcast; None if nothing."""
+        if self.batch is None:
             return None
-        out = sum(self.projector.project({n: transform(n, buf, 0)}) for n, buf in self.buffers.items())
-        self.buffers = {}
+        b, device = self.batch
+        out = torch.zeros(b, self.dim, dtype=torch.float32, device=device)
+        for name, buf in self.buffers.items():
+            out += self.projector.project({name: transform(name, buf, 0)})
+        for name, size in self.sizes.items():
+            if name in self.whole:
+                continue
+            for a, z in self.gaps(self.covered.get(name, []), size):
+                zero_grad = torch.zeros(1, z - a, dtype=torch.float32, device=device)
+                out += self.projector.project({name: transform(name, zero_grad, a)}, offsets={name: a})
         return out
 
 
-def _feature_pass(model, dataset, collator, indices, projector, transform, batch_size, reduce, desc, whole=None) -> Tensor:
-    """``whole``: ``({name: numel}, transform)`` for parameters transformed once whole (tied)."""
+def _feature_pass(model, dataset, collator, indices, projector, transform, batch_size, reduce, desc, adam=None) -> Tensor:
+    """``adam``: ``(sizes, tied names, full transform)`` for :class:`_AdamProjector` (Adam features)."""
     from dataflex.signals.gradients import project_per_sample_gradients
     from dataflex.signals.pool import map_pool
 
     def features(model, batch):
-        if whole:
-            proxy = _WholeGradientProjector(projector, whole[0])
-            out = project_per_sample_gradients(model, batch, proxy, transform=transform)
-            extra = proxy.flush(whole[1])
+        if adam is not None:
+            proxy = _AdamProjector(projector, adam[0], adam[1])
+            out = project_per_sample_gradients(model, batch, proxy, chunk_size=CHUNK_SIZE, transform=transform)
+            extra = proxy.flush(adam[2])
             out = out if extra is None else out + extra
         else:
-            out = project_per_sample_gradients(model, batch, projector, transform=transform)
+            out = project_per_sample_gradients(model, batch, projector, chunk_size=CHUNK_SIZE, transform=transform)
         out = _normalise(out)
         return reduce(out) if reduce is not None else out
 
@@ -365,7 +401,8 @@ def training_features(
     the per-sample gradient of ℓ_i (token-mean NLL over its label tokens) w.r.t. the trainable
     parameters under the CURRENT model; with ``gradient_type="adam"`` mapped elementwise through
     :func:`adam_feature` with the optimizer's current ``exp_avg``/``exp_avg_sq`` (zeros before the
-    first step), tied parameters transformed once whole; projected to ``projector.dim`` dimensions
+    first step), of the WHOLE gradient (tied weights summed first; Γ(0) ≠ 0 for rows the
+    sample never touches); projected to ``projector.dim`` dimensions
     and L2-normalised. Batched and streamed (never ``B x`` all parameters, except a tied
     parameter's ``B x numel``), sharded over ranks: every rank must call, every rank gets the
     same result. Equal to the batch-size-1 loop over single samples. The model is in eval mode
@@ -399,7 +436,7 @@ def training_features(
         raise ValueError(f"gradient_type must be one of {GRADIENT_TYPES}, got {gradient_type!r}")
     trainer = _trainer(ctx_or_trainer)
     model = trainer.model
-    transform, whole = None, None
+    transform, adam_pass = None, None
     if gradient_type == "adam":
         if adam is None:
             from dataflex.signals.optimizer import adam_state
@@ -410,15 +447,14 @@ def training_features(
                 adam = adam_state(trainer.optimizer, model, full=True)  # whole parameters (a collective under ZeRO)
             except ValueError as err:
                 raise ValueError(f"{err}; or use gradient_type=sgd") from None
-        tied = shared_trainable_parameters(model)
-        if tied:
-            from dataflex.signals.gradients import trainable_parameters
+        from dataflex.signals.gradients import trainable_parameters
 
-            params = trainable_parameters(model)
-            whole = ({n: params[n].numel() for n in tied}, adam_transform(adam, beta1, beta2, eps))
-        transform = adam_transform(adam, beta1, beta2, eps, skip=frozenset(tied))
+        tied = frozenset(shared_trainable_parameters(model))
+        sizes = {n: int(getattr(p, "ds_numel", p.numel())) for n, p in trainable_parameters(model).items()}
+        adam_pass = (sizes, tied, adam_transform(adam, beta1, beta2, eps))
+        transform = adam_transform(adam, beta1, beta2, eps, skip=tied)
     dataset = trainer.train_dataset if dataset is None else dataset
-    return _feature_pass(model, dataset, trainer.data_collator, indices, projector, transform, batch_size, reduce, desc, whole)
+    return _feature_pass(model, dataset, trainer.data_collator, indices, projector, transform, batch_size, reduce, desc, adam_pass)
 
 
 def validation_features(
