@@ -421,7 +421,8 @@ def build_report(paths: Iterable[str | os.PathLike], metric: str | None = None, 
             direction = "lower" if lower_is_better(metric) else "higher"
             lines.append(f"{BEST_MARK} best mean `{metric}` ({direction} is better). Values are the mean ± sample "
                          f"standard deviation over seeds of the evaluation after training; tokens are training "
-                         f"tokens per run (≤: an upper bound, steps × global batch × cutoff_len); wall time per run.")
+                         f"tokens per run (≤: an upper bound, steps × global batch × cutoff_len); wall time per run, of "
+                         f"the attempt that finished it (a resumed run counts from its resume).")
     else:
         lines.append("No run has finished yet.")
     if unfinished:

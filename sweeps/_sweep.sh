@@ -8,8 +8,10 @@ elif [ -x "$SWEEPS_DIR/../.venv/bin/python" ]; then
 else
     PY=python3
 fi
-# a SLURM cluster started by scripts/slurm.sh (make slurm-up): its config and the sacct stand-in
-if [ -z "${SLURM_CONF:-}" ] && [ -f "${DATAFLEX_SLURM_DIR:-/tmp/dataflex-slurm}/slurm.conf" ]; then
+# the local cluster of scripts/slurm.sh (make slurm-up), when it is up and no other is configured:
+# its config and the sacct stand-in
+if [ -z "${SLURM_CONF:-}" ] && [ -f "${DATAFLEX_SLURM_DIR:-/tmp/dataflex-slurm}/slurm.conf" ] \
+        && bash "$SWEEPS_DIR/../scripts/slurm.sh" status 2>/dev/null; then
     eval "$(bash "$SWEEPS_DIR/../scripts/slurm.sh" env)"
 fi
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
