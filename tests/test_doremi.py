@@ -470,3 +470,20 @@ def test_pipeline_script_runs_the_three_steps_in_order(tmp_path):
     assert final.mixer.proportions_file == f"{tmp_path}/proxy/{WEIGHTS_FILE}"
     bad = subprocess.run(["bash", str(PIPELINE), "cluster"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown launcher 'cluster'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_e2e_sft_lora_tasks_as_domains_with_a_lora_reference(tmp_path):
+    """SFT with the tasks as domains: step 1 is a LoRA run (its model/ is an adapter), loaded as the
+    reference merged into its base; the excess loss counts response tokens only."""
+    from dataflex.run import Run
+
+    small = ["eval.before=false", "eval.after=false", "trainer.max_steps=2", "trainer.save_steps=2"]
+    Run(compose_config(["mixer=static", *small]), tmp_path / "reference").fit()
+    assert (tmp_path / "reference" / "model" / "adapter_config.json").is_file()
+    run = Run(compose_config(["mixer=doremi", f"mixer.reference_dir={tmp_path / 'reference'}", *small]), tmp_path / "proxy")
+    run.fit()
+    mixer = run.components["mixer"]
+    assert mixer.alpha_updates == 2 and type(mixer.reference).__name__ == "LlamaForCausalLM"  # merged, no adapter
+    weights = json.loads((tmp_path / "proxy" / WEIGHTS_FILE).read_text())
+    assert sorted(weights) == sorted(compose_config().data.domains) and sum(weights.values()) == pytest.approx(1.0)
