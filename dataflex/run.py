@@ -93,7 +93,16 @@ class Run:
                   if c is not None and type(c).training_loss is not Component.training_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
-        self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"))
+        selector = self.components["selector"]
+        if getattr(selector, "needs_validation", False):
+            from dataflex.backend.llamafactory import validation_names
+
+            if not validation_names(self.cfg.get("data") or {}):
+                raise ConfigError(
+                    f"selector={self.cfg['selector'].get('name', 'selector')} needs a target/validation set: "
+                    "set data.validation=<registered dataset name(s)> (offline_sft uses offline_sft_val_mcq)"
+                )
+        self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"), self.cfg.get("trainer"))
 
     @property
     def run_id(self) -> str:
@@ -116,9 +125,24 @@ class Run:
                     f"output directory {self.run_dir} holds another run ({shown}{', ...' if len(diff) > 3 else ''}); "
                     "use a new directory (hydra.run.dir=...) or rerun with the original settings to resume"
                 )
+        elif any((self.run_dir / "checkpoints").glob("checkpoint-*")):
+            raise ConfigError(
+                f"output directory {self.run_dir} holds checkpoints but no {CONFIG_FILE} (another program's or "
+                "another run's); use a new directory (hydra.run.dir=...)"
+            )
         elif is_main_process():
             atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
-        return newest_complete_checkpoint(self.run_dir / "checkpoints", remove_incomplete=is_main_process())
+        resume_from = newest_complete_checkpoint(self.run_dir / "checkpoints", remove_incomplete=is_main_process())
+        if resume_from is not None:
+            from dataflex.train.callback import checkpoint_run_id
+
+            found = checkpoint_run_id(resume_from)
+            if found is not None and found != self.run_id:
+                raise ConfigError(
+                    f"checkpoint {resume_from} belongs to another run (run id {found}, this run {self.run_id}); "
+                    "remove it or use a new directory (hydra.run.dir=...)"
+                )
+        return resume_from
 
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:

@@ -111,11 +111,20 @@ class NonFiniteWeighter(PlainLossWeighter):
 
 
 class NeedsValidationSelector(Selector):
-    """Test-only selector that reads the target/validation set (as LESS, NICE, NEAR and TSDS do)."""
+    """Test-only selector that declares it reads the target/validation set (as LESS, NICE, NEAR and
+    TSDS do): a run without one is refused before the model loads."""
+
+    needs_validation = True
 
     def __init__(self, warmup_steps=0, update_every=0, num_updates=0):
         super().__init__(warmup_steps, update_every, num_updates)
 
     def initial_indices(self, ctx):
-        ctx.require_validation("needs_validation")
+        ctx.require_validation(getattr(self, "config_name", "needs_validation"))
         return None
+
+
+class LateValidationSelector(NeedsValidationSelector):
+    """Test-only selector that reads the validation set without declaring it: refused when it asks."""
+
+    needs_validation = False

@@ -346,9 +346,24 @@ def tokenise(names, template, model_args, data_args, training_args, stage: str, 
         part = part["train_dataset"]
         if len(part) == 0:
             raise ConfigError(f"{what} '{name}' has no usable sample after tokenisation; check its file and cutoff_len")
+        if stage == "sft" and not has_labelled_row(part):
+            raise ConfigError(
+                f"{what} '{name}' has no usable sample after tokenisation: no row keeps a response token within "
+                f"cutoff_len={data_args.cutoff_len}; raise data.cutoff_len or check the responses"
+            )
         parts.append(part.add_column("domain_id", [domain_id] * len(part)))
     pool = concatenate_datasets(parts)
     return pool.add_column("sample_index", list(range(len(pool))))
+
+
+def has_labelled_row(dataset) -> bool:
+    """True when some row has a label token (not -100); stops at the first one, so a sound
+    dataset costs one row."""
+    from llamafactory.extras.constants import IGNORE_INDEX
+
+    if "labels" not in dataset.column_names:
+        return True
+    return any(any(t != IGNORE_INDEX for t in row["labels"]) for row in dataset.select_columns(["labels"]))
 
 
 def build_pool(template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):

@@ -79,6 +79,12 @@ def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
     return (Path(checkpoint_dir) / STATE_FILE).is_file()
 
 
+def checkpoint_run_id(checkpoint_dir: str | os.PathLike) -> str | None:
+    """The run id stamped into a checkpoint's DataFlex state (None for a checkpoint without one)."""
+    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    return state.get("run_id") if isinstance(state, dict) else None
+
+
 class DataFlexCallback(TrainerCallback):
     """Runs the component schedule, feeds decisions to the sampler, checkpoints everything.
 
@@ -247,6 +253,7 @@ class DataFlexCallback(TrainerCallback):
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
+            "run_id": self.run_id,  # so no other run resumes from this checkpoint
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "updates_done": dict(self.updates_done),
             "components": {name: c.state_dict() for name, c in self.components.items()},

@@ -181,7 +181,15 @@ class Component:
 
 
 class Selector(Component):
-    """Chooses which pool samples train next (a LongTensor of pool indices)."""
+    """Chooses which pool samples train next (a LongTensor of pool indices).
+
+    Attributes:
+        needs_validation: True for a selector that reads the target/validation set
+            (``ctx.require_validation``); a run without ``data.validation`` is then refused before
+            the model loads instead of at the first update.
+    """
+
+    needs_validation: bool = False
 
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:
         """Indices to train on before the first update (None: the whole pool)."""

@@ -15,7 +15,9 @@ component returns is checked too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,14 +33,33 @@ class NonFiniteLossError(ConfigError):
     """The training loss became NaN/inf under ``nonfinite_loss=stop``."""
 
 
-def nonfinite_policy(value: Any) -> str:
-    """Check the ``nonfinite_loss`` setting (None means the default, ``stop``)."""
+def _zero_stage(trainer_cfg: Mapping[str, Any] | None) -> int:
+    """The DeepSpeed ZeRO stage of a trainer config (0 without DeepSpeed)."""
+    ds = (trainer_cfg or {}).get("deepspeed")
+    if isinstance(ds, str) and Path(ds).is_file():
+        ds = json.loads(Path(ds).read_text())
+    if not isinstance(ds, Mapping):
+        return 0
+    return int((ds.get("zero_optimization") or {}).get("stage") or 0)
+
+
+def nonfinite_policy(value: Any, trainer_cfg: Mapping[str, Any] | None = None) -> str:
+    """Check the ``nonfinite_loss`` setting (None means the default, ``stop``) against the trainer.
+
+    ``skip`` is refused under DeepSpeed ZeRO-3: the zero loss of a skipped micro-batch would have to
+    reach parameters that are partitioned outside the module's own forward.
+    """
     if value is None:
         return "stop"
     if value not in POLICIES:
         raise ConfigError(
             f"{CONFIG_KEY} must be one of {', '.join(POLICIES)}, got {value!r}; "
             f"set {CONFIG_KEY}=stop to stop at the first NaN/inf loss or {CONFIG_KEY}=skip to skip such micro-batches"
+        )
+    if value == "skip" and _zero_stage(trainer_cfg) == 3:
+        raise ConfigError(
+            f"{CONFIG_KEY}=skip is not supported with DeepSpeed ZeRO-3 (partitioned parameters); "
+            f"use {CONFIG_KEY}=stop or a ZeRO-2 trainer (trainer=deepspeed_z2)"
         )
     return value
 
