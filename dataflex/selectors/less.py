@@ -401,10 +401,10 @@ def training_features(
     the per-sample gradient of ℓ_i (token-mean NLL over its label tokens) w.r.t. the trainable
     parameters under the CURRENT model; with ``gradient_type="adam"`` mapped elementwise through
     :func:`adam_feature` with the optimizer's current ``exp_avg``/``exp_avg_sq`` (zeros before the
-    first step), of the WHOLE gradient (tied weights summed first; Γ(0) ≠ 0 for rows the
-    sample never touches); projected to ``projector.dim`` dimensions
-    and L2-normalised. Batched and streamed (never ``B x`` all parameters, except a tied
-    parameter's ``B x numel``), sharded over ranks: every rank must call, every rank gets the
+    first step) over the WHOLE gradient (a tied weight's pieces summed first; embedding rows a
+    sample never touches get Γ(0) = β1·m/sqrt(β2·v + ε), not 0); projected to ``projector.dim``
+    dimensions and L2-normalised. Batched and streamed (never ``B x`` all parameters, except a
+    tied parameter's ``B x numel``), sharded over ranks: every rank must call, every rank gets the
     same result. Equal to the batch-size-1 loop over single samples. The model is in eval mode
     during the pass (no dropout), its mode restored after.
 
@@ -426,8 +426,9 @@ def training_features(
         desc: progress bar label.
 
     Returns:
-        ``[len(indices), projector.dim]`` float32 on CPU, rows of unit norm (an all-zero gradient
-        gives a zero row); the ``reduce``d rows when ``reduce`` is given.
+        ``[len(indices), projector.dim]`` float32 on CPU, rows of unit norm (a zero row where the
+        feature is 0: a zero gradient under ``sgd`` or before Adam's first step); the ``reduce``d
+        rows when ``reduce`` is given.
 
     Raises:
         ValueError: an unknown ``gradient_type``, no optimizer, or an optimizer without Adam state.
