@@ -16,6 +16,10 @@ same command resumes unfinished jobs and ``dataflex-report`` over the study dire
 whatever has finished (the study may be run in parts: ``--arms`` and ``seed=...``). Each phase
 writes ``manifest_<phase>.json`` (the commit, the command, the jobs); the report goes to
 ``report.md`` and ``report_*.png`` in the study directory at the end.
+
+    python sweeps/paper_small.py results     # docs/results.md: dataflex-report over both study
+                                             # directories into docs/results/<study>/, the tables and
+                                             # plots spliced between the page's markers (prose kept)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -97,11 +102,14 @@ class PhaseSweep(engine.Sweep):
     """The engine's sweep with one manifest per phase (the phases share the study directory)."""
 
     phase = "arms"
+    study_argv: list[str] | None = None
 
     def write_manifest(self, manifest: dict) -> Path:
         from dataflex.utils import atomic_write_json
 
         manifest["phase"] = self.phase
+        if self.study_argv is not None:  # the study's command as typed, not the engine's expanded one
+            manifest["command"] = shlex.join([self.script, *self.study_argv])
         path = self.sweep_dir / f"manifest_{self.phase}.json"
         if path.is_file():  # a rerun or another part of the study: keep what earlier launches were
             try:
@@ -167,7 +175,7 @@ def plan(study: Study, argv: list[str], script: str | None = None) -> list[Phase
             continue
         sweep = PhaseSweep(f"paper_small_{study.name}", "experiment", [study.experiment(a) for a in chosen], [],
                            study.seeds, user, script or f"paper_small_{study.name}.sh")
-        sweep.phase = phase.name
+        sweep.phase, sweep.study_argv = phase.name, list(argv)
         sweeps.append(sweep)
     return sweeps
 
@@ -180,11 +188,102 @@ def report(study: Study, root: Path) -> int:
     return subprocess.call(command)
 
 
+# -- docs/results.md ---------------------------------------------------------------------------------
+BEGIN, END = "<!-- BEGIN generated: {} -->", "<!-- END generated: {} -->"
+
+
+def _manifests(root: Path) -> list[dict]:
+    """Every launch recorded in the study directory's phase manifests (earlier launches included)."""
+    launches = []
+    for path in sorted(root.glob("manifest_*.json")):
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        for launch in [*manifest.get("earlier_launches", []), manifest]:
+            launches.append({"phase": manifest.get("phase", path.stem[len("manifest_"):]), **launch})
+    return launches
+
+
+def _doremi_weights(root: Path, study: Study) -> list[str]:
+    """A table of the DoReMi proxies' averaged domain weights (one row per seed), if any were written."""
+    rows = []
+    for path in sorted(root.glob(f"experiment={study.experiment('doremi_proxy')}/seed=*/doremi_weights.json")):
+        weights = json.loads(path.read_text())
+        short = {k.rsplit("_", 1)[-1]: float(v) for k, v in weights.items()}
+        rows.append((path.parent.name, short))
+    if not rows:
+        return []
+    domains = list(rows[0][1])
+    lines = ["DoReMi step 2's averaged domain weights (`doremi_weights.json`, the final arm's static mixture):", "",
+             "| proxy | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines += [f"| {seed} | " + " | ".join(f"{w[d]:.3f}" for d in domains) + " |" for seed, w in rows]
+    return lines + [""]
+
+
+def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path) -> str:
+    """Run ``dataflex-report`` over the study directory into ``out_dir`` and return the markdown that
+    goes between the study's markers in docs/results.md (the table, the plots, the provenance)."""
+    if not root.is_dir():
+        return f"Not run yet: no `{root}`.\n"
+    command = [sys.executable, "-m", "dataflex.cli.report", str(root), "--out", str(out_dir), "--metric", study.primary,
+               "--metrics", ",".join(study.metrics)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"`dataflex-report` failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}\n"
+    text = (out_dir / "report.md").read_text()
+    rel = out_dir.relative_to(docs.parent) if out_dir.is_relative_to(docs.parent) else out_dir
+    text = text.replace("](report_", f"]({rel.as_posix()}/report_").replace(str(repo) + "/", "")
+    # arms are named by their experiment file: show the arm's own name (paper_small_<study>_<arm> -> <arm>)
+    lines = [line.replace(f"experiment={study.prefix}_", "") if line.startswith("| ") else line
+             for line in text.splitlines() if not line.startswith("# Comparison")]
+    launches = _manifests(root)
+    commits = sorted({(launch.get("commit") or "?")[:10] + (" (dirty tree)" if launch.get("dirty") else "")
+                      for launch in launches})
+    seeds = sorted({str(job["seed"]) for launch in launches for job in launch.get("jobs") or []})
+    provenance = ["", f"Generated by `dataflex-report {root.relative_to(repo) if root.is_relative_to(repo) else root} "
+                      f"--metric {study.primary} --metrics {','.join(study.metrics)}` "
+                      f"(through `python sweeps/paper_small.py results`).",
+                  f"Launches: {len(launches)}; commits: {', '.join(commits) or 'none recorded'}; "
+                  f"seeds launched: {','.join(seeds) or 'none'}. Commands:", ""]
+    provenance += sorted({f"    {launch.get('command')}" for launch in launches if launch.get("command")})
+    return "\n".join([*lines, "", *(_doremi_weights(root, study) if study.name == "mixture" else []), *provenance]) + "\n"
+
+
+def results(argv: list[str]) -> int:
+    """Regenerate the generated blocks of docs/results.md (tables, plots, provenance) from the study
+    directories; the prose around the markers is kept."""
+    parser = argparse.ArgumentParser(prog="paper_small.py results", description=results.__doc__)
+    parser.add_argument("--doc", default=str(HERE.parent / "docs" / "results.md"))
+    parser.add_argument("--outputs", default=os.environ.get("DATAFLEX_OUTPUTS", "outputs"),
+                        help="the output root holding paper_small/<study> (default: $DATAFLEX_OUTPUTS or outputs)")
+    args = parser.parse_args(argv)
+    doc, repo = Path(args.doc).resolve(), HERE.parent
+    text = doc.read_text() if doc.is_file() else ""
+    for study in STUDIES.values():
+        begin, end = BEGIN.format(study.name), END.format(study.name)
+        root = (Path(args.outputs).expanduser() / "paper_small" / study.name).resolve()
+        block = generated_block(study, root, doc.parent / "results" / study.name, doc, repo)
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + block + end + rest.split(end, 1)[1]
+        else:
+            text += f"\n{begin}\n{block}{end}\n"
+        print(f"[paper_small] {study.name}: {root}", flush=True)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    print(f"[paper_small] wrote {doc}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="run one study of the small-scale reproduction (docs/results.md)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["results"]:
+        return results(argv[1:])
+    parser = argparse.ArgumentParser(description="run one study of the small-scale reproduction (docs/results.md); "
+                                     "`results` regenerates the tables of docs/results.md")
     parser.add_argument("study", choices=sorted(STUDIES))
     parser.add_argument("--script", default=None)
-    argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     spec, user = parser.parse_args(argv[:split]), argv[split + 1:]
     study = STUDIES[spec.study]

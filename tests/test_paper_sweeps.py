@@ -132,6 +132,7 @@ def test_default_study_directory_follows_the_output_root(tmp_path, monkeypatch):
         (tmp_path / "o" / "paper_small" / "selection").resolve()
 
 
+@pytest.mark.slow  # a subprocess that composes and checks three arms: 20-60 s on a busy 2-core machine
 def test_script_dry_run_prints_every_phase_and_launches_nothing(tmp_path):
     env = {**os.environ, "DATAFLEX_PYTHON": sys.executable}
     out = subprocess.run([str(SWEEPS / "paper_small_mixture.sh"), "--dry-run", "--arms", "natural,doremi_proxy,doremi",
@@ -142,3 +143,35 @@ def test_script_dry_run_prints_every_phase_and_launches_nothing(tmp_path):
     assert out.stdout.count("dry run: nothing launched") == 3
     assert "experiment=paper_small_mixture_doremi_proxy/seed=1" in out.stdout
     assert not (tmp_path / "study").exists()  # no manifest, no job directory
+
+
+def _fake_run(run_dir: Path, seed: int, ppl: float) -> None:
+    """A finished run directory as dataflex-run leaves it (only the files the report reads)."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "dataflex_config.yaml").write_text(
+        f"seed: {seed}\nmixer:\n  _target_: dataflex.mixers.static.StaticMixer\n  name: static\n")
+    (run_dir / "metrics.jsonl").write_text(
+        '{"step": 1, "train/loss": 5.0, "train/num_input_tokens_seen": 2048}\n')
+    metrics = {"global_step": 1, "wall_time_s": 10.0,
+               "eval_after": {"ppl/avg": ppl, "ppl/worst": ppl + 1, **{f"ppl/{d}": ppl for d in paper_small.DOMAINS}}}
+    (run_dir / "metrics.json").write_text(__import__("json").dumps(metrics))
+
+
+@pytest.mark.slow  # dataflex-report in a subprocess (matplotlib): 10-50 s on a busy 2-core machine
+def test_results_page_splices_the_report_between_markers_and_keeps_the_prose(tmp_path):
+    root = tmp_path / "out" / "paper_small" / "mixture"
+    for seed, ppl in ((1, 10.0), (2, 14.0)):
+        _fake_run(root / "experiment=paper_small_mixture_uniform" / f"seed={seed}", seed, ppl)
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    begin, end = paper_small.BEGIN.format("mixture"), paper_small.END.format("mixture")
+    doc.write_text(f"# Results\n\nprose before\n\n{begin}\nstale table\n{end}\n\nprose after\n")
+    assert paper_small.results(["--doc", str(doc), "--outputs", str(tmp_path / "out")]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nprose before\n")
+    assert f"{end}\n\nprose after\n" in text  # the prose after the block stays where it was
+    assert "stale table" not in text and text.count(begin) == 1
+    row = next(line for line in text.splitlines() if line.startswith("| **uniform**"))
+    assert "| 12.0000 ± 2.8284 |" in row  # mean and sample std of 10 and 14, by the report
+    assert "](results/mixture/report_loss.png)" in text and (doc.parent / "results" / "mixture" / "report_loss.png").is_file()
+    assert "Not run yet" in text.split(paper_small.BEGIN.format("selection"))[1]  # the other study, appended
