@@ -302,14 +302,16 @@ def _fmt_wall(seconds: float | None) -> str:
 
 
 def markdown_table(arms: list[Arm], metric: str | None = None, metrics: list[str] | None = None) -> str:
-    """The comparison table: one row per arm; the best arm by ``metric`` is marked."""
+    """The comparison table: one row per arm; the best arm by ``metric`` (and any tied with it) is marked."""
     if metrics is None:
         metrics = sorted({m for a in arms for m in a.stats})
     best = best_arm(arms, metric)
+    # every arm tied with the best mean is marked
+    marked = [a for a in arms if best is not None and metric in a.stats and a.stats[metric][0] == best.stats[metric][0]]
     header = ["arm", "method", "seeds", *metrics, "tokens", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for arm in arms:
-        name = f"**{arm.name}** {BEST_MARK}" if arm is best else arm.name
+        name = f"**{arm.name}** {BEST_MARK}" if any(arm is m for m in marked) else arm.name
         cells = [name, arm.method, ",".join(str(s) for s in arm.seeds),
                  *[_fmt_stat(arm.stats.get(m)) for m in metrics], _fmt_tokens(arm), _fmt_wall(arm.wall_time_s)]
         lines.append("| " + " | ".join(cells) + " |")

@@ -203,3 +203,11 @@ def test_report_table_logged_to_wandb_offline(mixer_sweep, monkeypatch):
     assert table["columns"][:3] == ["arm", "method", "seeds"] and len(table["data"]) == 2
     best = [row for row in table["data"] if row[-1]]
     assert [row[0] for row in best] == ["mixer=random"]
+
+
+def test_arms_tied_for_best_are_all_marked(tmp_path):
+    for arm in ("a", "b", "c"):
+        make_run(tmp_path / "s" / f"selector={arm}" / "seed=1", kind="selector", name=arm,
+                 evals={"em/x": 0.5 if arm != "c" else 0.25})
+    table = build_report([tmp_path / "s"]).table
+    assert "| **selector=a** ★ |" in table and "| **selector=b** ★ |" in table and "| selector=c |" in table
