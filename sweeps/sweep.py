@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,6 +288,9 @@ class Sweep:
         print(f"[sweep] command: {shlex.join(['dataflex-run', *self.command()[3:]])}", flush=True)
 
     def run(self) -> int:
+        if self.args.launcher == "slurm" and not self.args.dry_run and shutil.which("sbatch") is None:
+            raise SweepError("the slurm launcher needs sbatch on PATH: run on a SLURM login node, or start the local "
+                             "test cluster (make slurm-up; eval \"$(bash scripts/slurm.sh env)\")")
         jobs = self.jobs()
         self.print_plan(jobs)
         self.validate(jobs)

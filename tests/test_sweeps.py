@@ -65,6 +65,12 @@ def test_bad_arguments_are_one_clear_error(args, message):
         mixers(args)
 
 
+def test_slurm_without_sbatch_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SweepError, match="needs sbatch on PATH.*make slurm-up"):
+        mixers(["slurm", "model=tiny"]).run()
+
+
 def test_no_available_method_names_the_options():
     with pytest.raises(SweepError, match="available: .*odm"):
         mixers(["local"], methods=("nope",))
