@@ -316,6 +316,7 @@ QUIET = ["eval.before=false", "eval.after=false"]
 
 
 def test_e2e_less_online(tmp_path):
+    from conftest import compose_config
     from test_e2e import losses
     from test_selectors import check_rounds, run
 
@@ -331,6 +332,30 @@ def test_e2e_less_online(tmp_path):
     assert [r["step"] for r in logged if "selector/selected" in r] == [0, 2, 4, 6]
     saved = sorted(p.name for p in (tmp_path / "x" / "selections").glob("round_*.json"))
     assert saved == ["round_000.json", "round_001.json", "round_002.json", "round_003.json"]
+
+    # The last round scored with the model AND the Adam moments of step 6 (both saved in checkpoint-6,
+    # written after that round): recompute it from the checkpoint with the pure core.
+    from dataflex.backend.llamafactory import build, build_hparams, validation_names
+    from dataflex.config import to_dict
+    from dataflex.train.trainer import MetaCollator
+
+    cfg = to_dict(compose_config([*LESS, *QUIET, "trainer.max_steps=6"]))
+    built = build(build_hparams(cfg, tmp_path / "re", resume_from=None), validation_names(cfg["data"]))
+    ckpt = tmp_path / "x" / "checkpoints" / "checkpoint-6"
+    L.load_trainable_weights(built.model, ckpt)
+    params = list(trainable_parameters(built.model).values())
+    optimizer = torch.optim.AdamW([{"params": params}, {"params": []}])  # HF's groups: decay (all LoRA weights), no decay
+    adam = L.checkpoint_adam_state(ckpt, optimizer, built.model)
+    trainer = SimpleNamespace(model=built.model, train_dataset=built.pool, data_collator=MetaCollator(built.collator))
+    projector = L.make_projector(128, cfg["seed"])
+    groups = L.subtask_ids(built.validation)
+    rows = L.validation_subset(groups, len(built.validation), 8, cfg["seed"])
+    val = L.validation_features(trainer, projector, rows, dataset=built.validation)
+    train = L.training_features(trainer, cand, projector, "adam", adam=adam)
+    torch.testing.assert_close(L.less_scores(train, val, groups[rows]).float(), s, rtol=1e-4, atol=1e-5)
+    stale = {n: (torch.zeros_like(m), torch.zeros_like(v)) for n, (m, v) in adam.items()}
+    without_moments = L.less_scores(L.training_features(trainer, cand, projector, "adam", adam=stale), val, groups[rows])
+    assert (without_moments.float() - s).abs().max() > 1e-3  # the optimizer state mattered
 
 
 def test_resume_less_selects_what_an_uninterrupted_run_selects(tmp_path, monkeypatch):
