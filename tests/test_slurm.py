@@ -31,22 +31,23 @@ SMALL = ["model=tiny", "logger=jsonl", "data.max_samples=16", "data.cutoff_len=6
          "trainer.logging_steps=1", "eval.before=false", "eval.after=false"]
 
 
-class BlockOnceMixer(Mixer):
-    """Test-only mixer: uniform proportions; on a SLURM job's first attempt it stops at ``at_step``,
-    writes ``marker`` (the job id) and waits there until the test requeues the job."""
+class BlockingMixer(Mixer):
+    """Test-only mixer: uniform proportions; inside a SLURM job, attempt r (SLURM_RESTART_COUNT) stops
+    at optimizer step ``at_steps[r]``, writes ``<marker>.<r>`` (the job id) and waits there until the
+    test preempts the job. Outside SLURM (and on later attempts) it never blocks."""
 
-    def __init__(self, marker: str, at_step: int = 3):
+    def __init__(self, marker: str, at_steps: list[int]):
         super().__init__(warmup_steps=0, update_every=1)
-        self.marker, self.at_step = Path(marker), at_step
+        self.marker, self.at_steps = marker, list(at_steps)
 
     def initial_proportions(self, ctx):
         return torch.full((ctx.sampler.num_domains,), 1.0 / ctx.sampler.num_domains)
 
     def update(self, ctx):
-        first_attempt = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
-        if ctx.global_step == self.at_step and "SLURM_JOB_ID" in os.environ and first_attempt:
-            self.marker.write_text(os.environ["SLURM_JOB_ID"])
-            time.sleep(600)  # SLURM's requeue kills the job here
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if "SLURM_JOB_ID" in os.environ and attempt < len(self.at_steps) and ctx.global_step == self.at_steps[attempt]:
+            Path(f"{self.marker}.{attempt}").write_text(os.environ["SLURM_JOB_ID"])
+            time.sleep(600)  # the preemption kills or interrupts the job here
         return self.initial_proportions(ctx)
 
 
@@ -105,40 +106,39 @@ def test_two_job_sweep_through_the_slurm_launcher(slurm_cluster, tmp_path):
     assert manifest["launcher"] == "slurm" and [j["dir"] for j in manifest["jobs"]] == ["mixer=none/seed=1", "mixer=none/seed=2"]
 
 
-@pytest.mark.parametrize("preempt", ["scontrol-requeue", "submitit-signal"])
-def test_requeued_job_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_run(slurm_cluster, tmp_path, preempt):
-    """`scontrol requeue` (SLURM kills and requeues the job), or the preemption signal submitit
-    listens for (USR2: submitit checkpoints the launcher's call and requeues the job itself)."""
+def test_preempted_job_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_run(slurm_cluster, tmp_path):
+    """One job preempted twice mid-training: at step 3 by `scontrol requeue` (SLURM kills and requeues
+    it), at step 5 by the signal submitit listens for (USR2: submitit checkpoints the launcher's call
+    and requeues the job itself). Each attempt resumes from the newest checkpoint (save_steps=2)."""
     from conftest import compose_config
 
     from dataflex.run import Run
 
     marker = tmp_path / "blocked"
-    component = [f"+mixer._target_={__name__}.BlockOnceMixer", f"+mixer.marker={marker}", "+mixer.at_step=3"]
+    component = [f"+mixer._target_={__name__}.BlockingMixer", f"+mixer.marker={marker}", "+mixer.at_steps=[3,5]"]
     training = ["trainer.max_steps=6", "trainer.save_steps=2"]
     sweep_dir = tmp_path / "sweep"
     process = sweep(slurm_cluster, "mixer=none", "seed=1", *SMALL, *training, *component, *CLUSTER,
                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    deadline = time.time() + 600
-    while not marker.exists():
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        assert time.time() < deadline, "the job never reached step 3"
-        time.sleep(0.5)
-    job_id = marker.read_text().strip()
-    command = ["scontrol", "requeue", job_id] if preempt == "scontrol-requeue" else ["scancel", "--signal=USR2", job_id]
-    requeue = subprocess.run(command, env=slurm_cluster, capture_output=True, text=True)
-    assert requeue.returncode == 0, requeue.stderr
+    for attempt, preempt in enumerate([["scontrol", "requeue"], ["scancel", "--signal=USR2"]]):
+        blocked, deadline = Path(f"{marker}.{attempt}"), time.time() + 600
+        while not blocked.exists():
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.time() < deadline, f"attempt {attempt} never reached its step"
+            time.sleep(0.5)
+        done = subprocess.run([*preempt, blocked.read_text().strip()], env=slurm_cluster, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]
 
     run_dir = sweep_dir / "mixer=none" / "seed=1"
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 6
     logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))
-    assert f"resuming from {run_dir}/checkpoints/checkpoint-2" in logs  # the second attempt resumed, not restarted
-    if preempt == "submitit-signal":
-        assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):  # each later attempt resumed, none restarted
+        assert f"resuming from {run_dir}/checkpoints/{checkpoint}" in logs
+    assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs  # submitit's own requeue
 
-    # the same run, uninterrupted, in this process (BlockOnceMixer only blocks inside a SLURM job)
+    # the same run, uninterrupted, in this process (BlockingMixer only blocks inside a SLURM job)
     reference = tmp_path / "reference"
     overrides = [o for o in SMALL if not o.startswith("logger=")]
     shared = ["data=offline_domains", "trainer=pt_full", "++trainer.include_num_input_tokens_seen=non_padding"]  # the sweep's
