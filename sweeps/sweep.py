@@ -207,8 +207,10 @@ class Sweep:
         return [o for o in mine if o.split("=", 1)[0] not in given] + self.hydra_user
 
     def command(self) -> list[str]:
-        run_name = 'run_name="${hydra:job.override_dirname},seed=${seed}"'
-        return [sys.executable, "-m", "dataflex.cli.run", "--multirun", *self.task_overrides, run_name,
+        # the tracker's run name: the job's overrides (a run_name=... of the user's stands)
+        given = any(o.split("=", 1)[0].lstrip("+") == "run_name" for o in self.task_overrides)
+        run_name = [] if given else ['run_name="${hydra:job.override_dirname},seed=${seed}"']
+        return [sys.executable, "-m", "dataflex.cli.run", "--multirun", *self.task_overrides, *run_name,
                 *self.hydra_overrides()]
 
     # -- checks, manifest, launch ----------------------------------------------------------------

@@ -40,17 +40,19 @@ def test_one_directory_per_arm_and_seed_from_the_swept_overrides(tmp_path):
     assert "hydra/launcher=local" in command and f"hydra.sweep.dir={tmp_path / 's'}" in command
     assert "++logger.group=compare_mixers" in command and "logger=wandb" in command  # W&B group = the sweep
     assert any(c.startswith("hydra.sweeper.max_batch_size=") for c in command)
+    assert 'run_name="${hydra:job.override_dirname},seed=${seed}"' in command  # W&B run name = the overrides
 
 
 def test_user_overrides_replace_methods_and_seeds_and_add_arms(tmp_path):
     sweep = mixers(["slurm", "mixer=odm", "seed=7", "trainer.learning_rate=0.1,0.2", "logger=jsonl",
-                    f"paths.output_root={tmp_path}"])
+                    f"paths.output_root={tmp_path}", "run_name=mine"])
     assert sweep.methods is None and sweep.args.launcher == "slurm"
     assert [j["dir"] for j in sweep.jobs()] == ["mixer=odm,trainer.learning_rate=0.1/seed=7",
                                                 "mixer=odm,trainer.learning_rate=0.2/seed=7"]
     assert sweep.sweep_dir == (tmp_path / "sweeps" / "compare_mixers").resolve()
     command = sweep.command()
     assert "logger=wandb" not in command and "hydra/launcher=slurm" in command
+    assert [c for c in command if c.startswith("run_name=")] == ["run_name=mine"]
     assert not any("max_batch_size" in c for c in command)  # SLURM bounds parallelism itself (array_parallelism)
 
 
