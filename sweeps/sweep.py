@@ -18,8 +18,12 @@ What this adds to ``dataflex-run -m``:
 - trackers: W&B group = the sweep name, run name = the job's overrides (``logger=wandb`` by
   default, offline without an API key; ``logger=jsonl`` to leave W&B out);
 - ``manifest.json`` in the sweep directory: the commit, the command, the launcher and the job list;
+- every job counts its training tokens (``trainer.include_num_input_tokens_seen=non_padding``), which
+  the report shows;
+- the local launcher runs ``--parallel`` jobs at once, each with its share of the cores
+  (``OMP_NUM_THREADS``);
 - every arm's config is composed (and its components checked) before anything is launched, so a
-  typo fails in a second, not after a SLURM queue wait;
+  typo fails in seconds, not after a SLURM queue wait;
 - ``--dry-run`` prints the jobs and the ``dataflex-run`` command and launches nothing;
 - after the sweep, ``dataflex-report`` writes ``report.md`` and the plots into the sweep directory.
 """
