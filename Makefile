@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-fast setup data bench bench-signals bench-mix bench-less bench-select clean help slurm-up slurm-down
+.PHONY: run test test-all test-fast setup data bench bench-signals bench-mix bench-less bench-select bench-load clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -58,6 +58,10 @@ test: data
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
+# Everything, `slow` tests included (the kill/resume, rank and load matrices of docs/reliability.md).
+test-all: data
+	$(BIN)/pytest -q -m "slow or not slow"
+
 # Every benchmark times the project's way and a baseline in the same run and prints the ratio.
 bench: bench-signals bench-mix bench-select
 
@@ -74,6 +78,10 @@ bench-select: setup
 # Online LESS: amortised cost per training step vs a plain (random-selector) step, same schedule.
 bench-less: data
 	$(BIN)/python benchmarks/less.py
+
+# A selector over a 200k-sample synthetic pool (and 20k): peak RSS and time vs plain training.
+bench-load: data
+	$(BIN)/python benchmarks/load.py
 
 # A real one-node SLURM cluster on localhost (munge + slurmctld + slurmd from Debian's packages,
 # state in /tmp/dataflex-slurm; scripts/slurm.sh). The `slurm` tests start it themselves when they can.

@@ -32,12 +32,39 @@ class Tracker:
         pass
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Truncate ``path`` after its last newline (a line cut short by a kill), if it has one."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:  # scan back block by block for the last complete line
+            start = max(0, pos - 65536)
+            f.seek(start)
+            cut = f.read(pos - start).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
 class JSONLTracker(Tracker):
-    """Appends one JSON object per ``log`` call to ``<run_dir>/metrics.jsonl`` (flushed each line)."""
+    """Appends one JSON object per ``log`` call to ``<run_dir>/metrics.jsonl`` (flushed each line).
+
+    A run killed mid-write leaves a torn last line; a resumed run drops it before appending, so it
+    never glues its first record onto the fragment (losing both)."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def log(self, metrics, step=None):
