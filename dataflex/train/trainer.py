@@ -95,13 +95,19 @@ class DataFlexTrainerMixin:
                 f"{callback.describe(owner or callback.observers[0])} needs per-sample losses, but the training forward "
                 "returned no logits (a fused loss kernel such as the Liger kernel); set model.enable_liger_kernel=false"
             )
-        per_sample = per_sample_losses_from_logits(logits.detach(), labels) if callback.observers else None
+        loss_inputs = self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch) if owner is not None else None
+        if not callback.observers:
+            per_sample = None
+        elif loss_inputs is not None:  # the owner's per-token losses hold them already: no second pass over the logits
+            per_sample = loss_inputs.sample_losses().detach()
+        else:
+            per_sample = per_sample_losses_from_logits(logits.detach(), labels)
         # checked BEFORE any component sees the batch: a NaN never reaches a component's state
         skip = guard.check(loss, step, meta, model, per_sample)
         if skip is None and callback.observers:
             callback.observe_batch(per_sample, meta)
         if skip is None and owner is not None:
-            loss = owner.training_loss(self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch))
+            loss = owner.training_loss(loss_inputs)
             skip = guard.check(loss, step, meta, model, what=f"the loss {callback.describe(owner)} returned")
         loss = loss if skip is None else skip
         return (loss, outputs) if return_outputs else loss
