@@ -10,7 +10,8 @@ queries come from ``--query-clusters`` of those clusters (a target task covers a
 Per pool size N, each timed in the same process:
 
 * ``build``: :class:`dataflex.signals.knn.KnnIndex` over the pool (exact IndexFlatIP up to
-  ``exact_max``, IVF above; the selectors build it once per run and reuse it every round).
+  ``exact_max``, IVF above, each selector's default; the selectors build it once per run and reuse
+  it every round with sentence embeddings). Both selectors' times include it.
 * NEAR: ``build`` + :func:`dataflex.selectors.near.near_indices` (k = ``--budget`` of the pool).
   Baseline: exact brute force, a chunked torch matmul top-k over the whole pool and the same round
   robin, searching as deep as the project's path does.
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dataflex.selectors.near import near_indices, round_robin
-from dataflex.selectors.tsds import capped, draw, transport_mass, tsds_probabilities
+from dataflex.selectors.tsds import TSDS_EXACT_MAX, capped, draw, kde_densities, transport_mass, tsds_probabilities
 from dataflex.signals.knn import EXACT_MAX, KnnIndex
 
 DIM = 384
@@ -135,13 +136,20 @@ def tsds_exact(pool, queries, alpha, C, sigma, max_K, kde_K, start_rank=64):
 
 
 class Timer:
+    """Wall seconds (``seconds``) and this process's CPU seconds over all threads (``cpu``)."""
+
     def __enter__(self):
         gc.collect()
-        self.start = time.perf_counter()
+        self.start, self.start_cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+        self.cpu = time.process_time() - self.start_cpu
+
+
+def kind(index: KnnIndex) -> str:
+    return "exact" if index.exact else f"IVF {index.nlist}"
 
 
 def growth(sizes: list[int], times: list[float]) -> str:
@@ -157,7 +165,8 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--query-clusters", type=int, default=50)
     ap.add_argument("--budget", type=float, default=0.1, help="k as a fraction of the pool")
-    ap.add_argument("--exact-max", type=int, default=EXACT_MAX)
+    ap.add_argument("--near-exact-max", type=int, default=EXACT_MAX, help="NEAR's exact_max (its selector default)")
+    ap.add_argument("--tsds-exact-max", type=int, default=TSDS_EXACT_MAX, help="TSDS's exact_max (its selector default)")
     ap.add_argument("--baseline-full-max", type=int, default=20_000, help="largest N whose exact TSDS baseline runs in full")
     ap.add_argument("--kde-sample", type=int, default=4000, help="reached candidates the exact KDE is timed on above it")
     ap.add_argument("--seed", type=int, default=0)
@@ -170,14 +179,19 @@ def main() -> None:
     target = torch.randperm(args.clusters, generator=g)[: args.query_clusters]
     queries = synthetic(args.queries, centers, target, g)
 
-    rows, near_t, tsds_t = [], [], []
+    rows, quality, near_t, tsds_t = [], [], [], []
     for n in tqdm(args.sizes, desc="pool sizes"):
         pool = synthetic(n, centers, None, g)
         k = max(1, int(args.budget * n))
         with Timer() as t_build:
-            index = KnnIndex(pool, exact_max=args.exact_max, seed=args.seed)
+            index = KnnIndex(pool, exact_max=args.near_exact_max, seed=args.seed)
+        t_build_tsds, tsds_index = t_build, index
+        if index.exact != (n <= args.tsds_exact_max):  # TSDS's default index is of the other kind
+            with Timer() as t_build_tsds:
+                tsds_index = KnnIndex(pool, exact_max=args.tsds_exact_max, seed=args.seed)
+        near_info: dict = {}
         with Timer() as t_near:
-            picked = near_indices(index, queries, k)
+            picked = near_indices(index, queries, k, near_info)
         with Timer() as t_near_base:
             exact_pick = brute_near(queries, pool, k)
         overlap = len(set(picked.tolist()) & set(exact_pick.tolist())) / k
@@ -187,14 +201,12 @@ def main() -> None:
 
         info: dict = {}
         with Timer() as t_tsds:
-            p = tsds_probabilities(pool, queries, index=index, info=info)
+            p = tsds_probabilities(pool, queries, index=tsds_index, info=info)
             draw(p, k, True, torch.Generator().manual_seed(args.seed))
         # the exact KDE on a sample of the reached candidates (timing and agreement)
         reached = torch.nonzero(p > 0).flatten()
         sample = reached[torch.randperm(reached.numel(), generator=g)[: args.kde_sample]]
-        from dataflex.selectors.tsds import kde_densities
-
-        approx = kde_densities(index, sample, 0.75, capped(1000, n))
+        approx = kde_densities(tsds_index, sample, 0.75, capped(1000, n))
         with Timer() as t_kde_sample:
             exact_rho = brute_kde(sample, pool, 0.75, capped(1000, n))
         kde_agree = float((approx - exact_rho).abs().le(1e-4).double().mean())
@@ -212,28 +224,44 @@ def main() -> None:
                 brute_topk(queries, pool, capped(5000, n))
             base_tsds = t_knn_base.seconds + t_kde_sample.seconds * info["densities"] / max(1, sample.numel())
             approx_mark, tv = "~", "-"
-        near_total, tsds_total = t_build.seconds + t_near.seconds, t_build.seconds + t_tsds.seconds
+        near_total, tsds_total = t_build.seconds + t_near.seconds, t_build_tsds.seconds + t_tsds.seconds
+        near_cpu, tsds_cpu = t_build.cpu + t_near.cpu, t_build_tsds.cpu + t_tsds.cpu
         near_t.append(near_total)
         tsds_t.append(tsds_total)
         rows.append(
-            f"{n:>9,} {'exact' if index.exact else f'IVF {index.nlist}':>9} {t_build.seconds:7.1f} | "
-            f"{t_near.seconds:6.1f} {near_total:7.1f} {t_near_base.seconds:8.1f} {t_near_base.seconds / near_total:6.2f}x {overlap:6.3f} {recall:6.3f} | "
-            f"{t_tsds.seconds:6.1f} {tsds_total:7.1f} {approx_mark}{base_tsds:8.1f} {approx_mark}{base_tsds / tsds_total:5.2f}x "
-            f"{info['densities']:>8,} {info['prefix']:>5} {kde_agree:6.3f} {kde_err:7.4f} {tv:>6}"
+            f"{n:>9,} {kind(index):>9} {t_build.seconds:6.1f} | "
+            f"{t_near.seconds:6.1f} {near_total:6.1f} ({near_cpu:5.1f}) {t_near_base.seconds:6.1f} {t_near_base.seconds / near_total:6.2f}x | "
+            f"{kind(tsds_index):>9} {t_tsds.seconds:6.1f} {tsds_total:6.1f} ({tsds_cpu:5.1f}) {approx_mark:>1}{base_tsds:7.1f} {approx_mark:>1}{base_tsds / tsds_total:5.2f}x"
+        )
+        quality.append(
+            f"{n:>9,} | {near_info['depth']:>5} {overlap:7.3f} {recall:6.3f} | {info['prefix']:>5} {info['densities']:>8,} "
+            f"{info['support']:>8,} {'yes' if info['stopped'] else 'no':>4} {kde_agree:6.3f} {kde_err:7.4f} {tv:>6}"
         )
         tqdm.write(rows[-1])
-        del index, pool, p
+        del index, tsds_index, pool, p
         gc.collect()
 
     header = (
-        f"{'N':>9} {'index':>9} {'build':>7} | {'select':>6} {'NEAR':>7} {'brute':>8} {'ratio':>7} {'ovlap':>6} {'rec@10':>6} | "
-        f"{'p+draw':>6} {'TSDS':>7} {'exact':>9} {'ratio':>7} {'KDEs':>8} {'pref':>5} {'KDE=':>6} {'KDEerr':>7} {'TV':>6}"
+        f"{'N':>9} {'index':>9} {'build':>6} | {'select':>6} {'NEAR':>6} {'(cpu)':>7} {'brute':>6} {'ratio':>7} | "
+        f"{'index':>9} {'p+draw':>6} {'TSDS':>6} {'(cpu)':>7} {'exact':>8} {'ratio':>7}"
     )
     print()
-    print(f"queries {args.queries}, budget {args.budget:g} of the pool, dim {DIM}, exact_max {args.exact_max:,}; times in seconds")
+    print(f"queries {args.queries}, budget {args.budget:g} of the pool, dim {DIM}, exact_max NEAR {args.near_exact_max:,} TSDS {args.tsds_exact_max:,}")
+    print("times in seconds: wall (this process's CPU seconds, all threads); ratio = baseline / project; ~ scaled from a sample")
     print(header)
     print("-" * len(header))
     print("\n".join(rows))
+    header = (
+        f"{'N':>9} | {'depth':>5} {'overlap':>7} {'rec@10':>6} | {'prefix':>5} {'KDEs':>8} {'support':>8} {'stop':>4} "
+        f"{'KDE=':>6} {'KDEerr':>7} {'TV':>6}"
+    )
+    print()
+    print("NEAR: depth searched per query, overlap with the exact selection, IVF recall@10 of the queries.")
+    print("TSDS: neighbour prefix used, candidates whose KDE was computed, support of p, stopped by the criterion,")
+    print("      fraction of sampled KDEs equal to the exact ones (1e-4), their mean relative error, TV(p, exact p).")
+    print(header)
+    print("-" * len(header))
+    print("\n".join(quality))
     print(f"NEAR growth: {growth(args.sizes, near_t)}")
     print(f"TSDS growth: {growth(args.sizes, tsds_t)}")
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -350,7 +350,7 @@ class FakeCtx:
 def test_tsds_selector_draws_from_p_seeded_by_round(monkeypatch):
     candidates, queries = random_case(10)
     selector = TSDSSelector(budget=50, seed=3, max_K=30, kde_K=12)
-    monkeypatch.setattr(selector, "embeddings", lambda ctx: (candidates, queries, KnnIndex(candidates)))
+    monkeypatch.setattr(selector, "embeddings", lambda ctx: (candidates, queries))
     p = tsds_probabilities(candidates, queries, max_K=30, kde_K=12)
     picked = selector.select(FakeCtx(400, update_index=1))
     from dataflex.selectors.base import seeded_generator
@@ -359,7 +359,7 @@ def test_tsds_selector_draws_from_p_seeded_by_round(monkeypatch):
     assert selector.rounds[-1]["indices"] == picked.tolist() and selector.last_round["support"] == int((p > 0).sum())
     assert (p[picked] > 0).all()
     strict = TSDSSelector(budget=399, replacement=False, max_K=30, kde_K=12)
-    monkeypatch.setattr(strict, "embeddings", lambda ctx: (candidates, queries, KnnIndex(candidates)))
+    monkeypatch.setattr(strict, "embeddings", lambda ctx: (candidates, queries))
     with pytest.raises(ValueError, match=r"needs 399 candidates with p > 0, but only \d+ have any \(set selector.replacement=true"):
         strict.select(FakeCtx(400))
 
@@ -369,7 +369,7 @@ def test_warmup_zero_makes_the_first_decision_the_selection(monkeypatch):
     index = KnnIndex(candidates)
     for warmup, expect_near in ((0, True), (4, False)):
         selector = NearSelector(budget=20, warmup_steps=warmup)
-        monkeypatch.setattr(selector, "embeddings", lambda ctx: (candidates, queries, index))
+        monkeypatch.setattr(selector, "embeddings", lambda ctx: (candidates, queries))
         first = selector.initial_indices(FakeCtx(400, update_index=-1))
         assert torch.equal(first, near_indices(index, queries, 20)) == expect_near
         assert selector.rounds[0]["update_index"] == -1 and len(first) == 20
@@ -450,6 +450,8 @@ def test_e2e_near_sentence_embeddings(tmp_path):
     for r in rounds[1:]:
         assert len(set(r["indices"])) == 16 and all(0 <= i < pool for i in r["indices"])
     assert rounds[1]["indices"] == rounds[2]["indices"]  # sentence embeddings: the same every round
+    last = state["components"]["selector"]["last_round"]
+    assert last["update_index"] == 1 and last["depth"] >= 1  # 100 prompts, k = 16: depth 1 unless their nearest repeat
     assert rounds[0]["indices"] != rounds[1]["indices"]  # the warm-up was a random subset
 
 
@@ -474,3 +476,68 @@ def test_e2e_tsds_one_shot_sentence(tmp_path):
     assert decision["update_index"] == -1 and len(decision["indices"]) == 32
     assert state["components"]["selector"]["last_round"]["update_index"] == -1
     assert [p.name for p in (run_dir / "selections").glob("round_*.json")] == ["round_000.json"]
+
+
+# -- two gloo processes ------------------------------------------------------------------------
+WORKER = '''
+import json, sys
+from types import SimpleNamespace
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from dataflex.selectors.near import NearSelector
+from dataflex.selectors.tsds import TSDSSelector
+
+rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
+ctx = SimpleNamespace(pool_size=300, update_index=0, global_step=2, run_dir=None,
+                      trainer=SimpleNamespace(model=torch.nn.Linear(1, 1)))
+texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
+result = {"encoded": NearSelector(budget=20)._encode(ctx, texts).tolist()}
+# each rank sees different embeddings: rank 0's decision must be the one every rank keeps
+g = torch.Generator().manual_seed(rank)
+candidates, queries = F.normalize(torch.randn(300, 16, generator=g), dim=1), F.normalize(torch.randn(6, 16, generator=g), dim=1)
+for name, selector in (("near", NearSelector(budget=20)), ("tsds", TSDSSelector(budget=20, max_K=30, kde_K=10))):
+    selector.embeddings = lambda ctx: (candidates, queries)
+    picked = selector.select(ctx)
+    result[name] = {"picked": picked.tolist(), "rounds": selector.rounds, "last_round": selector.last_round}
+json.dump(result, open(out, "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_two_processes_encode_sharded_and_keep_rank_zeros_decision(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dataflex.signals.embeddings import SentenceEncoder
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    repo = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), "2", str(tmp_path / "store"), str(tmp_path / f"out{r}.json")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    results = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+    texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
+    alone = SentenceEncoder().encode(texts)
+    g = torch.Generator().manual_seed(0)
+    candidates, queries = F.normalize(torch.randn(300, 16, generator=g), dim=1), F.normalize(torch.randn(6, 16, generator=g), dim=1)
+    for res in results:
+        # each rank encoded every other text; gathered, they equal one process encoding them all
+        assert torch.allclose(torch.tensor(res["encoded"]), alone, atol=1e-5)
+        assert res["near"]["picked"] == near_indices(KnnIndex(candidates), queries, 20).tolist()
+        assert res["near"]["rounds"][0]["indices"] == res["near"]["picked"]
+    assert results[0]["tsds"] == results[1]["tsds"]  # the same draw and summary on both ranks
+    assert results[0]["tsds"]["last_round"]["support"] == int((tsds_probabilities(candidates, queries, max_K=30, kde_K=10) > 0).sum())

@@ -54,10 +54,14 @@ def round_robin(neighbors: torch.Tensor, k: int) -> torch.Tensor:
     return flat[torch.sort(first).values[:k]]
 
 
-def near_indices(index: KnnIndex, queries: torch.Tensor, k: int) -> torch.Tensor:
+def near_indices(index: KnnIndex, queries: torch.Tensor, k: int, info: dict[str, Any] | None = None) -> torch.Tensor:
     """NEAR on an index: :func:`round_robin` over each query's ``ceil(k/M)`` nearest candidates,
-    searching twice as deep until they hold ``k`` distinct ones (the result is the round robin over
-    the full neighbour lists: ranks beyond the depth searched are never reached)."""
+    searching four times as deep until they hold ``k`` distinct ones (the result is the round robin
+    over the full neighbour lists: ranks beyond the depth searched are never reached). A search
+    costs about the same at any depth (scanning the candidates dominates), so the depth grows fast.
+
+    ``info``, if given, gets ``depth``: the neighbours per query of the last search.
+    """
     m = len(queries)
     if not 1 <= k <= index.n:
         raise ValueError(f"k must lie in [1, {index.n}], got {k}")
@@ -65,11 +69,15 @@ def near_indices(index: KnnIndex, queries: torch.Tensor, k: int) -> torch.Tensor
     while True:
         _, neighbors = index.search(queries, depth)
         try:
-            return round_robin(neighbors, k)
+            picked = round_robin(neighbors, k)
         except ValueError:
             if depth >= index.n:
                 raise
-            depth = min(index.n, 2 * depth)
+            depth = min(index.n, 4 * depth)
+            continue
+        if info is not None:
+            info["depth"] = depth
+        return picked
 
 
 def interleave_groups(groups: torch.Tensor) -> torch.Tensor:
@@ -111,6 +119,10 @@ class EmbeddingSelector(BudgetSelector):
       (:func:`~dataflex.signals.embeddings.mean_pooled_hidden_states`) of the whole pool row and of
       the validation prompt tokens, recomputed every round (the model changes).
 
+    Every rank takes part in computing the embeddings (they are sharded); rank 0 alone builds the
+    index and decides (:meth:`choose`), and its decision is broadcast, so every rank records and
+    trains on the same selection.
+
     Schedule: with ``warmup_steps > 0`` the warm-up trains on a seeded random subset of ``budget``
     samples (as every budget selector); with ``warmup_steps: 0`` the first decision, at the start
     of training, is already this selector's own selection (with ``update_every: 0`` it is then the
@@ -151,6 +163,7 @@ class EmbeddingSelector(BudgetSelector):
         self.embedding = embedding
         self.batch_size, self.exact_max, self.nprobe = int(batch_size), int(exact_max), int(nprobe)
         self._memo: dict[str, Any] = {}  # sentence embeddings and index: in memory only, never checkpointed
+        self.last_round: dict[str, Any] | None = None  # a small summary of the last decision (checkpointed)
 
     @property
     def name(self) -> str:
@@ -161,25 +174,52 @@ class EmbeddingSelector(BudgetSelector):
             return self.select(ctx)
         return super().initial_indices(ctx)
 
-    def index_over(self, candidates: torch.Tensor) -> KnnIndex:
-        return KnnIndex(candidates, exact_max=self.exact_max, nprobe=self.nprobe, seed=self.seed)
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_round": self.last_round}
 
-    def embeddings(self, ctx: UpdateContext) -> tuple[torch.Tensor, torch.Tensor, KnnIndex]:
-        """``(candidates [N, d], queries [M, d], index over candidates)`` for this round."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.last_round = state.get("last_round")
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:
+        """Embed (every rank takes part), decide on rank 0 (:meth:`choose`), broadcast the decision,
+        so every rank records and trains on the same selection."""
+        from dataflex.signals.distributed import broadcast_object, is_main_process
+
+        candidates, queries = self.embeddings(ctx)
+        indices, summary = broadcast_object(self.choose(ctx, candidates, queries) if is_main_process() else None)
+        if summary is not None:
+            self.last_round = summary
+        return self.record(ctx, indices)
+
+    def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+        """``(pool indices, a small summary kept as last_round or None)`` for this round (rank 0)."""
+        raise NotImplementedError
+
+    def index(self, candidates: torch.Tensor) -> KnnIndex:
+        """The kNN index over ``candidates`` (built once and kept for sentence embeddings)."""
+        if self.embedding == "sentence" and self._memo.get("index") is not None:
+            return self._memo["index"]
+        index = KnnIndex(candidates, exact_max=self.exact_max, nprobe=self.nprobe, seed=self.seed)
+        if self.embedding == "sentence":
+            self._memo["index"] = index
+        return index
+
+    def embeddings(self, ctx: UpdateContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidates [N, d], queries [M, d])`` for this round (collective: every rank calls it)."""
         validation = ctx.require_validation(self.name)
         order = interleave_groups(validation["domain_id"]) if "domain_id" in validation.column_names else None
         if self.embedding == "model":
             candidates = self._model_pool_embeddings(ctx)
             queries = self._model_prompt_embeddings(ctx, validation)
-            return candidates, queries if order is None else queries[order], self.index_over(candidates)
-        if "index" not in self._memo:
+            return candidates, queries if order is None else queries[order]
+        if "candidates" not in self._memo:
             candidates = self._sentence_pool_embeddings(ctx)
             prompts, _ = _texts(validation, ctx.tokenizer)
             queries = self._encode(ctx, prompts)
             self._memo.update(candidates=candidates, queries=queries if order is None else queries[order])
-            self._memo["index"] = self.index_over(candidates)
             self._memo.pop("encoder", None)  # not needed again
-        return self._memo["candidates"], self._memo["queries"], self._memo["index"]
+        return self._memo["candidates"], self._memo["queries"]
 
     # -- sentence embeddings ---------------------------------------------------------------------
     def _encoder(self, ctx: UpdateContext):
@@ -283,6 +323,7 @@ class NearSelector(EmbeddingSelector):
 
     method = "near"
 
-    def select(self, ctx: UpdateContext) -> torch.Tensor:
-        _, queries, index = self.embeddings(ctx)
-        return self.record(ctx, near_indices(index, queries, self.k(ctx)))
+    def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+        info: dict[str, Any] = {}
+        picked = near_indices(self.index(candidates), queries, self.k(ctx), info)
+        return picked, {"update_index": ctx.update_index, **info}

@@ -50,6 +50,9 @@ from dataflex.train.components import UpdateContext
 
 #: candidates per range search of the kernel density
 KDE_CHUNK = 65536
+#: TSDS's default exact_max: the exact KDE scans the whole pool for every candidate it reaches
+#: (cost ∝ N × reached), so IVF takes over at a smaller pool than for NEAR's query-only searches
+TSDS_EXACT_MAX = 10_000
 
 
 class TransportPlan(NamedTuple):
@@ -248,14 +251,15 @@ def tsds_probabilities(
         info: if given, filled with what the computation did: ``max_K``, ``kde_K`` (after the cap),
             ``prefix`` (the neighbour prefix that settled it), ``densities`` (candidates whose KDE
             was computed), ``s``, ``stopped``, ``support`` (candidates with p > 0).
-        index_options: :class:`KnnIndex` options when ``index`` is None (exact_max, nprobe, seed, ...).
+        index_options: :class:`KnnIndex` options when ``index`` is None (exact_max, by default
+            :data:`TSDS_EXACT_MAX`, nprobe, seed, ...).
 
     Returns:
         ``Tensor[N]`` float64, p >= 0, Σp = 1.
     """
     check_parameters(alpha, C, sigma, max_K, kde_K)
     if index is None:
-        index = KnnIndex(candidates, **index_options)
+        index = KnnIndex(candidates, **{"exact_max": TSDS_EXACT_MAX, **index_options})
     elif index.n != len(candidates):
         raise ValueError(f"index holds {index.n} candidates, got {len(candidates)}")
     if len(queries) == 0:
@@ -318,7 +322,7 @@ class TSDSSelector(EmbeddingSelector):
         seed=0,
         embedding: str = "sentence",
         batch_size: int = 32,
-        exact_max: int = 50_000,
+        exact_max: int = TSDS_EXACT_MAX,
         nprobe: int = 32,
         alpha: float = 0.5,
         C: float = 5.0,
@@ -335,10 +339,8 @@ class TSDSSelector(EmbeddingSelector):
         self.alpha, self.C, self.sigma = float(alpha), float(C), float(sigma)
         self.max_K, self.kde_K, self.kde_nprobe = int(max_K), int(kde_K), int(kde_nprobe)
         self.replacement = bool(replacement)
-        self.last_round: dict[str, Any] | None = None  # small summary; p itself is not checkpointed
 
-    def select(self, ctx: UpdateContext) -> torch.Tensor:
-        candidates, queries, index = self.embeddings(ctx)
+    def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict]:
         info: dict[str, Any] = {}
         p = tsds_probabilities(
             candidates,
@@ -348,7 +350,7 @@ class TSDSSelector(EmbeddingSelector):
             self.sigma,
             self.max_K,
             self.kde_K,
-            index=index,
+            index=self.index(candidates),
             kde_nprobe=self.kde_nprobe,
             info=info,
         )
@@ -359,12 +361,4 @@ class TSDSSelector(EmbeddingSelector):
                 f"{info['support']} have any (set selector.replacement=true, lower the budget, or lower alpha)"
             )
         indices = draw(p, k, self.replacement, seeded_generator(self.seed, ctx.update_index))
-        self.last_round = {"update_index": ctx.update_index, "max_p": float(p.max()), **info}
-        return self.record(ctx, indices)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last_round": self.last_round}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.last_round = state.get("last_round")
+        return indices, {"update_index": ctx.update_index, "max_p": float(p.max()), **info}

@@ -17,9 +17,10 @@ Two index kinds, chosen by the pool size:
 :meth:`KnnIndex.search` is FAISS's own search. :meth:`KnnIndex.range_search` (every candidate above
 a cosine threshold; TSDS's kernel density reads it for hundreds of thousands of points) scans the
 same cells, but as dense matrix products: the queries that probe a cell are multiplied with the
-cell's candidates in one block (BLAS, through torch), which on a CPU is several times faster than
-scanning the cell once per query. The exact index is scanned the same way in blocks of
-:data:`CELL_BLOCK` candidates.
+cell's candidates in one block (BLAS, through torch), which on a CPU is many times faster than
+scanning the cell once per query. The blocks are small, so each runs single-threaded and a thread
+pool spreads them over the cores (no parallel region that must wait for every thread of a busy
+machine). The exact index is scanned the same way in blocks of :data:`CELL_BLOCK` candidates.
 
 Determinism: the training sample comes from a NumPy generator seeded by ``seed`` and FAISS's
 k-means uses the same seed, so the same candidates and seed build the same index and return the
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +61,17 @@ def as_normalized_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 0)
     return x
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +106,8 @@ class KnnIndex:
         nlist_factor: IVF cells per sqrt(N).
         nprobe: IVF cells scanned per query (a kNN search raises it where ``k`` needs more, see the
             module doc).
-        train_per_list: IVF k-means training points per cell (at least 39, FAISS's minimum).
+        train_per_list: IVF k-means training points per cell (at least 39, FAISS's minimum; more
+            points cost build time in proportion and barely change the cells).
         niter: IVF k-means iterations.
         seed: seeds the IVF training sample and k-means.
         chunk_size: query rows per FAISS call.
@@ -110,7 +125,7 @@ class KnnIndex:
         exact_max: int = EXACT_MAX,
         nlist_factor: float = 1.0,
         nprobe: int = 32,
-        train_per_list: int = 64,
+        train_per_list: int = 39,
         niter: int = 10,
         seed: int = 0,
         chunk_size: int = CHUNK_SIZE,
@@ -206,30 +221,28 @@ class KnnIndex:
         _, cells = self._quantizer.search(np.ascontiguousarray(queries), nprobe)
         return cells.astype(np.int64)
 
-    def _blocks(self, q: np.ndarray, cells: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
-        """``(query_ids, candidate_ids, scores [len(query_ids), len(candidate_ids)])`` blocks that
-        together cover every (query, candidate of a probed cell) pair once."""
-        qt = torch.from_numpy(q)
+    def _groups(self, n_queries: int, cells: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(candidate_ids, query_ids)`` pairs that together cover every (query, candidate of a
+        probed cell) pair once, with at most :data:`QUERY_BLOCK` queries each."""
         if self.exact:
-            everyone = np.arange(len(q))
-            groups = ((members, everyone) for members in self._members)
+            everyone = np.arange(n_queries)
+            groups = [(members, everyone) for members in self._members]
         else:
             flat = cells.reshape(-1)
-            owner = np.repeat(np.arange(len(q)), cells.shape[1])
+            owner = np.repeat(np.arange(n_queries), cells.shape[1])
             keep = flat >= 0
             flat, owner = flat[keep], owner[keep]
             order = np.argsort(flat, kind="stable")
             flat, owner = flat[order], owner[order]
             bounds = np.flatnonzero(np.diff(flat)) + 1
             starts, ends = np.r_[0, bounds], np.r_[bounds, flat.size]
-            groups = ((self._members[flat[s]], owner[s:e]) for s, e in zip(starts, ends) if e > s)
-        for members, query_ids in groups:
-            if members.size == 0:
-                continue
-            x = torch.from_numpy(self.data[members])
-            for b in range(0, query_ids.size, QUERY_BLOCK):
-                ids = query_ids[b : b + QUERY_BLOCK]
-                yield ids, members, qt[torch.from_numpy(ids)] @ x.T
+            groups = [(self._members[flat[s]], owner[s:e]) for s, e in zip(starts, ends) if e > s]
+        return [
+            (members, query_ids[b : b + QUERY_BLOCK])
+            for members, query_ids in groups
+            if members.size
+            for b in range(0, query_ids.size, QUERY_BLOCK)
+        ]
 
     def range_search(
         self,
@@ -260,8 +273,11 @@ class KnnIndex:
             cells = self.probes(q, nprobe or self.nprobe)
         elif cells is not None:
             cells = np.asarray(cells, dtype=np.int64).reshape(len(q), -1)
-        parts_q, parts_i, parts_s = [], [], []
-        for ids, members, s in self._blocks(q, cells):
+        qt = torch.from_numpy(q)
+
+        def scan(group: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            members, ids = group
+            s = qt[torch.from_numpy(ids)] @ torch.from_numpy(self.data[members]).T
             hit = s > min_score
             if max_results is not None and s.shape[1] > max_results:
                 crowded = torch.nonzero(hit.sum(1) > max_results).flatten()
@@ -271,9 +287,15 @@ class KnnIndex:
                     keep.scatter_(1, top, True)
                     hit[crowded] &= keep
             r, c = torch.nonzero(hit, as_tuple=True)
-            parts_q.append(ids[r.numpy()])
-            parts_i.append(members[c.numpy()])
-            parts_s.append(s[r, c].numpy())
+            return ids[r.numpy()], members[c.numpy()], s[r, c].numpy()
+
+        # many small products: one single-threaded torch product per block, the blocks spread over
+        # a thread pool (torch releases the GIL). Faster than multithreading each small product,
+        # and robust on a busy machine, where a parallel region waits for every thread it uses.
+        workers = torch.get_num_threads()
+        with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(scan, self._groups(len(q), cells)))
+        parts_q, parts_i, parts_s = ([p[j] for p in parts] for j in range(3))
         owner = np.concatenate(parts_q) if parts_q else np.zeros(0, np.int64)
         index = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
         score = np.concatenate(parts_s) if parts_s else np.zeros(0, np.float32)
