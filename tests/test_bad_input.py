@@ -241,3 +241,11 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path, group):
     assert result.returncode != 0
     assert f"{group}/bogus" in result.stderr and "Available options" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_traceback_only_when_asked_for(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run([str(BIN / "dataflex-run"), "model=tiny", *QUIET, "selector=loss", "+selector.budgt=8",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr and "budgt" in result.stderr
