@@ -221,6 +221,68 @@ def _doremi_weights(root: Path, study: Study) -> list[str]:
     return lines + [""]
 
 
+def _step_function(records: list[dict], prefix: str, last_step: int) -> dict[str, list[float]]:
+    """Each domain's value (keys ``prefix<domain>``) at steps 0..last_step, holding each logged
+    decision until the next one (the later record of a step wins)."""
+    by_step: dict[int, dict[str, float]] = {}
+    for record in records:
+        values = {k[len(prefix):].rsplit("_", 1)[-1]: float(v) for k, v in record.items() if k.startswith(prefix)}
+        if values and record.get("step") is not None:
+            by_step[int(record["step"])] = values
+    if not by_step:
+        return {}
+    domains, current, out = list(by_step[min(by_step)]), by_step[min(by_step)], {}
+    for step in range(last_step + 1):
+        current = by_step.get(step, current)
+        for domain in domains:
+            out.setdefault(domain, []).append(current.get(domain, 0.0))
+    return out
+
+
+def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
+    """One panel per mixture arm: the sampling proportions over training (for the DoReMi proxy, the
+    domain weights alpha of its loss; it samples uniformly), the mean over the arm's finished seeds,
+    each decision held until the next one and the last one to the end of training."""
+    from dataflex.report import _pyplot, _save, read_metrics
+
+    panels = []
+    for arm in study.arms:
+        prefix = "mixer/doremi/alpha/" if arm == "doremi_proxy" else "mixer/proportion/"
+        runs = []
+        for run_dir in sorted(root.glob(f"experiment={study.experiment(arm)}/seed=*")):
+            final = run_dir / "metrics.json"
+            if final.is_file():
+                steps = int(json.loads(final.read_text()).get("global_step") or 0)
+                series = _step_function(read_metrics(run_dir), prefix, steps)
+                if series:
+                    runs.append(series)
+        if runs:
+            domains, length = list(runs[0]), min(len(next(iter(r.values()))) for r in runs)
+            mean = {d: [sum(r[d][i] for r in runs) / len(runs) for i in range(length)] for d in domains}
+            panels.append((arm, len(runs), mean))
+    if not panels:
+        return None
+    plt = _pyplot()
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.3 * rows + 0.6), squeeze=False, sharey=True)
+    for index, (arm, seeds, mean) in enumerate(panels):
+        ax = axes[index // cols][index % cols]
+        steps = list(range(len(next(iter(mean.values())))))
+        ax.stackplot(steps, list(mean.values()), labels=list(mean), step="post")
+        what = "loss weights alpha" if arm == "doremi_proxy" else "proportions"
+        ax.set(title=f"{arm} ({what}, {seeds} seed{'s' if seeds > 1 else ''})", xlim=(0, steps[-1]), ylim=(0, 1))
+        ax.title.set_fontsize(9)
+        ax.tick_params(labelsize=8)
+    for index in range(len(panels), rows * cols):
+        axes[index // cols][index % cols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    figure.supxlabel("optimizer step", fontsize=9, y=0.1)
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
+    return _save(figure, path)
+
+
 def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path) -> str:
     """Run ``dataflex-report`` over the study directory into ``out_dir`` and return the markdown that
     goes between the study's markers in docs/results.md (the table, the plots, the provenance)."""
@@ -229,11 +291,22 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
     command = [sys.executable, "-m", "dataflex.cli.report", str(root), "--out", str(out_dir), "--metric", study.primary,
                "--metrics", ",".join(study.metrics)]
     done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:  # e.g. no run has finished yet: the plain report lists the unfinished ones
+        command = command[:command.index("--metric")]
+        done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return f"`dataflex-report` failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}\n"
     text = (out_dir / "report.md").read_text()
     rel = out_dir.relative_to(docs.parent) if out_dir.is_relative_to(docs.parent) else out_dir
-    text = text.replace("](report_", f"]({rel.as_posix()}/report_").replace(str(repo) + "/", "")
+    if study.name == "mixture":
+        # the report's own proportions plot draws a mixer that decides once (static) as an empty panel:
+        # one point has no width. The page uses plot_mixture (each decision held to the end) instead.
+        (out_dir / "report_proportions.png").unlink(missing_ok=True)
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("![proportions]"))
+        if plot_mixture(study, root, out_dir / "proportions.png"):
+            text += f"\n![proportions](proportions.png)\n"
+    text = text.replace("](report_", f"]({rel.as_posix()}/report_").replace("](proportions.png", f"]({rel.as_posix()}/proportions.png")
+    text = text.replace(str(repo) + "/", "")
     # arms are named by their experiment file: show the arm's own name (paper_small_<study>_<arm> -> <arm>)
     lines = [line.replace(f"experiment={study.prefix}_", "") if line.startswith("| ") else line
              for line in text.splitlines() if not line.startswith("# Comparison")]
