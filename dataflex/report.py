@@ -54,8 +54,14 @@ def proportions_by_step(records: list[dict]) -> dict[int, dict[str, float]]:
     return by_step
 
 
-def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: bool = True) -> None:
+def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: bool = True,
+               end: int | None = None) -> None:
+    """Proportions as a step function: a decision holds until the next one, the last one until
+    ``end`` (the run's last step), so a single decision (a static mixer) still shows."""
     steps = sorted(by_step)
+    if end is not None and end > steps[-1]:
+        by_step = {**by_step, end: by_step[steps[-1]]}
+        steps.append(end)
     domains = list(by_step[steps[0]])
     # a step function: a decision holds until the next one
     axes.stackplot(steps, [[by_step[s].get(d, 0.0) for s in steps] for d in domains], labels=domains, step="post")
@@ -91,12 +97,14 @@ def plot_proportions(run_dir: str | os.PathLike) -> Path | None:
     A resumed run logs some steps twice; the later record of a step wins. Returns the PNG's path,
     or None when the run logged no proportions.
     """
-    by_step = proportions_by_step(read_metrics(run_dir))
+    records = read_metrics(run_dir)
+    by_step = proportions_by_step(records)
     if not by_step:
         return None
+    end = max((int(r["step"]) for r in records if r.get("step") is not None), default=None)
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    _stackplot(axes, by_step, f"Domain proportions: {Path(run_dir).name}")
+    _stackplot(axes, by_step, f"Domain proportions: {Path(run_dir).name}", end=end)
     return _save(figure, Path(run_dir) / "proportions.png")
 
 
@@ -358,13 +366,14 @@ def plot_arm_proportions(arms: list[Arm], path: Path) -> Path | None:
             present = [one[step] for one in runs if step in one]
             domains = list(present[0])
             mean[step] = {d: sum(p.get(d, 0.0) for p in present) / len(present) for d in domains}
-        panels.append((arm.name, mean))
+        last = [r.global_step for r in arm.runs if r.global_step is not None]
+        panels.append((arm.name, mean, max(last) if last else None))
     if not panels:
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
-    for index, (name, mean) in enumerate(panels):
-        _stackplot(axes[index][0], mean, f"Domain proportions: {name}", legend=index == 0)
+    for index, (name, mean, end) in enumerate(panels):
+        _stackplot(axes[index][0], mean, f"Domain proportions: {name}", legend=index == 0, end=end)
     return _save(figure, path)
 
 

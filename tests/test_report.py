@@ -211,3 +211,22 @@ def test_arms_tied_for_best_are_all_marked(tmp_path):
                  evals={"em/x": 0.5 if arm != "c" else 0.25})
     table = build_report([tmp_path / "s"]).table
     assert "| **selector=a** ★ |" in table and "| **selector=b** ★ |" in table and "| selector=c |" in table
+
+
+def test_a_single_mixer_decision_is_drawn_to_the_end_of_the_run():
+    """A static mixer logs its proportions once (step 0): the plot holds them until the last step."""
+    from dataflex.report import _stackplot
+
+    class Axes:
+        def stackplot(self, x, ys, **kwargs):
+            self.x, self.ys = list(x), [list(y) for y in ys]
+
+        def set(self, **kwargs):
+            self.xlim = kwargs["xlim"]
+
+        def legend(self, **kwargs):
+            pass
+
+    axes = Axes()
+    _stackplot(axes, {0: {"code": 0.25, "drama": 0.75}}, "static", end=100)
+    assert axes.x == [0, 100] and axes.ys == [[0.25, 0.25], [0.75, 0.75]] and axes.xlim == (0, 100)
