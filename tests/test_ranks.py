@@ -69,10 +69,37 @@ def build_component(kind, cfg):
 dataflex.run.build_component = build_component
 
 
+# DATAFLEX_TEST_POISON="RANK:STEP": NaN logits in that rank's training forward of that step
+poison = os.environ.get("DATAFLEX_TEST_POISON")
+if poison:
+    import dataflex.backend.llamafactory as backend
+
+    poison_rank, poison_step = map(int, poison.split(":"))
+    real_build_trainer = backend.build_trainer
+
+    def build_trainer(built, callback, extra=None):
+        trainer = real_build_trainer(built, callback, extra)
+
+        def hook(module, inputs, output):
+            step = trainer.state.global_step + 1
+            if module.training and torch.is_grad_enabled() and step == poison_step \
+                    and int(os.environ.get("RANK", "0")) == poison_rank:
+                return output * float("nan")
+            return output
+
+        built.model.get_output_embeddings().register_forward_hook(hook)
+        return trainer
+
+    backend.build_trainer = build_trainer
+
+
 def on_train_end(self, args, state, control, **kwargs):
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    torch.save({"records": records, "state": self.state_dict(), "world": world},
+    model = self.trainer.model
+    trained = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"records": records, "state": self.state_dict(), "world": world, "trained": trained,
+                "skipped": list(self.trainer.dataflex_nonfinite.skipped)},
                Path(sys.argv[1]) / f"rank{rank}.pt")
 
 
@@ -101,7 +128,7 @@ CASES = {
 }
 
 
-def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int) -> list[dict]:
+def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_env: dict | None = None) -> list[dict]:
     """Run the probe under torchrun with ``nproc`` processes; each rank's record."""
     run_dir = tmp_path / name
     run_dir.mkdir(parents=True)
@@ -113,7 +140,8 @@ def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int) -> list[
     probe = tmp_path / "rank_probe.py"
     probe.write_text(PROBE)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           **(extra_env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(probe), str(run_dir), name]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000)
@@ -185,3 +213,14 @@ def test_every_rank_decides_the_same_and_as_one_process(tmp_path, case):
         assert len(decisions(r0, "batch_weights")) == 6
         for d in decisions(r0, "batch_weights"):  # weights of the GLOBAL micro-batch (2 ranks x 2)
             assert d["value"].numel() == 4 and float(d["value"].sum()) == pytest.approx(1.0)
+
+
+def test_a_nan_skipped_on_one_rank_keeps_ddp_in_step(tmp_path):
+    """nonfinite_loss=skip under DDP: rank 1's micro-batch of step 3 is NaN and skipped (its zero
+    loss still takes part in the gradient all-reduce); the run finishes and both replicas end
+    with identical, finite weights."""
+    r0, r1 = launch(tmp_path, "skip", ["nonfinite_loss=skip"], nproc=2, extra_env={"DATAFLEX_TEST_POISON": "1:3"})
+    assert r0["skipped"] == [] and [s["step"] for s in r1["skipped"]] == [3]
+    assert r0["trained"].keys() == r1["trained"].keys() and r0["trained"]
+    for name, weight in r0["trained"].items():
+        assert torch.isfinite(weight).all() and torch.equal(weight, r1["trained"][name]), name
