@@ -162,6 +162,9 @@ def main() -> None:
     ensure(["tiny", "offline_domains"])
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-mix-"))
     model_dir = asset_path("tiny") if args.model == "tiny" else small_model(out, asset_path("tiny"))
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
     base = [
         "model=tiny", f"model.name_or_path={model_dir}", "data=offline_domains", "trainer=pt_full",
         f"data.max_samples={args.max_samples}", f"data.cutoff_len={args.seq}",
@@ -185,9 +188,6 @@ def main() -> None:
     if not args.out:
         shutil.rmtree(out, ignore_errors=True)
 
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
     print()
     print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
