@@ -55,17 +55,18 @@ def round_robin(neighbors: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def near_indices(index: KnnIndex, queries: torch.Tensor, k: int, info: dict[str, Any] | None = None) -> torch.Tensor:
-    """NEAR on an index: :func:`round_robin` over each query's ``ceil(k/M)`` nearest candidates,
+    """NEAR on an index: :func:`round_robin` over each query's ``4·ceil(k/M)`` nearest candidates,
     searching four times as deep until they hold ``k`` distinct ones (the result is the round robin
     over the full neighbour lists: ranks beyond the depth searched are never reached). A search
-    costs about the same at any depth (scanning the candidates dominates), so the depth grows fast.
+    costs about the same at any moderate depth (scanning the candidates dominates), so it starts
+    deep (neighbour lists of different queries overlap) and grows fast.
 
     ``info``, if given, gets ``depth``: the neighbours per query of the last search.
     """
     m = len(queries)
     if not 1 <= k <= index.n:
         raise ValueError(f"k must lie in [1, {index.n}], got {k}")
-    depth = min(index.n, max(1, math.ceil(k / m)))
+    depth = min(index.n, 4 * math.ceil(k / m))
     while True:
         _, neighbors = index.search(queries, depth)
         try:

@@ -18,8 +18,9 @@ uniform over the M queries. Its kNN closed form, as used here:
   the first breakpoint where (α/C)·Σ_j cost_j >= (1 − α)·M: s stops there. No stop: every query
   uses all its max_K neighbours.
 * ρ(x) = KDE(x) = Σ_{x' in kNN(x)} max(0, 1 − ‖x − x'‖²/σ²) over the kde_K nearest candidates of x
-  (x itself included, contributing exactly 1, so ρ >= 1): ten copies of a candidate each get a
-  tenth of the mass one copy would get. σ = 0 turns the correction off (ρ ≡ 1).
+  (x itself included, contributing exactly 1, so ρ >= 1): ten copies of a candidate (nothing else
+  within σ) together get the mass one copy would get, a tenth each (α = 1: all to the first copy,
+  the 1-NN histogram). σ = 0 turns the correction off (ρ ≡ 1).
 
 Choices where the paper and its reference code leave room (stated, as ALGORITHMS.md asks): the
 transport cost is the Euclidean distance between the L2-normalised embeddings (‖q − x‖ =
@@ -308,7 +309,12 @@ class TSDSSelector(EmbeddingSelector):
         replacement: draw with replacement (False: without; needs at least ``budget`` candidates
             with p > 0).
         kde_nprobe: IVF cells scanned by the KDE (large pools only).
+        exact_max: as :class:`~dataflex.selectors.near.EmbeddingSelector`, by default
+            :data:`TSDS_EXACT_MAX`.
         (others as :class:`~dataflex.selectors.near.EmbeddingSelector`)
+
+    ``last_round`` (checkpointed) summarises the last decision: what ``info`` of
+    :func:`tsds_probabilities` reports, and ``max_p``.
     """
 
     method = "tsds"
