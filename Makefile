@@ -52,11 +52,12 @@ data: setup
 run: data
 	$(BIN)/dataflex-run
 
+# CI: everything but the long matrices (`slow`), plus the SLURM tests when the local cluster can start.
 test: data
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow or slurm"
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not slurm"
 
 # Everything, `slow` tests included (the kill/resume, rank and load matrices of docs/reliability.md).
 test-all: data
