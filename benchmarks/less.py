@@ -66,7 +66,8 @@ def timed_fit(overrides: list[str], run_dir: Path) -> dict:
     def timed_select(ctx):
         t0 = time.perf_counter()
         out = select(ctx)
-        rounds.append(time.perf_counter() - t0)
+        if ctx.update_index >= 0:  # a selection round (the random selector also draws its warm-up here)
+            rounds.append(time.perf_counter() - t0)
         return out
 
     selector.select = timed_select
