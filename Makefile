@@ -70,7 +70,7 @@ bench-signals: data
 	$(BIN)/python benchmarks/signals.py
 
 bench-mix: data
-	$(BIN)/python benchmarks/mix.py
+	$(BIN)/python benchmarks/mix.py --model small --steps 10 --threads 1   # model=tiny: add --model tiny (its logits passes dominate; RESULTS.md)
 
 # NEAR and TSDS selection on synthetic 384-d embeddings (10k, 100k, 1M candidates, 1k queries) vs exact brute force.
 bench-select: setup
