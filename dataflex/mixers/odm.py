@@ -1,7 +1,5 @@
-"""Online Data Mixing (Albalak et al. 2023): EXP3 over domains, the pure cores.
-
-Only the cores live here for now: the stateful ODM mixer needs the per-domain losses of every
-training batch, which the training loop does not expose yet.
+"""Online Data Mixing (Albalak et al. 2023): EXP3 over domains, the pure cores and the ODM mixer
+(fed by the per-sample losses of every training batch through ``observe_batch``).
 
 Definitions (docs/ALGORITHMS.md, "odm"):
 
