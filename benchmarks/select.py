@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1, help="k as a fraction of the pool")
     ap.add_argument("--near-exact-max", type=int, default=EXACT_MAX, help="NEAR's exact_max (its selector default)")
     ap.add_argument("--tsds-exact-max", type=int, default=TSDS_EXACT_MAX, help="TSDS's exact_max (its selector default)")
+    ap.add_argument("--nlist-factor", type=float, default=None, help="IVF cells per sqrt(N) (default: KnnIndex's)")
+    ap.add_argument("--nprobe", type=int, default=None, help="IVF cells scanned per query (default: KnnIndex's)")
     ap.add_argument("--baseline-full-max", type=int, default=20_000, help="largest N whose exact TSDS baseline runs in full")
     ap.add_argument("--kde-sample", type=int, default=4000, help="reached candidates the exact KDE is timed on above it")
     ap.add_argument("--seed", type=int, default=0)
@@ -181,12 +183,13 @@ def main() -> None:
     for n in tqdm(args.sizes, desc="pool sizes"):
         pool = synthetic(n, centers, None, g)
         k = max(1, int(args.budget * n))
+        ivf = {k: v for k, v in (("nlist_factor", args.nlist_factor), ("nprobe", args.nprobe)) if v is not None}
         with Timer() as t_build:
-            index = KnnIndex(pool, exact_max=args.near_exact_max, seed=args.seed)
+            index = KnnIndex(pool, exact_max=args.near_exact_max, seed=args.seed, **ivf)
         t_build_tsds, tsds_index = t_build, index
         if index.exact != (n <= args.tsds_exact_max):  # TSDS's default index is of the other kind
             with Timer() as t_build_tsds:
-                tsds_index = KnnIndex(pool, exact_max=args.tsds_exact_max, seed=args.seed)
+                tsds_index = KnnIndex(pool, exact_max=args.tsds_exact_max, seed=args.seed, **ivf)
         near_info: dict = {}
         with Timer() as t_near:
             picked = near_indices(index, queries, k, near_info)
