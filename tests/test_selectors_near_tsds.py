@@ -501,6 +501,14 @@ for name, selector in (("near", NearSelector(budget=20)), ("tsds", TSDSSelector(
     selector.embeddings = lambda ctx: (candidates, queries)
     picked = selector.select(ctx)
     result[name] = {"picked": picked.tolist(), "rounds": selector.rounds, "last_round": selector.last_round}
+# a bad setting found on rank 0 reaches every rank as the same error (no rank left waiting)
+strict = TSDSSelector(budget=299, replacement=False, max_K=30, kde_K=10)
+strict.embeddings = lambda ctx: (candidates, queries)
+try:
+    strict.select(ctx)
+    result["error"] = None
+except ValueError as err:
+    result["error"] = str(err)
 json.dump(result, open(out, "w"))
 dist.destroy_process_group()
 '''
@@ -540,4 +548,5 @@ def test_two_processes_encode_sharded_and_keep_rank_zeros_decision(tmp_path):
         assert res["near"]["picked"] == near_indices(KnnIndex(candidates), queries, 20).tolist()
         assert res["near"]["rounds"][0]["indices"] == res["near"]["picked"]
     assert results[0]["tsds"] == results[1]["tsds"]  # the same draw and summary on both ranks
+    assert results[0]["error"] == results[1]["error"] and "needs 299 candidates with p > 0" in results[0]["error"]
     assert results[0]["tsds"]["last_round"]["support"] == int((tsds_probabilities(candidates, queries, max_K=30, kde_K=10) > 0).sum())
