@@ -24,8 +24,8 @@ run directory (`hydra.run.dir=...`):
 Rerunning the same command with the same run directory resumes: a finished warm-up (its
 `metrics.json`) is reused, an interrupted one resumes from its newest checkpoint, and the final
 run resumes as `dataflex-run` does. `nproc=N` launches each step through torchrun as `dataflex-run`
-does (the tests cover one process only). The offline selector reads torch optimizer checkpoints:
-DeepSpeed warm-ups need `selector.gradient_type=sgd`.
+does (the tests cover one process only). The Adam features read the warm-up's torch `optimizer.pt`,
+which DeepSpeed checkpoints do not have: warm up without DeepSpeed (or use gradient_type=sgd).
 """
 
 from __future__ import annotations
