@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from dataflex.config import ConfigError
+from dataflex.signals.distributed import _comm_device, is_distributed
 
 #: the run-level config key and its values
 CONFIG_KEY = "nonfinite_loss"
@@ -62,6 +64,15 @@ def nonfinite_policy(value: Any, trainer_cfg: Mapping[str, Any] | None = None) -
             f"use {CONFIG_KEY}=stop or a ZeRO-2 trainer (trainer=deepspeed_z2)"
         )
     return value
+
+
+def all_ranks_agree(flag: bool) -> bool:
+    """True when ``flag`` is True on every rank (``flag`` itself in one process)."""
+    if not is_distributed():
+        return flag
+    box = torch.tensor([int(flag)], device=_comm_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return bool(box.item())
 
 
 def _finite(t: torch.Tensor | None) -> bool:
@@ -133,15 +144,23 @@ class NonFiniteGuard:
             per_sample: the micro-batch's per-sample losses, when computed.
             what: what ``loss`` is, for the message.
         """
-        if _finite(loss) and _finite(per_sample):
+        local = _finite(loss) and _finite(per_sample)
+        # under skip every rank skips together: a rank that skipped alone would leave the others
+        # waiting in a component's collective (a weighter's gather)
+        if (all_ranks_agree(local) if self.policy == "skip" else local):
             return None
+        if local:
+            return self._skip(step, batch, model, f"{what} is not finite on another rank at step {step}")
         value = float(loss.detach().float().flatten()[0]) if loss.numel() else float("nan")
         where = f"{what} is {value} at step {step} on {describe_samples(batch, per_sample)}"
         if self.policy == "stop":
             raise NonFiniteLossError(
                 f"{where}; lower the learning rate or check those samples, or set {CONFIG_KEY}=skip to skip such micro-batches"
             )
+        return self._skip(step, batch, model, where)
+
+    def _skip(self, step: int, batch: Mapping[str, torch.Tensor], model: torch.nn.Module, where: str) -> torch.Tensor:
         samples = [int(i) for i in torch.as_tensor(batch.get("sample_index", [])).flatten().tolist()]
         self.skipped.append({"step": step, "samples": samples})
-        print(f"[dataflex] {where}; micro-batch skipped ({CONFIG_KEY}=skip)", flush=True)
+        print(f"[dataflex] {where}; micro-batch skipped on every rank ({CONFIG_KEY}=skip)", flush=True)
         return zero_loss(model)
