@@ -74,7 +74,7 @@ bench-mix: data
 
 # NEAR and TSDS selection on synthetic 384-d embeddings (10k, 100k, 1M candidates, 1k queries) vs exact brute force.
 bench-select: setup
-	$(BIN)/python benchmarks/select.py
+	$(BIN)/python benchmarks/selection.py
 
 # Online LESS: amortised cost per training step vs a plain (random-selector) step, same schedule.
 bench-less: data

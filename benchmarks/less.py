@@ -23,16 +23,9 @@ interleaved, and the fastest run of each is kept.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file's folder is sys.path[0] when run as a script; a benchmark module there named like a
-# standard module (benchmarks/select.py) would shadow it (subprocess imports `select`).
-_here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != _here]
-
 import argparse
 import math
+import os
 import platform
 import tempfile
 import time

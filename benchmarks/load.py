@@ -19,14 +19,6 @@ peak RSS grows with N (bounded memory: far below linear).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, benchmarks/ comes first on sys.path and its select.py would shadow the
-# standard library's select module: the standard library must win.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import json
 import os
@@ -34,8 +26,10 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 DOMAINS = 4
 SCORE_BATCH = 64

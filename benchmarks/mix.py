@@ -33,14 +33,6 @@ fixed seed in the output directory, where the LM head is a smaller share of the 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, benchmarks/ comes first on sys.path, and a sibling named like a standard-library
-# module (select.py) would shadow it: the standard library must win.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import os
 import platform
@@ -48,6 +40,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -1,6 +1,6 @@
 """Benchmark of the NEAR and TSDS selection cores on synthetic embeddings, against exact brute force.
 
-Run: ``make bench-select`` (or ``.venv/bin/python benchmarks/select.py [--sizes 10000 100000 1000000]``).
+Run: ``make bench-select`` (or ``.venv/bin/python benchmarks/selection.py [--sizes 10000 100000 1000000]``).
 
 Data: L2-normalised 384-d float32 embeddings drawn around ``--clusters`` random unit centres (the
 cosine of a point to its centre is about 0.78; two points of one cluster about 0.6, of different
@@ -31,14 +31,6 @@ p where the full baseline ran. Growth: the exponent b of time ~ N^b between cons
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# run as a script, this file's directory comes first on sys.path, where "select" would shadow the
-# standard library module of that name (imported by subprocess, hence by torch): drop it
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import gc
 import math
@@ -52,7 +44,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dataflex.selectors.near import near_indices, round_robin
-from dataflex.selectors.tsds import TSDS_EXACT_MAX, capped, draw, kde_densities, transport_mass, tsds_probabilities
+from dataflex.selectors.tsds import (
+    TSDS_EXACT_MAX,
+    capped,
+    draw,
+    kde_densities,
+    transport_mass,
+    tsds_probabilities,
+)
 from dataflex.signals.knn import EXACT_MAX, KnnIndex
 
 DIM = 384
