@@ -409,7 +409,6 @@ OFFLINE = ["experiment=less_offline", "less_offline.warmup_epochs=2", "less_offl
            "selector.proj_dim=128", "selector.projection_cache_mb=64", "selector.batch_size=8", "trainer.warmup_steps=0", *QUIET]
 
 
-@pytest.mark.slow
 def test_offline_recipe_end_to_end(tmp_path):
     from conftest import compose_config
     from test_e2e import fit, losses
