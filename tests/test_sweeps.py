@@ -160,3 +160,19 @@ def test_paper_experiments_compose_and_their_components_build(name):
     assert cfg.mixer.name == name.split("_", 1)[0]
     if cfg.mixer.name == "odm":
         assert build_component("mixer", to_dict(cfg)["mixer"]).schedule.update_every == 1
+
+
+def test_less_mistral7b_composes_with_the_papers_recipe():
+    """The LESS paper setting: Mistral-7B LoRA r=128 on Tulu v2, offline LESS at 5% with d=8192."""
+    from conftest import compose_config
+
+    from dataflex.cli.less_offline import recipe_settings
+    from dataflex.config import build_component, to_dict
+
+    cfg = compose_config(["experiment=less_mistral7b"], tiny=False)
+    assert cfg.model.name == "mistral7b" and cfg.data.name == "tulu_v2"
+    assert (cfg.trainer.finetuning_type, cfg.trainer.lora_rank, cfg.trainer.lora_alpha) == ("lora", 128, 512)
+    assert cfg.trainer.per_device_train_batch_size * cfg.trainer.gradient_accumulation_steps == 128
+    assert recipe_settings(to_dict(cfg)) == {"warmup_fraction": 0.05, "warmup_epochs": 4, "train_epochs": 4}
+    selector = build_component("selector", to_dict(cfg)["selector"])
+    assert type(selector).__name__ == "LessOfflineSelector" and selector.proj_dim == 8192
