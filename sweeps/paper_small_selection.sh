@@ -4,8 +4,8 @@
 #   sweeps/paper_small_selection.sh --dry-run              # print the jobs and the command; run nothing
 #   sweeps/paper_small_selection.sh local --arms static,random,loss seed=1   # a part (the report merges the parts)
 #   sweeps/paper_small_selection.sh slurm hydra.launcher.partition=cpu
-# The selection half of the small-scale reproduction: LoRA SFT of smollm2_135m on a 1,200-sample
-# offline_sft pool (300 per task), every job 24 steps x 8 sequences, seeds 1,2,3; target = the held-out
+# The selection half of the small-scale reproduction: LoRA SFT of smollm2_135m on a 600-sample
+# offline_sft pool (150 per task), every job 24 steps x 8 sequences, seeds 1,2,3; target = the held-out
 # 4-way multiple choice (data.validation = its validation split), plus exact match on arithmetic and
 # facts. Arms (dataflex/conf/experiment/paper_small_selection_*.yaml): static (the whole pool),
 # random, loss, delta_loss, less, nice, near, tsds at a budget of 10% of the pool, and the loss
