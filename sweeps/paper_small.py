@@ -305,8 +305,8 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
     text = (out_dir / "report.md").read_text()
     rel = out_dir.relative_to(docs.parent) if out_dir.is_relative_to(docs.parent) else out_dir
     if study.name == "mixture":
-        # the report's own proportions plot draws a mixer that decides once (static) as an empty panel:
-        # one point has no width. The page uses plot_mixture (each decision held to the end) instead.
+        # the page uses plot_mixture instead of the report's proportions plot: a compact grid that
+        # also shows the DoReMi proxy's loss weights alpha (it samples uniformly, so the report has no panel).
         (out_dir / "report_proportions.png").unlink(missing_ok=True)
         text = "\n".join(line for line in text.splitlines() if not line.startswith("![proportions]"))
         if plot_mixture(study, root, out_dir / "proportions.png"):
