@@ -394,6 +394,24 @@ def test_e2e_two_rounds_logged_and_saved(e2e_run):
         assert record["selected"] == 16 and sum(record["domains"].values()) == 16
     logged = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "selector/selected" in r]
     assert [r["step"] for r in logged] == [0, 2, 4] and sum("selector/overlap" in r for r in logged) == 2
+    # the rounds' rewards (the test reward gives every sample 1) beside the selection statistics
+    assert [(r.get("selector/nice/reward_mean"), r.get("selector/nice/rewarded_prompts")) for r in logged] == [
+        (None, None), (1.0, 1.0), (1.0, 1.0)]
+    assert [json.loads(f.read_text()).get("stats") for f in files][1:] == [
+        {"selector/nice/reward_mean": 1.0, "selector/nice/rewarded_prompts": 1.0}] * 2
+    assert "stats" not in json.loads(files[0].read_text())  # the warm-up subset has no rewards
+
+
+def test_decision_stats_are_the_rounds_rewards():
+    """Mean reward over all samples and the share of prompts with any reward, hand-computed."""
+    from dataflex.selectors.nice import NiceSelector
+
+    selector = NiceSelector.__new__(NiceSelector)
+    selector.last_scores = None
+    assert selector.decision_stats() == {}
+    selector.last_scores = {"rewards": torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5], [0.0, 1.0]])}
+    assert selector.decision_stats() == {"selector/nice/reward_mean": pytest.approx(3.0 / 8),
+                                         "selector/nice/rewarded_prompts": pytest.approx(3.0 / 4)}
 
 
 @pytest.mark.slow

@@ -498,6 +498,15 @@ class NiceSelector(PoolLossSelector):
         }
         return self.record(ctx, candidates[local])
 
+    def decision_stats(self) -> dict[str, float]:
+        """The round's on-policy rewards: their mean over all samples and the fraction of prompts
+        with a non-zero reward (a prompt without one contributes no validation gradient)."""
+        if self.last_scores is None:
+            return {}
+        rewards = self.last_scores["rewards"]
+        return {"selector/nice/reward_mean": float(rewards.mean()),
+                "selector/nice/rewarded_prompts": float((rewards != 0).any(dim=-1).float().mean())}
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "last_scores": self.last_scores}
 

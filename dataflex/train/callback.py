@@ -182,7 +182,7 @@ class DataFlexCallback(TrainerCallback):
             previous = self.sampler.current.indices if update_index >= 0 else None
             self.sampler.set_indices(decision)
             if decision is not None and state.is_world_process_zero:
-                self._record_selection(decision, previous, step, update_index)
+                self._record_selection(decision, previous, step, update_index, component.decision_stats())
         elif isinstance(component, Mixer):
             self.sampler.set_proportions(decision)
             names = self._names()
@@ -191,11 +191,13 @@ class DataFlexCallback(TrainerCallback):
             if extra:
                 self.tracker.log(extra, step=step)
 
-    def _record_selection(self, indices: torch.Tensor, previous, step: int, update_index: int) -> None:
-        """Log a selection round and save it as ``selections/round_NNN.json`` (rank 0)."""
+    def _record_selection(self, indices: torch.Tensor, previous, step: int, update_index: int,
+                          extra: dict[str, float] | None = None) -> None:
+        """Log a selection round (with the selector's ``extra`` decision statistics) and save it as
+        ``selections/round_NNN.json`` (rank 0)."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         stats = selection_stats(indices, previous, self.sampler.domain_ids, self._names())
-        self.tracker.log(stats, step=step)
+        self.tracker.log({**stats, **(extra or {})}, step=step)
         if self.run_dir is not None:
             record = {
                 "run_id": self.run_id,
@@ -204,6 +206,7 @@ class DataFlexCallback(TrainerCallback):
                 "step": step,
                 **{k.removeprefix("selector/"): v for k, v in stats.items() if "/domain/" not in k},
                 "domains": {k.split("/", 2)[2]: v for k, v in stats.items() if "/domain/" in k},
+                **({"stats": extra} if extra else {}),
                 "indices": indices.tolist(),
             }
             atomic_write_json(self.run_dir / SELECTIONS_DIR / f"round_{update_index + 1:03d}.json", record)

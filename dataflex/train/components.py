@@ -172,6 +172,12 @@ class Component:
         """
         return None
 
+    def decision_stats(self) -> dict[str, float]:
+        """Extra values logged with each decision of a selector or mixer (rank 0), beside the
+        selection statistics or the proportions (e.g. DoReMi's domain weights, NICE's rewards);
+        empty: nothing more to log."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything the component decided or accumulated, saved in every checkpoint."""
         return {}
@@ -210,11 +216,6 @@ class Mixer(Component):
     def update(self, ctx: UpdateContext) -> torch.Tensor:
         """Proportions for the next window."""
         raise NotImplementedError
-
-    def decision_stats(self) -> dict[str, float]:
-        """Extra values logged with each decision, beside the proportions (e.g. DoReMi's domain
-        weights); empty: nothing more to log."""
-        return {}
 
 
 class Weighter(Component):
