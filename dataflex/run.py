@@ -144,6 +144,23 @@ class Run:
                 )
         return resume_from
 
+    def _finished(self, resume_from: str | None) -> dict[str, Any] | None:
+        """The saved metrics when this directory holds this run already finished (its metrics.json
+        and its newest checkpoint at the same step): a rerun, e.g. of a whole sweep to resume the
+        unfinished jobs, then trains and evaluates nothing and keeps the first attempt's figures."""
+        path = self.run_dir / "metrics.json"
+        if resume_from is None or not path.is_file():
+            return None
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+        if f"checkpoint-{metrics.get('global_step')}" != Path(resume_from).name:
+            return None
+        print(f"[dataflex] run already finished: {path} (its numbers are kept; delete that file to "
+              "evaluate again, or use a new directory to train again)", flush=True)
+        return metrics
+
     # -- the run ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train with evaluation before and after; return (and write) the metrics."""
@@ -152,6 +169,9 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ensure([a for a in (self.cfg["model"].get("asset"), self.cfg["data"].get("asset")) if a])
         resume_from = self._check_run_dir()
+        finished = self._finished(resume_from)
+        if finished is not None:
+            return finished
         tracker = build_tracker(self.cfg.get("logger"), self.run_dir, self.run_name, self.cfg) if is_main_process() else Tracker()
         try:
             return self._fit(tracker, resume_from)

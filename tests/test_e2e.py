@@ -175,6 +175,22 @@ def test_output_dir_of_another_run_is_refused(tmp_path):
         fit(tmp_path, "run", [*overrides, "trainer.learning_rate=0.1"])
 
 
+def test_rerun_of_a_finished_run_keeps_its_figures(tmp_path, capsys):
+    """Rerunning a finished run (e.g. a whole sweep again, to resume its unfinished jobs) trains and
+    evaluates nothing: metrics.json (wall time included) and metrics.jsonl stay as they were."""
+    overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=2", "trainer.save_steps=2"]
+    first, run_dir = fit(tmp_path, "run", overrides)
+    saved, lines = (run_dir / "metrics.json").read_text(), (run_dir / "metrics.jsonl").read_text()
+    again, _ = fit(tmp_path, "run", overrides)
+    assert again == first and "run already finished" in capsys.readouterr().out
+    assert (run_dir / "metrics.json").read_text() == saved and (run_dir / "metrics.jsonl").read_text() == lines
+    # the documented way to evaluate again; also a job killed after its last checkpoint but before
+    # metrics.json: resumed at max_steps, it trains no further (transformers alone trains one step more)
+    (run_dir / "metrics.json").unlink()
+    third, _ = fit(tmp_path, "run", overrides)
+    assert third["global_step"] == 2 and (run_dir / "metrics.json").is_file()
+
+
 def test_wandb_logger_runs_offline_with_the_overrides_as_name(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -68,6 +68,14 @@ class DataFlexTrainerMixin:
         args = self.args
         return args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # A run resumed from its last checkpoint (global_step == max_steps) must train no further, but
+        # transformers' loop checks max_steps only after a step: with an epoch longer than max_steps
+        # (plain training over a pool) it would train one step too many. No batches: no step.
+        if self.args.max_steps > 0 and self.state.global_step >= self.args.max_steps:
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     def _get_train_sampler(self, *args, **kwargs):
         if not self.dataflex_dynamic:
             return super()._get_train_sampler(*args, **kwargs)  # plain training stays exactly plain
