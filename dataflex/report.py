@@ -71,13 +71,14 @@ def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: b
         axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
-def _save(figure, path: Path) -> Path:
+def _save(figure, path: Path, rect: tuple[float, float, float, float] | None = None, dpi: int = 110) -> Path:
+    """Lay out (within ``rect`` of the figure, when given), write the PNG atomically, close."""
     import matplotlib.pyplot as plt
 
     from dataflex.utils import atomic_write
 
-    figure.tight_layout()
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
+    figure.tight_layout(rect=rect)
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=dpi))
     plt.close(figure)
     return path
 

@@ -243,8 +243,7 @@ def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
     """One panel per mixture arm: the sampling proportions over training (for the DoReMi proxy, the
     domain weights alpha of its loss; it samples uniformly), the mean over the arm's finished seeds,
     each decision held until the next one and the last one to the end of training."""
-    from dataflex.report import _pyplot, read_metrics
-    from dataflex.utils import atomic_write
+    from dataflex.report import _pyplot, _save, read_metrics
 
     panels = []
     for arm in study.arms:
@@ -266,7 +265,8 @@ def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
     plt = _pyplot()
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
-    figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.3 * rows + 0.8), squeeze=False, sharey=True)
+    height = 2.3 * rows + 0.8  # inches: the panels, plus 0.8 for the legend below them
+    figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
     for index, (arm, seeds, mean) in enumerate(panels):
         ax = axes[index // cols][index % cols]
         steps = list(range(len(next(iter(mean.values())))))
@@ -282,11 +282,7 @@ def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
     for index, _ in enumerate(panels):
         if index + cols >= len(panels):  # the lowest panel of its column
             axes[index // cols][index % cols].set_xlabel("optimizer step", fontsize=8)
-    height = 2.3 * rows + 0.8
-    figure.tight_layout(rect=(0, 0.5 / height, 1, 1))  # room for the legend below the panels
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=90))
-    plt.close(figure)
-    return path
+    return _save(figure, path, rect=(0, 0.5 / height, 1, 1), dpi=90)  # room for the legend below the panels
 
 
 def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path) -> str:

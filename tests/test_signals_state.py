@@ -126,6 +126,10 @@ def test_distributed_single_process_noops():
         pass
     D.barrier()
     assert list(D.progress(range(3), desc="x")) == [0, 1, 2]
+    assert D.main_process_result(lambda a, b=0: a + b, 2, b=3) == 5
+    with pytest.raises(KeyError):  # one process: the original exception, as it is
+        D.main_process_result(lambda: {}["missing"])
+    assert D.all_ranks_true(True) and not D.all_ranks_true(False)
 
 
 def test_gather_by_index_single_process_sorts_and_dedups():
@@ -163,7 +167,17 @@ WORKER = textwrap.dedent(
     m = D.all_reduce_mean(torch.tensor([float(rank)]))
     with D.main_process_first():
         pass
+    # computed on rank 0 only (rank 1 would return 1); a failure there reaches every rank
+    computed = D.main_process_result(lambda: D.rank() + 40)
+    failures = []
+    for bad in (lambda: int("x"), lambda: {}["missing"]):
+        try:
+            D.main_process_result(bad)
+        except Exception as err:
+            failures.append([type(err).__name__, str(err)])
+    agree = [D.all_ranks_true(True), D.all_ranks_true(rank == 0)]
     json.dump({"values": v.tolist(), "indices": i.tolist(), "broadcast": b, "mean": m.tolist(),
+               "computed": computed, "failures": failures, "agree": agree,
                "is_dist": D.is_distributed(), "rank": D.rank(), "world": D.world_size()}, open(out, "w"))
     dist.destroy_process_group()
     """
@@ -206,6 +220,10 @@ def test_two_process_gloo_gather_and_broadcast(tmp_path):
         assert res["values"] == expected
         assert res["broadcast"] == {"decision": [0, 42]}
         assert res["mean"] == [0.5]
+        assert res["computed"] == 40 and res["agree"] == [True, False]
+        value_error = ["ValueError", "invalid literal for int() with base 10: 'x'"]
+        assert res["failures"] == ([value_error, ["KeyError", "'missing'"]] if r == 0 else
+                                   [value_error, ["RuntimeError", "rank 0 failed: 'missing'"]])
         assert res["is_dist"] and res["rank"] == r and res["world"] == 2
 
 

@@ -185,22 +185,10 @@ class EmbeddingSelector(BudgetSelector):
     def select(self, ctx: UpdateContext) -> torch.Tensor:
         """Embed (every rank takes part), decide on rank 0 (:meth:`choose`), broadcast the decision,
         so every rank records and trains on the same selection."""
-        from dataflex.signals.distributed import broadcast_object, is_main_process
+        from dataflex.signals.distributed import main_process_result
 
         candidates, queries = self.embeddings(ctx)
-        decision, failure = None, None
-        if is_main_process():
-            try:
-                decision = self.choose(ctx, candidates, queries)
-            except Exception as err:  # the other ranks wait in the broadcast: tell them, then raise
-                failure = err
-        decision, message = broadcast_object((decision, None if failure is None else (type(failure) is ValueError, str(failure))))
-        if failure is not None:
-            raise failure
-        if message is not None:
-            is_value_error, text = message
-            raise (ValueError if is_value_error else RuntimeError)(text if is_value_error else f"rank 0 failed to select: {text}")
-        indices, summary = decision
+        indices, summary = main_process_result(self.choose, ctx, candidates, queries)
         if summary is not None:
             self.last_round = summary
         return self.record(ctx, indices)

@@ -35,7 +35,7 @@ import torch
 from dataflex.eval.exact_match import normalize_answer
 from dataflex.eval.mcq import pad_batch, pad_id_of
 from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
-from dataflex.signals.distributed import broadcast_object, is_main_process
+from dataflex.signals.distributed import broadcast_object, is_main_process, main_process_result
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import project_per_sample_gradients
 from dataflex.signals.pool import map_pool
@@ -449,16 +449,13 @@ class NiceSelector(PoolLossSelector):
 
     def rewards(self, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]) -> torch.Tensor:
         """``[P, M]`` rewards, computed on rank 0 and broadcast (an error there is raised on every rank)."""
-        outcome: tuple[str, Any] | None = None
-        if is_main_process():
+        def compute() -> torch.Tensor:
             try:
-                outcome = ("ok", compute_rewards(self.reward_fn, prompts, responses, references))
-            except Exception as err:  # noqa: BLE001 - every rank must leave the broadcast, then fail together
-                outcome = ("error", f"reward={self.reward_name}: {err}")
-        status, value = broadcast_object(outcome)
-        if status == "error":
-            raise ValueError(value)
-        return value
+                return compute_rewards(self.reward_fn, prompts, responses, references)
+            except Exception as err:  # noqa: BLE001 - a user's reward: name it, whatever it raised
+                raise ValueError(f"reward={self.reward_name}: {err}") from err
+
+        return main_process_result(compute)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
         from dataflex.selectors.less import training_features

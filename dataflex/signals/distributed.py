@@ -1,12 +1,12 @@
 """Distributed helpers for the signals engine: no-ops in one process, torch.distributed collectives otherwise.
 
 Every component decision must be identical on all ranks: either computed on rank 0 and broadcast
-(`broadcast_object`), or computed from signals all-gathered in dataset-index order (`gather_by_index`).
+(`broadcast_object`, `main_process_result`), or computed from signals all-gathered in dataset-index order (`gather_by_index`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -65,6 +65,38 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src, device=_comm_device())
     return box[0]
+
+
+def main_process_result(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` computed on rank 0 only and returned on every rank (every rank must call).
+
+    If it raises, every rank raises instead of waiting in the broadcast: rank 0 the original
+    exception, the others a ValueError with its message when it was one (a setting that does not
+    fit, which the callback turns into a ConfigError) or a RuntimeError naming rank 0.
+    """
+    result, failure = None, None
+    if is_main_process():
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = err
+    told = None if failure is None else (isinstance(failure, ValueError), str(failure))
+    result, message = broadcast_object((result, told))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        is_value_error, text = message
+        raise ValueError(text) if is_value_error else RuntimeError(f"rank 0 failed: {text}")
+    return result
+
+
+def all_ranks_true(flag: bool) -> bool:
+    """True when ``flag`` is True on every rank (``flag`` itself in one process)."""
+    if not is_distributed():
+        return flag
+    box = torch.tensor([int(flag)], device=_comm_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return bool(box.item())
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from dataflex.config import ConfigError
-from dataflex.signals.distributed import _comm_device, is_distributed
+from dataflex.signals.distributed import all_ranks_true
 
 #: the run-level config key and its values
 CONFIG_KEY = "nonfinite_loss"
@@ -64,15 +63,6 @@ def nonfinite_policy(value: Any, trainer_cfg: Mapping[str, Any] | None = None) -
             f"use {CONFIG_KEY}=stop or a ZeRO-2 trainer (trainer=deepspeed_z2)"
         )
     return value
-
-
-def all_ranks_agree(flag: bool) -> bool:
-    """True when ``flag`` is True on every rank (``flag`` itself in one process)."""
-    if not is_distributed():
-        return flag
-    box = torch.tensor([int(flag)], device=_comm_device())
-    dist.all_reduce(box, op=dist.ReduceOp.MIN)
-    return bool(box.item())
 
 
 def _finite(t: torch.Tensor | None) -> bool:
@@ -147,7 +137,7 @@ class NonFiniteGuard:
         local = _finite(loss) and _finite(per_sample)
         # under skip every rank skips together: a rank that skipped alone would leave the others
         # waiting in a component's collective (a weighter's gather)
-        if (all_ranks_agree(local) if self.policy == "skip" else local):
+        if (all_ranks_true(local) if self.policy == "skip" else local):
             return None
         if local:
             return self._skip(step, batch, model, f"{what} is not finite on another rank at step {step}")
