@@ -320,9 +320,11 @@ def test_e2e_less_online(tmp_path):
     from test_e2e import losses
     from test_selectors import check_rounds, run
 
-    _, state = run(tmp_path, [*LESS, *QUIET, "trainer.max_steps=6"])
+    # 7 steps so that step 6 has a round (none runs at the last step); checkpoint-6 is written after it
+    steps = [*QUIET, "trainer.max_steps=7", "trainer.save_steps=6"]
+    _, state = run(tmp_path, [*LESS, *steps])
     assert all(math.isfinite(x) for x in losses(tmp_path / "x"))
-    rounds = check_rounds(state)  # warm-up, then steps 2, 4, 6, each reaching the sampler
+    rounds = check_rounds(state, steps=(0, 2, 4, 6))  # warm-up, then steps 2, 4, 6, each reaching the sampler
     scores = state["components"]["selector"]["last_scores"]
     cand, s = scores["candidates"], scores["scores"]
     assert scores["update_index"] == 2 and cand.numel() == 32 and torch.equal(cand, cand.unique())
@@ -339,7 +341,7 @@ def test_e2e_less_online(tmp_path):
     from dataflex.config import to_dict
     from dataflex.train.trainer import MetaCollator
 
-    cfg = to_dict(compose_config([*LESS, *QUIET, "trainer.max_steps=6"]))
+    cfg = to_dict(compose_config([*LESS, *steps]))
     built = build(build_hparams(cfg, tmp_path / "re", resume_from=None), validation_names(cfg["data"]))
     ckpt = tmp_path / "x" / "checkpoints" / "checkpoint-6"
     L.load_trainable_weights(built.model, ckpt)
@@ -371,7 +373,7 @@ def test_resume_less_selects_what_an_uninterrupted_run_selects(tmp_path, monkeyp
     assert losses(resumed) == pytest.approx(losses(straight), abs=1e-6) and len(losses(straight)) == 8
     state = lambda d: torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
     a, b = state(straight), state(resumed)
-    assert a["updates_done"] == b["updates_done"] == {"selector": 4}
+    assert a["updates_done"] == b["updates_done"] == {"selector": 3}  # steps 2, 4, 6 (none at 8 = max_steps)
     assert same_state(a["components"], b["components"])  # every round's indices and the last scores
     assert [p["start"] for p in a["sampler"]["history"]] == [p["start"] for p in b["sampler"]["history"]]
 

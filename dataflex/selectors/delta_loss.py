@@ -67,9 +67,12 @@ def delta_loss_probabilities(delta: torch.Tensor, update_index: int, num_updates
 
 
 def count_updates(schedule, max_steps: int) -> int:
-    """How many rounds the schedule runs in ``max_steps`` optimizer steps (>= 1)."""
+    """How many rounds the schedule runs in ``max_steps`` optimizer steps (>= 1).
+
+    A round due at step ``max_steps`` is not run (nothing would train on it), so it is not counted.
+    """
     done = 0
-    for step in range(1, max_steps + 1):
+    for step in range(1, max_steps):
         if schedule.is_update_step(step, done):
             done += 1
     return max(done, 1)
@@ -115,8 +118,6 @@ class DeltaLossSelector(PoolLossSelector):
         return self.record(ctx, indices)
 
     def total_updates(self, ctx: UpdateContext) -> int:
-        if self.schedule.num_updates > 0:
-            return self.schedule.num_updates
         return max(count_updates(self.schedule, ctx.max_steps), ctx.update_index + 1)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
