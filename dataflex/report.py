@@ -44,14 +44,29 @@ def _series(records: list[dict], key: str) -> dict[int, float]:
     return out
 
 
-def proportions_by_step(records: list[dict]) -> dict[int, dict[str, float]]:
-    """Each logged mixer decision: step -> {domain: proportion} (the later record of a step wins)."""
+def proportions_by_step(records: list[dict], prefix: str = PREFIX) -> dict[int, dict[str, float]]:
+    """Each logged mixer decision: step -> {domain: proportion} (the later record of a step wins).
+    ``prefix`` picks another per-domain series (DoReMi's ``mixer/doremi/alpha/``)."""
     by_step: dict[int, dict[str, float]] = {}
     for record in records:
-        values = {k[len(PREFIX):]: float(v) for k, v in record.items() if k.startswith(PREFIX)}
-        if values:
+        values = {k[len(prefix):]: float(v) for k, v in record.items() if k.startswith(prefix)}
+        if values and record.get("step") is not None:
             by_step[int(record["step"])] = values
     return by_step
+
+
+def held_by_step(by_step: dict[int, dict[str, float]], last_step: int) -> dict[str, list[float]]:
+    """Each domain's value at steps 0..last_step, each decision held until the next one (a domain
+    missing from a decision is 0 there); {} when there is no decision."""
+    if not by_step:
+        return {}
+    current = by_step[min(by_step)]
+    out: dict[str, list[float]] = {domain: [] for domain in current}
+    for step in range(last_step + 1):
+        current = by_step.get(step, current)
+        for domain, values in out.items():
+            values.append(current.get(domain, 0.0))
+    return out
 
 
 def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: bool = True,

@@ -221,29 +221,11 @@ def _doremi_weights(root: Path, study: Study) -> list[str]:
     return lines + [""]
 
 
-def _step_function(records: list[dict], prefix: str, last_step: int) -> dict[str, list[float]]:
-    """Each domain's value (keys ``prefix<domain>``) at steps 0..last_step, holding each logged
-    decision until the next one (the later record of a step wins)."""
-    by_step: dict[int, dict[str, float]] = {}
-    for record in records:
-        values = {k[len(prefix):].rsplit("_", 1)[-1]: float(v) for k, v in record.items() if k.startswith(prefix)}
-        if values and record.get("step") is not None:
-            by_step[int(record["step"])] = values
-    if not by_step:
-        return {}
-    domains, current, out = list(by_step[min(by_step)]), by_step[min(by_step)], {}
-    for step in range(last_step + 1):
-        current = by_step.get(step, current)
-        for domain in domains:
-            out.setdefault(domain, []).append(current.get(domain, 0.0))
-    return out
-
-
 def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
     """One panel per mixture arm: the sampling proportions over training (for the DoReMi proxy, the
     domain weights alpha of its loss; it samples uniformly), the mean over the arm's finished seeds,
     each decision held until the next one and the last one to the end of training."""
-    from dataflex.report import _pyplot, _save, read_metrics
+    from dataflex.report import _pyplot, _save, held_by_step, proportions_by_step, read_metrics
 
     panels = []
     for arm in study.arms:
@@ -253,9 +235,9 @@ def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
             final = run_dir / "metrics.json"
             if final.is_file():
                 steps = int(json.loads(final.read_text()).get("global_step") or 0)
-                series = _step_function(read_metrics(run_dir), prefix, steps)
-                if series:
-                    runs.append(series)
+                series = held_by_step(proportions_by_step(read_metrics(run_dir), prefix), steps)
+                if series:  # short domain names for the legend: offline_domains_code -> code
+                    runs.append({domain.rsplit("_", 1)[-1]: values for domain, values in series.items()})
         if runs:
             domains, length = list(runs[0]), min(len(next(iter(r.values()))) for r in runs)
             mean = {d: [sum(r[d][i] for r in runs) / len(runs) for i in range(length)] for d in domains}

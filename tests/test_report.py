@@ -230,3 +230,19 @@ def test_a_single_mixer_decision_is_drawn_to_the_end_of_the_run():
     axes = Axes()
     _stackplot(axes, {0: {"code": 0.25, "drama": 0.75}}, "static", end=100)
     assert axes.x == [0, 100] and axes.ys == [[0.25, 0.25], [0.75, 0.75]] and axes.xlim == (0, 100)
+
+
+def test_decisions_held_step_by_step_with_another_prefix():
+    from dataflex.report import held_by_step, proportions_by_step
+
+    records = [
+        {"step": 0, "mixer/doremi/alpha/code": 0.5, "mixer/doremi/alpha/drama": 0.5, "mixer/proportion/code": 1.0},
+        {"step": 1, "train/loss": 3.0},
+        {"step": 2, "mixer/doremi/alpha/code": 0.9, "mixer/doremi/alpha/drama": 0.1},
+        {"step": 2, "mixer/doremi/alpha/code": 0.8},  # the later record of a step wins; drama absent -> 0
+    ]
+    by_step = proportions_by_step(records, "mixer/doremi/alpha/")
+    assert by_step == {0: {"code": 0.5, "drama": 0.5}, 2: {"code": 0.8}}
+    assert held_by_step(by_step, 3) == {"code": [0.5, 0.5, 0.8, 0.8], "drama": [0.5, 0.5, 0.0, 0.0]}
+    assert proportions_by_step(records) == {0: {"code": 1.0}}
+    assert held_by_step({}, 3) == {}
