@@ -175,3 +175,42 @@ def test_results_page_splices_the_report_between_markers_and_keeps_the_prose(tmp
     assert "| 12.0000 ± 2.8284 |" in row  # mean and sample std of 10 and 14, by the report
     assert "](results/mixture/report_loss.png)" in text and (doc.parent / "results" / "mixture" / "report_loss.png").is_file()
     assert "Not run yet" in text.split(paper_small.BEGIN.format("selection"))[1]  # the other study, appended
+
+
+def test_mixture_plot_averages_the_finished_seeds(tmp_path, monkeypatch):
+    """One panel per arm with finished runs: the seeds' mean of each decision held step by step
+    (the proxy's alpha for doremi_proxy); an unfinished run (no metrics.json) is left out."""
+    import json
+
+    def make(arm, seed, records, finished=True):
+        run_dir = tmp_path / f"experiment={MIXTURE.experiment(arm)}" / f"seed={seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if finished:
+            (run_dir / "metrics.json").write_text(json.dumps({"global_step": 4}))
+
+    p = "mixer/proportion/offline_domains_"
+    make("odm", 1, [{"step": 0, p + "code": 0.5, p + "drama": 0.5}, {"step": 2, p + "code": 0.7, p + "drama": 0.3}])
+    make("odm", 2, [{"step": 0, p + "code": 0.3, p + "drama": 0.7}])
+    make("odm", 3, [{"step": 0, p + "code": 1.0, p + "drama": 0.0}], finished=False)
+    a = "mixer/doremi/alpha/offline_domains_"
+    make("doremi_proxy", 1, [{"step": 0, a + "code": 0.2, a + "drama": 0.8, p + "code": 0.5, p + "drama": 0.5}])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    panels = []
+    original = Axes.stackplot
+
+    def spy(self, x, *ys, labels=(), **kwargs):
+        panels.append((list(x), [list(y) for y in ys[0]], list(labels)))
+        return original(self, x, *ys, labels=labels, **kwargs)
+
+    monkeypatch.setattr(Axes, "stackplot", spy)
+    png = paper_small.plot_mixture(MIXTURE, tmp_path, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(panels) == 2 and all(x == [0, 1, 2, 3, 4] and labels == ["code", "drama"] for x, _, labels in panels)
+    proxy, odm = sorted((ys for _, ys, _ in panels), key=lambda ys: ys[0][0])  # alpha(code) 0.2 < odm's 0.4
+    assert proxy == [[0.2] * 5, [0.8] * 5]
+    assert odm == [pytest.approx([0.4, 0.4, 0.5, 0.5, 0.5]), pytest.approx([0.6, 0.6, 0.5, 0.5, 0.5])]
