@@ -267,6 +267,20 @@ def plot_mixture(study: Study, root: Path, path: Path) -> Path | None:
     return _save(figure, path, rect=(0, 0.5 / height, 1, 1), dpi=90)  # room for the legend below the panels
 
 
+def compute_line(root: Path) -> str:
+    """The study's compute: the finished runs' summed wall time (each job's own, from metrics.json)."""
+    walls = []
+    for final in sorted(root.glob("experiment=*/seed=*/metrics.json")):
+        wall = json.loads(final.read_text()).get("wall_time_s")
+        if wall is not None:
+            walls.append(float(wall))
+    if not walls:
+        return ""
+    total = sum(walls) / 60
+    return (f"Compute: {len(walls)} finished runs, {total:.0f} minutes of job wall time in all "
+            f"(about {total / 2:.0f} minutes on 2 cores at two jobs at a time).")
+
+
 def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path) -> str:
     """Run ``dataflex-report`` over the study directory into ``out_dir`` and return the markdown that
     goes between the study's markers in docs/results.md (the table, the plots, the provenance)."""
@@ -302,7 +316,7 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
                       f"--metric {study.primary} --metrics {','.join(study.metrics)}` "
                       f"(through `python sweeps/paper_small.py results`).",
                   f"Launches: {len(launches)}; commits: {', '.join(commits) or 'none recorded'}; "
-                  f"seeds launched: {','.join(seeds) or 'none'}. Commands:", ""]
+                  f"seeds launched: {','.join(seeds) or 'none'}. {compute_line(root)} Commands:", ""]
     provenance += sorted({f"    {launch.get('command')}" for launch in launches if launch.get("command")})
     return "\n".join([*lines, "", *(_doremi_weights(root, study) if study.name == "mixture" else []), *provenance]) + "\n"
 

@@ -171,6 +171,7 @@ def test_results_page_splices_the_report_between_markers_and_keeps_the_prose(tmp
     assert text.startswith("# Results\n\nprose before\n")
     assert f"{end}\n\nprose after\n" in text  # the prose after the block stays where it was
     assert "stale table" not in text and text.count(begin) == 1
+    assert "Compute: 2 finished runs, 0 minutes of job wall time in all" in text  # 2 x 10 s
     row = next(line for line in text.splitlines() if line.startswith("| **uniform**"))
     assert "| 12.0000 ± 2.8284 |" in row  # mean and sample std of 10 and 14, by the report
     assert "](results/mixture/report_loss.png)" in text and (doc.parent / "results" / "mixture" / "report_loss.png").is_file()
