@@ -235,7 +235,7 @@ class DataFlexCallback(TrainerCallback):
             if not component.schedule.is_update_step(state.global_step, self.updates_done[name]):
                 continue
             if isinstance(component, Selector) and state.global_step >= state.max_steps:
-                continue  # nothing trains on a selection made at the last step (a mixer's last update is kept: DoReMi averages it)
+                continue  # nothing would train on it (a mixer's last update is kept: DoReMi averages them)
             ctx = self._context(state, update_index=self.updates_done[name])
             if isinstance(component, Selector):
                 self._apply(component, self._decide(name, component.select, ctx), state, ctx.update_index)
