@@ -348,6 +348,29 @@ def _mean_series(series: list[dict[int, float]]) -> dict[int, float]:
     return {s: sum(one[s] for one in series if s in one) / sum(1 for one in series if s in one) for s in steps}
 
 
+def plot_metric(arms: list[Arm], metric: str | None, path: Path) -> Path | None:
+    """The comparison's metric per arm: every seed's value as a dot, the mean ± sample std as a bar;
+    arms ordered by their mean, the best at the top."""
+    rows = [(a, [r.eval[metric] for r in a.runs if metric in r.eval]) for a in arms] if metric else []
+    rows = [(a, values) for a, values in rows if values]
+    if not rows:
+        return None
+    # best at the top: barh draws its first row at the bottom
+    rows.sort(key=lambda row: row[0].stats[metric][0], reverse=not lower_is_better(metric))
+    rows.reverse()
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for y, (arm, values) in enumerate(rows):
+        mean, std = arm.stats[metric]
+        axes.errorbar([mean], [y], xerr=[[std or 0.0], [std or 0.0]], fmt="|", color="black", markersize=14, capsize=4)
+        axes.scatter(values, [y] * len(values), color="C0", alpha=0.7, s=22, zorder=3)
+    axes.set_yticks(range(len(rows)), [arm.name for arm, _ in rows], fontsize=8)
+    direction = "lower" if lower_is_better(metric) else "higher"
+    axes.set(xlabel=f"{metric} ({direction} is better)", title=f"{metric}: each seed (dots), mean ± std (bars)")
+    axes.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
 def plot_losses(arms: list[Arm], path: Path) -> Path | None:
     """Training loss per step: one line per arm (the mean over its seeds), seeds drawn faintly."""
     if not any(r.losses for a in arms for r in a.runs):
@@ -461,7 +484,7 @@ def build_report(paths: Iterable[str | os.PathLike], metric: str | None = None, 
 
 def write_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | None = None,
                  metric: str | None = None, metrics: list[str] | None = None) -> Report:
-    """Write ``report.md`` and the plots (``report_loss.png``, ``report_proportions.png`` for
+    """Write ``report.md`` and the plots (``report_metric.png``, ``report_loss.png``, ``report_proportions.png`` for
     mixers, ``report_selection_overlap.png`` for selectors) into ``out_dir`` (default: the first
     path), and return the report."""
     from dataflex.utils import atomic_write_text
@@ -472,6 +495,7 @@ def write_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike 
     out.mkdir(parents=True, exist_ok=True)
     finished = report.arms
     plots = {
+        "metric": plot_metric(finished, report.metric, out / "report_metric.png"),
         "loss": plot_losses(finished, out / "report_loss.png"),
         "proportions": plot_arm_proportions(finished, out / "report_proportions.png"),
         "selection_overlap": plot_selection_overlap(finished, out / "report_selection_overlap.png"),

@@ -111,7 +111,7 @@ def test_report_files_and_plots(mixer_sweep):
     text = (mixer_sweep / "report.md").read_text()
     assert report.path == mixer_sweep / "report.md"
     assert report.table in text and "Unfinished runs (1" in text and "mixer=static" in text
-    assert set(report.plots) == {"loss", "proportions"}  # no selector ran: no overlap plot
+    assert set(report.plots) == {"metric", "loss", "proportions"}  # no selector ran: no overlap plot
     for path in report.plots.values():
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
         assert f"]({path.name})" in text
@@ -123,7 +123,7 @@ def test_selection_overlap_plot_for_selectors(tmp_path):
         make_run(sweep / f"selector={arm}" / "seed=1", kind="selector", name=arm, evals={"em/a": 0.2},
                  overlaps={2: 0.5, 4: 0.75})
     report = write_report([sweep], out_dir=tmp_path / "out")
-    assert set(report.plots) == {"loss", "selection_overlap"}
+    assert set(report.plots) == {"metric", "loss", "selection_overlap"}
     assert (tmp_path / "out" / "report.md").is_file()
     assert report.plots["selection_overlap"].read_bytes()[:8] == PNG
     assert "tokens" in report.table and "≤" in report.table  # not counted: the upper bound 3 x 8 x 64
@@ -246,3 +246,23 @@ def test_decisions_held_step_by_step_with_another_prefix():
     assert held_by_step(by_step, 3) == {"code": [0.5, 0.5, 0.8, 0.8], "drama": [0.5, 0.5, 0.0, 0.0]}
     assert proportions_by_step(records) == {0: {"code": 1.0}}
     assert held_by_step({}, 3) == {}
+
+
+def test_metric_plot_shows_every_seed_and_the_best_arm_on_top(mixer_sweep, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from dataflex.report import plot_metric
+
+    dots, bars = [], []
+    monkeypatch.setattr(Axes, "scatter", lambda self, x, y, **kw: dots.append((list(x), list(y))))
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, xerr=None, **kw: bars.append((x[0], y[0], xerr[0][0])))
+    report = build_report([mixer_sweep])
+    path = plot_metric(report.arms, "ppl/avg", mixer_sweep / "m.png")
+    assert path.read_bytes()[:8] == PNG
+    # lower perplexity is better: random (8.5) on top (the highest y), odm (12) below it
+    assert dots == [([10.0, 12.0, 14.0], [0, 0, 0]), ([8.0, 9.0], [1, 1])]
+    assert bars[0] == (12.0, 0, 2.0) and bars[1][:2] == (8.5, 1) and bars[1][2] == pytest.approx(math.sqrt(0.5))
+    assert plot_metric(report.arms, None, mixer_sweep / "none.png") is None
