@@ -348,6 +348,16 @@ def _mean_series(series: list[dict[int, float]]) -> dict[int, float]:
     return {s: sum(one[s] for one in series if s in one) / sum(1 for one in series if s in one) for s in steps}
 
 
+def _short_names(names: list[str]) -> list[str]:
+    """Labels without the prefix every name shares, cut at a ``=``/``_``/``,`` boundary
+    (``experiment=paper_small_selection_less`` -> ``less`` beside its sibling arms)."""
+    if len(names) < 2:
+        return names
+    common = os.path.commonprefix(names)
+    cut = max(common.rfind(c) for c in "=_,") + 1
+    return [name[cut:] or name for name in names]
+
+
 def plot_metric(arms: list[Arm], metric: str | None, path: Path) -> Path | None:
     """The comparison's metric per arm: every seed's value as a dot, the mean ± sample std as a bar;
     arms ordered by their mean, the best at the top."""
@@ -363,8 +373,9 @@ def plot_metric(arms: list[Arm], metric: str | None, path: Path) -> Path | None:
     for y, (arm, values) in enumerate(rows):
         mean, std = arm.stats[metric]
         axes.errorbar([mean], [y], xerr=[[std or 0.0], [std or 0.0]], fmt="|", color="black", markersize=14, capsize=4)
-        axes.scatter(values, [y] * len(values), color="C0", alpha=0.7, s=22, zorder=3)
-    axes.set_yticks(range(len(rows)), [arm.name for arm, _ in rows], fontsize=8)
+        spread = [0.0] if len(values) == 1 else [0.3 * (i / (len(values) - 1) - 0.5) for i in range(len(values))]
+        axes.scatter(values, [y + dy for dy in spread], color="C0", alpha=0.7, s=22, zorder=3)  # equal values stay apart
+    axes.set_yticks(range(len(rows)), _short_names([arm.name for arm, _ in rows]), fontsize=8)
     direction = "lower" if lower_is_better(metric) else "higher"
     axes.set(xlabel=f"{metric} ({direction} is better)", title=f"{metric}: each seed (dots), mean ± std (bars)")
     axes.grid(axis="x", alpha=0.3)

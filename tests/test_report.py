@@ -263,6 +263,16 @@ def test_metric_plot_shows_every_seed_and_the_best_arm_on_top(mixer_sweep, monke
     path = plot_metric(report.arms, "ppl/avg", mixer_sweep / "m.png")
     assert path.read_bytes()[:8] == PNG
     # lower perplexity is better: random (8.5) on top (the highest y), odm (12) below it
-    assert dots == [([10.0, 12.0, 14.0], [0, 0, 0]), ([8.0, 9.0], [1, 1])]
+    assert [x for x, _ in dots] == [[10.0, 12.0, 14.0], [8.0, 9.0]]
+    assert dots[0][1] == pytest.approx([-0.15, 0.0, 0.15]) and dots[1][1] == pytest.approx([0.85, 1.15])
     assert bars[0] == (12.0, 0, 2.0) and bars[1][:2] == (8.5, 1) and bars[1][2] == pytest.approx(math.sqrt(0.5))
     assert plot_metric(report.arms, None, mixer_sweep / "none.png") is None
+
+
+def test_short_names_drop_the_shared_prefix_at_a_boundary():
+    from dataflex.report import _short_names
+
+    assert _short_names(["experiment=paper_small_selection_less", "experiment=paper_small_selection_loss"]) == ["less", "loss"]
+    assert _short_names(["mixer=odm", "mixer=random"]) == ["odm", "random"]
+    assert _short_names(["mixer=odm,seed", "mixer=odm"]) == ["odm,seed", "odm"]  # a name that is the prefix stays whole
+    assert _short_names(["a", "b"]) == ["a", "b"] and _short_names(["only=one"]) == ["only=one"]
