@@ -215,3 +215,29 @@ def test_mixture_plot_averages_the_finished_seeds(tmp_path, monkeypatch):
     proxy, odm = sorted((ys for _, ys, _ in panels), key=lambda ys: ys[0][0])  # alpha(code) 0.2 < odm's 0.4
     assert proxy == [[0.2] * 5, [0.8] * 5]
     assert odm == [pytest.approx([0.4, 0.4, 0.5, 0.5, 0.5]), pytest.approx([0.6, 0.6, 0.5, 0.5, 0.5])]
+
+
+def test_provenance_names_the_launches_that_produced_the_runs(tmp_path):
+    """A run's producer is the latest launch listing its job created before its metrics.json; a later
+    rerun (a finished run writes nothing) and a launch of other jobs do not count."""
+    from datetime import datetime, timezone
+
+    def run(job, written):
+        final = tmp_path / job / "metrics.json"
+        final.parent.mkdir(parents=True)
+        final.write_text("{}")
+        os.utime(final, (written, written))
+
+    t0 = 1_800_000_000  # seconds since the epoch
+    iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # as the manifests write "created"
+    run("experiment=a/seed=1", t0 + 100)
+    run("experiment=b/seed=1", t0 + 300)
+    job = lambda d: {"dir": d}
+    launches = [
+        {"created": iso(t0), "commit": "old", "jobs": [job("experiment=a/seed=1"), job("experiment=b/seed=1")]},
+        {"created": iso(t0 + 200), "commit": "new", "jobs": [job("experiment=b/seed=1")]},
+        {"created": iso(t0 + 400), "commit": "rerun", "jobs": [job("experiment=a/seed=1"), job("experiment=b/seed=1")]},
+        {"created": iso(t0 + 50), "commit": "other", "jobs": [job("experiment=c/seed=1")]},
+    ]
+    produced = paper_small.producing_launches(tmp_path, launches)
+    assert [launch["commit"] for launch in produced] == ["old", "new"]  # a from the first, b from the second
