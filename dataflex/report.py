@@ -388,7 +388,7 @@ def plot_losses(arms: list[Arm], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    for index, arm in enumerate(arms):
+    for index, (arm, label) in enumerate(zip(arms, _short_names([a.name for a in arms]))):
         color = f"C{index % 10}"
         for run in arm.runs:
             if len(arm.runs) > 1 and run.losses:
@@ -397,7 +397,7 @@ def plot_losses(arms: list[Arm], path: Path) -> Path | None:
         mean = _mean_series([r.losses for r in arm.runs if r.losses])
         if mean:
             steps = sorted(mean)
-            axes.plot(steps, [mean[s] for s in steps], color=color, label=arm.name, linewidth=1.6)
+            axes.plot(steps, [mean[s] for s in steps], color=color, label=label, linewidth=1.6)
     axes.set(xlabel="optimizer step", ylabel="training loss", title="Training loss per arm (mean over seeds)")
     axes.legend(fontsize=8)
     return _save(figure, path)
@@ -435,9 +435,9 @@ def plot_selection_overlap(arms: list[Arm], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    for name, mean in rows:
+    for (_, mean), label in zip(rows, _short_names([name for name, _ in rows])):
         steps = sorted(mean)
-        axes.plot(steps, [mean[s] for s in steps], marker="o", label=name)
+        axes.plot(steps, [mean[s] for s in steps], marker="o", label=label)
     axes.set(xlabel="optimizer step of the selection round", ylabel="overlap with the previous selection", ylim=(0, 1.05),
              title="Selection overlap across rounds (mean over seeds)")
     axes.legend(fontsize=8)
