@@ -365,9 +365,7 @@ def plot_metric(arms: list[Arm], metric: str | None, path: Path) -> Path | None:
     rows = [(a, values) for a, values in rows if values]
     if not rows:
         return None
-    # best at the top: barh draws its first row at the bottom
-    rows.sort(key=lambda row: row[0].stats[metric][0], reverse=not lower_is_better(metric))
-    rows.reverse()
+    rows.sort(key=lambda row: row[0].stats[metric][0], reverse=lower_is_better(metric))  # best last: the top row
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     for y, (arm, values) in enumerate(rows):

@@ -211,15 +211,16 @@ def producing_launches(root: Path, launches: list[dict]) -> list[dict]:
     rerun of a finished run writes nothing, so it never counts)."""
     from datetime import datetime
 
-    produced = {}
+    created = [datetime.fromisoformat(launch["created"]).timestamp() if launch.get("created") else None
+               for launch in launches]
+    produced = set()
     for final in sorted(root.glob("experiment=*/seed=*/metrics.json")):
         job, written = final.parent.relative_to(root).as_posix(), final.stat().st_mtime
-        before = [(datetime.fromisoformat(launch["created"]).timestamp(), index)
-                  for index, launch in enumerate(launches)
-                  if launch.get("created") and any(j.get("dir") == job for j in launch.get("jobs") or [])
-                  and datetime.fromisoformat(launch["created"]).timestamp() <= written]
+        before = [(created[index], index) for index, launch in enumerate(launches)
+                  if created[index] is not None and created[index] <= written
+                  and any(j.get("dir") == job for j in launch.get("jobs") or [])]
         if before:
-            produced[max(before)[1]] = True
+            produced.add(max(before)[1])
     return [launches[index] for index in sorted(produced)]
 
 
