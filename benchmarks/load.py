@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -88,12 +87,6 @@ def measure(cmd: list[str], run_dir: Path) -> dict:
             "train_runtime_s": metrics["train"].get("train_runtime"), "pool_size": metrics["pool_size"], "output": text}
 
 
-def scoring_bar_completed(output: str, pool_size: int) -> bool:
-    """The selector's scoring bar (rank 0 tqdm) reached its total: every pool batch was scored."""
-    total = -(-pool_size // SCORE_BATCH)
-    return re.search(rf"LossSelector losses: 100%\|[^\n\r]*\| {total}/{total} ", output) is not None
-
-
 def run_size(size: int, workdir: Path, keep: bool = False) -> dict:
     """Baseline and selector run over a pool of ``size``; their figures and the ratios."""
     base = workdir / f"n{size}"
@@ -101,13 +94,14 @@ def run_size(size: int, workdir: Path, keep: bool = False) -> dict:
     plain = measure(command(base / "plain", data, selector=False), base / "plain")
     chosen = measure(command(base / "selector", data, selector=True), base / "selector")
     rounds = sorted((base / "selector" / "selections").glob("round_*.json"))
-    kept = json.loads(rounds[-1].read_text())["selected"] if rounds else None
+    last = json.loads(rounds[-1].read_text()) if rounds else {}
+    kept, scored = last.get("selected"), last.get("stats", {}).get("selector/scored")
     result = {
         "size": size,
         "pool_size": chosen["pool_size"],
         "plain": {k: v for k, v in plain.items() if k != "output"},
         "selector": {k: v for k, v in chosen.items() if k != "output"},
-        "progress_bar_completed": scoring_bar_completed(chosen["output"], chosen["pool_size"]),
+        "scored": int(scored) if scored is not None else None,  # finite losses in the round (the selector's count)
         "selection_rounds": len(rounds),
         "selected": kept,
         "rss_ratio": round(chosen["peak_rss_mb"] / plain["peak_rss_mb"], 3),
@@ -134,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("plain", "selector"):
             m = r[name]
             note = "" if name == "plain" else (
-                f"scored {r['pool_size']} samples (bar {'complete' if r['progress_bar_completed'] else 'MISSING'}), "
+                f"scored {r['scored']} of {r['pool_size']} samples, "
                 f"kept {r['selected']}; RSS x{r['rss_ratio']}, wall x{r['wall_ratio']} vs plain")
             print(f"{r['pool_size']:>8} {name:>9} {m['peak_rss_mb']:>11} {m['wall_s']:>7} {m['train_runtime_s']:>8}  {note}", flush=True)
     if len(results) > 1:
@@ -143,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pool x{b['pool_size'] / a['pool_size']:.0f} -> selector peak RSS x{growth:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0 if all(r["progress_bar_completed"] for r in results) else 1
+    return 0 if all(r["scored"] == r["pool_size"] for r in results) else 1
 
 
 if __name__ == "__main__":

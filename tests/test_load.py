@@ -36,17 +36,11 @@ def test_synthetic_pool_is_seeded_and_split_over_domains(tmp_path):
     assert row["instruction"].endswith(row["output"]) and first[0] == "data.domains=[load_0,load_1,load_2,load_3]"
 
 
-def test_scoring_bar_detection():
-    total = -(-1000 // load.SCORE_BATCH)
-    assert load.scoring_bar_completed(f"LossSelector losses: 100%|██████| {total}/{total} [00:01<00:00]", 1000)
-    assert not load.scoring_bar_completed(f"LossSelector losses:  50%|███   | 8/{total} [00:01<00:01]", 1000)
-
-
 @pytest.mark.slow
 def test_selector_over_a_whole_synthetic_pool(tmp_path):
     result = load.run_size(4000, tmp_path)
     assert result["pool_size"] == 4000
-    assert result["progress_bar_completed"]  # every pool batch went through the scoring pass
+    assert result["scored"] == 4000  # every pool sample got a finite loss in the round (the selector's count)
     assert result["selection_rounds"] == 2 and result["selected"] == 40  # warm-up + one round, 1% kept
     assert result["selector"]["peak_rss_mb"] > 0 and result["plain"]["peak_rss_mb"] > 0
 

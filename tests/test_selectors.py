@@ -3,6 +3,7 @@ ALGORITHMS.md invariants, then one end-to-end run per selector on the tiny model
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -235,6 +236,8 @@ def test_e2e_loss(tmp_path):
     losses = scores["losses"]
     assert losses.shape == (256,) and torch.isfinite(losses).all() and (losses > 0).all()
     assert rounds[-1]["indices"] == torch.topk(losses, 16).indices.tolist()
+    saved = json.loads((tmp_path / "x" / "selections" / "round_002.json").read_text())
+    assert saved["stats"] == {"selector/scored": 256.0}  # the round scored the whole pool
 
 
 def test_e2e_delta_loss(tmp_path):
@@ -249,3 +252,5 @@ def test_e2e_delta_loss(tmp_path):
     assert cand.numel() == 64 and torch.equal(cand, cand.unique())
     assert set(rounds[-1]["indices"]) <= set(cand.tolist())
     assert torch.isfinite(scores["delta"]).all() and scores["delta"].abs().max() > 0  # the model moved
+    saved = json.loads((tmp_path / "x" / "selections" / "round_002.json").read_text())
+    assert saved["stats"] == {"selector/scored": 64.0}  # the round's candidates, not the pool

@@ -153,6 +153,15 @@ class PoolLossSelector(BudgetSelector):
         g = seeded_generator(self.seed, ctx.update_index, self.CANDIDATE_STREAM)
         return random_subset(n, m, g).sort().values
 
+    def decision_stats(self) -> dict[str, float]:
+        """How many pool samples the round scored (a finite loss, or Δ, for each): the whole pool
+        unless ``candidates`` is set."""
+        scores = getattr(self, "last_scores", None)
+        if not scores:
+            return {}
+        values = scores.get("losses", scores.get("delta"))
+        return {} if values is None else {"selector/scored": float(torch.isfinite(values).sum())}
+
     def pool_losses(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
         """ℓ_i under the current model for the pool rows ``indices`` (through the signals engine)."""
         trainer = ctx.trainer
