@@ -184,6 +184,10 @@ def test_delta_errors_and_update_count():
     assert count_updates(Schedule(2, 2, 0), 7) == 3  # steps 2, 4, 6
     assert count_updates(Schedule(2, 2, 2), 7) == 2
     assert count_updates(Schedule(0, 0, 0), 6) == 1
+    from dataflex.train.components import selection_due
+
+    assert selection_due(Schedule(2, 2, 0), 4, 1, 6) and not selection_due(Schedule(2, 2, 0), 6, 2, 6)
+    assert Schedule(2, 2, 0).is_update_step(6, 2)  # the schedule has it; only a selection skips it
 
 
 # -- end to end on the tiny model ------------------------------------------------------------------

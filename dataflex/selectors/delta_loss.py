@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dataflex.selectors.base import INITIAL, PoolLossSelector, random_subset, seeded_generator
-from dataflex.train.components import UpdateContext
+from dataflex.train.components import UpdateContext, selection_due
 
 #: weight of a sample outside the window (inside: 1)
 OUTSIDE_WEIGHT = 0.025
@@ -67,13 +67,11 @@ def delta_loss_probabilities(delta: torch.Tensor, update_index: int, num_updates
 
 
 def count_updates(schedule, max_steps: int) -> int:
-    """How many rounds the schedule runs in ``max_steps`` optimizer steps (>= 1).
-
-    A round due at step ``max_steps`` is not run (nothing would train on it), so it is not counted.
-    """
+    """How many selection rounds the schedule runs in ``max_steps`` optimizer steps (>= 1; none at
+    the last step, see :func:`selection_due`)."""
     done = 0
-    for step in range(1, max_steps):
-        if schedule.is_update_step(step, done):
+    for step in range(1, max_steps + 1):
+        if selection_due(schedule, step, done, max_steps):
             done += 1
     return max(done, 1)
 

@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from dataflex.signals.distributed import broadcast_object
-from dataflex.train.components import Component, Mixer, Selector, UpdateContext, Weighter
+from dataflex.train.components import Component, Mixer, Selector, UpdateContext, Weighter, selection_due
 from dataflex.utils import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:
@@ -232,11 +232,14 @@ class DataFlexCallback(TrainerCallback):
             if isinstance(component, Weighter):
                 component.step_end(state.global_step)
         for name, component in self.components.items():
-            if not component.schedule.is_update_step(state.global_step, self.updates_done[name]):
+            done = self.updates_done[name]
+            if isinstance(component, Selector):
+                due = selection_due(component.schedule, state.global_step, done, state.max_steps)
+            else:
+                due = component.schedule.is_update_step(state.global_step, done)
+            if not due:
                 continue
-            if isinstance(component, Selector) and state.global_step >= state.max_steps:
-                continue  # nothing would train on it (a mixer's last update is kept: DoReMi averages them)
-            ctx = self._context(state, update_index=self.updates_done[name])
+            ctx = self._context(state, update_index=done)
             if isinstance(component, Selector):
                 self._apply(component, self._decide(name, component.select, ctx), state, ctx.update_index)
             elif isinstance(component, Mixer):

@@ -45,6 +45,13 @@ class Schedule:
         return (global_step - self.warmup_steps) % self.update_every == 0
 
 
+def selection_due(schedule: Schedule, global_step: int, updates_done: int, max_steps: int) -> bool:
+    """True when a selector's ``schedule`` has a round at the end of ``global_step``; never at
+    ``max_steps``, the last step: nothing would train on that selection (a mixer's last update
+    does run: DoReMi averages every update)."""
+    return global_step < max_steps and schedule.is_update_step(global_step, updates_done)
+
+
 @dataclass
 class UpdateContext:
     """What a component sees when it decides.
