@@ -485,6 +485,7 @@ def build_trainer(built: Built, callback, extra_callbacks: list | None = None) -
         callbacks=extra_callbacks,
         dataflex_domain_ids=built.pool["domain_id"],
         dataflex_validation=built.validation,
+        dataflex_template=built.template if built.finetuning_args.stage != "pt" else None,
         **built.tokenizer_module,
     )
     if built.finetuning_args.stage == "pt":

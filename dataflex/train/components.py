@@ -75,6 +75,32 @@ class UpdateContext:
     run_dir: Path | None = None
     domain_names: list[str] | None = None
 
+    # -- what a component may read (use these, not ``trainer``: it is going away) ----------------
+    @property
+    def model(self) -> torch.nn.Module:
+        """The training model (DDP/DeepSpeed-unwrapped as the trainer holds it)."""
+        return self.trainer.model
+
+    @property
+    def optimizer(self):
+        """The trainer's optimizer (Adam state for LESS's preconditioning)."""
+        return self.trainer.optimizer
+
+    @property
+    def pool(self):
+        """The tokenised training pool (rows with ``sample_index`` and ``domain_id``)."""
+        return self.trainer.train_dataset
+
+    @property
+    def collator(self):
+        """The collator of the pool's rows (LLaMA-Factory's, under DataFlex's MetaCollator)."""
+        return self.trainer.data_collator
+
+    @property
+    def template(self):
+        """The LLaMA-Factory template the backend built (None for the pt stage)."""
+        return getattr(self.trainer, "dataflex_template", None)
+
     @property
     def tokenizer(self):
         return self.trainer.processing_class

@@ -46,14 +46,17 @@ class DataFlexTrainerMixin:
         dataflex_callback: the run's DataFlexCallback (its selector/mixer decide the sampling).
         dataflex_domain_ids: domain id of every pool sample.
         dataflex_validation: the tokenised target/validation set (``domain_id`` = subtask), or None.
+        dataflex_template: the LLaMA-Factory template of the run (None for the pt stage).
     """
 
-    def __init__(self, *args, dataflex_callback: DataFlexCallback, dataflex_domain_ids, dataflex_validation=None, **kwargs):
+    def __init__(self, *args, dataflex_callback: DataFlexCallback, dataflex_domain_ids, dataflex_validation=None,
+                 dataflex_template=None, **kwargs):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         super().__init__(*args, callbacks=[*callbacks, dataflex_callback], **kwargs)
         self.dataflex_callback = dataflex_callback
         self.dataflex_domain_ids = torch.as_tensor(dataflex_domain_ids, dtype=torch.long)
         self.dataflex_validation = dataflex_validation
+        self.dataflex_template = dataflex_template
         self.dataflex_sampler: DynamicSampler | None = None
         self.dataflex_nonfinite = NonFiniteGuard("stop")  # the run sets its `nonfinite_loss` policy
         dataflex_callback.trainer = self
