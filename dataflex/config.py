@@ -10,11 +10,8 @@ from typing import Any
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
+from dataflex.errors import ConfigError  # noqa: F401  (re-exported while imports move to dataflex.errors)
 from dataflex.train.components import Component, Mixer, Selector, Weighter
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names what is wrong and what to do."""
 
 
 def register_resolvers() -> None:

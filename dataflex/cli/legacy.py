@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dataflex.data.assets import AssetError
+    from dataflex.errors import DataFlexError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
             print(translation.command())
         else:
             run_translation(translation)
-    except (ConfigError, AssetError) as err:
+    except DataFlexError as err:
         fail(str(err))
 
 

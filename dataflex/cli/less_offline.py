@@ -168,13 +168,13 @@ def run_recipe(cfg: Any, run_dir: str | os.PathLike, run_name: str = "less_offli
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from dataflex.cli.run import fail
-    from dataflex.data.assets import AssetError
+    from dataflex.errors import DataFlexError
 
     hydra_cfg = HydraConfig.get()
     run_name = cfg.get("run_name") or hydra_cfg.job.override_dirname or "less_offline"
     try:
         metrics = run_recipe(cfg, Path(hydra_cfg.runtime.output_dir), run_name)
-    except (ConfigError, AssetError) as err:
+    except DataFlexError as err:
         fail(str(err))
     loss = (metrics or {}).get("final_train_loss")
     return float(loss) if loss is not None else None

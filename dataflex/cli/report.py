@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-project", default="dataflex", help="W&B project for --wandb (default: dataflex)")
     args = parser.parse_args(argv)
 
-    from dataflex.config import ConfigError
+    from dataflex.errors import DataFlexError
     from dataflex.report import write_report
 
     try:
         report = write_report(args.dirs, args.out, args.metric, args.metrics.split(",") if args.metrics else None)
-    except ConfigError as err:
+    except DataFlexError as err:
         print(f"dataflex-report: error: {err}", file=sys.stderr)
         return 2
     print(report.table or "No run has finished yet.")

@@ -19,8 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dataflex.config import ConfigError, register_resolvers
-from dataflex.data.assets import AssetError
+from dataflex.config import register_resolvers
+from dataflex.errors import DataFlexError
 from dataflex.utils import atomic_write_text
 
 LAUNCH_FILE = "launch_config.yaml"
@@ -69,7 +69,7 @@ def run_job(cfg: DictConfig) -> dict | None:
         if needs_launcher(cfg):
             return launch_distributed(cfg, run_dir, run_name)
         return Run(cfg, run_dir, run_name).fit()
-    except (ConfigError, AssetError) as err:
+    except DataFlexError as err:
         fail(str(err))
 
 

@@ -26,13 +26,12 @@ def main(argv: list[str] | None = None) -> None:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
     from dataflex.cli.run import fail
-    from dataflex.config import ConfigError
-    from dataflex.data.assets import AssetError
+    from dataflex.errors import DataFlexError
     from dataflex.run import Run
 
     try:
         Run(cfg, run_dir, run_name).fit()
-    except (ConfigError, AssetError) as err:
+    except DataFlexError as err:
         fail(str(err))
     finally:
         # Leave the process group explicitly: left to interpreter teardown, DeepSpeed's CPU comm

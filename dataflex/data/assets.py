@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from dataflex.errors import AssetError  # noqa: F401  (re-exported)
 from dataflex.utils import atomic_write_json
 
 #: Asset names, in dependency (build) order.
@@ -44,10 +45,6 @@ _SUBDIR = {"offline_domains": "data", "offline_sft": "data", "tiny": "models", "
 MANIFEST = "MANIFEST.json"
 PART = "dataset_info.part.json"
 REGISTRY = "dataset_info.json"
-
-
-class AssetError(RuntimeError):
-    """An asset is missing, stale or cannot be built."""
 
 
 def dataflex_home() -> Path:

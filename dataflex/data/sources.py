@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflex.errors import MissingSourceError  # noqa: F401  (re-exported)
+
 __all__ = [
     "SOURCES",
     "MissingSourceError",
@@ -67,10 +69,6 @@ __all__ = [
     "techdocs_documents",
     "wordnet_entries",
 ]
-
-
-class MissingSourceError(RuntimeError):
-    """A raw text source is not installed; the message names the package and how to install it."""
 
 
 # --- locations (module-level so tests can monkeypatch them) ---------------------------------

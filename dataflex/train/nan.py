@@ -3,7 +3,7 @@
 The run-level setting ``nonfinite_loss`` (``conf/train.yaml``) chooses what happens when a training
 micro-batch's loss is NaN or infinite:
 
-- ``stop`` (default): raise :class:`NonFiniteLossError` (a ConfigError: ``dataflex-run`` prints one
+- ``stop`` (default): raise :class:`NonFiniteLossError` (a DataFlexError: ``dataflex-run`` prints one
   line and exits 2) naming the optimizer step and the micro-batch's ``sample_index`` values;
 - ``skip``: back-propagate an exact zero instead (this micro-batch contributes nothing to the step),
   print one line naming the step and the samples, and go on.
@@ -23,15 +23,12 @@ from typing import Any
 import torch
 
 from dataflex.config import ConfigError
+from dataflex.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 from dataflex.signals.distributed import all_ranks_true
 
 #: the run-level config key and its values
 CONFIG_KEY = "nonfinite_loss"
 POLICIES = ("stop", "skip")
-
-
-class NonFiniteLossError(ConfigError):
-    """The training loss became NaN/inf under ``nonfinite_loss=stop``."""
 
 
 def _zero_stage(trainer_cfg: Mapping[str, Any] | None) -> int:
