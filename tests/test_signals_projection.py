@@ -234,3 +234,30 @@ def test_bad_project_inputs() -> None:
         p.project({"a": torch.randn(2, 5)}, offsets={"a": -1})
     with pytest.raises(TypeError, match="not a tensor"):
         p.project({"a": [1.0, 2.0]})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dim", [16, 7, 8192])
+def test_partial_blocks_are_the_whole_blocks_rows(kind: str, dim: int) -> None:
+    """Generating only the rows a call needs gives exactly those rows of the whole block (so
+    features do not depend on which rows a call happened to need); the projection of a parameter
+    smaller than a block equals its product with the whole block's leading rows."""
+    p = Projector(dim, seed=3, kind=kind, block_size=BS)
+    whole = p._generate("w", 1, torch.device("cpu"))
+    for need in (1, 2, 5, 16, BS - 1, BS):
+        part = p._block("w", 1, torch.device("cpu"), need)
+        assert part.shape[0] >= need
+        assert torch.equal(part[:need], whole[:need]), need
+    x = torch.randn(4, BS + 9, generator=torch.Generator().manual_seed(0))
+    expected = (x[:, :BS] @ p._generate("w", 0, torch.device("cpu")) + x[:, BS:] @ whole[:9]) / dim**0.5
+    torch.testing.assert_close(p.project({"w": x}), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_partial_blocks_generate_fewer_rows() -> None:
+    """A 9-element parameter draws 9 rows of a 4,096-row block on the CPU (not all of them); a
+    cached shorter prefix is extended when a later call needs more rows."""
+    p = Projector(32, seed=0, cache_bytes=1 << 20)
+    assert p._block("w", 0, torch.device("cpu"), 9).shape == (9, 32)
+    assert p._block("w", 0, torch.device("cpu"), 100).shape == (100, 32)
+    assert p._block("w", 0, torch.device("cpu"), 50).shape == (100, 32)  # served from the cache
+    assert p._cached == 100 * 32 * 4

@@ -15,8 +15,10 @@ The matrix is never materialised. Its rows are produced in blocks of ``block_siz
   with ``offsets={name: o}``, uses exactly rows ``[o, o + n)``, so projecting ZeRO-3 shards
   separately and summing equals projecting the gathered parameter.
 
-Cost per ``project`` call: every covering block is generated once (``block_size * dim`` random
-numbers) and multiplied by all ``B`` rows at once, i.e. ``~numel * dim`` RNG draws plus
+Cost per ``project`` call: every covering block is generated once, up to the last row the call
+needs (on the CPU only those rows are drawn: the same values as the whole block, see
+``Projector._prefix_rows``; a parameter smaller than a block costs ``numel * dim`` draws, not
+``block_size * dim``), and multiplied by all ``B`` rows at once, i.e. ``~numel * dim`` RNG draws plus
 ``2 * B * numel * dim`` FLOPs. For small ``B`` the RNG dominates: measured with ``B=16``, one million
 parameters, ``dim=8192`` on a shared 2-core CPU: rademacher ~23 s, gaussian ~35 s, sparse ~60-80 s
 (the sparse kind is generated densely, so it is no faster than the others). Peak extra memory is one
@@ -137,16 +139,32 @@ class Projector:
         )
 
     # ------------------------------------------------------------------ blocks
-    def _generate(self, name: str, block: int, device: torch.device) -> Tensor:
-        """Unscaled ``block_size x dim`` fp32 rows of block ``block`` of parameter ``name``."""
+    def _prefix_rows(self, rows: int, device: torch.device) -> int:
+        """How many leading rows of a block to generate when ``rows`` are needed.
+
+        On the CPU, torch's generator fills a tensor serially, so the first ``r`` rows of a
+        ``block_size``-row draw equal an ``r``-row draw bit for bit (uniform bytes and uniform
+        floats always; normals in whole 16-value chunks, which ``randn`` fills independently, and
+        not for a tensor under 16 values, filled otherwise). Elsewhere (CUDA's parallel
+        generators split the stream by the tensor's size) whole blocks are generated.
+        """
+        if device.type != "cpu" or rows >= self.block_size:
+            return self.block_size
+        if self.kind == "gaussian" and (rows * self.dim % 16 or self.block_size * self.dim % 16 or rows * self.dim < 16):
+            return self.block_size
+        return rows
+
+    def _generate(self, name: str, block: int, device: torch.device, rows: int | None = None) -> Tensor:
+        """Unscaled fp32 rows of block ``block`` of parameter ``name``: the first ``rows`` of its
+        ``block_size`` rows (all of them by default), identical to those rows of the whole block."""
         gen = torch.Generator(device=device)
         gen.manual_seed(block_seed(self.seed, self.kind, name, block))
-        shape = (self.block_size, self.dim)
+        shape = (self.block_size if rows is None else rows, self.dim)
         if self.kind == "gaussian":
             return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
         if self.kind == "rademacher":
             # One random byte gives 8 signs: ~2x faster than one randint draw per entry on CPU.
-            n = self.block_size * self.dim
+            n = shape[0] * self.dim
             nbytes = (n + 7) // 8
             words = torch.randint(
                 0, 256, (nbytes,), generator=gen, device=device, dtype=torch.uint8
@@ -162,15 +180,22 @@ class Projector:
         neg = (u >= half).logical_and_(u < self.density).to(torch.float32)
         return pos.sub_(neg).mul_(scale)
 
-    def _block(self, name: str, block: int, device: torch.device) -> Tensor:
+    def _block(self, name: str, block: int, device: torch.device, need: int | None = None) -> Tensor:
+        """Block ``block`` of parameter ``name`` on ``device``: at least its first ``need`` rows
+        (default: all ``block_size``); only those are generated where that is bit-identical."""
         gen_device = self.generator_device or device
+        need = self.block_size if need is None else need
         key = (name, block, str(device))
         if self.cache_bytes:
             hit = self._cache.get(key)
-            if hit is not None:
+            if hit is not None and hit.shape[0] >= need:
                 self._cache.move_to_end(key)
                 return hit
-        rows = self._generate(name, block, gen_device).to(device)
+            if hit is not None:  # a shorter prefix was cached: replaced below
+                del self._cache[key]
+                self._cached -= hit.numel() * hit.element_size()
+        count = self._prefix_rows(need, gen_device)
+        rows = self._generate(name, block, gen_device, None if count == self.block_size else count).to(device)
         if self.cache_bytes:
             size = rows.numel() * rows.element_size()
             if size <= self.cache_bytes:
@@ -204,7 +229,7 @@ class Projector:
         parts = []
         for k in range(start // bs, (stop - 1) // bs + 1):
             lo, hi = max(start, k * bs), min(stop, (k + 1) * bs)
-            parts.append(self._block(name, k, device)[lo - k * bs : hi - k * bs])
+            parts.append(self._block(name, k, device, hi - k * bs)[lo - k * bs : hi - k * bs])
         return torch.cat(parts) / math.sqrt(self.dim)
 
     # ----------------------------------------------------------------- project
@@ -276,7 +301,7 @@ class Projector:
             stop = start + n
             for k in range(start // bs, (stop - 1) // bs + 1):
                 lo, hi = max(start, k * bs), min(stop, (k + 1) * bs)
-                rows = self._block(name, k, device)[lo - k * bs : hi - k * bs]
+                rows = self._block(name, k, device, hi - k * bs)[lo - k * bs : hi - k * bs]
                 x = flat[:, lo - start : hi - start].to(torch.float32)
                 out.addmm_(x, rows)
         return out.mul_(1.0 / math.sqrt(self.dim))
