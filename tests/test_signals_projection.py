@@ -58,7 +58,7 @@ def test_block_seed_is_stable_and_distinct() -> None:
         for n in ("w", "b")
         for b in (0, 1)
     }
-    assert len(seeds) == 2 * 3 * 2 * 2
+    assert len(seeds) == 2 * len(KINDS) * 2 * 2
     assert all(0 <= s < 2**63 for s in seeds)
 
 
@@ -249,7 +249,8 @@ def test_partial_blocks_are_the_whole_blocks_rows(kind: str, dim: int) -> None:
         assert part.shape[0] >= need
         assert torch.equal(part[:need], whole[:need]), need
     x = torch.randn(4, BS + 9, generator=torch.Generator().manual_seed(0))
-    expected = (x[:, :BS] @ p._generate("w", 0, torch.device("cpu")) + x[:, BS:] @ whole[:9]) / dim**0.5
+    first, second = p._dense(p._generate("w", 0, torch.device("cpu"))), p._dense(whole[:9])
+    expected = (x[:, :BS] @ first + x[:, BS:] @ second) / dim**0.5
     torch.testing.assert_close(p.project({"w": x}), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -261,3 +262,39 @@ def test_partial_blocks_generate_fewer_rows() -> None:
     assert p._block("w", 0, torch.device("cpu"), 100).shape == (100, 32)
     assert p._block("w", 0, torch.device("cpu"), 50).shape == (100, 32)  # served from the cache
     assert p._cached == 100 * 32 * 4
+
+
+def test_sjlt_columns_have_nnz_signed_entries() -> None:
+    """Every input coordinate maps to ``nnz`` output positions with value ±sqrt(dim/nnz) each
+    (summed where two positions coincide): squared column norm ``dim`` before the 1/sqrt(dim) scale."""
+    dim, nnz = 64, 4
+    p = Projector(dim, seed=2, kind="sjlt", block_size=BS, nnz=nnz)
+    rows = p.matrix_rows("w", 0, 3 * BS) * dim**0.5  # unscaled
+    block = p._generate("w", 0, torch.device("cpu"))
+    positions, values = block[:, :nnz].long(), block[:, nnz:]
+    assert set(values.abs().unique().tolist()) == {(dim / nnz) ** 0.5}
+    for j in range(BS):
+        expected = torch.zeros(dim)
+        for c in range(nnz):
+            expected[positions[j, c]] += values[j, c]
+        assert torch.equal(rows[j], expected)
+    distinct = rows.ne(0).sum(1)
+    assert distinct.max() <= nnz and distinct.float().mean() > nnz - 0.5
+
+
+def test_sjlt_preserves_inner_products_within_jl_error() -> None:
+    """Random unit vectors in 20,000 dimensions projected to d = 2,048: pairwise inner products and
+    norms within a few d^-1/2 (JL), equal to the dense product with the same matrix."""
+    n, dim = 20_000, 2048
+    x = torch.nn.functional.normalize(torch.randn(6, n, generator=torch.Generator().manual_seed(0)), dim=1)
+    p = Projector(dim, seed=5, kind="sjlt", nnz=4)
+    y = p.project({"w": x})
+    exact, approx = x @ x.T, y @ y.T
+    assert (approx - exact).abs().max() < 6 / dim**0.5
+    torch.testing.assert_close(y, x @ p.matrix_rows("w", 0, n), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nnz", [0, 65, 1.5, True])
+def test_sjlt_bad_nnz(nnz) -> None:
+    with pytest.raises(ValueError, match="nnz"):
+        Projector(64, kind="sjlt", nnz=nnz)

@@ -25,6 +25,15 @@ parameters, ``dim=8192`` on a shared 2-core CPU: rademacher ~23 s, gaussian ~35 
 ``block_size x dim`` fp32 block (128 MiB at the defaults) plus a ``B x block_size`` fp32 slice of
 the input.
 
+The ``sjlt`` kind is a sparse Johnson-Lindenstrauss transform (Kane and Nelson; the ``sjlt`` kernels
+of GraSS and dattri): each input coordinate has ``nnz`` non-zeros, at seeded uniform output positions
+with seeded signs, so a call costs ``B * numel * nnz`` multiply-adds and ``numel * nnz`` random
+draws instead of ``B * numel * dim`` and ``numel * dim`` (a scatter-add, not a matrix product). Its
+matrix has the same second moments (every column has squared norm ``dim`` before the
+``1 / sqrt(dim)`` scale), so inner products are preserved in expectation as for the dense kinds.
+On the CPU the scatter-add is sequential, hence deterministic; on CUDA it uses atomics, so the
+last bits may vary from run to run.
+
 Random streams are those of ``torch.Generator`` on the generating device: values are identical
 across processes and runs for the same torch version and device type, but a CPU-generated and a
 CUDA-generated matrix differ. Pass ``generator_device="cpu"`` to get device-independent features
@@ -41,7 +50,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-KINDS = ("rademacher", "gaussian", "sparse")
+KINDS = ("rademacher", "gaussian", "sparse", "sjlt")
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -74,6 +83,8 @@ class Projector:
             block size gives a different (equally valid) matrix.
         density: Fraction of non-zero entries for ``kind="sparse"`` (0 < density <= 1; the default
             1/3 is Achlioptas' choice, ``1/sqrt(n)`` is Li et al.'s "very sparse"). Ignored otherwise.
+        nnz: Non-zeros per input coordinate for ``kind="sjlt"`` (1 <= nnz <= dim; 1 is CountSketch).
+            Ignored otherwise.
         generator_device: Device on which random blocks are generated. ``None`` (default) uses the
             gradients' device (fast; values depend on the device type); ``"cpu"`` makes features
             identical on every device.
@@ -98,6 +109,7 @@ class Projector:
         density: float = 1.0 / 3.0,
         generator_device: str | torch.device | None = None,
         cache_bytes: int = 0,
+        nnz: int = 4,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"Projector dim must be a positive int, got {dim!r}")
@@ -117,6 +129,10 @@ class Projector:
             raise ValueError(
                 f"sparse projection density must be in (0, 1], got {density!r}"
             )
+        if kind == "sjlt" and (isinstance(nnz, bool) or not isinstance(nnz, int) or not 1 <= nnz <= dim):
+            raise ValueError(f"sjlt nnz must be an int in [1, dim={dim}], got {nnz!r}")
+        if kind == "sjlt" and dim > 2**24:
+            raise ValueError(f"sjlt supports dim <= 2**24, got {dim}")
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes!r}")
         self.dim = dim
@@ -124,6 +140,7 @@ class Projector:
         self.kind = kind
         self.block_size = block_size
         self.density = float(density)
+        self.nnz = int(nnz)
         self.generator_device = (
             None if generator_device is None else torch.device(generator_device)
         )
@@ -132,7 +149,7 @@ class Projector:
         self._cached = 0
 
     def __repr__(self) -> str:
-        extra = f", density={self.density:g}" if self.kind == "sparse" else ""
+        extra = f", density={self.density:g}" if self.kind == "sparse" else f", nnz={self.nnz}" if self.kind == "sjlt" else ""
         return (
             f"Projector(dim={self.dim}, seed={self.seed}, kind={self.kind!r}, "
             f"block_size={self.block_size}{extra})"
@@ -160,6 +177,14 @@ class Projector:
         gen = torch.Generator(device=device)
         gen.manual_seed(block_seed(self.seed, self.kind, name, block))
         shape = (self.block_size if rows is None else rows, self.dim)
+        if self.kind == "sjlt":
+            # One draw in [0, 2 dim) per non-zero: the position (mod dim) and the sign (which half);
+            # a single serial stream, so a prefix of rows is the whole block's prefix.
+            draws = torch.randint(0, 2 * self.dim, (shape[0], self.nnz), generator=gen, device=device)
+            signs = (draws >= self.dim).to(torch.float32).mul_(2.0).sub_(1.0)
+            # Stored as one [rows, 2 nnz] fp32 block (positions, then values) so blocks slice and
+            # cache by row like the dense kinds; positions < dim <= 2**24 are exact in fp32.
+            return torch.cat([(draws % self.dim).to(torch.float32), signs.mul_(math.sqrt(self.dim / self.nnz))], dim=1)
         if self.kind == "gaussian":
             return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
         if self.kind == "rademacher":
@@ -229,8 +254,15 @@ class Projector:
         parts = []
         for k in range(start // bs, (stop - 1) // bs + 1):
             lo, hi = max(start, k * bs), min(stop, (k + 1) * bs)
-            parts.append(self._block(name, k, device, hi - k * bs)[lo - k * bs : hi - k * bs])
+            parts.append(self._dense(self._block(name, k, device, hi - k * bs)[lo - k * bs : hi - k * bs]))
         return torch.cat(parts) / math.sqrt(self.dim)
+
+    def _dense(self, rows: Tensor) -> Tensor:
+        """Unscaled dense rows of a block slice (an sjlt slice is scattered into its ``dim`` columns)."""
+        if self.kind != "sjlt":
+            return rows
+        positions, values = rows[:, : self.nnz].long(), rows[:, self.nnz :]
+        return torch.zeros(rows.shape[0], self.dim, device=rows.device).scatter_add_(1, positions, values)
 
     # ----------------------------------------------------------------- project
     def project(
@@ -303,7 +335,11 @@ class Projector:
                 lo, hi = max(start, k * bs), min(stop, (k + 1) * bs)
                 rows = self._block(name, k, device, hi - k * bs)[lo - k * bs : hi - k * bs]
                 x = flat[:, lo - start : hi - start].to(torch.float32)
-                out.addmm_(x, rows)
+                if self.kind == "sjlt":  # out[:, pos[j, c]] += x[:, j] * val[j, c]
+                    positions, values = rows[:, : self.nnz].long(), rows[:, self.nnz :]
+                    out.index_add_(1, positions.reshape(-1), (x.unsqueeze(-1) * values).reshape(batch, -1))
+                else:
+                    out.addmm_(x, rows)
         return out.mul_(1.0 / math.sqrt(self.dim))
 
     __call__ = project
