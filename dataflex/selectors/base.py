@@ -294,7 +294,9 @@ class EmbeddingSelector(BudgetSelector):
             self.last_round = summary
         return self.record(ctx, indices)
 
-    def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+    def choose(
+        self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, dict | None]:
         """``(pool indices, a small summary kept as last_round or None)`` for this round (rank 0)."""
         raise NotImplementedError
 
@@ -320,8 +322,12 @@ class EmbeddingSelector(BudgetSelector):
         validation = ctx.require_validation(self.name)
         order = interleave_groups(validation["domain_id"]) if "domain_id" in validation.column_names else None
         if self.embedding == "model":
-            candidates = model_pool_embeddings(ctx.model, ctx.pool, ctx.collator, self.batch_size, f"{self.name} pool embeddings")
-            queries = model_prompt_embeddings(ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings")
+            candidates = model_pool_embeddings(
+                ctx.model, ctx.pool, ctx.collator, self.batch_size, f"{self.name} pool embeddings"
+            )
+            queries = model_prompt_embeddings(
+                ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings"
+            )
             return candidates, queries if order is None else queries[order]
         if "candidates" not in self._memo:
             texts = pool_texts(ctx.pool, ctx.tokenizer)

@@ -42,9 +42,10 @@ class LessOfflineSelector(LessComponent):
     validation features ∇ℓ_c and the candidates' training features Γ_c (with c's saved Adam
     moments) are computed, and their mean cosine per validation subtask is kept (``[N, J]``).
     Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the epoch ending at c
-    (:func:`~dataflex.selectors.less.epoch_learning_rates`, from the last checkpoint's ``trainer_state.json``), normalised
-    to sum 1. The model's own weights are restored before training starts (it trains from where
-    it was built, as in the paper), and never updates afterwards.
+    (:func:`~dataflex.selectors.less.epoch_learning_rates`, from the last checkpoint's
+    ``trainer_state.json``), normalised to sum 1. The model's own weights are restored before
+    training starts (it trains from where it was built, as in the paper), and never updates
+    afterwards.
 
     The decision is logged like every selection (``selections/round_000.json``) and written with
     the checkpoints, their weights and the chosen samples' scores to ``less_offline.json`` in the
@@ -80,7 +81,9 @@ class LessOfflineSelector(LessComponent):
         if checkpoint_weights is not None:
             checkpoint_weight_vector(checkpoint_weights, len(list(checkpoint_weights)))  # finite, >= 0, not all 0
             if checkpoints is not None and len(list(checkpoint_weights)) != len(list(checkpoints)):
-                raise ValueError(f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints")
+                raise ValueError(
+                    f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints"
+                )
         self.warmup_dir = warmup_dir
         self.checkpoints = None if checkpoints is None else sorted(int(s) for s in checkpoints)
         self.checkpoint_weights = None if checkpoint_weights is None else [float(w) for w in checkpoint_weights]
@@ -88,7 +91,8 @@ class LessOfflineSelector(LessComponent):
     def _weights(self, found: list[tuple[int, Path]]) -> list[float]:
         if self.checkpoint_weights is not None:
             if len(self.checkpoint_weights) != len(found):
-                raise ConfigError(f"selector.checkpoint_weights has {len(self.checkpoint_weights)} entries for {len(found)} checkpoints")
+                n = len(self.checkpoint_weights)
+                raise ConfigError(f"selector.checkpoint_weights has {n} entries for {len(found)} checkpoints")
             return list(self.checkpoint_weights)
         state_file = found[-1][1] / "trainer_state.json"
         if not state_file.is_file():

@@ -62,7 +62,9 @@ def shared_trainable_parameters(model: torch.nn.Module) -> set[str]:
     ``lm_head``/``embed_tokens``): their per-sample gradient arrives in several pieces whose SUM
     is the gradient, so an elementwise nonlinear map (Γ) must wait for the whole of it."""
     names = {id(p): n for n, p in trainable_parameters(model).items()}
-    owners = Counter(id(p) for module in model.modules() for _, p in module.named_parameters(recurse=False) if id(p) in names)
+    owners = Counter(
+        id(p) for module in model.modules() for _, p in module.named_parameters(recurse=False) if id(p) in names
+    )
     return {names[i] for i, count in owners.items() if count > 1}
 
 
@@ -91,7 +93,9 @@ def adam_transform(
         m, v = flat[name]
         per_sample = math.prod(grad.shape[1:])
         if offset + per_sample > m.numel():
-            raise ValueError(f"Adam state of {name!r} has {m.numel()} elements, a gradient chunk needs {offset + per_sample}")
+            raise ValueError(
+                f"Adam state of {name!r} has {m.numel()} elements, a gradient chunk needs {offset + per_sample}"
+            )
         m = m[offset : offset + per_sample].to(grad.device, torch.float32).view(grad.shape[1:])
         v = v[offset : offset + per_sample].to(grad.device, torch.float32).view(grad.shape[1:])
         return adam_feature(grad, m, v, beta1, beta2, eps)
@@ -136,7 +140,8 @@ class AdamProjector:
                 continue
             buf = self.buffers.get(name)
             if buf is None:
-                buf = self.buffers[name] = torch.zeros(g.shape[0], self.sizes[name], dtype=torch.float32, device=g.device)
+                buf = torch.zeros(g.shape[0], self.sizes[name], dtype=torch.float32, device=g.device)
+                self.buffers[name] = buf
             buf[:, o : o + flat.shape[1]] += flat
         if rest:
             return self.projector.project(rest, offsets={k: offsets.get(k, 0) for k in rest})

@@ -51,7 +51,8 @@ def normalize_features(features: Tensor, eps: float | None = None) -> Tensor:
         return F.normalize(features, p=2.0, dim=-1, eps=eps)
     x = features.double()
     norms = x.norm(dim=-1, keepdim=True)
-    return torch.where(norms > 0, x / norms.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x)).to(features.dtype)
+    scaled = x / norms.clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.where(norms > 0, scaled, torch.zeros_like(x)).to(features.dtype)
 
 
 def as_checkpoints(features: Tensor, what: str) -> Tensor:
@@ -126,7 +127,9 @@ def make_projector(dim: int, seed: int, kind: str = "rademacher", cache_mb: floa
 
 
 # ---------------------------------------------------------------------------------- feature passes
-def _feature_pass(model, dataset, collator, indices, projector, transform, batch_size, reduce, desc, adam=None) -> Tensor:
+def _feature_pass(
+    model, dataset, collator, indices, projector, transform, batch_size, reduce, desc, adam=None
+) -> Tensor:
     """``adam``: ``(sizes, tied names, full transform)`` for :class:`AdamProjector` (Adam features)."""
 
     def features(model, batch):

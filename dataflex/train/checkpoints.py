@@ -89,7 +89,9 @@ def warmup_checkpoints(warmup_dir: str | Path, steps: Sequence[int] | None = Non
     if steps is not None:
         missing = [int(s) for s in steps if int(s) not in found]
         if missing:
-            raise ConfigError(f"selector.checkpoints: no checkpoint at step(s) {missing} in {root}; found {sorted(found)}")
+            raise ConfigError(
+                f"selector.checkpoints: no checkpoint at step(s) {missing} in {root}; found {sorted(found)}"
+            )
         found = {int(s): found[int(s)] for s in steps}
     return sorted(found.items())
 
@@ -101,7 +103,8 @@ def load_trainable_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -
     from safetensors.torch import load_file
 
     ckpt = Path(checkpoint_dir)
-    adapter, full, index = ckpt / "adapter_model.safetensors", ckpt / "model.safetensors", ckpt / "model.safetensors.index.json"
+    adapter, full = ckpt / "adapter_model.safetensors", ckpt / "model.safetensors"
+    index = ckpt / "model.safetensors.index.json"
     if adapter.is_file():
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -111,7 +114,10 @@ def load_trainable_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -
         expected = set(get_peft_model_state_dict(model))
         if set(state) != expected:
             odd = sorted(set(state) ^ expected)[:3]
-            raise ConfigError(f"{ckpt}: the adapter's weights differ from this run's LoRA layout ({odd}); use the warm-up's trainer settings")
+            raise ConfigError(
+                f"{ckpt}: the adapter's weights differ from this run's LoRA layout ({odd}); "
+                "use the warm-up's trainer settings"
+            )
         set_peft_model_state_dict(model, state)
         return
     if full.is_file():
@@ -128,7 +134,9 @@ def load_trainable_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -
     model.load_state_dict(state, strict=False)
 
 
-def checkpoint_adam_state(checkpoint_dir: str | Path, optimizer: Any, model: torch.nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
+def checkpoint_adam_state(
+    checkpoint_dir: str | Path, optimizer: Any, model: torch.nn.Module
+) -> dict[str, tuple[Tensor, Tensor]]:
     """``{trainable parameter name: (exp_avg, exp_avg_sq)}`` saved in a checkpoint's ``optimizer.pt``.
 
     The saved state is keyed by position in the optimizer's parameter groups; ``optimizer`` (this
@@ -168,12 +176,18 @@ def checkpoint_adam_state(checkpoint_dir: str | Path, optimizer: Any, model: tor
                 out[name] = (zeros, zeros.clone())
                 continue
             if "exp_avg" not in state or "exp_avg_sq" not in state:
-                raise ConfigError(f"{path}: no Adam moments for {name!r} (state keys {sorted(state)}); use selector.gradient_type=sgd")
+                raise ConfigError(
+                    f"{path}: no Adam moments for {name!r} (state keys {sorted(state)}); use selector.gradient_type=sgd"
+                )
             m, v = state["exp_avg"], state["exp_avg_sq"]
             if m.numel() != param.numel():
-                raise ConfigError(f"{path}: saved state of {name!r} has {m.numel()} elements, the parameter {param.numel()}")
+                raise ConfigError(
+                    f"{path}: saved state of {name!r} has {m.numel()} elements, the parameter {param.numel()}"
+                )
             out[name] = (m, v)
     missing = sorted(set(names.values()) - set(out))
     if missing:
-        raise ConfigError(f"trainable parameter(s) {missing[:3]} are not in the optimizer; cannot read their warm-up state")
+        raise ConfigError(
+            f"trainable parameter(s) {missing[:3]} are not in the optimizer; cannot read their warm-up state"
+        )
     return out
