@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, build_component, to_dict
 from dataflex.tracking import Tracker, build_tracker
+from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
 from dataflex.train.components import Component
 from dataflex.train.nan import NonFiniteGuard, nonfinite_policy
 from dataflex.utils import atomic_write_json, atomic_write_text
@@ -32,29 +32,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
-
-
-def newest_complete_checkpoint(checkpoint_root: Path, remove_incomplete: bool = False) -> str | None:
-    """The newest ``checkpoint-N`` whose DataFlex state was written (the last file of a save).
-
-    With ``remove_incomplete``, checkpoints a kill interrupted (no DataFlex state) are deleted, so
-    neither this run nor LLaMA-Factory's own auto-resume ever trusts one.
-    """
-    from dataflex.train.callback import has_dataflex_state
-
-    if not checkpoint_root.is_dir():
-        return None
-    found = []
-    for path in checkpoint_root.glob("checkpoint-*"):
-        suffix = path.name.split("-")[-1]
-        if not suffix.isdigit():
-            continue
-        if has_dataflex_state(path):
-            found.append((int(suffix), path))
-        elif remove_incomplete:
-            print(f"[dataflex] removing incomplete checkpoint {path} (interrupted save)", flush=True)
-            shutil.rmtree(path)
-    return str(max(found)[1]) if found else None
 
 
 def is_main_process() -> bool:
@@ -134,8 +111,6 @@ class Run:
             atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
         resume_from = newest_complete_checkpoint(self.run_dir / "checkpoints", remove_incomplete=is_main_process())
         if resume_from is not None:
-            from dataflex.train.callback import checkpoint_run_id
-
             found = checkpoint_run_id(resume_from)
             if found is not None and found != self.run_id:
                 raise ConfigError(

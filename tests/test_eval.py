@@ -16,9 +16,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from dataflex.eval import format_table, run_eval_suite
-from dataflex.eval.exact_match import exact_match, generate_answers, generation_prompt_ids, normalize_answer
+from dataflex.eval.exact_match import exact_match, generate_answers, normalize_answer
 from dataflex.eval.mcq import mcq_accuracy
 from dataflex.eval.perplexity import domain_perplexity, perplexity
+from dataflex.signals.generation import generation_prompt_ids
 
 EOS = "<|endoftext|>"
 WORDS = [

@@ -13,14 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from dataflex.selectors import less as L
+from dataflex.selectors import less_offline as LO
+from dataflex.signals import adam as A
+from dataflex.signals import features as SF
 from dataflex.signals.gradients import per_sample_gradients_loop, trainable_parameters
 from dataflex.signals.projection import Projector
+from dataflex.train import checkpoints as CK
 
 
 # -- adam_feature ----------------------------------------------------------------------------------
 def test_adam_feature_with_empty_state_is_the_pinned_formula():
     g = torch.tensor([1.0, -2.0, 0.0, 1e-3, 50.0], dtype=torch.float64)
-    got = L.adam_feature(g, torch.zeros_like(g), torch.zeros_like(g))
+    got = A.adam_feature(g, torch.zeros_like(g), torch.zeros_like(g))
     expected = 0.1 * g / torch.sqrt(0.001 * g**2 + 1e-8)  # ALGORITHMS.md invariant, elementwise
     torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
     # by hand: g = 1 -> 0.1 / sqrt(0.00100001); g = 0 -> 0 (ε inside the root: never NaN)
@@ -31,19 +35,19 @@ def test_adam_feature_with_empty_state_is_the_pinned_formula():
 
 def test_adam_feature_with_state_by_hand_and_no_bias_correction():
     # m = 0.5, v = 0.25, g = 1: m' = 0.45 + 0.1 = 0.55, v' = 0.24975 + 0.001 = 0.25075
-    got = L.adam_feature(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64))
+    got = A.adam_feature(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64))
     assert got.item() == pytest.approx(0.55 / math.sqrt(0.25075 + 1e-8), rel=1e-12)
     # other betas / eps are honoured
-    got = L.adam_feature(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(0.0), beta1=0.5, beta2=0.5, eps=0.0)
+    got = A.adam_feature(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(0.0), beta1=0.5, beta2=0.5, eps=0.0)
     assert got.item() == pytest.approx(1.0 / math.sqrt(2.0), rel=1e-6)  # m' = 1, v' = 2
 
 
 def test_adam_feature_broadcasts_a_batch_over_the_state():
     g = torch.randn(3, 4, 5, dtype=torch.float64)
     m, v = torch.randn(4, 5, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)
-    batched = L.adam_feature(g, m, v)
+    batched = A.adam_feature(g, m, v)
     for i in range(3):
-        torch.testing.assert_close(batched[i], L.adam_feature(g[i], m, v))
+        torch.testing.assert_close(batched[i], A.adam_feature(g[i], m, v))
 
 
 # -- less_scores -----------------------------------------------------------------------------------
@@ -118,9 +122,9 @@ def test_less_scores_errors():
 
 
 def test_top_k_is_stable_and_checked():
-    assert L.top_k(torch.tensor([0.1, 0.5, 0.5, -1.0, 0.7]), 3).tolist() == [4, 1, 2]
+    assert SF.top_k_indices(torch.tensor([0.1, 0.5, 0.5, -1.0, 0.7]), 3).tolist() == [4, 1, 2]
     with pytest.raises(ValueError):
-        L.top_k(torch.tensor([1.0, 2.0]), 3)
+        SF.top_k_indices(torch.tensor([1.0, 2.0]), 3)
 
 
 def test_epoch_learning_rates_by_hand():
@@ -173,7 +177,7 @@ def _expected(trainer, rows, collate, projector, gradient_type):
     grads = per_sample_gradients_loop(trainer.model, collate(rows))
     if gradient_type == "adam":
         state = adam_state(trainer.optimizer, trainer.model)
-        grads = {n: L.adam_feature(g, *state[n]) for n, g in grads.items()}
+        grads = {n: A.adam_feature(g, *state[n]) for n, g in grads.items()}
     return F.normalize(projector.project(grads), dim=-1)
 
 
@@ -186,26 +190,26 @@ def test_training_features_equal_the_per_sample_definition(kind, gradient_type, 
     if kind == "full_untied":
         # chunks of 2 embedding rows: the engine skips the chunks no sample of a batch uses, whose
         # Adam feature is Γ(0) = β1·m/sqrt(β2·v + ε) ≠ 0 for every sample
-        monkeypatch.setattr(L, "CHUNK_SIZE", 64)
+        monkeypatch.setattr(SF, "CHUNK_SIZE", 64)
     rows, collate = _rows(_batch(lengths=(11, 7, 16, 9, 5), prompt=(3, 2, 5, 4, 1)))
     trainer = _stepped_trainer(model, rows, collate)
     if kind == "full_tied":
-        assert L.shared_trainable_parameters(model) == {"model.embed_tokens.weight"}
+        assert A.shared_trainable_parameters(model) == {"model.embed_tokens.weight"}
     projector = Projector(64, seed=3)
     expected = _expected(trainer, rows, collate, projector, gradient_type)
     # batched with padding (batch of 3 then 2), in a chosen order
     order = [4, 0, 2, 1, 3]
-    got = L.training_features(trainer, order, projector, gradient_type, batch_size=3)
+    got = SF.training_features(trainer.model, rows, collate, order, projector, gradient_type, batch_size=3, optimizer=trainer.optimizer)
     assert got.shape == (5, 64)
     torch.testing.assert_close(got, expected[order], rtol=1e-4, atol=1e-5)
     if gradient_type == "adam":  # the preconditioning matters: Adam and SGD features differ
-        sgd = L.training_features(trainer, order, projector, "sgd", batch_size=3)
+        sgd = SF.training_features(trainer.model, rows, collate, order, projector, "sgd", batch_size=3)
         assert (got - sgd).abs().max() > 1e-2
 
 
 def test_gaps_of_covered_ranges():
-    assert L._AdamProjector.gaps([(4, 6), (0, 2), (5, 8)], 10) == [(2, 4), (8, 10)]
-    assert L._AdamProjector.gaps([], 3) == [(0, 3)] and L._AdamProjector.gaps([(0, 3)], 3) == []
+    assert A.AdamProjector.gaps([(4, 6), (0, 2), (5, 8)], 10) == [(2, 4), (8, 10)]
+    assert A.AdamProjector.gaps([], 3) == [(0, 3)] and A.AdamProjector.gaps([(0, 3)], 3) == []
 
 
 def test_tied_weights_are_preconditioned_whole():
@@ -220,8 +224,8 @@ def test_tied_weights_are_preconditioned_whole():
     rows, collate = _rows(_batch())
     trainer = _stepped_trainer(model, rows, collate)
     projector = Projector(32, seed=0)
-    right = L.training_features(trainer, None, projector, "adam", batch_size=4)
-    naive = F.normalize(project_per_sample_gradients(model, collate(rows), projector, transform=L.adam_transform(adam_state(trainer.optimizer, model))), dim=-1)
+    right = SF.training_features(model, rows, collate, None, projector, "adam", batch_size=4, optimizer=trainer.optimizer)
+    naive = F.normalize(project_per_sample_gradients(model, collate(rows), projector, transform=A.adam_transform(adam_state(trainer.optimizer, model))), dim=-1)
     assert (right - naive).abs().max() > 1e-3
 
 
@@ -233,7 +237,7 @@ def test_validation_features_and_similarities_match_less_scores():
     pool, val = rows[:4], rows[4:] + rows[:1]
     trainer = _stepped_trainer(model, pool, collate)
     projector = Projector(48, seed=1)
-    v = L.validation_features(trainer, projector, dataset=val, batch_size=2)
+    v = SF.validation_features(trainer.model, val, collate, projector, batch_size=2)
     torch.testing.assert_close(v, _expected(trainer, val, collate, projector, "sgd"), rtol=1e-4, atol=1e-5)
 
     class Val(list):  # a dataset with a domain_id column (the subtask), as the run's validation set
@@ -244,9 +248,10 @@ def test_validation_features_and_similarities_match_less_scores():
 
     groups = [0, 1, 1]
     validation = Val({**r, "domain_id": d} for r, d in zip(val, groups))
-    sims = L.checkpoint_similarities(trainer, torch.arange(4), projector, "adam", 2, validation=validation)
+    sims = L.checkpoint_similarities(trainer.model, pool, collate, torch.arange(4), projector, "adam", 2, validation=validation,
+                                   optimizer=trainer.optimizer)
     assert sims.shape == (4, 2)
-    t = L.training_features(trainer, None, projector, "adam")
+    t = SF.training_features(trainer.model, pool, collate, None, projector, "adam", optimizer=trainer.optimizer)
     torch.testing.assert_close(L.combine_subtask_similarities(sims), L.less_scores(t, v, groups), rtol=1e-5, atol=1e-6)
 
 
@@ -260,13 +265,13 @@ def test_constructors_reject_bad_settings():
     with pytest.raises(ValueError, match="projection_cache_mb"):
         L.LessSelector(8, projection_cache_mb=-1)
     with pytest.raises(ValueError, match="checkpoint weights"):
-        L.LessOfflineSelector(8, checkpoint_weights=[0.0, 0.0])
+        LO.LessOfflineSelector(8, checkpoint_weights=[0.0, 0.0])
     with pytest.raises(ValueError, match="checkpoints"):
-        L.LessOfflineSelector(8, checkpoints=[0])
+        LO.LessOfflineSelector(8, checkpoints=[0])
     with pytest.raises(ValueError, match="checkpoint_weights for"):
-        L.LessOfflineSelector(8, checkpoints=[1, 2], checkpoint_weights=[1.0])
+        LO.LessOfflineSelector(8, checkpoints=[1, 2], checkpoint_weights=[1.0])
     with pytest.raises(ValueError, match="gradient_type"):
-        L.training_features(SimpleNamespace(model=None), None, None, "newton")
+        SF.training_features(None, None, None, None, None, "newton")
 
 
 def test_checkpoint_adam_state_maps_saved_positions_to_names(tmp_path):
@@ -280,7 +285,7 @@ def test_checkpoint_adam_state_maps_saved_positions_to_names(tmp_path):
     trainer = _stepped_trainer(model, rows, collate)
     torch.save(trainer.optimizer.state_dict(), tmp_path / "optimizer.pt")
     fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)  # no state yet
-    got = L.checkpoint_adam_state(tmp_path, fresh, model)
+    got = CK.checkpoint_adam_state(tmp_path, fresh, model)
     want = adam_state(trainer.optimizer, model)
     assert got.keys() == want.keys() == trainable_parameters(model).keys()
     for n in want:
@@ -288,9 +293,9 @@ def test_checkpoint_adam_state_maps_saved_positions_to_names(tmp_path):
         torch.testing.assert_close(got[n][1], want[n][1])
     other = torch.optim.AdamW([next(p for p in model.parameters() if p.requires_grad)], lr=1e-2)
     with pytest.raises(ConfigError, match="optimizer groups"):
-        L.checkpoint_adam_state(tmp_path, other, model)
+        CK.checkpoint_adam_state(tmp_path, other, model)
     with pytest.raises(ConfigError, match="optimizer.pt"):
-        L.checkpoint_adam_state(tmp_path / "nowhere", fresh, model)
+        CK.checkpoint_adam_state(tmp_path / "nowhere", fresh, model)
 
 
 def test_validation_subset_per_subtask_is_seeded_and_fixed():
@@ -329,7 +334,7 @@ def test_e2e_less_online(tmp_path):
     cand, s = scores["candidates"], scores["scores"]
     assert scores["update_index"] == 2 and cand.numel() == 32 and torch.equal(cand, cand.unique())
     assert s.shape == (32,) and torch.isfinite(s).all() and (s.abs() <= 1 + 1e-6).all() and s.std() > 0
-    assert rounds[-1]["indices"] == cand[L.top_k(s, 16)].tolist()
+    assert rounds[-1]["indices"] == cand[SF.top_k_indices(s, 16)].tolist()
     logged = [json.loads(line) for line in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "selector/selected" in r] == [0, 2, 4, 6]
     saved = sorted(p.name for p in (tmp_path / "x" / "selections").glob("round_*.json"))
@@ -344,19 +349,19 @@ def test_e2e_less_online(tmp_path):
     cfg = to_dict(compose_config([*LESS, *steps]))
     built = build(build_hparams(cfg, tmp_path / "re", resume_from=None), validation_names(cfg["data"]))
     ckpt = tmp_path / "x" / "checkpoints" / "checkpoint-6"
-    L.load_trainable_weights(built.model, ckpt)
+    CK.load_trainable_weights(built.model, ckpt)
     params = list(trainable_parameters(built.model).values())
     optimizer = torch.optim.AdamW([{"params": params}, {"params": []}])  # HF's groups: decay (all LoRA weights), no decay
-    adam = L.checkpoint_adam_state(ckpt, optimizer, built.model)
+    adam = CK.checkpoint_adam_state(ckpt, optimizer, built.model)
     trainer = SimpleNamespace(model=built.model, train_dataset=built.pool, data_collator=MetaCollator(built.collator))
-    projector = L.make_projector(128, cfg["seed"])
+    projector = SF.make_projector(128, cfg["seed"])
     groups = L.subtask_ids(built.validation)
     rows = L.validation_subset(groups, len(built.validation), 8, cfg["seed"])
-    val = L.validation_features(trainer, projector, rows, dataset=built.validation)
-    train = L.training_features(trainer, cand, projector, "adam", adam=adam)
+    val = SF.validation_features(trainer.model, built.validation, trainer.data_collator, projector, rows)
+    train = SF.training_features(trainer.model, trainer.train_dataset, trainer.data_collator, cand, projector, "adam", adam=adam)
     torch.testing.assert_close(L.less_scores(train, val, groups[rows]).float(), s, rtol=1e-4, atol=1e-5)
     stale = {n: (torch.zeros_like(m), torch.zeros_like(v)) for n, (m, v) in adam.items()}
-    without_moments = L.less_scores(L.training_features(trainer, cand, projector, "adam", adam=stale), val, groups[rows])
+    without_moments = L.less_scores(SF.training_features(trainer.model, trainer.train_dataset, trainer.data_collator, cand, projector, "adam", adam=stale), val, groups[rows])
     assert (without_moments.float() - s).abs().max() > 1e-3  # the optimizer state mattered
 
 
@@ -428,7 +433,7 @@ def test_offline_recipe_end_to_end(tmp_path):
         ckpt = warm / "checkpoints" / f"checkpoint-{step}"
         assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "optimizer.pt").is_file()
 
-    record = json.loads((run_dir / L.OFFLINE_RECORD).read_text())
+    record = json.loads((run_dir / LO.OFFLINE_RECORD).read_text())
     assert record["checkpoint_steps"] == [3, 6] and record["candidates"] == 48 and record["k"] == 16
     # w_c: the mean learning rate the warm-up logged over each epoch's steps, normalised, by hand
     log = json.loads((warm / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
@@ -443,7 +448,7 @@ def test_offline_recipe_end_to_end(tmp_path):
     assert len(set(chosen)) == 16 and sel["rounds"][0]["indices"] == chosen
     assert json.loads((run_dir / "selections" / "round_000.json").read_text())["indices"] == chosen
     scores, cand = sel["last_scores"]["scores"], sel["last_scores"]["candidates"]
-    assert cand[L.top_k(scores, 16)].tolist() == chosen and torch.isfinite(scores).all()
+    assert cand[SF.top_k_indices(scores, 16)].tolist() == chosen and torch.isfinite(scores).all()
     assert record["scores"] == pytest.approx(sorted(record["scores"], reverse=True))
 
     # the final model trained from where it was built (the warm-up weights were put back): the same
@@ -462,10 +467,10 @@ def test_offline_selector_needs_a_warmup_dir(tmp_path):
     with pytest.raises(ConfigError, match="needs selector.warmup_dir=.*python -m dataflex.cli.less_offline"):
         Run(compose_config([*OFFLINE, "trainer.max_steps=1"]), tmp_path / "r").fit()
     with pytest.raises(ConfigError, match="not a directory"):
-        L.warmup_checkpoints(tmp_path / "missing")
+        CK.warmup_checkpoints(tmp_path / "missing")
     (tmp_path / "w" / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # no dataflex_state.pt: incomplete
     with pytest.raises(ConfigError, match="no complete checkpoint"):
-        L.warmup_checkpoints(tmp_path / "w")
+        CK.warmup_checkpoints(tmp_path / "w")
 
 
 def test_recipe_settings_and_run_configs():
@@ -496,4 +501,4 @@ def test_command_implies_the_experiment():
 
     out = subprocess.run([sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
                          capture_output=True, text=True, check=True).stdout
-    assert "_target_: dataflex.selectors.less.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
+    assert "_target_: dataflex.selectors.less_offline.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out

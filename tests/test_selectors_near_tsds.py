@@ -15,7 +15,8 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import compose_config
-from dataflex.selectors.near import EmbeddingSelector, NearSelector, interleave_groups, near_indices, round_robin
+from dataflex.selectors.base import EmbeddingSelector, interleave_groups
+from dataflex.selectors.near import NearSelector, near_indices, round_robin
 from dataflex.selectors.tsds import TSDSSelector, capped, draw, kde_densities, transport_mass, tsds_probabilities
 from dataflex.signals.knn import KnnIndex
 
@@ -490,8 +491,7 @@ from dataflex.selectors.tsds import TSDSSelector
 
 rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
-ctx = SimpleNamespace(pool_size=300, update_index=0, global_step=2, run_dir=None,
-                      trainer=SimpleNamespace(model=torch.nn.Linear(1, 1)))
+ctx = SimpleNamespace(pool_size=300, update_index=0, global_step=2, run_dir=None, model=torch.nn.Linear(1, 1))
 texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
 result = {"encoded": NearSelector(budget=20)._encode(ctx, texts).tolist()}
 # each rank sees different embeddings: rank 0's decision must be the one every rank keeps

@@ -12,6 +12,7 @@ import torch
 
 from dataflex.config import ConfigError
 from dataflex.selectors import nice as N
+from dataflex.signals import features as SF
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.losses import IGNORE_INDEX
@@ -92,30 +93,30 @@ def test_reinforce_features_by_hand():
     g = N.reinforce_features(f, r, n)
     # prompt 0: (2·1·[1,0] + 0.5·4·[0,1]) / 2 = [1, 1]; prompt 1: (2·1·[3,4] + 0) / 2 = [3, 4] (NaN row ignored)
     assert torch.allclose(g, torch.tensor([[1.0, 1.0], [3.0, 4.0]]))
-    assert torch.allclose(N.normalize_features(g), torch.tensor([[2**-0.5, 2**-0.5], [0.6, 0.8]]))
+    assert torch.allclose(SF.normalize_features(g), torch.tensor([[2**-0.5, 2**-0.5], [0.6, 0.8]]))
     with pytest.raises(ValueError, match="shapes"):
         N.reinforce_features(f[0], r, n)
 
 
 def test_zero_feature_normalises_to_zero_not_nan():
     x = torch.tensor([[0.0, 0.0, 0.0], [0.0, 3.0, 4.0], [1e-30, 0.0, 0.0]])
-    y = N.normalize_features(x)
+    y = SF.normalize_features(x)
     assert torch.equal(y[0], torch.zeros(3)) and torch.allclose(y[1], torch.tensor([0.0, 0.6, 0.8]))
     assert torch.allclose(y[2], torch.tensor([1.0, 0.0, 0.0])) and torch.isfinite(y).all()
     assert torch.equal(N.reinforce_features(torch.randn(2, 3, 4), torch.zeros(2, 3), torch.ones(2, 3)), torch.zeros(2, 4))
 
 
 def test_top_k_highest_first_ties_seeded():
-    assert N.top_k_indices(torch.tensor([0.1, 0.9, -0.3, 0.5]), 2).tolist() == [1, 3]
+    assert SF.top_k_indices(torch.tensor([0.1, 0.9, -0.3, 0.5]), 2).tolist() == [1, 3]
     g = lambda s: torch.Generator().manual_seed(s)
-    assert N.top_k_indices(torch.tensor([0.1, 0.9, -0.3, 0.5]), 3, g(0)).tolist() == [1, 3, 0]
+    assert SF.top_k_indices(torch.tensor([0.1, 0.9, -0.3, 0.5]), 3, g(0)).tolist() == [1, 3, 0]
     flat = torch.zeros(50)
-    a, b = N.top_k_indices(flat, 10, g(1)), N.top_k_indices(flat, 10, g(1))
+    a, b = SF.top_k_indices(flat, 10, g(1)), SF.top_k_indices(flat, 10, g(1))
     assert torch.equal(a, b) and a.unique().numel() == 10
-    assert not torch.equal(a, N.top_k_indices(flat, 10, g(2)))
+    assert not torch.equal(a, SF.top_k_indices(flat, 10, g(2)))
     assert a.tolist() != list(range(10))  # no signal does not mean "the first k rows"
     with pytest.raises(ValueError):
-        N.top_k_indices(flat, 51)
+        SF.top_k_indices(flat, 51)
 
 
 # -- the validation feature on a real model --------------------------------------------------------
@@ -215,6 +216,7 @@ def make_ctx(model, tokenizer, template, validation, update_index=0):
     trainer = SimpleNamespace(
         model=model, processing_class=tokenizer, optimizer=None, train_dataset=pool,
         data_collator=TemplateCollator(template, tokenizer.pad_token_id), dataflex_validation=validation,
+        dataflex_template=template,
     )
     sampler = SimpleNamespace(pool_size=len(pool), domain_ids=torch.tensor(pool["domain_id"]))
     return UpdateContext(trainer=trainer, sampler=sampler, global_step=2, update_index=update_index, max_steps=10)
@@ -249,9 +251,7 @@ def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_refer
 
 
 def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
-    from dataflex.selectors import less
-
-    monkeypatch.setattr(less, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
+    monkeypatch.setattr(N, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
     sel = N.NiceSelector(budget=4, reward="test_selectors_nice.constant_reward", reward_kwargs={"value": 0.0}, **SMALL)
     ctx = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]), update_index=3)
     chosen = sel.select(ctx)
@@ -279,8 +279,8 @@ def test_reference_samples_with_unit_reward_give_the_less_sgd_score(model, token
 
     monkeypatch.setattr(sel, "sample", references)
     sel.select(ctx)
-    train = less.training_features(ctx, None, sel.projector, "sgd")
-    val = less.validation_features(ctx, sel.projector)
+    train = SF.training_features(ctx.model, ctx.pool, ctx.collator, None, sel.projector, "sgd")
+    val = SF.validation_features(ctx.model, ctx.validation, ctx.collator, sel.projector)
     expected = less.less_scores(train, val, val_groups=[0, 1, 1])
     assert torch.allclose(sel.last_scores["scores"].double(), expected, atol=1e-5)
     assert expected.abs().max() > 0.01
@@ -294,10 +294,10 @@ def test_subtask_centroids_give_less_scores():
     val[2] = 0  # a prompt without reward signal
     groups = [3, 1, 3, 1, 1, 8]
     for grp in (groups, None):
-        c = N.subtask_centroids(val, grp)
-        mine = (N.normalize_features(train.double()) @ c.T).max(-1).values
+        c = SF.subtask_centroids(val, grp)
+        mine = (SF.normalize_features(train.double()) @ c.T).max(-1).values
         assert torch.allclose(mine, less_scores(train, val, grp), atol=1e-10)
-    assert N.subtask_centroids(val, groups).shape == (3, 5)
+    assert SF.subtask_centroids(val, groups).shape == (3, 5)
 
 
 def test_selector_checks_its_settings_and_validation(model, tokenizer, template):

@@ -9,7 +9,7 @@ import pytest
 import test_eval
 import torch
 
-from dataflex.eval.mcq import pad_batch
+from dataflex.signals.batching import pad_batch
 from dataflex.signals import embeddings as E
 from dataflex.signals.generation import sample_generations, sample_responses
 

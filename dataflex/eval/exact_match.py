@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .mcq import model_device, pad_batch, pad_id_of
+from dataflex.signals.batching import model_device, pad_batch, pad_id_of
+from dataflex.signals.generation import generation_prompt_ids
 
 
 def normalize_answer(text: str) -> str:
@@ -23,12 +24,6 @@ def normalize_answer(text: str) -> str:
     lines = str(text).strip().splitlines()
     first = lines[0] if lines else ""
     return first.strip().rstrip(".").strip().lower()
-
-
-def generation_prompt_ids(tokenizer: Any, template: Any, instruction: str) -> list[int]:
-    """Prompt ids of an instruction as a user turn, ending where the template's response starts."""
-    messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": ""}]
-    return list(template.encode_oneturn(tokenizer, messages)[0])
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .mcq import model_device, pad_batch, pad_id_of
+from dataflex.signals.batching import model_device, pad_batch, pad_id_of
 
 
 def make_blocks(tokenizer: Any, texts: Sequence[str], block_size: int = 256) -> list[list[int]]:

@@ -174,3 +174,175 @@ class PoolLossSelector(BudgetSelector):
             batch_size=self.batch_size,
             desc=f"{type(self).__name__} losses",
         )
+
+
+# -- embedding selectors (NEAR, TSDS) ------------------------------------------------------------------
+from dataflex.signals.knn import EXACT_MAX, KnnIndex  # noqa: E402
+
+EMBEDDINGS = ("sentence", "model")
+
+
+def interleave_groups(groups: torch.Tensor) -> torch.Tensor:
+    """An order of rows: the first row of every group, then the second of every group, ...
+
+    Groups go in increasing id, rows within a group in their order. Used to order the validation
+    prompts by subtask, so that a round robin whose budget ends within one rank spreads over the
+    subtasks instead of taking the first subtask's queries only.
+
+    Returns:
+        LongTensor[len(groups)], a permutation.
+    """
+    groups = torch.as_tensor(groups, dtype=torch.long).flatten()
+    by_group = torch.sort(groups, stable=True).indices
+    sorted_groups = groups[by_group]
+    within = torch.arange(groups.numel()) - torch.searchsorted(sorted_groups, sorted_groups)
+    position = torch.empty_like(groups)
+    position[by_group] = within
+    # by position within the group, then by group (two stable sorts)
+    return by_group[torch.sort(position[by_group], stable=True).indices]
+
+
+class EmbeddingSelector(BudgetSelector):
+    """A budget selector over embeddings of the pool (candidates) and the validation prompts (queries).
+
+    Candidates are the pool rows' texts (prompt and response, decoded from their own tokens),
+    queries the validation rows' prompts (``ctx.require_validation``: ``data.validation`` must name
+    a set), ordered by :func:`interleave_groups` over their subtasks.
+
+    ``embedding``:
+
+    * ``sentence`` (default): all-MiniLM-L6-v2 (:class:`~dataflex.signals.embeddings.SentenceEncoder`),
+      each rank encoding its share of the texts. These embeddings and the kNN index over them do
+      not change during training, so they are computed once and kept in memory; the pool's
+      embeddings are also saved under the run directory (``cache/``, named by a hash of the texts
+      and the encoder) so a resumed run reads them back instead of encoding the pool again. None
+      of it goes into the checkpoint, which holds the decisions.
+    * ``model``: the training model's mean-pooled last hidden state
+      (:func:`~dataflex.signals.embeddings.mean_pooled_hidden_states`) of the whole pool row and of
+      the validation prompt tokens, recomputed every round (the model changes).
+
+    Every rank takes part in computing the embeddings (they are sharded); rank 0 alone builds the
+    index and decides (:meth:`choose`), and its decision is broadcast, so every rank records and
+    trains on the same selection.
+
+    Schedule: with ``warmup_steps > 0`` the warm-up trains on a seeded random subset of ``budget``
+    samples (as every budget selector); with ``warmup_steps: 0`` the first decision, at the start
+    of training, is already this selector's own selection (with ``update_every: 0`` it is then the
+    only one: the papers' one-shot recipe).
+
+    Args:
+        embedding: ``sentence`` or ``model``.
+        batch_size: texts (sentence) or rows (model) per forward pass when embedding.
+        exact_max: pools up to this size are searched exactly, larger ones through IVF
+            (:mod:`dataflex.signals.knn`).
+        nprobe: IVF cells scanned per query.
+        (others as :class:`~dataflex.selectors.base.BudgetSelector`)
+    """
+
+    method = "embedding"
+
+    def __init__(
+        self,
+        budget,
+        warmup_steps=0,
+        update_every=0,
+        num_updates=0,
+        seed=0,
+        embedding: str = "sentence",
+        batch_size: int = 32,
+        exact_max: int = EXACT_MAX,
+        nprobe: int = 32,
+    ):
+        super().__init__(budget, warmup_steps, update_every, num_updates, seed)
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(nprobe) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        if int(exact_max) < 0:
+            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
+        self.embedding = embedding
+        self.batch_size, self.exact_max, self.nprobe = int(batch_size), int(exact_max), int(nprobe)
+        self._memo: dict[str, Any] = {}  # sentence embeddings and index: in memory only, never checkpointed
+        self.last_round: dict[str, Any] | None = None  # a small summary of the last decision (checkpointed)
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "config_name", self.method)
+
+    def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:
+        if self.schedule.warmup_steps == 0:
+            return self.select(ctx)
+        return super().initial_indices(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_round": self.last_round}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.last_round = state.get("last_round")
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:
+        """Embed (every rank takes part), decide on rank 0 (:meth:`choose`), broadcast the decision,
+        so every rank records and trains on the same selection."""
+        from dataflex.signals.distributed import main_process_result
+
+        candidates, queries = self.embeddings(ctx)
+        indices, summary = main_process_result(self.choose, ctx, candidates, queries)
+        if summary is not None:
+            self.last_round = summary
+        return self.record(ctx, indices)
+
+    def choose(
+        self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, dict | None]:
+        """``(pool indices, a small summary kept as last_round or None)`` for this round (rank 0)."""
+        raise NotImplementedError
+
+    def index(self, candidates: torch.Tensor) -> KnnIndex:
+        """The kNN index over ``candidates`` (built once and kept for sentence embeddings)."""
+        if self.embedding == "sentence" and self._memo.get("index") is not None:
+            return self._memo["index"]
+        index = KnnIndex(candidates, exact_max=self.exact_max, nprobe=self.nprobe, seed=self.seed)
+        if self.embedding == "sentence":
+            self._memo["index"] = index
+        return index
+
+    def embeddings(self, ctx: UpdateContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidates [N, d], queries [M, d])`` for this round (collective: every rank calls it)."""
+        from dataflex.signals.embeddings import (
+            cached_sentence_embeddings,
+            model_pool_embeddings,
+            model_prompt_embeddings,
+            pool_texts,
+        )
+        from dataflex.signals.text import prompt_response_texts
+
+        validation = ctx.require_validation(self.name)
+        order = interleave_groups(validation["domain_id"]) if "domain_id" in validation.column_names else None
+        if self.embedding == "model":
+            candidates = model_pool_embeddings(
+                ctx.model, ctx.pool, ctx.collator, self.batch_size, f"{self.name} pool embeddings"
+            )
+            queries = model_prompt_embeddings(
+                ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings"
+            )
+            return candidates, queries if order is None else queries[order]
+        if "candidates" not in self._memo:
+            texts = pool_texts(ctx.pool, ctx.tokenizer)
+            candidates = cached_sentence_embeddings(texts, lambda texts: self._encode(ctx, texts), ctx.run_dir)
+            prompts, _ = prompt_response_texts(validation, ctx.tokenizer)
+            queries = self._encode(ctx, prompts)
+            self._memo.update(candidates=candidates, queries=queries if order is None else queries[order])
+            self._memo.pop("encoder", None)  # not needed again
+        return self._memo["candidates"], self._memo["queries"]
+
+    def _encode(self, ctx: UpdateContext, texts: list[str]) -> torch.Tensor:
+        """Sentence embeddings of ``texts``, each rank encoding every world_size-th text, gathered."""
+        from dataflex.signals.batching import model_device
+        from dataflex.signals.embeddings import SentenceEncoder, encode_sharded
+
+        if "encoder" not in self._memo:
+            self._memo["encoder"] = SentenceEncoder(device=model_device(ctx.model))
+        return encode_sharded(self._memo["encoder"], texts, self.batch_size)

@@ -1,7 +1,7 @@
 """NICE (Wang et al., ICML 2025): LESS with on-policy, reward-weighted validation gradients
 (ALGORITHMS.md, nice).
 
-Training features are LESS's (:func:`dataflex.selectors.less.training_features`: Adam-preconditioned,
+Training features are LESS's (:func:`dataflex.signals.features.training_features`: Adam-preconditioned,
 projected, L2-normalised per-sample gradients). The validation feature of a target prompt x is the
 REINFORCE estimate of the gradient of its expected NEGATIVE reward,
 
@@ -13,8 +13,9 @@ gradients f of their token-mean NLL ℓ; the summed NLL is n·ℓ (n response to
 of the projection the projected g_val(x) is (1/M)·Σ_m r_m·n_m·f_m (:func:`reinforce_features`).
 Rows with r = 0 contribute nothing and are never differentiated. Each g_val(x) is projected with
 the same seeded projector as the training features and L2-normalised; a zero one stays zero
-(:func:`normalize_features`), so r ≡ 0 gives score 0, never NaN. The score of a pool sample is
-:func:`dataflex.selectors.less.less_scores` (max over subtasks of the mean cosine).
+(:func:`~dataflex.signals.features.normalize_features`), so r ≡ 0 gives score 0, never NaN. The
+score of a pool sample is LESS's (max over subtasks of the mean cosine, against
+:func:`~dataflex.signals.features.subtask_centroids`).
 
 The reward is pluggable (:data:`RewardFn`): ``exact_match`` (default) or ``contains`` against the
 reference answer (the labelled response of the validation row), or any callable named by import
@@ -33,13 +34,14 @@ from typing import Any
 import torch
 
 from dataflex.eval.exact_match import normalize_answer
-from dataflex.eval.mcq import pad_batch, pad_id_of
 from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
+from dataflex.signals.batching import pad_batch, pad_id_of
 from dataflex.signals.distributed import broadcast_object, is_main_process, main_process_result
+from dataflex.signals.features import normalize_features, subtask_centroids, top_k_indices, training_features
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import project_per_sample_gradients
 from dataflex.signals.pool import map_pool
-from dataflex.signals.text import IGNORE_INDEX, split_row
+from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
 
 #: ``reward(prompts, responses, references) -> one float per triple``: the three sequences have equal
@@ -183,28 +185,6 @@ def reinforce_features(features: torch.Tensor, rewards: torch.Tensor, num_tokens
     return (terms.sum(1) / max(1, features.shape[1])).float()
 
 
-def normalize_features(features: torch.Tensor) -> torch.Tensor:
-    """Each row divided by its L2 norm; an all-zero row stays all zero (never NaN)."""
-    x = features.double()  # in float64 so a tiny but non-zero row does not underflow to a zero norm
-    norms = x.norm(dim=-1, keepdim=True)
-    return torch.where(norms > 0, x / norms.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x)).to(features.dtype)
-
-
-def top_k_indices(scores: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The ``k`` highest scores, highest first; ties broken by a random order drawn from ``generator``.
-
-    A seeded tie-break keeps a round without any signal (r ≡ 0: every score 0) from always picking
-    the first k pool rows: it then degrades to a seeded random subset, like the warm-up.
-    """
-    scores = torch.as_tensor(scores).flatten()
-    n = scores.numel()
-    if not 1 <= k <= n:
-        raise ValueError(f"k must lie in [1, {n}], got {k}")
-    perm = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    order = torch.sort(scores[perm], descending=True, stable=True).indices[:k]
-    return perm[order]
-
-
 # -- model-facing helpers --------------------------------------------------------------------------
 def reinforce_row(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> dict[str, list[int]]:
     """A (prompt + response) row labelled on the response tokens only."""
@@ -270,51 +250,12 @@ def nice_validation_features(
     return normalize_features(g)
 
 
-def subtask_centroids(val_features: torch.Tensor, val_groups: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
-    """``[J, d]`` float64: the mean L2-normalised validation feature of each subtask (ordered by id).
-
-    Because the cosine is linear in the normalised validation feature, ``mean_{z' in j} cos(x, z')``
-    is ``normalise(x) · centroid_j``, so the pool pass keeps ``[N, J]`` similarities, never ``N x d``.
-    A zero validation feature (no reward signal) counts as cosine 0 in its subtask's mean, exactly as
-    :func:`dataflex.selectors.less.less_scores` treats it.
-    """
-    val = normalize_features(torch.as_tensor(val_features).double())
-    if val.dim() != 2 or val.shape[0] == 0:
-        raise ValueError(f"validation features must be [M, d] with M >= 1, got {tuple(val.shape)}")
-    if val_groups is None:
-        return val.mean(0, keepdim=True)
-    groups = torch.as_tensor(val_groups, dtype=torch.long).flatten()
-    if groups.numel() != val.shape[0]:
-        raise ValueError(f"val_groups has {groups.numel()} entries for {val.shape[0]} validation rows")
-    _, inverse = torch.unique(groups, sorted=True, return_inverse=True)
-    j = int(inverse.max()) + 1
-    sums = torch.zeros(j, val.shape[1], dtype=val.dtype).index_add_(0, inverse, val)
-    return sums / torch.bincount(inverse, minlength=j).to(val)[:, None]
-
-
 # -- the component ---------------------------------------------------------------------------------
 class _EosStop:
-    """Stand-in template when the trainer's collator carries none (pt stage): stop at EOS only."""
+    """Stand-in template when the run has none (``ctx.template`` is None, the pt stage): stop at EOS only."""
 
     def get_stop_token_ids(self, tokenizer) -> list[int]:
         return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-
-
-def template_of(trainer: Any) -> Any:
-    """The LLaMA-Factory template of the run (its stop tokens end sampled responses).
-
-    The SFT collator holds it (``data_collator.template``, under DataFlex's MetaCollator as
-    ``.base``); without one, sampling stops at the tokenizer's EOS token.
-    """
-    collator = getattr(trainer, "data_collator", None)
-    for _ in range(4):  # MetaCollator(base) -> LLaMA-Factory collator; never a deep chain
-        if collator is None:
-            break
-        template = getattr(collator, "template", None)
-        if template is not None:
-            return template
-        collator = getattr(collator, "base", None)
-    return _EosStop()
 
 
 class NiceSelector(PoolLossSelector):
@@ -332,8 +273,8 @@ class NiceSelector(PoolLossSelector):
     3. rewards ``r(x, y_m)`` from the pluggable ``reward`` (rank 0, broadcast);
     4. validation features g_val(x) (:func:`nice_validation_features`), projected and L2-normalised;
     5. training features of (a seeded subset, ``candidates``, of) the pool from
-       :func:`dataflex.selectors.less.training_features` with the same projector;
-    6. score = max over subtasks of the mean cosine (:func:`dataflex.selectors.less.less_scores`), top k
+       :func:`dataflex.signals.features.training_features` with the same projector;
+    6. score = max over subtasks of the mean cosine (LESS's score), top k
        with a seeded tie-break: a round in which every reward is 0 scores every sample 0 and so picks a
        seeded random subset (the training pass is then skipped).
 
@@ -431,11 +372,11 @@ class NiceSelector(PoolLossSelector):
 
         Every rank calls ``generate`` (a sharded model needs all of them), rank 0's result is kept.
         """
-        trainer = ctx.trainer
+        template = ctx.template if ctx.template is not None else _EosStop()
         groups = sample_generations(
-            trainer.model,
+            ctx.model,
             ctx.tokenizer,
-            template_of(trainer),
+            template,
             prompt_ids,
             num_samples=self.num_samples,
             temperature=self.temperature,
@@ -458,11 +399,8 @@ class NiceSelector(PoolLossSelector):
         return main_process_result(compute)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
-        from dataflex.selectors.less import training_features
-        from dataflex.signals.text import prompt_response_texts
-
         validation = ctx.require_validation("nice")
-        trainer, tokenizer = ctx.trainer, ctx.tokenizer
+        tokenizer = ctx.tokenizer
         val_idx = self.validation_indices(ctx, len(validation))
         rows = validation.select(val_idx.tolist())
         prompt_ids = [split_row(r["input_ids"], r.get("labels"))[0] for r in rows]
@@ -472,7 +410,7 @@ class NiceSelector(PoolLossSelector):
         rewards = self.rewards(prompts, [[s.text for s in group] for group in groups], references)
 
         val_features = nice_validation_features(
-            trainer.model, prompt_ids, responses, rewards, self.projector, self.batch_size, pad_id_of(tokenizer)
+            ctx.model, prompt_ids, responses, rewards, self.projector, self.batch_size, pad_id_of(tokenizer)
         )
         subtasks = torch.as_tensor(rows["domain_id"], dtype=torch.long) if "domain_id" in rows.column_names else None
         centroids = subtask_centroids(val_features, subtasks)  # [J, d]
@@ -481,8 +419,9 @@ class NiceSelector(PoolLossSelector):
             scores = torch.zeros(candidates.numel(), dtype=torch.float64)
         else:
             sims = training_features(
-                ctx, candidates, self.projector, self.gradient_type, self.batch_size,
-                reduce=lambda f: f.double() @ centroids.to(f.device).T, desc="NICE training features",
+                ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
+                optimizer=ctx.optimizer, reduce=lambda f: f.double() @ centroids.to(f.device).T,
+                desc="NICE training features",
             )
             scores = sims.double().reshape(candidates.numel(), -1).max(dim=-1).values
         local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))

@@ -44,8 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from dataflex.selectors.base import seeded_generator
-from dataflex.selectors.near import EmbeddingSelector
+from dataflex.selectors.base import EmbeddingSelector, seeded_generator
 from dataflex.signals.knn import KnnIndex
 from dataflex.train.components import UpdateContext
 
@@ -301,7 +300,7 @@ class TSDSSelector(EmbeddingSelector):
     """Every round, draw ``budget`` samples from the TSDS distribution over the pool.
 
     Candidates are the pool's texts (prompt and response), queries the validation set's prompts,
-    embedded as in :class:`~dataflex.selectors.near.EmbeddingSelector`. The draw is seeded by
+    embedded as in :class:`~dataflex.selectors.base.EmbeddingSelector`. The draw is seeded by
     (seed, round), with replacement by default (the paper's choice).
 
     Args:
@@ -309,9 +308,9 @@ class TSDSSelector(EmbeddingSelector):
         replacement: draw with replacement (False: without; needs at least ``budget`` candidates
             with p > 0).
         kde_nprobe: IVF cells scanned by the KDE (large pools only).
-        exact_max: as :class:`~dataflex.selectors.near.EmbeddingSelector`, by default
+        exact_max: as :class:`~dataflex.selectors.base.EmbeddingSelector`, by default
             :data:`TSDS_EXACT_MAX`.
-        (others as :class:`~dataflex.selectors.near.EmbeddingSelector`)
+        (others as :class:`~dataflex.selectors.base.EmbeddingSelector`)
 
     ``last_round`` (checkpointed) summarises the last decision: what ``info`` of
     :func:`tsds_probabilities` reports, and ``max_p``.

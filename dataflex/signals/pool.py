@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dataflex.eval.mcq import model_device
+from dataflex.signals.batching import model_device
 from dataflex.signals.distributed import gather_by_index, progress, rank, world_size
 
 

@@ -10,13 +10,13 @@ import torch
 from transformers import TrainerCallback
 
 from dataflex.signals.distributed import broadcast_object
+from dataflex.train.checkpoints import STATE_FILE
 from dataflex.train.components import Component, Mixer, Selector, UpdateContext, Weighter, selection_due
 from dataflex.utils import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:
     from dataflex.tracking import Tracker
 
-STATE_FILE = "dataflex_state.pt"
 SELECTIONS_DIR = "selections"
 
 
@@ -72,17 +72,6 @@ class DomainLossTracker(Component):
         sums, counts = totals[:k], totals[k:]
         self.sums, self.counts = torch.zeros_like(self.sums), torch.zeros_like(self.counts)
         return {f"train/domain_loss/{names[d]}": float(sums[d] / counts[d]) for d in range(k) if counts[d] > 0}
-
-
-def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
-    """A checkpoint is complete only once the callback wrote its state (the last file written)."""
-    return (Path(checkpoint_dir) / STATE_FILE).is_file()
-
-
-def checkpoint_run_id(checkpoint_dir: str | os.PathLike) -> str | None:
-    """The run id stamped into a checkpoint's DataFlex state (None for a checkpoint without one)."""
-    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
-    return state.get("run_id") if isinstance(state, dict) else None
 
 
 class DataFlexCallback(TrainerCallback):

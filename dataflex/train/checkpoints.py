@@ -1,0 +1,193 @@
+"""Checkpoints on disk: which are complete, and what a selector reads back from one.
+
+A checkpoint is complete once the DataFlex callback wrote its state (:data:`STATE_FILE`, the last
+file of a save); :func:`complete_checkpoints` is the one place that lists them, for resuming a run
+(:func:`newest_complete_checkpoint`) and for reading a warm-up run (:func:`warmup_checkpoints`).
+:func:`load_trainable_weights` and :func:`checkpoint_adam_state` read a checkpoint's trained
+weights and Adam moments (offline LESS scores with every warm-up checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dataflex.errors import ConfigError
+from dataflex.signals.gradients import trainable_parameters
+from dataflex.signals.optimizer import unwrap_optimizer
+
+#: the callback's state in every checkpoint; written last, so its presence marks a complete save
+STATE_FILE = "dataflex_state.pt"
+
+
+def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
+    """A checkpoint is complete only once the callback wrote its state (the last file written)."""
+    return (Path(checkpoint_dir) / STATE_FILE).is_file()
+
+
+def checkpoint_run_id(checkpoint_dir: str | os.PathLike) -> str | None:
+    """The run id stamped into a checkpoint's DataFlex state (None for a checkpoint without one)."""
+    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    return state.get("run_id") if isinstance(state, dict) else None
+
+
+def complete_checkpoints(checkpoint_root: str | os.PathLike, remove_incomplete: bool = False) -> list[tuple[int, Path]]:
+    """The complete ``checkpoint-N`` directories under ``checkpoint_root``, ``[(N, path)]`` by step.
+
+    Args:
+        checkpoint_root: a run's ``checkpoints`` directory (none there: an empty list).
+        remove_incomplete: delete the checkpoints a kill interrupted (no DataFlex state), so neither
+            this run nor LLaMA-Factory's own auto-resume ever trusts one.
+    """
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if not suffix.isdigit():
+            continue
+        if has_dataflex_state(path):
+            found.append((int(suffix), path))
+        elif remove_incomplete:
+            print(f"[dataflex] removing incomplete checkpoint {path} (interrupted save)", flush=True)
+            shutil.rmtree(path)
+    return sorted(found)
+
+
+def newest_complete_checkpoint(checkpoint_root: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest complete ``checkpoint-N`` (see :func:`complete_checkpoints`), or None."""
+    found = complete_checkpoints(checkpoint_root, remove_incomplete)
+    return str(found[-1][1]) if found else None
+
+
+def warmup_checkpoints(warmup_dir: str | Path, steps: Sequence[int] | None = None) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a warm-up run directory, ``[(step, path)]`` by step.
+
+    Args:
+        warmup_dir: a run directory (its ``checkpoints/checkpoint-N``) or a checkpoints directory.
+        steps: keep only these steps (None: all complete checkpoints).
+
+    Raises:
+        ConfigError: no such directory, no complete checkpoint, or a requested step missing.
+    """
+    root = Path(warmup_dir)
+    if (root / "checkpoints").is_dir():
+        root = root / "checkpoints"
+    if not root.is_dir():
+        raise ConfigError(f"selector.warmup_dir={warmup_dir} is not a directory; point it at a finished warm-up run")
+    found = dict(complete_checkpoints(root))
+    if not found:
+        raise ConfigError(f"selector.warmup_dir={warmup_dir} holds no complete checkpoint; run the warm-up first")
+    if steps is not None:
+        missing = [int(s) for s in steps if int(s) not in found]
+        if missing:
+            raise ConfigError(
+                f"selector.checkpoints: no checkpoint at step(s) {missing} in {root}; found {sorted(found)}"
+            )
+        found = {int(s): found[int(s)] for s in steps}
+    return sorted(found.items())
+
+
+def load_trainable_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
+    """Load a checkpoint's trained weights into ``model`` in place: a LoRA adapter
+    (``adapter_model.safetensors``) into the PEFT model, or full weights (``model.safetensors``,
+    sharded or not). Every trainable parameter must be in the file."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(checkpoint_dir)
+    adapter, full = ckpt / "adapter_model.safetensors", ckpt / "model.safetensors"
+    index = ckpt / "model.safetensors.index.json"
+    if adapter.is_file():
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        if not hasattr(model, "peft_config"):
+            raise ConfigError(f"{ckpt} holds a LoRA adapter but this run trains no adapter; use the warm-up's trainer")
+        state = load_file(adapter)
+        expected = set(get_peft_model_state_dict(model))
+        if set(state) != expected:
+            odd = sorted(set(state) ^ expected)[:3]
+            raise ConfigError(
+                f"{ckpt}: the adapter's weights differ from this run's LoRA layout ({odd}); "
+                "use the warm-up's trainer settings"
+            )
+        set_peft_model_state_dict(model, state)
+        return
+    if full.is_file():
+        state = load_file(full)
+    elif index.is_file():
+        state = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(ckpt / shard))
+    else:
+        raise ConfigError(f"{ckpt} has no adapter_model.safetensors or model.safetensors to load")
+    missing = [n for n in trainable_parameters(model) if n not in state]
+    if missing:
+        raise ConfigError(f"{ckpt} lacks trainable weight(s) {missing[:3]}; the warm-up trained another model")
+    model.load_state_dict(state, strict=False)
+
+
+def checkpoint_adam_state(
+    checkpoint_dir: str | Path, optimizer: Any, model: torch.nn.Module
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{trainable parameter name: (exp_avg, exp_avg_sq)}`` saved in a checkpoint's ``optimizer.pt``.
+
+    The saved state is keyed by position in the optimizer's parameter groups; ``optimizer`` (this
+    run's, built by the same trainer for the same model) maps those positions to parameters, as
+    ``Optimizer.load_state_dict`` does. A parameter with no saved state gets zeros.
+
+    Raises:
+        ConfigError: no ``optimizer.pt`` (DeepSpeed or weights-only checkpoints), no optimizer, a
+            different parameter layout, or a state without Adam moments.
+    """
+    path = Path(checkpoint_dir) / "optimizer.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} not found: offline LESS with gradient_type=adam reads the warm-up's torch optimizer state "
+            "(warm up without DeepSpeed and without save_only_model), or use selector.gradient_type=sgd"
+        )
+    if optimizer is None:
+        raise ConfigError("offline LESS needs the trainer's optimizer to read the warm-up's optimizer state")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    live = unwrap_optimizer(optimizer)
+    saved_groups, live_groups = saved["param_groups"], live.param_groups
+    if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in live_groups]:
+        raise ConfigError(
+            f"{path}: the warm-up's optimizer groups {[len(g['params']) for g in saved_groups]} differ from this run's "
+            f"{[len(g['params']) for g in live_groups]}; use the same model and trainer settings for both runs"
+        )
+    names = {id(p): n for n, p in trainable_parameters(model).items()}
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    for saved_group, live_group in zip(saved_groups, live_groups):
+        for position, param in zip(saved_group["params"], live_group["params"]):
+            name = names.get(id(param))
+            if name is None:
+                continue
+            state = saved["state"].get(position) or {}
+            if not state:
+                zeros = torch.zeros(param.shape, dtype=torch.float32)
+                out[name] = (zeros, zeros.clone())
+                continue
+            if "exp_avg" not in state or "exp_avg_sq" not in state:
+                raise ConfigError(
+                    f"{path}: no Adam moments for {name!r} (state keys {sorted(state)}); use selector.gradient_type=sgd"
+                )
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            if m.numel() != param.numel():
+                raise ConfigError(
+                    f"{path}: saved state of {name!r} has {m.numel()} elements, the parameter {param.numel()}"
+                )
+            out[name] = (m, v)
+    missing = sorted(set(names.values()) - set(out))
+    if missing:
+        raise ConfigError(
+            f"trainable parameter(s) {missing[:3]} are not in the optimizer; cannot read their warm-up state"
+        )
+    return out
