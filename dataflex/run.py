@@ -162,7 +162,8 @@ class Run:
             print(f"[dataflex] resuming from {resume_from}", flush=True)
         # the target/validation set is only tokenised for the selectors that read it
         validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
-        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation)
+        column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column
+        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
         eval_cfg = self.cfg.get("eval") or {}
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
