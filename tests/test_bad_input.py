@@ -249,3 +249,15 @@ def test_traceback_only_when_asked_for(tmp_path):
                              f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr and "budgt" in result.stderr
+
+
+def test_a_failed_start_does_not_claim_its_directory(tmp_path):
+    """An attempt that wrote its config but no checkpoint or metrics (it failed before training)
+    does not make the corrected command "another run"; its stale evaluation cache goes."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    Run(compose_config([*QUIET, "seed=7"]), run_dir)._check_run_dir()  # the failed attempt's claim
+    (run_dir / "eval_before.json").write_text("{}")
+    assert Run(compose_config(QUIET), run_dir)._check_run_dir() is None
+    assert "seed: 42" in (run_dir / "dataflex_config.yaml").read_text()
+    assert not (run_dir / "eval_before.json").exists()

@@ -84,3 +84,27 @@ def test_a_second_damage_of_the_same_step_keeps_the_first_set_aside_copy(tmp_pat
         truncate(make_checkpoint(tmp_path, 2) / "optimizer.pt")
         assert newest_complete_checkpoint(tmp_path, remove_incomplete=True) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2.damaged", "checkpoint-2.damaged-2"]
+
+
+# -- the run directory: one run at a time, a failed start does not claim it ---------------------
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused(tmp_path):
+    from dataflex.config import ConfigError
+    from dataflex.run import run_dir_lock
+
+    with run_dir_lock(tmp_path):
+        with pytest.raises(ConfigError, match=r"is in use by a run still going \(pid \d+\)"):
+            with run_dir_lock(tmp_path):
+                pass
+    with run_dir_lock(tmp_path):  # released at the end of the first
+        pass
+
+
+def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    from dataflex.config import ConfigError
+    from dataflex.run import Run
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot create the run directory .*file/run"):
+        Run({"model": {"name": "m"}, "data": {"name": "d"}}, tmp_path / "file" / "run").fit()
