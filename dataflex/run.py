@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from dataflex.config import ConfigError, build_component, to_dict
+from dataflex.config import ConfigError, to_dict
+from dataflex.preflight import preflight
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
 from dataflex.train.components import Component
@@ -65,7 +66,7 @@ class Run:
         self.cfg: dict[str, Any] = to_dict(cfg)
         self.run_dir = Path(run_dir)
         self.run_name = run_name
-        self.components = {kind: build_component(kind, self.cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
+        self.components = preflight(self.cfg)
         owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
                   if c is not None and type(c).training_loss is not Component.training_loss]
         if len(owners) > 1:

@@ -55,7 +55,7 @@ CASES = {
     "misspelled selector key": (["selector=loss", "+selector.budgt=8"], r"unknown key 'budgt'.*did you mean 'budget'"),
     "misspelled mixer key": ([*PT, "mixer=odm", "+mixer.alhpa=0.5"], r"unknown key 'alhpa'.*did you mean 'alpha'"),
     "wrong type": (["selector=loss", "selector.budget=lots"], r"budget must be an int count or a float fraction"),
-    "budget larger than the pool": (["selector=loss", "selector.budget=100000"], r"asks for 100000 samples but the pool has only 256"),
+    "budget larger than the pool": (["selector=loss", "selector.budget=100000", "selector.warmup_steps=1"], r"asks for 100000 samples but the pool has only 256"),
     "budget zero": (["selector=random", "selector.budget=0"], r"select at least 1"),
     "budget fraction above one": (["selector=random", "selector.budget=1.5"], r"fraction must lie in \(0, 1\]"),
     "candidates below the budget": (["selector=loss", "selector.budget=32", "selector.candidates=16",
@@ -220,7 +220,7 @@ def dataflex_run(tmp_path, *args):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["selector=loss", "selector.budget=100000"], "pool has only"),
+        (["selector=loss", "selector.budget=100000", "selector.warmup_steps=1"], "pool has only"),
         (["data.domains=[nosuchset]"], "nosuchset"),
         (["selector=loss", "+selector.budgt=8"], "budgt"),
     ],

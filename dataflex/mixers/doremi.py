@@ -289,6 +289,9 @@ class DoReMiMixer(Mixer):
             the JSON and the logged weights.
     """
 
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         reference_dir: str | None = None,

@@ -310,6 +310,9 @@ class LessSelector(LessComponent):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         budget,
