@@ -140,6 +140,19 @@ def _component_class(target: str | None) -> type | None:
         return None
 
 
+def check_validation(cfg: Mapping[str, Any], selector: Any) -> None:
+    """A selector that reads the target/validation set needs ``data.validation``."""
+    if not getattr(selector, "needs_validation", False):
+        return
+    from dataflex.backend.llamafactory import validation_names
+
+    if not validation_names(cfg.get("data") or {}):
+        raise ConfigError(
+            f"selector={cfg['selector'].get('name', 'selector')} needs a target/validation set: "
+            "set data.validation=<registered dataset name(s)> (offline_sft uses offline_sft_val_mcq)"
+        )
+
+
 def check_mixture_domains(cfg: Mapping[str, Any]) -> None:
     mixer, data = cfg.get("mixer") or {}, cfg.get("data") or {}
     if not mixer.get("_target_") or data.get("domain_column"):
@@ -166,6 +179,15 @@ def preflight(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_data_and_eval(cfg.get("data") or {}, cfg.get("eval") or {})
     components = {kind: build_component(kind, cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
     check_schedules(cfg)
+    check_validation(cfg, components["selector"])
+    for kind, component in components.items():
+        if component is not None:
+            where = f"{kind}={(cfg.get(kind) or {}).get('name', kind)}"
+            try:
+                component.check_before_start()
+            except ConfigError as err:
+                message = str(err)
+                raise ConfigError(message if message.startswith(f"{kind}=") else f"{where}: {message}") from None
     check_mixture_domains(cfg)
     check_template(cfg.get("model") or {})
     return components

@@ -71,15 +71,6 @@ class Run:
                   if c is not None and type(c).training_loss is not Component.training_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
-        selector = self.components["selector"]
-        if getattr(selector, "needs_validation", False):
-            from dataflex.backend.llamafactory import validation_names
-
-            if not validation_names(self.cfg.get("data") or {}):
-                raise ConfigError(
-                    f"selector={self.cfg['selector'].get('name', 'selector')} needs a target/validation set: "
-                    "set data.validation=<registered dataset name(s)> (offline_sft uses offline_sft_val_mcq)"
-                )
         self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"), self.cfg.get("trainer"))
 
     @property

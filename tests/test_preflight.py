@@ -39,7 +39,7 @@ CASES = {
     "selector that never updates": ([*LOSS, "selector.update_every=0"], r"selector=loss never updates with selector\.update_every=0"),
     "mixer that never updates": ([*PT, "mixer=odm", "mixer.update_every=0"], r"mixer=odm never updates with mixer\.update_every=0"),
     "mixer warm-up past the run": ([*PT, "mixer=odm", "mixer.warmup_steps=10"], r"mixer=odm never updates: mixer\.warmup_steps=10"),
-    "one-shot NEAR after a warm-up that never ends": (["selector=near", "selector.warmup_steps=2", "data.validation=offline_sft_val_mcq"],
+    "one-shot NEAR after a warm-up that never ends": (["selector=near", "selector.warmup_steps=2"],
                                                         r"selector=near never updates with selector\.update_every=0"),
 }
 
@@ -87,3 +87,27 @@ def test_multi_process_launch_validates_once_before_torchrun(tmp_path):
     assert "Traceback" not in result.stderr and "launching" not in result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
     assert errors == ["dataflex: error: trainer.learning_rate must be a number > 0, got 'fast'"], result.stderr[-2000:]
+
+
+LATE = {
+    "NEAR without a validation set": (["selector=near", "data.validation=null"], r"selector=near needs a target/validation set"),
+    "LESS without a validation set": (["selector=less", "selector.warmup_steps=2", "data.validation=null"],
+                                      r"selector=less needs a target/validation set"),
+    "DoReMi without its reference": ([*PT, "mixer=doremi"], r"^mixer=doremi: .*reference"),
+    "a missing proportions file": ([*PT, "mixer=static", "mixer.proportions_file=/nonexistent/w.json"],
+                                   r"^mixer=static: proportions_file /nonexistent/w\.json does not exist"),
+    "candidates below the budget": ([*LOSS, "selector.budget=32", "selector.candidates=16"],
+                                    r"^selector=loss: candidates \(16\) must be at least the budget \(32\)"),
+    "candidate fraction below the budget fraction": ([*LOSS, "selector.budget=0.5", "selector.candidates=0.25"],
+                                                     r"candidates \(0\.25\) must be at least the budget \(0\.5\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE))
+def test_known_from_the_config_is_refused_at_start(case):
+    """Once refused after the model loaded or at the first update; now before anything starts."""
+    overrides, pattern = LATE[case]
+    with pytest.raises(ConfigError) as err:
+        preflight(to_dict(compose_config(overrides)))
+    message = str(err.value)
+    assert "\n" not in message and re.search(pattern, message), message

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.train.components import Mixer, UpdateContext
 
 #: the file the proxy run writes in its run directory (read by ``mixer=static`` in step 3)
@@ -338,6 +339,12 @@ class DoReMiMixer(Mixer):
             return self.alpha.clone()
         return torch.full_like(self.alpha, 1.0 / self.num_domains)
 
+    def check_before_start(self) -> None:
+        try:
+            resolve_reference_model(self.reference_dir)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """α_0 uniform; checks that the reference model exists before training starts."""
         resolve_reference_model(self.reference_dir)
@@ -407,8 +414,6 @@ class DoReMiMixer(Mixer):
 
     def _reference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.reference is None:
-            from dataflex.config import ConfigError
-
             try:
                 path = resolve_reference_model(self.reference_dir)
             except ValueError as err:
