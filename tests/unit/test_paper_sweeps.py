@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from dataflex.config import register_resolvers
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SWEEPS = REPO / "sweeps"
 _spec = importlib.util.spec_from_file_location("dataflex_paper_small", SWEEPS / "paper_small.py")
 paper_small = importlib.util.module_from_spec(_spec)

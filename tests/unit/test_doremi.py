@@ -325,7 +325,7 @@ def test_two_processes_hold_the_same_alpha_from_the_global_batch(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"), str(tmp_path / f"out{r}.json")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
@@ -446,7 +446,7 @@ def test_e2e_doremi_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkey
 
 
 # -- the pipeline script --------------------------------------------------------------------------
-PIPELINE = Path(__file__).resolve().parents[1] / "sweeps" / "doremi_pipeline.sh"
+PIPELINE = Path(__file__).resolve().parents[2] / "sweeps" / "doremi_pipeline.sh"
 
 
 def test_pipeline_script_runs_the_three_steps_in_order(tmp_path):

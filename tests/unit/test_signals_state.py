@@ -16,7 +16,7 @@ import torch
 from dataflex.signals import distributed as D
 from dataflex.signals.optimizer import adam_state, adam_state_shards, unwrap_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Tiny(torch.nn.Module):

@@ -175,7 +175,7 @@ def test_notebook_runs_top_to_bottom_offline(mixer_sweep, monkeypatch):
     """notebooks/compare_methods.ipynb on a sweep directory, executed with nbclient."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "compare_methods.ipynb"
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "compare_methods.ipynb"
     monkeypatch.setenv("DATAFLEX_SWEEP_DIR", str(mixer_sweep))
     nb = nbformat.read(notebook, as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()

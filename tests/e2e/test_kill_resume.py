@@ -26,7 +26,7 @@ import pytest
 from dataflex.tracking import JSONLTracker
 from dataflex.utils import atomic_write_text
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kill_resume_matrix.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kill_resume_matrix.py"
 _spec = importlib.util.spec_from_file_location("kill_resume_matrix", SCRIPT)
 matrix = sys.modules.setdefault("kill_resume_matrix", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(matrix)

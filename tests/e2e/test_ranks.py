@@ -140,7 +140,7 @@ def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_en
     probe = tmp_path / "rank_probe.py"
     probe.write_text(PROBE)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
            **(extra_env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(probe), str(run_dir), name]

@@ -21,7 +21,7 @@ from dataflex.cli.legacy import compose, conf_file, read_legacy, translate, tran
 from dataflex.config import ConfigError
 from dataflex.data.assets import asset_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.name != "components.yaml")
 BIN = Path(sys.executable).parent
 

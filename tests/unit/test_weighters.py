@@ -27,7 +27,7 @@ from dataflex.weighters.loss import (
 )
 from dataflex.weighters.uniform import UniformWeighter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 E = math.e
 
 

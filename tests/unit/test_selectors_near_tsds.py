@@ -393,7 +393,7 @@ def test_conf_documents_every_hyperparameter(name, cls):
 
     from dataflex.config import build_component
 
-    path = Path(__file__).parents[1] / "dataflex" / "conf" / "selector" / f"{name}.yaml"
+    path = Path(__file__).parents[2] / "dataflex" / "conf" / "selector" / f"{name}.yaml"
     text = path.read_text()
     assert text.startswith(f"# dataflex-run selector={name}")
     keys = set(yaml.safe_load(text)) - {"_target_", "name"}
@@ -523,7 +523,7 @@ def test_two_processes_encode_sharded_and_keep_rank_zeros_decision(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    repo = Path(__file__).parents[1]
+    repo = Path(__file__).parents[2]
     env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(

@@ -21,9 +21,9 @@ from dataflex.train.components import Mixer
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SLURM_SH = REPO / "scripts" / "slurm.sh"
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 # on this cluster: no GPUs, one core and no memory request per job, short limits
 CLUSTER = ["hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
            "hydra.launcher.timeout_min=20", "hydra.launcher.signal_delay_s=30"]

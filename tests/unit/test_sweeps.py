@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SWEEPS = REPO / "sweeps"
 _spec = importlib.util.spec_from_file_location("dataflex_sweep", SWEEPS / "sweep.py")
 sweep_module = importlib.util.module_from_spec(_spec)
