@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.config import compose_config
 
-from conftest import compose_config
 from dataflex.config import ConfigError
 from dataflex.data.assets import asset_path
 from dataflex.run import Run
@@ -73,10 +73,11 @@ CASES = {
     "stage mismatch": (["data=offline_domains"], r"pick a pt trainer \(e\.g\. trainer=pt_full\)"),
     # added with the reliability matrix
     "selector needing a validation set without one": (
-        ["+selector._target_=tests_support.NeedsValidationSelector", "selector.name=needs_val", "data.validation=null"],
+        ["+selector._target_=support.components.NeedsValidationSelector", "selector.name=needs_val",
+         "data.validation=null"],
         r"^selector=needs_val needs a target/validation set: set data\.validation="),
     "validation asked for at the start without one": (
-        ["+selector._target_=tests_support.LateValidationSelector", "data.validation=null"],
+        ["+selector._target_=support.components.LateValidationSelector", "data.validation=null"],
         r"needs a target/validation set: set data\.validation="),
     "proportions naming an unknown domain": ([*PT, "mixer=static", "mixer.proportions={offline_domains_cod: 1}"],
                                              r"'offline_domains_cod' is not a domain; the domains are"),
@@ -120,7 +121,7 @@ def test_zero_usable_samples_after_tokenisation(tmp_path):
 
 
 def _conf_missing(*paths: str) -> list[str]:
-    from tests_support import CONF_DIR
+    from support.config import CONF_DIR
 
     return [p for p in paths if not (CONF_DIR / p).is_file()]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.config import compose_config
 
-from conftest import compose_config
 from dataflex.run import Run
 
 # offline_sft, one domain per task (4 domains); 16 samples per domain, no evaluation

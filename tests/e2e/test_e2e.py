@@ -9,38 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.config import compose_config
+from support.runs import fit, kill_at_step, losses, same_state
 
-from conftest import compose_config
 from dataflex.data.assets import asset_path
 from dataflex.run import Run
-from dataflex.train.callback import DataFlexCallback
 
 PT = ["data=offline_domains", "trainer=pt_full", "data.max_samples=16"]
-
-
-def losses(run_dir: Path) -> list[float]:
-    """Per-step training losses from the JSONL the run wrote (a resumed step's later line wins)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    by_step = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def same_state(a, b) -> bool:
-    """Recursive equality for checkpointed state (tensors compared to 1e-6)."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_state, a, b))
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-6, equal_nan=True)
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))  # NaN marks "absent" in recorded histories
-    return a == b
-
-
-def fit(tmp_path, name, overrides=()):
-    run_dir = tmp_path / name
-    return Run(compose_config(overrides), run_dir).fit(), run_dir
 
 
 def test_sft_lora_trains_adapters_and_evaluates(tmp_path):
@@ -97,17 +72,9 @@ def test_dataflex_none_equals_plain_llamafactory(tmp_path):
     assert losses(run_dir) == pytest.approx(plain, abs=1e-6)
 
 
-def _kill_at_step(monkeypatch, step):
-    def boom(self, args, state, control, **kwargs):
-        if state.global_step == step:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(DataFlexCallback, "on_step_begin", boom)
-
-
 DYNAMIC = [
-    "+selector._target_=tests_support.HalfPoolSelector",
-    "+mixer._target_=tests_support.RotatingMixer",
+    "+selector._target_=support.components.HalfPoolSelector",
+    "+mixer._target_=support.components.RotatingMixer",
 ]
 
 
@@ -125,7 +92,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, comp
     _, straight = fit(tmp_path, "straight", overrides)
 
     with monkeypatch.context() as patch:
-        _kill_at_step(patch, 5)  # after checkpoint-4, before checkpoint-6
+        kill_at_step(patch, 5)  # after checkpoint-4, before checkpoint-6
         with pytest.raises(KeyboardInterrupt):
             fit(tmp_path, "resumed", overrides)
     assert not (tmp_path / "resumed" / "metrics.json").exists()  # no partial output mistaken for a result
@@ -157,7 +124,7 @@ def test_dynamic_selection_reaches_the_batches(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DataFlexTrainerMixin, "compute_loss", spy)
     overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8",
-                 "+selector._target_=tests_support.HalfPoolSelector", "+selector.update_every=100"]
+                 "+selector._target_=support.components.HalfPoolSelector", "+selector.update_every=100"]
     fit(tmp_path, "dyn", overrides)
     state = torch.load(tmp_path / "dyn" / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)
     selected = set(state["components"]["selector"]["history"][0])
@@ -252,7 +219,7 @@ def test_signals_on_the_runs_own_pool_and_collator(tmp_path):
 
 
 def test_batch_observers_see_every_micro_batch_without_changing_training(tmp_path):
-    from tests_support import BatchRecorder
+    from support.components import BatchRecorder
 
     overrides = ["eval.before=false", "eval.after=false", "trainer.gradient_accumulation_steps=2"]
     _, plain_dir = fit(tmp_path, "plain", overrides)

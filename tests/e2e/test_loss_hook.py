@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.config import compose_config
+from support.runs import fit, losses
 
-from conftest import compose_config
 from dataflex.config import ConfigError
 from dataflex.run import Run
-from test_e2e import fit, losses
 
 BASE = ["eval.before=false", "eval.after=false", "trainer.max_steps=4",
         "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=2"]
@@ -24,7 +24,7 @@ def adapter(run_dir):
 def test_owning_the_loss_with_the_plain_loss_changes_nothing(tmp_path):
     """Same losses and same trained weights as the run without the component (GA=2, ragged lengths)."""
     _, plain = fit(tmp_path, "plain", BASE)
-    _, owned = fit(tmp_path, "owned", [*BASE, "+weighter._target_=tests_support.PlainLossWeighter"])
+    _, owned = fit(tmp_path, "owned", [*BASE, "+weighter._target_=support.components.PlainLossWeighter"])
     assert losses(owned) == pytest.approx(losses(plain), abs=1e-6)
     a, b = adapter(plain), adapter(owned)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
@@ -33,7 +33,7 @@ def test_owning_the_loss_with_the_plain_loss_changes_nothing(tmp_path):
 def test_a_different_objective_changes_training(tmp_path):
     """The mean of per-sample means is not the token mean: owning the loss must reach the gradients."""
     _, plain = fit(tmp_path, "plain", BASE)
-    _, owned = fit(tmp_path, "owned", [*BASE, "+weighter._target_=tests_support.MeanOfSamplesWeighter"])
+    _, owned = fit(tmp_path, "owned", [*BASE, "+weighter._target_=support.components.MeanOfSamplesWeighter"])
     a, b = adapter(plain), adapter(owned)
     assert any(not torch.allclose(a[k], b[k], atol=1e-7) for k in a)
 
@@ -54,7 +54,7 @@ def test_loss_inputs_scales_match_the_trainer(tmp_path):
     original = DataFlexTrainerMixin._dataflex_loss_inputs
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(DataFlexTrainerMixin, "_dataflex_loss_inputs", spy)
-        fit(tmp_path, "owned", [*BASE, "+weighter._target_=tests_support.PlainLossWeighter"])
+        fit(tmp_path, "owned", [*BASE, "+weighter._target_=support.components.PlainLossWeighter"])
     assert len(seen) == 8  # 4 steps x 2 micro-batches
     for li, logits, labels, num_items, accepts in seen:
         assert isinstance(li, LossInputs) and li.grad_accum_steps == 2
@@ -73,7 +73,7 @@ def test_loss_inputs_scales_match_the_trainer(tmp_path):
 
 
 def test_two_loss_owners_are_refused(tmp_path):
-    cfg = compose_config(["+weighter._target_=tests_support.PlainLossWeighter",
-                          "+mixer._target_=tests_support.LossOwningMixer"])
+    cfg = compose_config(["+weighter._target_=support.components.PlainLossWeighter",
+                          "+mixer._target_=support.components.LossOwningMixer"])
     with pytest.raises(ConfigError, match="both replace the training loss"):
         Run(cfg, tmp_path / "run")

@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.config import compose_config
 
 import dataflex.backend.llamafactory as backend
-from conftest import compose_config
 from dataflex.config import ConfigError
 from dataflex.run import Run
 from dataflex.train.nan import NonFiniteGuard, NonFiniteLossError, describe_samples, nonfinite_policy, zero_loss
@@ -105,7 +105,7 @@ def test_stop_names_the_step_and_the_micro_batch(tmp_path, poison):
 
 
 def test_stop_happens_before_an_observer_sees_the_batch(tmp_path, poison):
-    from tests_support import BatchRecorder
+    from support.components import BatchRecorder
 
     seen = poison({3}, rows=[1])  # one sample of the micro-batch: it is named
     run = Run(compose_config(QUIET), tmp_path / "run")
@@ -120,7 +120,7 @@ def test_stop_happens_before_an_observer_sees_the_batch(tmp_path, poison):
 
 def test_stop_checks_the_loss_a_weighter_returns(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"the loss weighter=\S+ returned is nan at step 2 on samples"):
-        Run(compose_config([*QUIET, "+weighter._target_=tests_support.NonFiniteWeighter", "+weighter.nan_step=2"]),
+        Run(compose_config([*QUIET, "+weighter._target_=support.components.NonFiniteWeighter", "+weighter.nan_step=2"]),
             tmp_path / "run").fit()
 
 

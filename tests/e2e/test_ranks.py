@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
-
-from conftest import compose_config
-from tests_support import CONF_DIR
+from support.config import CONF_DIR, compose_config
 
 pytestmark = pytest.mark.slow
 

@@ -110,7 +110,7 @@ def test_preempted_job_resumes_from_its_checkpoint_and_ends_like_an_uninterrupte
     """One job preempted twice mid-training: at step 3 by `scontrol requeue` (SLURM kills and requeues
     it), at step 5 by the signal submitit listens for (USR2: submitit checkpoints the launcher's call
     and requeues the job itself). Each attempt resumes from the newest checkpoint (save_steps=2)."""
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.run import Run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from support.config import compose_config
 
 from dataflex.backend.llamafactory import build_hparams, split_by_column
 from dataflex.config import ConfigError, to_dict

@@ -11,14 +11,12 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_module
+from support.config import CONF_DIR, compose_config, group_options
 from transformers import HfArgumentParser
 
 import dataflex
 from dataflex.backend.llamafactory import build_hparams
 from dataflex.config import build_component
-from tests_support import CONF_DIR, group_options
-
-from conftest import compose_config
 
 GROUPS = ["model", "data", "trainer", "selector", "mixer", "weighter", "logger", "experiment"]
 

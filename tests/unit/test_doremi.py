@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import compose_config
+from support.config import compose_config
 
 from dataflex.config import ConfigError
 from dataflex.mixers.doremi import (
@@ -425,7 +425,7 @@ def test_e2e_online_mode_proportions_follow_alpha(tmp_path):
 
 
 def test_e2e_doremi_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
-    from test_e2e import _kill_at_step, fit, losses, same_state
+    from support.runs import fit, kill_at_step, losses, same_state
 
     from dataflex.data.assets import asset_path
 
@@ -434,7 +434,7 @@ def test_e2e_doremi_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkey
                  "trainer.max_steps=4", "trainer.save_steps=2"]
     _, straight = fit(tmp_path, "straight", overrides)
     with monkeypatch.context() as patch:
-        _kill_at_step(patch, 3)  # after checkpoint-2, before checkpoint-4
+        kill_at_step(patch, 3)  # after checkpoint-2, before checkpoint-4
         with pytest.raises(KeyboardInterrupt):
             fit(tmp_path, "resumed", overrides)
     _, resumed = fit(tmp_path, "resumed", overrides)

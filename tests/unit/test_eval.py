@@ -1,4 +1,5 @@
-"""Tests for dataflex.eval against naive, unbatched reference computations on a tiny deterministic model."""
+"""Tests for dataflex.eval against naive, unbatched reference computations on a tiny deterministic model
+(the model, tokenizer and template fixtures of tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,90 +11,13 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from llamafactory.data.template import get_template_and_fix_tokenizer
-from llamafactory.hparams import DataArguments
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from support.tiny import WORDS, sentences
 
 from dataflex.eval import format_table, run_eval_suite
 from dataflex.eval.exact_match import exact_match, generate_answers, normalize_answer
 from dataflex.eval.mcq import mcq_accuracy
 from dataflex.eval.perplexity import domain_perplexity, perplexity
 from dataflex.signals.generation import generation_prompt_ids
-
-EOS = "<|endoftext|>"
-WORDS = [
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "sat",
-    "ran",
-    "on",
-    "under",
-    "mat",
-    "table",
-    "red",
-    "blue",
-    "green",
-    "code",
-    "print",
-    "def",
-    "return",
-    "python",
-    "paris",
-    "rome",
-    "capital",
-    "of",
-]
-
-
-def _sentences(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        if rng.random() < 0.3:
-            a, b = rng.randint(0, 99), rng.randint(0, 99)
-            out.append(f"What is {a} + {b}? {a + b}.")
-        else:
-            out.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).capitalize() + ".")
-    return out
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_sentences(300), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
-
-
-@pytest.fixture(scope="module")
-def template(tokenizer):
-    return get_template_and_fix_tokenizer(tokenizer, DataArguments(template="default"))
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer, template):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.1,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def _mcq_rows(n: int = 12) -> list[dict]:
@@ -232,7 +156,7 @@ def _naive_perplexity(model, tokenizer, texts, block_size):
 
 
 def test_perplexity_matches_naive(model, tokenizer):
-    texts = _sentences(25, seed=3)
+    texts = sentences(25, seed=3)
     loss, n, stream_len = _naive_perplexity(model, tokenizer, texts, 32)
     assert stream_len % 32 > 1  # there is a partial final block, padded in its batch
     res = perplexity(model, tokenizer, texts, block_size=32, batch_size=3)
@@ -242,7 +166,7 @@ def test_perplexity_matches_naive(model, tokenizer):
 
 
 def test_domain_perplexity(model, tokenizer):
-    by_domain = {"math": _sentences(8, seed=4), "prose": ["the cat sat on the mat."] * 5}
+    by_domain = {"math": sentences(8, seed=4), "prose": ["the cat sat on the mat."] * 5}
     res = domain_perplexity(model, tokenizer, by_domain, block_size=16, batch_size=2)
     assert set(res) == {"ppl/math", "ppl/prose", "loss/math", "loss/prose", "ppl/avg", "ppl/worst"}
     for d, texts in by_domain.items():
@@ -272,8 +196,8 @@ def spec(tmp_path, model, tokenizer, template):
         "mcq": {"target": _write_jsonl(tmp_path / "mcq.jsonl", mcq)},
         "exact_match": {"arithmetic": _write_jsonl(tmp_path / "em.jsonl", em)},
         "perplexity": {
-            "code": _write_jsonl(tmp_path / "code.jsonl", [{"text": t} for t in _sentences(6, seed=5)]),
-            "web": _write_jsonl(tmp_path / "web.jsonl", [{"text": t} for t in _sentences(6, seed=6)]),
+            "code": _write_jsonl(tmp_path / "code.jsonl", [{"text": t} for t in sentences(6, seed=5)]),
+            "web": _write_jsonl(tmp_path / "web.jsonl", [{"text": t} for t in sentences(6, seed=6)]),
         },
     }
 

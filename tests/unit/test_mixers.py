@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import compose_config
+from support.config import compose_config
 
 from dataflex.mixers.doremi import domain_excess_loss, doremi_update, running_mean
 from dataflex.mixers.odm import exp3_epsilon, exp3_probabilities, odm_update_rewards
@@ -394,7 +394,8 @@ def test_odm_mixer_follows_exp3_on_observed_batches():
 def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
     """With K = 7, eps_t = 1/K (so pi is exactly uniform) while t <= K ln K ~ 13.6; after that the
     observed losses move the proportions."""
-    from conftest import compose_config
+    from support.config import compose_config
+
     from dataflex.run import Run
 
     cfg = compose_config(["data=offline_domains", "trainer=pt_full", "data.max_samples=16", "mixer=odm",

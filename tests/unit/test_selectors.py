@@ -9,9 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from support.runs import check_rounds, run_selection
 
-from conftest import compose_config
-from dataflex.run import Run
 from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
 from dataflex.selectors.delta_loss import count_updates, delta_loss_probabilities, window_bounds
 from dataflex.selectors.loss import LossSelector, loss_scores_to_indices, tercile_buckets, tercile_probabilities
@@ -195,45 +194,23 @@ SCHEDULE = ["selector.budget=16", "selector.warmup_steps=2", "selector.update_ev
             "eval.before=false", "eval.after=false", "trainer.max_steps=6"]
 
 
-def run(tmp_path, overrides):
-    cfg = compose_config(overrides)
-    metrics = Run(cfg, tmp_path / "x").fit()
-    assert math.isfinite(metrics["final_train_loss"])
-    state = torch.load(tmp_path / "x" / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)
-    return cfg, state
-
-
-def check_rounds(state, k=16, steps=(0, 2, 4)):
-    """Warm-up, then every 2 steps; with max_steps=6 the round due at step 6 is not run (nothing would
-    train on it)."""
-    rounds = state["components"]["selector"]["rounds"]
-    assert [r["update_index"] for r in rounds] == list(range(-1, len(steps) - 1))
-    assert [r["step"] for r in rounds] == list(steps)
-    assert state["updates_done"]["selector"] == len(steps) - 1
-    for r in rounds:
-        assert len(r["indices"]) == k and len(set(r["indices"])) == k
-    # every decision reached the sampler, in order
-    plans = [p["indices"] for p in state["sampler"]["history"]]
-    assert [p.tolist() for p in plans[-len(steps):]] == [r["indices"] for r in rounds]
-    return rounds
-
-
 def test_e2e_static(tmp_path):
-    _, state = run(tmp_path, ["selector=static", "eval.before=false", "eval.after=false", "trainer.max_steps=6"])
+    _, state = run_selection(tmp_path, ["selector=static", "eval.before=false", "eval.after=false",
+                                        "trainer.max_steps=6"])
     assert state["components"]["selector"] == {"decisions": 1, "indices": None}
     assert "selector" in state["updates_done"] and state["updates_done"]["selector"] == 0
     assert all(p["indices"] is None for p in state["sampler"]["history"])
 
 
 def test_e2e_random(tmp_path):
-    cfg, state = run(tmp_path, ["selector=random", *SCHEDULE])
+    cfg, state = run_selection(tmp_path, ["selector=random", *SCHEDULE])
     rounds = check_rounds(state)
     for r in rounds:
         assert r["indices"] == random_indices(256, 16, cfg.selector.seed, r["update_index"]).tolist()
 
 
 def test_e2e_loss(tmp_path):
-    _, state = run(tmp_path, ["selector=loss", *SCHEDULE])
+    _, state = run_selection(tmp_path, ["selector=loss", *SCHEDULE])
     rounds = check_rounds(state)
     scores = state["components"]["selector"]["last_scores"]
     assert scores["update_index"] == 1 and torch.equal(scores["candidates"], torch.arange(256))
@@ -245,7 +222,7 @@ def test_e2e_loss(tmp_path):
 
 
 def test_e2e_delta_loss(tmp_path):
-    _, state = run(tmp_path, ["selector=delta_loss", "selector.candidates=64", *SCHEDULE])
+    _, state = run_selection(tmp_path, ["selector=delta_loss", "selector.candidates=64", *SCHEDULE])
     rounds = check_rounds(state)
     sel = state["components"]["selector"]
     l0 = sel["initial_losses"]

@@ -184,14 +184,14 @@ def _expected(trainer, rows, collate, projector, gradient_type):
 @pytest.mark.parametrize("kind", ["lora", "full_tied", "full_untied"])
 @pytest.mark.parametrize("gradient_type", ["adam", "sgd"])
 def test_training_features_equal_the_per_sample_definition(kind, gradient_type, monkeypatch):
-    from test_signals_grads import _batch, _lora, _tiny_llama
+    from support.tiny import padded_batch, tiny_llama, with_lora
 
-    model = _lora(_tiny_llama()) if kind == "lora" else _tiny_llama(tie=kind == "full_tied")
+    model = with_lora(tiny_llama()) if kind == "lora" else tiny_llama(tie=kind == "full_tied")
     if kind == "full_untied":
         # chunks of 2 embedding rows: the engine skips the chunks no sample of a batch uses, whose
         # Adam feature is Γ(0) = β1·m/sqrt(β2·v + ε) ≠ 0 for every sample
         monkeypatch.setattr(SF, "CHUNK_SIZE", 64)
-    rows, collate = _rows(_batch(lengths=(11, 7, 16, 9, 5), prompt=(3, 2, 5, 4, 1)))
+    rows, collate = _rows(padded_batch(lengths=(11, 7, 16, 9, 5), prompt=(3, 2, 5, 4, 1)))
     trainer = _stepped_trainer(model, rows, collate)
     if kind == "full_tied":
         assert A.shared_trainable_parameters(model) == {"model.embed_tokens.weight"}
@@ -215,13 +215,13 @@ def test_gaps_of_covered_ranges():
 def test_tied_weights_are_preconditioned_whole():
     """Γ is nonlinear: applied to the two pieces of a tied weight's gradient separately (embedding
     and lm_head) it gives another feature; the pass must transform their sum."""
-    from test_signals_grads import _batch, _tiny_llama
+    from support.tiny import padded_batch, tiny_llama
 
     from dataflex.signals.gradients import project_per_sample_gradients
     from dataflex.signals.optimizer import adam_state
 
-    model = _tiny_llama(tie=True)
-    rows, collate = _rows(_batch())
+    model = tiny_llama(tie=True)
+    rows, collate = _rows(padded_batch())
     trainer = _stepped_trainer(model, rows, collate)
     projector = Projector(32, seed=0)
     right = SF.training_features(model, rows, collate, None, projector, "adam", batch_size=4, optimizer=trainer.optimizer)
@@ -230,10 +230,10 @@ def test_tied_weights_are_preconditioned_whole():
 
 
 def test_validation_features_and_similarities_match_less_scores():
-    from test_signals_grads import _batch, _lora, _tiny_llama
+    from support.tiny import padded_batch, tiny_llama, with_lora
 
-    model = _lora(_tiny_llama())
-    rows, collate = _rows(_batch(lengths=(11, 7, 16, 9, 5, 12), prompt=(3, 2, 5, 4, 1, 6)))
+    model = with_lora(tiny_llama())
+    rows, collate = _rows(padded_batch(lengths=(11, 7, 16, 9, 5, 12), prompt=(3, 2, 5, 4, 1, 6)))
     pool, val = rows[:4], rows[4:] + rows[:1]
     trainer = _stepped_trainer(model, pool, collate)
     projector = Projector(48, seed=1)
@@ -275,13 +275,13 @@ def test_constructors_reject_bad_settings():
 
 
 def test_checkpoint_adam_state_maps_saved_positions_to_names(tmp_path):
-    from test_signals_grads import _batch, _lora, _tiny_llama
+    from support.tiny import padded_batch, tiny_llama, with_lora
 
     from dataflex.config import ConfigError
     from dataflex.signals.optimizer import adam_state
 
-    model = _lora(_tiny_llama())
-    rows, collate = _rows(_batch())
+    model = with_lora(tiny_llama())
+    rows, collate = _rows(padded_batch())
     trainer = _stepped_trainer(model, rows, collate)
     torch.save(trainer.optimizer.state_dict(), tmp_path / "optimizer.pt")
     fresh = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)  # no state yet
@@ -321,13 +321,12 @@ QUIET = ["eval.before=false", "eval.after=false"]
 
 
 def test_e2e_less_online(tmp_path):
-    from conftest import compose_config
-    from test_e2e import losses
-    from test_selectors import check_rounds, run
+    from support.config import compose_config
+    from support.runs import check_rounds, losses, run_selection
 
     # 7 steps so that step 6 has a round (none runs at the last step); checkpoint-6 is written after it
     steps = [*QUIET, "trainer.max_steps=7", "trainer.save_steps=6"]
-    _, state = run(tmp_path, [*LESS, *steps])
+    _, state = run_selection(tmp_path, [*LESS, *steps])
     assert all(math.isfinite(x) for x in losses(tmp_path / "x"))
     rounds = check_rounds(state, steps=(0, 2, 4, 6))  # warm-up, then steps 2, 4, 6, each reaching the sampler
     scores = state["components"]["selector"]["last_scores"]
@@ -366,12 +365,12 @@ def test_e2e_less_online(tmp_path):
 
 
 def test_resume_less_selects_what_an_uninterrupted_run_selects(tmp_path, monkeypatch):
-    from test_e2e import _kill_at_step, fit, losses, same_state
+    from support.runs import fit, kill_at_step, losses, same_state
 
     overrides = [*QUIET, "trainer.max_steps=8", "trainer.save_steps=2", *LESS]
     _, straight = fit(tmp_path, "straight", overrides)
     with monkeypatch.context() as patch:
-        _kill_at_step(patch, 5)  # after checkpoint-4 (and the selection of step 4), before step 6's
+        kill_at_step(patch, 5)  # after checkpoint-4 (and the selection of step 4), before step 6's
         with pytest.raises(KeyboardInterrupt):
             fit(tmp_path, "resumed", overrides)
     _, resumed = fit(tmp_path, "resumed", overrides)
@@ -384,7 +383,7 @@ def test_resume_less_selects_what_an_uninterrupted_run_selects(tmp_path, monkeyp
 
 
 def test_less_without_a_validation_set_is_a_config_error(tmp_path):
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.config import ConfigError
     from dataflex.run import Run
@@ -417,8 +416,8 @@ OFFLINE = ["experiment=less_offline", "less_offline.warmup_epochs=2", "less_offl
 
 
 def test_offline_recipe_end_to_end(tmp_path):
-    from conftest import compose_config
-    from test_e2e import fit, losses
+    from support.config import compose_config
+    from support.runs import fit, losses
 
     from dataflex.cli.less_offline import run_recipe
 
@@ -459,7 +458,7 @@ def test_offline_recipe_end_to_end(tmp_path):
 
 
 def test_offline_selector_needs_a_warmup_dir(tmp_path):
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.config import ConfigError
     from dataflex.run import Run
@@ -474,7 +473,7 @@ def test_offline_selector_needs_a_warmup_dir(tmp_path):
 
 
 def test_recipe_settings_and_run_configs():
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.cli.less_offline import final_config, recipe_settings, run_recipe, warmup_config
     from dataflex.config import ConfigError, to_dict

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from support.config import compose_config
 
-from conftest import compose_config
 from dataflex.selectors.base import EmbeddingSelector, interleave_groups
 from dataflex.selectors.near import NearSelector, near_indices, round_robin
 from dataflex.selectors.tsds import TSDSSelector, capped, draw, kde_densities, transport_mass, tsds_probabilities

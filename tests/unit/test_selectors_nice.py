@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import test_eval
 import torch
 
 from dataflex.config import ConfigError
@@ -17,9 +16,6 @@ from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.losses import IGNORE_INDEX
 from dataflex.signals.projection import Projector
-
-# The eval tests' module fixtures: a tiny random Llama, a BPE tokenizer trained in-process, the default template.
-tokenizer, template, model = test_eval.tokenizer, test_eval.template, test_eval.model
 
 
 # -- rewards ---------------------------------------------------------------------------------------
@@ -312,7 +308,7 @@ def test_selector_checks_its_settings_and_validation(model, tokenizer, template)
 
 
 def test_unknown_reward_is_a_config_error_before_any_model_loads():
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.config import ConfigError, build_component
 
@@ -350,7 +346,7 @@ def read_jsonl(path):
 
 @pytest.fixture(scope="module")
 def e2e_run(tmp_path_factory):
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.run import Run
 
@@ -418,8 +414,8 @@ def test_decision_stats_are_the_rounds_rewards():
 def test_e2e_resume_selects_what_the_uninterrupted_run_selects(e2e_run, tmp_path, monkeypatch):
     """Killed at step 5 (after checkpoint-3, before the step-6 save), resumed: the round at step 4 is
     redone from the restored model and must pick the same samples; losses and state match."""
-    from conftest import compose_config
-    from test_e2e import losses, same_state
+    from support.config import compose_config
+    from support.runs import losses, same_state
 
     from dataflex.run import Run
     from dataflex.train.callback import DataFlexCallback

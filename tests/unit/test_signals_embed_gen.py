@@ -6,15 +6,11 @@ import copy
 import importlib.util
 
 import pytest
-import test_eval
 import torch
 
-from dataflex.signals.batching import pad_batch
 from dataflex.signals import embeddings as E
+from dataflex.signals.batching import pad_batch
 from dataflex.signals.generation import sample_generations, sample_responses
-
-# The eval tests' module fixtures: a tiny random Llama, a BPE tokenizer trained in-process, the default template.
-tokenizer, template, model = test_eval.tokenizer, test_eval.template, test_eval.model
 
 TEXTS = [
     "the cat sat on the mat",

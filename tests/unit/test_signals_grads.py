@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from support.tiny import padded_batch, tiny_llama, with_lora
 
 from dataflex.signals.gradients import (
     per_sample_gradients,
@@ -21,78 +20,14 @@ ATOL = 1e-5
 RTOL = 1e-4
 
 
-def _tiny_llama(tie: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(cfg).float()
-    # Non-trivial norm weights, so their gradients test the per-sample formula properly.
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-def _lora(model):
-    from peft import LoraConfig, get_peft_model
-
-    lora = get_peft_model(
-        copy.deepcopy(model),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-    )
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in lora.named_parameters():
-            if "lora_B" in n:  # B = 0 at init would make every gradient of A zero
-                p.normal_(0, 0.1)
-    return lora.eval()
-
-
-def _batch(lengths=(11, 7, 16, 4), prompt=(3, 2, 5, 4), pad_side="right", seed=0):
-    """Padded batch; labels -100 on each prompt (the last sample is all prompt: no label token)."""
-    g = torch.Generator().manual_seed(seed)
-    t = max(lengths)
-    b = len(lengths)
-    ids = torch.zeros(b, t, dtype=torch.long)
-    mask = torch.zeros(b, t, dtype=torch.long)
-    labels = torch.full((b, t), -100, dtype=torch.long)
-    for i, (n, p) in enumerate(zip(lengths, prompt, strict=True)):
-        seq = torch.randint(1, 96, (n,), generator=g)
-        sl = slice(0, n) if pad_side == "right" else slice(t - n, t)
-        ids[i, sl] = seq
-        mask[i, sl] = 1
-        lab = seq.clone()
-        lab[:p] = -100
-        labels[i, sl] = lab
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": labels,
-        "sample_index": torch.arange(b),
-        "domain_id": torch.zeros(b),
-    }
-
-
 @pytest.fixture(scope="module")
 def full():
-    return _tiny_llama()
+    return tiny_llama()
 
 
 @pytest.fixture(scope="module")
 def lora(full):
-    return _lora(full)
+    return with_lora(full)
 
 
 def _singles(model, batch):
@@ -111,7 +46,7 @@ def _singles(model, batch):
 @pytest.mark.parametrize("which", ["full", "lora"])
 def test_losses_match_single_runs(request, which, pad_side):
     model = request.getfixturevalue(which)
-    batch = _batch(pad_side=pad_side)
+    batch = padded_batch(pad_side=pad_side)
     batched = per_sample_losses(model, batch)
     assert batched.shape == (4,) and not batched.requires_grad
     torch.testing.assert_close(batched, _singles(model, batch), atol=ATOL, rtol=RTOL)
@@ -133,7 +68,7 @@ def _assert_no_grad_left(model):
 @pytest.mark.parametrize("which", ["full", "lora"])
 def test_per_sample_gradients_match_loop(request, which, pad_side):
     model = request.getfixturevalue(which)
-    batch = _batch(pad_side=pad_side)
+    batch = padded_batch(pad_side=pad_side)
     was_training = model.training
     batched = per_sample_gradients(model, batch)
     loop = per_sample_gradients_loop(model, batch)
@@ -151,8 +86,8 @@ def test_per_sample_gradients_match_loop(request, which, pad_side):
 
 
 def test_tied_embeddings_full():
-    model = _tiny_llama(tie=True)
-    batch = _batch()
+    model = tiny_llama(tie=True)
+    batch = padded_batch()
     batched = per_sample_gradients(model, batch)
     loop = per_sample_gradients_loop(model, batch)
     assert "lm_head.weight" not in batched  # tied: one entry, both uses summed
@@ -162,7 +97,7 @@ def test_tied_embeddings_full():
 
 def test_gradients_sum_to_batch_gradient(full):
     """sum_i g_i equals the ordinary gradient of sum_i ℓ_i (a check independent of the loop)."""
-    batch = _batch()
+    batch = padded_batch()
     batched = per_sample_gradients(full, batch)
     params = trainable_parameters(full)
     loss = per_sample_losses(full, batch, grad=True).sum()
@@ -174,7 +109,7 @@ def test_gradients_sum_to_batch_gradient(full):
 @pytest.mark.parametrize("which", ["full", "lora"])
 def test_streaming_projection_equals_full_projection(request, which):
     model = request.getfixturevalue(which)
-    batch = _batch()
+    batch = padded_batch()
     proj = Projector(64, seed=0, kind="rademacher", block_size=256)
     ref = proj.project(per_sample_gradients(model, batch))
     # a tiny chunk size forces many chunks per parameter (and chunk boundaries inside blocks)
@@ -188,7 +123,7 @@ def test_streaming_projection_equals_full_projection(request, which):
 
 def test_scaling_a_loss_scales_its_gradient_cosine_unchanged(full):
     """LESS invariant: ℓ_0 -> c·ℓ_0 gives g_0 -> c·g_0, so its cosine to any feature is unchanged."""
-    batch = _batch()
+    batch = padded_batch()
     c = 3.5
     names = list(trainable_parameters(full))
     params = list(trainable_parameters(full).values())

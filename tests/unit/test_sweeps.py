@@ -151,7 +151,7 @@ def test_compare_selectors_local_end_to_end(tmp_path):
 @pytest.mark.parametrize("name", ["odm_qwen2_5_1_5b_slimpajama", "doremi_qwen2_5_1_5b_slimpajama", "odm_qwen2_5_0_5b_pile"])
 def test_paper_experiments_compose_and_their_components_build(name):
     """Every shipped paper setting composes, and its mixer accepts its keys (no model is loaded)."""
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.config import build_component, to_dict
 
@@ -165,7 +165,7 @@ def test_paper_experiments_compose_and_their_components_build(name):
 
 def test_less_mistral7b_composes_with_the_papers_recipe():
     """The LESS paper setting: Mistral-7B LoRA r=128 on Tulu v2, offline LESS at 5% with d=8192."""
-    from conftest import compose_config
+    from support.config import compose_config
 
     from dataflex.cli.less_offline import recipe_settings
     from dataflex.config import build_component, to_dict

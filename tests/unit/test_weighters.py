@@ -185,7 +185,7 @@ def test_inverse_temperature_schedule():
 
 # -- config ------------------------------------------------------------------------------------
 def test_shipped_configs_build():
-    from conftest import compose_config
+    from support.config import compose_config
 
     for name, cls in (("loss", LossWeighter), ("uniform", UniformWeighter)):
         component = build_component("weighter", compose_config([f"weighter={name}"]).weighter)
@@ -204,7 +204,7 @@ def test_shipped_configs_build():
     ],
 )
 def test_bad_settings_are_config_errors(override, match):
-    from conftest import compose_config
+    from support.config import compose_config
 
     with pytest.raises(ConfigError, match=match):
         build_component("weighter", compose_config(["weighter=loss", override]).weighter)
@@ -365,7 +365,7 @@ E2E = ["eval.before=false", "eval.after=false", "trainer.max_steps=3", "trainer.
 
 def fit_recording_gradients(tmp_path, monkeypatch, name, overrides):
     """Train; return the per-step losses and the gradients the optimizer stepped with."""
-    from test_e2e import fit, losses
+    from support.runs import fit, losses
 
     from dataflex.train.callback import DataFlexCallback
 
@@ -413,13 +413,13 @@ def test_uniform_weighter_reproduces_plain_training(tmp_path, monkeypatch):
 def test_loss_weighter_logs_its_statistics_and_resumes_exactly(tmp_path, monkeypatch):
     """Weighter state (the temperature step) is checkpointed: a run killed after checkpoint-4 and
     resumed mid warm-up ends where an uninterrupted run ends; the statistics follow the schedule."""
-    from test_e2e import _kill_at_step, fit, losses, same_state
+    from support.runs import fit, kill_at_step, losses, same_state
 
     overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8", "trainer.save_steps=2",
                  "weighter=loss", "weighter.warmup_steps=6", "weighter.temperature=0.3"]
     _, straight = fit(tmp_path, "straight", overrides)
     with monkeypatch.context() as patch:
-        _kill_at_step(patch, 5)
+        kill_at_step(patch, 5)
         with pytest.raises(KeyboardInterrupt):
             fit(tmp_path, "resumed", overrides)
     _, resumed = fit(tmp_path, "resumed", overrides)

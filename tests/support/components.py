@@ -1,19 +1,11 @@
-"""Helpers for tests (not fixtures): config discovery and small test-only components."""
+"""Small test-only components, named in overrides as ``+selector._target_=support.components.HalfPoolSelector``
+(``tests/`` is on the path: pytest's ``pythonpath``; a subprocess needs it on ``PYTHONPATH``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-import dataflex
 from dataflex.train.components import Mixer, Selector, Weighter
-
-CONF_DIR = Path(dataflex.__file__).parent / "conf"
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 class HalfPoolSelector(Selector):
