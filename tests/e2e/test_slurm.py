@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_SH = REPO / "scripts" / "slurm.sh"
-TESTS = Path(__file__).resolve().parents[1]
+# the jobs import this module (its BlockingMixer) and the support package
+TESTS = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]]
 # on this cluster: no GPUs, one core and no memory request per job, short limits
 CLUSTER = ["hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
            "hydra.launcher.timeout_min=20", "hydra.launcher.signal_delay_s=30"]
@@ -57,7 +58,7 @@ def _slurm_env() -> dict[str, str]:
     for line in out.splitlines():
         key, value = line.removeprefix("export ").split("=", 1)
         env[key] = value.replace("$PATH", os.environ.get("PATH", ""))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*map(str, TESTS), env.get("PYTHONPATH")]))
     env.pop("HYDRA_FULL_ERROR", None)
     return env
 
