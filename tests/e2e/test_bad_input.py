@@ -263,3 +263,18 @@ def test_a_failed_start_does_not_claim_its_directory(tmp_path):
     assert Run(compose_config(QUIET), run_dir)._check_run_dir() is None
     assert "seed: 42" in (run_dir / "dataflex_config.yaml").read_text()
     assert not (run_dir / "eval_before.json").exists()
+
+
+def test_multi_process_launch_validates_once_before_torchrun(tmp_path):
+    """With nproc=2 a bad value is one line from the launcher, not one traceback per worker."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dataflex-run"), "model=tiny", "nproc=2", "trainer.learning_rate=fast",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "launching" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
+    assert errors == ["dataflex: error: trainer.learning_rate must be a number > 0, got 'fast'"], result.stderr[-2000:]

@@ -105,6 +105,8 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     from dataflex.config import ConfigError
     from dataflex.run import Run
 
+    from support.config import compose_config
+
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=r"cannot create the run directory .*file/run"):
-        Run({"model": {"name": "m"}, "data": {"name": "d"}}, tmp_path / "file" / "run").fit()
+        Run(compose_config(), tmp_path / "file" / "run").fit()
