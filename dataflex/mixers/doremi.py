@@ -113,6 +113,9 @@ class DoReMiMixer(Mixer):
             ``domain_mean`` (the paper's Σ_i α_i·mean_{t∈i} ℓ_t, whose scale drops when domains are absent).
     """
 
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         reference_dir: str | None = None,
@@ -170,6 +173,12 @@ class DoReMiMixer(Mixer):
         if self.mode == "online":
             return self.alpha.clone()
         return torch.full_like(self.alpha, 1.0 / self.num_domains)
+
+    def check_before_start(self) -> None:
+        try:
+            resolve_reference_model(self.reference_dir)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """α_0 uniform; checks that the reference model exists before training starts."""

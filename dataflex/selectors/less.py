@@ -269,6 +269,8 @@ class LessComponent(PoolLossSelector):
     token is refused, naming it (its gradient would be 0: a silent cosine of 0 in its subtask's mean).
     """
 
+    needs_validation = True
+
     def __init__(self, budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
                  proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
                  subtask_column: str | None = None):
@@ -345,6 +347,9 @@ class LessSelector(LessComponent):
         batch_size: rows per batched forward/backward of the feature passes.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
+
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
 
     def __init__(
         self,
