@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dataflex.config import register_resolvers, to_dict
-from dataflex.errors import DataFlexError
+from dataflex.errors import ConfigError, DataFlexError
 from dataflex.preflight import preflight
 from dataflex.utils import atomic_write_text
 
@@ -82,10 +82,32 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(loss) if loss is not None else None
 
 
+def model_path_overrides(argv: list[str]) -> list[str]:
+    """``model=/path/to/model`` (a local model directory) becomes ``model=path`` with that directory as
+    ``model.name_or_path`` and ``model.name`` (recorded as what it is); a value that looks like a path
+    but is no directory is one clear error instead of Hydra's "Could not find 'model//...'"."""
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key != "model" or not value or not ("/" in value or value.startswith(("~", "."))):
+            out.append(arg)
+            continue
+        path = Path(value).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
+                 "or the directory of a local model (its config.json, weights and tokenizer)")
+        out += ["model=path", f"model.name_or_path={path}", f"model.name={path}"]
+    return out
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_resolvers()
+    try:
+        sys.argv[1:] = model_path_overrides(sys.argv[1:])
+    except DataFlexError as err:
+        fail(str(err))
     _hydra_main()
 
 
