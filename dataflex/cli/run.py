@@ -73,6 +73,18 @@ def run_job(cfg: DictConfig) -> dict | None:
         return Run(cfg, run_dir, run_name).fit()
     except DataFlexError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        interrupted(run_dir)
+
+
+def interrupted(run_dir: Path) -> None:
+    """Ctrl-C: one line saying where the run can resume from, exit 130 (no traceback)."""
+    from dataflex.train.checkpoints import complete_checkpoints
+
+    found = complete_checkpoints(run_dir / "checkpoints")
+    where = f"its last complete checkpoint is {found[-1][1]}" if found else "it saved no checkpoint yet"
+    print(f"\ndataflex: interrupted; {where}. Rerun the same command to resume.", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -278,3 +278,28 @@ def test_multi_process_launch_validates_once_before_torchrun(tmp_path):
     assert "Traceback" not in result.stderr and "launching" not in result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
     assert errors == ["dataflex: error: trainer.learning_rate must be a number > 0, got 'fast'"], result.stderr[-2000:]
+
+
+def test_ctrl_c_says_where_to_resume_without_a_traceback(tmp_path):
+    """SIGINT after the first checkpoint: exit 130, one line naming the checkpoint, no traceback."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(BIN / "dataflex-run"), "model=tiny", "data.max_samples=64", "trainer.max_steps=400",
+         "trainer.save_steps=2", "trainer.per_device_train_batch_size=2", "eval.before=false", "eval.after=false",
+         f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+    )
+    deadline = time.time() + 300
+    while not list((run_dir / "checkpoints").glob("checkpoint-*/dataflex_state.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("dataflex: interrupted")]
+    assert len(lines) == 1 and "checkpoints/checkpoint-" in lines[0] and "Rerun the same command" in lines[0], stderr
