@@ -24,6 +24,7 @@ agree; with ``ignore_data_skip`` the trainer skips nothing and the sampler yield
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-SNAPSHOTS = 1024  # global-batch boundaries whose stream state is kept (more than any prefetch depth)
+SNAPSHOTS = 256  # global-batch boundaries whose stream state is kept (beyond any prefetch depth)
 _MASK = (1 << 64) - 1
 
 
@@ -148,6 +149,7 @@ class DynamicSampler(Sampler[int]):
                 raise ValueError("a selection must contain at least one index")
             if int(indices.min()) < 0 or int(indices.max()) >= self.pool_size:
                 raise ValueError(f"selected indices must lie in [0, {self.pool_size})")
+            indices = indices.clone()  # its own storage (a view of a pool-sized tensor would be checkpointed whole)
         self.selections += 1
         self._push(indices=indices, proportions=self.current.proportions, selection=self.selections)
 
@@ -288,7 +290,8 @@ class _Streams:
             else:
                 members = plan.indices.numpy()
                 member_domains = s._ids[members]
-                by_domain = members[np.argsort(member_domains, kind="stable")]
+                small = member_domains.astype(np.int16) if k < 2**15 else member_domains  # radix sort: O(k)
+                by_domain = members[np.argsort(small, kind="stable")]
                 offsets = np.concatenate([[0], np.cumsum(np.bincount(member_domains, minlength=k))])
                 groups = [by_domain[offsets[d]:offsets[d + 1]] for d in range(k)]
             self.groups, self.sizes = groups, [int(g.size) for g in groups]
@@ -312,7 +315,7 @@ class _Streams:
                 raise ValueError(f"no selected sample lies in a domain with positive proportion (domains {empty})")
         norm = sum(p)
         self.domain_p = [x / norm for x in p]
-        self.cum = np.cumsum(self.domain_p).tolist()
+        self.cum = list(itertools.accumulate(self.domain_p))
         self.last = max(d for d in range(k) if self.domain_p[d] > 0)
 
     def _pass_order(self, slot: int) -> np.ndarray:
