@@ -20,8 +20,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dataflex.config import register_resolvers
+from dataflex.config import register_resolvers, to_dict
 from dataflex.errors import DataFlexError
+from dataflex.preflight import preflight
 from dataflex.utils import atomic_write_text
 
 LAUNCH_FILE = "launch_config.yaml"
@@ -150,6 +151,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = cfg.get("run_name") or hydra_cfg.job.override_dirname or "default"
     try:
+        preflight(to_dict(cfg))  # once, before torchrun starts N workers that would each fail
         slurm_env = slurm_rank_env(cfg, dict(os.environ))
         if slurm_env is not None:  # a task of a multi-task SLURM job: this process is one rank
             from dataflex.cli.worker import run_worker

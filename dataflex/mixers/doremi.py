@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.train.components import Mixer, UpdateContext
 
 #: the file the proxy run writes in its run directory (read by ``mixer=static`` in step 3)
@@ -289,6 +290,9 @@ class DoReMiMixer(Mixer):
             the JSON and the logged weights.
     """
 
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         reference_dir: str | None = None,
@@ -334,6 +338,12 @@ class DoReMiMixer(Mixer):
         if self.mode == "online":
             return self.alpha.clone()
         return torch.full_like(self.alpha, 1.0 / self.num_domains)
+
+    def check_before_start(self) -> None:
+        try:
+            resolve_reference_model(self.reference_dir)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """α_0 uniform; checks that the reference model exists before training starts."""
@@ -404,8 +414,6 @@ class DoReMiMixer(Mixer):
 
     def _reference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.reference is None:
-            from dataflex.config import ConfigError
-
             try:
                 path = resolve_reference_model(self.reference_dir)
             except ValueError as err:

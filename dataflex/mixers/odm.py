@@ -121,6 +121,9 @@ class ODMMixer(Mixer):
         warmup_steps, update_every, num_updates: the schedule (the paper updates after every step).
     """
 
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(self, alpha: float = 0.9, reward: str = "importance", warmup_steps: int = 0,
                  update_every: int = 1, num_updates: int = 0):
         super().__init__(warmup_steps, update_every, num_updates)

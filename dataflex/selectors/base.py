@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
 from dataflex.train.components import Selector, UpdateContext
@@ -142,6 +143,15 @@ class PoolLossSelector(BudgetSelector):
         self.candidates = candidates
         self.batch_size = int(batch_size)
 
+    def check_before_start(self) -> None:
+        # both counts, or both fractions of the same pool: comparable before the pool is built
+        same_kind = isinstance(self.candidates, int) == isinstance(self.budget, int)
+        if self.candidates is not None and same_kind and self.candidates < self.budget:
+            raise ConfigError(
+                f"candidates ({self.candidates}) must be at least the budget ({self.budget}): a round "
+                "scores the candidates and keeps the budget's worth; raise selector.candidates or lower selector.budget"
+            )
+
     def candidate_indices(self, ctx: UpdateContext) -> torch.Tensor:
         """The pool rows scored this round, sorted (all of them when ``candidates`` is None)."""
         n = ctx.pool_size
@@ -238,6 +248,13 @@ class EmbeddingSelector(BudgetSelector):
         nprobe: IVF cells scanned per query.
         (others as :class:`~dataflex.selectors.base.BudgetSelector`)
     """
+
+    needs_validation = True
+
+    #: with warmup_steps=0 the first decision is the method's own (one-shot); otherwise it acts through
+    #: updates, and one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+    first_decision_is_own = True
 
     method = "embedding"
 

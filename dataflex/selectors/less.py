@@ -245,6 +245,8 @@ def checkpoint_similarities(
 class LessComponent(PoolLossSelector):
     """What both LESS selectors share: the feature settings, the projector, the validation rows."""
 
+    needs_validation = True
+
     def __init__(self, budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
                  proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask):
         super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
@@ -309,6 +311,9 @@ class LessSelector(LessComponent):
         batch_size: rows per batched forward/backward of the feature passes.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
+
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
 
     def __init__(
         self,

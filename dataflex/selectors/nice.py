@@ -306,6 +306,11 @@ class NiceSelector(PoolLossSelector):
         gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
     """
 
+    needs_validation = True
+
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     #: generator streams of a round (0: the tie-break, 1: the candidate subset)
     VALIDATION_STREAM = 2
     SAMPLING_STREAM = 3
