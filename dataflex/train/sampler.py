@@ -221,10 +221,11 @@ class DynamicSampler(Sampler[int]):
             "num_draws": self.num_draws,
             "position": position,
             "selections": self.selections,
-            "plan": in_force.to_dict() if in_force is not None else None,
+            # the plan in force at ``position`` (when one was applied), then the plans pushed for later draws
+            "history": [p.to_dict() for p in ([in_force] if in_force is not None else []) + pending],
+            "in_force": in_force is not None,
             "cursors": list(snap["cursors"]),
             "passes": list(snap["passes"]),
-            "pending": [p.to_dict() for p in pending],
         }
 
     def _fresh(self, position: int) -> dict:
@@ -243,10 +244,9 @@ class DynamicSampler(Sampler[int]):
                 f"this run has seed={self.seed}, num_draws={self.num_draws}"
             )
         self.selections = state["selections"]
-        in_force = Plan(**state["plan"]) if state["plan"] is not None else None
-        pending = [Plan(**p) for p in state["pending"]]
-        self.history = ([in_force] if in_force is not None else []) + pending or [Plan(start=0)]
-        self.resume = {k: state[k] for k in ("position", "plan", "cursors", "passes")}
+        self.history = [Plan(**p) for p in state["history"]] or [Plan(start=0)]
+        self.resume = {k: state[k] for k in ("position", "cursors", "passes")}
+        self.resume["plan"] = state["history"][0] if state["in_force"] else None
         self.drawn = state["position"]
         self._live, self._snapshots = None, deque(maxlen=SNAPSHOTS)
 

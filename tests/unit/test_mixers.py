@@ -435,5 +435,5 @@ def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
     uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(odm["history"][11]["probabilities"], dtype=torch.float64), uniform)  # t = 13
     assert not torch.allclose(torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64), uniform)
-    plans = [state["sampler"]["plan"], *state["sampler"]["pending"]]  # in force at the checkpoint, and pushed after
+    plans = state["sampler"]["history"]
     torch.testing.assert_close(plans[-1]["proportions"], torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64))
