@@ -67,7 +67,8 @@ def rendezvous_args(cfg: DictConfig, run_dir: Path) -> list[str]:
 
     from dataflex.errors import ConfigError
 
-    nproc, nnodes = int(cfg.get("nproc", 1)), int(cfg.get("nnodes", 1) or 1)
+    nproc, nnodes = int(cfg.get("nproc", 1)), cfg.get("nnodes", 1)
+    nnodes = 1 if nnodes is None else int(nnodes)
     if nnodes < 1:
         raise ConfigError(f"nnodes must be >= 1, got {nnodes}")
     if nnodes == 1:
@@ -91,6 +92,22 @@ def rendezvous_args(cfg: DictConfig, run_dir: Path) -> list[str]:
     rdzv_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
     return [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={master}:{port}", f"--rdzv-id={rdzv_id}", f"--rdzv-conf=join_timeout={int(timeout)}"]
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``gpu[07-08],cpu1`` -> ``gpu07``), as ``scontrol show hostnames``."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            end = i
+            break
+    token = nodelist[:end]
+    if "[" not in token:
+        return token
+    prefix, rest = token.split("[", 1)
+    inside, suffix = rest.split("]", 1)
+    return prefix + inside.split(",")[0].split("-")[0] + suffix
 
 
 def slurm_rank_env(cfg: DictConfig, environ: dict[str, str]) -> dict[str, str] | None:
@@ -117,7 +134,7 @@ def slurm_rank_env(cfg: DictConfig, environ: dict[str, str]) -> dict[str, str] |
                                check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         hosts = []
-    master = hosts[0] if hosts else nodelist.split(",")[0].split("[")[0]
+    master = hosts[0] if hosts else first_host(nodelist)
     port = int(cfg.get("master_port") or 29500) + int(environ.get("SLURM_JOB_ID", "0") or 0) % 1000
     return {"MASTER_ADDR": master, "MASTER_PORT": str(port), "RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
             "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(per_node),
