@@ -109,7 +109,8 @@ def run(n: int, steps: int, batch: int, budget: int, resume_at: list[int]) -> di
             states[step] = sampler.state_dict(position=step * batch)
             states[step]["_full"] = torch_size({"sampler": states[step], "mixer": mixer.state_dict()})
     peak = rss_mb("VmHWM") - base_rss
-    select_steps = [t for s, t in enumerate(per_step, 1) if s % SELECT_EVERY == 1]  # drawing a new selection's first batch
+    # the steps that draw a new selection's first batch, and the others
+    select_steps = [t for s, t in enumerate(per_step, 1) if s % SELECT_EVERY == 1]
     other_steps = [t for s, t in enumerate(per_step, 1) if s % SELECT_EVERY != 1]
     out = {"n": n, "steps": steps, "build_s": build_s, "sampler_ms": 1e3 * sampler_s / steps,
            "p50_ms": 1e3 * float(np.median(other_steps)), "sel_ms": 1e3 * float(np.mean(select_steps)),

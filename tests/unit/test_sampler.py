@@ -1,4 +1,5 @@
-"""DynamicSampler: decisions take effect at the next draw, a restored state continues exactly, draws carry\ntheir probability."""
+"""DynamicSampler: decisions take effect at the next draw, a restored state continues exactly, draws carry
+their probability."""
 
 import itertools
 
