@@ -18,7 +18,7 @@ from dataflex.errors import ConfigError
 
 #: trainer keys LLaMA-Factory / HF would turn into a traceback (or a silent default) after the model loads
 _POSITIVE_INTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps")
-_POSITIVE_NUMBERS = ("learning_rate",)
+_NON_NEGATIVE_NUMBERS = ("learning_rate",)
 
 
 def _is_int(value: Any) -> bool:
@@ -62,9 +62,9 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
     for key in _POSITIVE_INTS:
         if trainer.get(key) is not None:
             _need(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", "an integer >= 1", trainer[key])
-    for key in _POSITIVE_NUMBERS:
+    for key in _NON_NEGATIVE_NUMBERS:  # 0 is allowed: a frozen run (e.g. DoReMi's reference = proxy check)
         if trainer.get(key) is not None:
-            _need(_is_number(trainer[key]) and trainer[key] > 0, f"trainer.{key}", "a number > 0", trainer[key])
+            _need(_is_number(trainer[key]) and trainer[key] >= 0, f"trainer.{key}", "a number >= 0", trainer[key])
     max_steps = trainer.get("max_steps")
     if max_steps is not None:
         # HF treats max_steps <= 0 as "unset" and trains num_train_epochs epochs (3 by default) instead

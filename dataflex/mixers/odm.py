@@ -140,9 +140,11 @@ class ODMMixer(Mixer):
     The training batches are observed through ``observe_batch`` (per-sample losses of the training
     forward, no extra pass); at each update (the end of optimizer step t) the per-domain mean losses
     since the previous update (summed over ranks; the first update after a warm-up counts the warm-up
-    batches too) update R̂, then π moves to the policy of step t (ε_t with t the global optimizer step).
-    Domains absent from those batches, or whose loss is not finite, keep their reward (a NaN never
-    reaches the proportions).
+    batches too) update R̂ — for ``reward: importance`` divided by the domain proportions the samples
+    were DRAWN under (each batch carries them, ``draw_domain_probability``; see
+    ``draw_probabilities``) — then π moves to the policy of step t (ε_t with t the global optimizer
+    step). Domains absent from those batches, or whose loss is not finite, keep their reward (a NaN
+    never reaches the proportions).
 
     Args:
         alpha: reward smoothing α.
@@ -175,11 +177,13 @@ class ODMMixer(Mixer):
         self.probabilities: torch.Tensor | None = None
         self.loss_sum: torch.Tensor | None = None  # per-domain loss sums and counts since the last update
         self.loss_count: torch.Tensor | None = None
+        self.inv_prob_sum: torch.Tensor | None = None  # per-domain sum of 1/(draw-time domain probability)
         self.history: list[dict] = []
 
     def _reset_window(self, num_domains: int) -> None:
         self.loss_sum = torch.zeros(num_domains, dtype=torch.float64)
         self.loss_count = torch.zeros(num_domains, dtype=torch.float64)
+        self.inv_prob_sum = torch.zeros(num_domains, dtype=torch.float64)
 
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         domain_ids = torch.as_tensor(ctx.domain_ids).long()
@@ -202,6 +206,16 @@ class ODMMixer(Mixer):
         finite = torch.isfinite(losses)
         self.loss_sum.index_add_(0, domains[finite], losses[finite])
         self.loss_count.index_add_(0, domains[finite], torch.ones_like(losses[finite]))
+        if "draw_domain_probability" in batch:  # the domain proportion each sample was drawn under
+            drawn_p = batch["draw_domain_probability"].cpu().double()
+            self.inv_prob_sum.index_add_(0, domains[finite], 1.0 / drawn_p[finite])
+
+    def draw_probabilities(self, counts: torch.Tensor, inv_prob_sums: torch.Tensor) -> torch.Tensor:
+        """The importance denominator of each domain: the (harmonic) mean of the domain proportions its
+        samples were DRAWN under (the plan may have changed between the draw and this update), or the
+        proportions in force for a domain whose batches carried no draw probability."""
+        drawn = counts / inv_prob_sums.clamp(min=1e-300)
+        return torch.where((counts > 0) & (inv_prob_sums > 0), drawn, self.probabilities.double())
 
     def update(self, ctx: UpdateContext) -> torch.Tensor:
         from dataflex.signals.distributed import all_reduce_mean, world_size
@@ -209,9 +223,11 @@ class ODMMixer(Mixer):
         # sums over ranks (mean x world size): every rank computes the same update
         sums = all_reduce_mean(self.loss_sum) * world_size()
         counts = all_reduce_mean(self.loss_count) * world_size()
+        inv_prob_sums = all_reduce_mean(self.inv_prob_sum) * world_size()
         present = counts > 0
         domain_losses = sums / counts.clamp(min=1)
-        self.rewards = odm_update_rewards(self.rewards, domain_losses, self.probabilities, present,
+        drawn_under = self.draw_probabilities(counts, inv_prob_sums)
+        self.rewards = odm_update_rewards(self.rewards, domain_losses, drawn_under, present,
                                           alpha=self.alpha, reward=self.reward)
         self.t = max(int(ctx.global_step), 1)  # ε_t of the global optimizer step
         policy = linear_probabilities if self.reward == "exp_loss" else exp3_probabilities
@@ -231,6 +247,7 @@ class ODMMixer(Mixer):
             "probabilities": self.probabilities,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "inv_prob_sum": self.inv_prob_sum,
             "history": self.history,
         }
 
@@ -238,4 +255,7 @@ class ODMMixer(Mixer):
         self.t = state["t"]
         self.rewards, self.probabilities = state["rewards"], state["probabilities"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.inv_prob_sum = state.get("inv_prob_sum")
+        if self.inv_prob_sum is None and self.loss_sum is not None:
+            self.inv_prob_sum = torch.zeros_like(self.loss_sum)
         self.history = state["history"]

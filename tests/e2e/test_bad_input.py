@@ -277,7 +277,7 @@ def test_multi_process_launch_validates_once_before_torchrun(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "launching" not in result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
-    assert errors == ["dataflex: error: trainer.learning_rate must be a number > 0, got 'fast'"], result.stderr[-2000:]
+    assert errors == ["dataflex: error: trainer.learning_rate must be a number >= 0, got 'fast'"], result.stderr[-2000:]
 
 
 def test_ctrl_c_says_where_to_resume_without_a_traceback(tmp_path):

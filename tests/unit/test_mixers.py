@@ -435,6 +435,30 @@ def test_odm_mixer_follows_exp3_on_observed_batches():
     assert mixer.rewards[2] == 0  # an absent domain keeps its reward
 
 
+def test_odm_importance_divides_by_the_probability_a_sample_was_drawn_under():
+    """The plan changed between the draw and the update: the rewards use the draw-time proportions the
+    batch carries, not the proportions in force at the update (hand-computed, alpha = 0.9)."""
+    from dataflex.mixers.odm import ODMMixer
+
+    ctx = SimpleNamespace(domain_ids=torch.tensor([0, 0, 1, 1]), global_step=1)
+    mixer = ODMMixer(alpha=0.9)
+    mixer.initial_proportions(ctx)
+    torch.testing.assert_close(mixer.probabilities, torch.tensor([0.5, 0.5], dtype=torch.float64))  # in force now
+    # domain 0: losses 1 and 3, drawn under 0.2; domain 1: loss 4, drawn under 0.8 (an older plan)
+    mixer.observe_batch(torch.tensor([1.0, 4.0, 3.0]), {"domain_id": torch.tensor([0, 1, 0]),
+                                                        "draw_domain_probability": torch.tensor([0.2, 0.8, 0.2])})
+    mixer.update(ctx)
+    # R_0 = 0.1 * mean(1, 3) / 0.2 = 1.0 and R_1 = 0.1 * 4 / 0.8 = 0.5 (dividing by 0.5 would give 0.4 and 0.8)
+    torch.testing.assert_close(mixer.rewards, torch.tensor([1.0, 0.5], dtype=torch.float64))
+    # samples of one domain drawn under two plans: the harmonic mean of their draw probabilities
+    mixer.rewards = torch.zeros(2, dtype=torch.float64)
+    mixer.observe_batch(torch.tensor([1.0, 3.0, 2.0]), {"domain_id": torch.tensor([0, 0, 1]),
+                                                        "draw_domain_probability": torch.tensor([0.2, 0.5, 0.5])})
+    mixer.update(ctx)
+    # domain 0: mean loss 2 over 2 / (1/0.2 + 1/0.5) = 2/7 -> 0.1 * 2 * 3.5 = 0.7; domain 1: 0.1 * 2 / 0.5 = 0.4
+    torch.testing.assert_close(mixer.rewards, torch.tensor([0.7, 0.4], dtype=torch.float64))
+
+
 def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
     """With K = 7, eps_t = 1/K (so pi is exactly uniform) while t <= K ln K ~ 13.6; after that the
     observed losses move the proportions."""
