@@ -165,9 +165,12 @@ def check_mixture_domains(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def preflight(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def preflight(cfg: Mapping[str, Any], check_inputs: bool = True) -> dict[str, Any]:
     """Every check above, in the order a user fixes them, with the components built (their keys
     and types checked) before their schedules; raises the first :class:`ConfigError`.
+
+    ``check_inputs=False`` skips the components' :meth:`check_before_start` (the files an earlier
+    step writes: a dry run of a chained study checks its later phases before those files exist).
 
     Returns:
         ``{"selector" | "mixer" | "weighter": component or None}``.
@@ -181,7 +184,7 @@ def preflight(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_schedules(cfg)
     check_validation(cfg, components["selector"])
     for kind, component in components.items():
-        if component is not None:
+        if component is not None and check_inputs:
             where = f"{kind}={(cfg.get(kind) or {}).get('name', kind)}"
             try:
                 component.check_before_start()
