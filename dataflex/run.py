@@ -14,6 +14,7 @@ import yaml
 from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, build_component, to_dict
+from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
 from dataflex.train.components import Component
@@ -32,10 +33,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ from typing import Any
 
 from dataflex.cli.run import fail
 from dataflex.config import ConfigError, build_component, register_resolvers
+from dataflex.launch import launch
 
 # -- the legacy format -------------------------------------------------------------------------------
 
@@ -595,9 +596,6 @@ def versions() -> dict[str, str]:
 
 def run_translation(translation: Translation) -> dict:
     """Compose the translated overrides and run them as dataflex-run runs a job; return the metrics."""
-    from dataflex.cli.run import launch_distributed, needs_launcher
-    from dataflex.run import Run
-
     cfg = compose(translation.overrides)
     if translation.run_dir:
         run_dir = Path(translation.run_dir).expanduser().absolute()
@@ -606,9 +604,7 @@ def run_translation(translation: Translation) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "dataflex_run_command.sh").write_text(translation.command() + "\n")
     print(f"[dataflex] {translation.command()}", flush=True)
-    if needs_launcher(cfg):
-        return launch_distributed(cfg, run_dir, translation.run_name)
-    return Run(cfg, run_dir, translation.run_name).fit()
+    return launch(cfg, run_dir, translation.run_name)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,21 +9,17 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dataflex.config import register_resolvers
 from dataflex.errors import DataFlexError
-from dataflex.utils import atomic_write_text
-
-LAUNCH_FILE = "launch_config.yaml"
+from dataflex.launch import launch
 
 
 def fail(message: str, code: int = 2):
@@ -34,41 +30,12 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def needs_launcher(cfg: DictConfig) -> bool:
-    """Several processes, or DeepSpeed (LLaMA-Factory only runs DeepSpeed distributed)."""
-    return int(cfg.get("nproc", 1)) > 1 or bool(cfg.trainer.get("deepspeed"))
-
-
-def launch_distributed(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
-    """Run the job on ``nproc`` processes with torchrun; the workers read the resolved config."""
-    import torch
-
-    atomic_write_text(run_dir / LAUNCH_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={int(cfg.get('nproc', 1))}",
-        "-m", "dataflex.cli.worker", str(run_dir), run_name,
-    ]
-    print(f"[dataflex] launching: {' '.join(command)}", flush=True)
-    code = subprocess.call(command, env=env)
-    if code != 0:
-        sys.exit(code)
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
 def run_job(cfg: DictConfig) -> dict | None:
-    from dataflex.run import Run
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = cfg.get("run_name") or hydra_cfg.job.override_dirname or "default"
     try:
-        if needs_launcher(cfg):
-            return launch_distributed(cfg, run_dir, run_name)
-        return Run(cfg, run_dir, run_name).fit()
+        return launch(cfg, run_dir, run_name)
     except DataFlexError as err:
         fail(str(err))
 
