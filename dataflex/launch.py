@@ -16,9 +16,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dataflex.logs import get_logger
 from dataflex.utils import atomic_write_text
 
 LAUNCH_FILE = "launch_config.yaml"
+log = get_logger(__name__)
 
 
 def needs_torchrun(cfg: Any) -> bool:
@@ -62,7 +64,7 @@ def launch(cfg: Any, run_dir: str | os.PathLike, run_name: str) -> dict[str, Any
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
     command = torchrun_command(cfg, run_dir, run_name)
-    print(f"[dataflex] launching: {' '.join(command)}", flush=True)
+    log.info("launching: %s", " ".join(command))
     code = subprocess.call(command, env=env)
     if code != 0:
         sys.exit(code)

@@ -14,6 +14,7 @@ import yaml
 from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, build_component, to_dict
+from dataflex.logs import get_logger
 from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
@@ -24,6 +25,7 @@ from dataflex.utils import atomic_write_json, atomic_write_text
 CONFIG_FILE = "dataflex_config.yaml"
 # Groups that define what a run computes: resuming with any of them changed is refused.
 IDENTITY_KEYS = ("model", "data", "trainer", "selector", "mixer", "weighter", "seed")
+log = get_logger(__name__)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -129,8 +131,8 @@ class Run:
             return None
         if f"checkpoint-{metrics.get('global_step')}" != Path(resume_from).name:
             return None
-        print(f"[dataflex] run already finished: {path} (its numbers are kept; delete that file to "
-              "evaluate again, or use a new directory to train again)", flush=True)
+        log.info("run already finished: %s (its numbers are kept; delete that file to evaluate again, or use a "
+                 "new directory to train again)", path)
         return metrics
 
     # -- the run ---------------------------------------------------------------------------------
@@ -156,7 +158,7 @@ class Run:
 
         start = time.time()
         if resume_from:
-            print(f"[dataflex] resuming from {resume_from}", flush=True)
+            log.info("resuming from %s", resume_from)
         # the target/validation set is only tokenised for the selectors that read it
         validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
         built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation)

@@ -50,6 +50,7 @@ from typing import Any
 from dataflex.cli.run import fail
 from dataflex.config import ConfigError, build_component, register_resolvers
 from dataflex.launch import launch
+from dataflex.logs import get_logger
 
 # -- the legacy format -------------------------------------------------------------------------------
 
@@ -603,7 +604,7 @@ def run_translation(translation: Translation) -> dict:
         run_dir = Path(cfg.paths.output_root).absolute() / "runs" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "dataflex_run_command.sh").write_text(translation.command() + "\n")
-    print(f"[dataflex] {translation.command()}", flush=True)
+    get_logger(__name__).info("%s", translation.command())
     return launch(cfg, run_dir, translation.run_name)
 
 

@@ -43,11 +43,13 @@ from omegaconf import DictConfig
 
 from dataflex.config import ConfigError, register_resolvers, to_dict
 from dataflex.launch import launch
+from dataflex.logs import get_logger
 
 TARGET = "dataflex.selectors.less_offline.LessOfflineSelector"
 WARMUP_DIR = "warmup"
 #: the recipe's settings when the config has no `less_offline` block (the paper's)
 DEFAULTS = {"warmup_fraction": 0.05, "warmup_epochs": 4, "train_epochs": None}
+log = get_logger(__name__)
 
 
 def recipe_settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -148,11 +150,11 @@ def run_recipe(cfg: Any, run_dir: str | os.PathLike, run_name: str = "less_offli
         warmup_dir = run_dir / WARMUP_DIR
         if not (warmup_dir / "metrics.json").is_file():
             pool = pool_size(cfg, warmup_dir)
-            print(f"[dataflex] LESS warm-up in {warmup_dir}", flush=True)
+            log.info("LESS warm-up in %s", warmup_dir)
             launch(warmup_config(cfg, pool), warmup_dir, f"{run_name},less_warmup")
     if settings["train_epochs"] is not None and pool is None:
         pool = pool_size(cfg, run_dir)
-    print(f"[dataflex] LESS selection from {warmup_dir}, then training in {run_dir}", flush=True)
+    log.info("LESS selection from %s, then training in %s", warmup_dir, run_dir)
     return launch(final_config(cfg, warmup_dir, pool), run_dir, run_name)
 
 

@@ -20,11 +20,13 @@ import torch
 from torch import Tensor
 
 from dataflex.errors import ConfigError
+from dataflex.logs import get_logger
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.optimizer import unwrap_optimizer
 
 #: the callback's state in every checkpoint; written last, so its presence marks a complete save
 STATE_FILE = "dataflex_state.pt"
+log = get_logger(__name__)
 
 
 def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
@@ -57,7 +59,7 @@ def complete_checkpoints(checkpoint_root: str | os.PathLike, remove_incomplete: 
         if has_dataflex_state(path):
             found.append((int(suffix), path))
         elif remove_incomplete:
-            print(f"[dataflex] removing incomplete checkpoint {path} (interrupted save)", flush=True)
+            log.info("removing incomplete checkpoint %s (interrupted save)", path)
             shutil.rmtree(path)
     return sorted(found)
 
