@@ -120,6 +120,12 @@ class ODMMixer(Mixer):
         warmup_steps, update_every, num_updates: the schedule (the paper updates after every step).
     """
 
+    #: the original DataFlex's params: its start proportions are the DataFlex key init_mixture_proportions;
+    #: its evaluation pass has no counterpart (used by dataflex-cli)
+    legacy_keys = {"initial_proportions": "init_mixture_proportions"}
+    legacy_unused = {"num_eval_samples": "rewards come from the training batches' own losses",
+                     "eval_batch_size": "rewards come from the training batches' own losses"}
+
     def __init__(self, alpha: float = 0.9, reward: str = "importance", warmup_steps: int = 0,
                  update_every: int = 1, num_updates: int = 0):
         super().__init__(warmup_steps, update_every, num_updates)

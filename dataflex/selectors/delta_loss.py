@@ -91,6 +91,9 @@ class DeltaLossSelector(PoolLossSelector):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: the original DataFlex's component params under another name here (used by dataflex-cli)
+    legacy_keys = {"window_size": "window"}
+
     def __init__(
         self,
         budget,

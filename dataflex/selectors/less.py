@@ -310,6 +310,9 @@ class LessSelector(LessComponent):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+
     def __init__(
         self,
         budget,

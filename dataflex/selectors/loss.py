@@ -88,6 +88,9 @@ class LossSelector(PoolLossSelector):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: the original DataFlex's default where this one differs: its tercile draw (used by dataflex-cli)
+    legacy_defaults = {"rule": "tercile"}
+
     def __init__(
         self,
         budget,

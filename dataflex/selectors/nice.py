@@ -306,6 +306,9 @@ class NiceSelector(PoolLossSelector):
         gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+
     #: generator streams of a round (0: the tie-break, 1: the candidate subset)
     VALIDATION_STREAM = 2
     SAMPLING_STREAM = 3
