@@ -3,8 +3,8 @@
 Every module logs through ``get_logger(__name__)``; the ``dataflex`` logger prints ``[dataflex] <message>``
 on stdout (where ``sys.stdout`` is when the line is written, so redirections and pytest's capture see
 it), ``dataflex.data.assets`` prints ``[dataflex-data] <message>`` on stderr (stdout stays clean for
-``dataflex-data path``). In a multi-process run only rank 0 prints (``extra=ALL_RANKS``: every rank). ``DATAFLEX_LOG_LEVEL`` (default
-``INFO``) sets the level; ``WARNING`` silences the progress lines.
+``dataflex-data path``). In a multi-process run only rank 0 prints (``extra=ALL_RANKS``: every rank).
+``DATAFLEX_LOG_LEVEL`` (default ``INFO``) sets the level; ``WARNING`` silences the progress lines.
 
 Results a command exists to print (``dataflex-cli migrate``'s command, the run summary table,
 ``dataflex-report``'s tables, errors) are printed, not logged.

@@ -191,6 +191,8 @@ def build_tracker(logger_cfg: dict | None, run_dir: Path, run_name: str, config:
             if key not in valid:
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"logger={kind or expected}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}")
+                raise ConfigError(
+                    f"logger={kind or expected}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}"
+                )
     trackers.append(target(run_dir=run_dir, run_name=run_name, config=config, **logger_cfg))
     return MultiTracker(trackers)

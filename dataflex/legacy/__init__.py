@@ -39,6 +39,6 @@ from dataflex.legacy.overrides import compose, conf_file, diff_overrides, group_
 from dataflex.legacy.translate import Translation, translate, translate_file, validate
 
 __all__ = [
-    "DATAFLEX_KEYS", "TRAIN_TYPES", "Translation", "check_keys", "compose", "conf_file", "did_you_mean", "diff_overrides",
-    "group_options", "read_legacy", "render_value", "translate", "translate_file", "validate",
+    "DATAFLEX_KEYS", "TRAIN_TYPES", "Translation", "check_keys", "compose", "conf_file", "did_you_mean",
+    "diff_overrides", "group_options", "read_legacy", "render_value", "translate", "translate_file", "validate",
 ]

@@ -10,7 +10,9 @@ import hydra.utils
 import yaml
 
 from dataflex.errors import ConfigError
-from dataflex.legacy.keys import DATAFLEX_KEYS, SAMPLE_RULES, SCHEDULE, SECTIONS, UNUSED_EVERYWHERE, did_you_mean, llamafactory_default
+from dataflex.legacy.keys import (
+    DATAFLEX_KEYS, SAMPLE_RULES, SCHEDULE, SECTIONS, UNUSED_EVERYWHERE, did_you_mean, llamafactory_default,
+)
 from dataflex.legacy.overrides import conf_file, group_options
 
 def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) -> tuple[str, dict]:
@@ -43,7 +45,8 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
         params.update((entry or {}).get("params") or {})
     params.update(flex.get("component_overrides") or {})
     declared = component_class(kind, option)
-    renamed, unused = getattr(declared, "legacy_keys", {}), {**UNUSED_EVERYWHERE, **getattr(declared, "legacy_unused", {})}
+    renamed = getattr(declared, "legacy_keys", {})
+    unused = {**UNUSED_EVERYWHERE, **getattr(declared, "legacy_unused", {})}
     out = {}
     for key, value in params.items():
         if key in unused:
@@ -86,7 +89,8 @@ def component_values(kind: str, option: str, base: dict, params: dict, flex: dic
         accumulation = trainer.get("gradient_accumulation_steps", llamafactory_default("gradient_accumulation_steps"))
         desired["budget"] = int(batch) * int(accumulation) * world * int(flex["update_step"])
     # the original's defaults where this component's differ (e.g. the loss selector's tercile draw)
-    desired.update({k: v for k, v in getattr(component_class(kind, option), "legacy_defaults", {}).items() if k not in params})
+    defaults = getattr(component_class(kind, option), "legacy_defaults", {})
+    desired.update({k: v for k, v in defaults.items() if k not in params})
     if kind == "mixer":
         _mixture(option, base, desired, flex, domains)
     else:

@@ -15,7 +15,10 @@ from dataflex.legacy.keys import (
     DATA_KEYS, DATAFLEX_KEYS, EVAL_KEYS, GROUPS, MODEL_KEYS, OWNED_KEYS, TRAIN_TYPES, check_keys, did_you_mean,
     llamafactory_default, read_legacy,
 )
-from dataflex.legacy.overrides import compose, conf_file, diff_overrides, group_options, override_key, render_value, resolved
+from dataflex.legacy.overrides import (
+    compose, conf_file, diff_overrides, group_options, override_key, render_value, resolved,
+)
+
 
 def _same_location(a: Any, b: Any) -> bool:
     """Equal names, or two spellings of one existing local path."""
@@ -35,6 +38,7 @@ def _as_list(value: Any) -> list[str]:
 
 def _pop(d: dict, keys) -> dict:
     return {k: d.pop(k) for k in keys if k in d}
+
 
 @dataclasses.dataclass
 class Translation:

@@ -15,7 +15,9 @@ from dataflex.report.runs import (
     OVERLAP, PREFIX, SKIP_DIRS, TOKENS, RunRecord, arm_and_seed, find_runs, held_by_step, load_run, method_of,
     proportions_by_step, read_metrics,
 )
-from dataflex.report.tables import BEST_MARK, Arm, best_arm, default_metric, lower_is_better, markdown_table, mean_std, summarize
+from dataflex.report.tables import (
+    BEST_MARK, Arm, best_arm, default_metric, lower_is_better, markdown_table, mean_std, summarize,
+)
 
 __all__ = [
     "BEST_MARK", "OVERLAP", "PREFIX", "SKIP_DIRS", "TOKENS", "Arm", "Report", "RunRecord", "_pyplot", "_save",

@@ -11,6 +11,7 @@ from dataflex.report.plots import plot_arm_proportions, plot_losses, plot_metric
 from dataflex.report.runs import RunRecord, find_runs, load_run
 from dataflex.report.tables import BEST_MARK, Arm, best_arm, default_metric, lower_is_better, markdown_table, summarize
 
+
 @dataclass
 class Report:
     arms: list[Arm]

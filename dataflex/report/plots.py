@@ -8,6 +8,7 @@ from pathlib import Path
 from dataflex.report.runs import proportions_by_step, read_metrics
 from dataflex.report.tables import Arm, lower_is_better
 
+
 def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: bool = True,
                end: int | None = None) -> None:
     """Proportions as a step function: a decision holds until the next one, the last one until
