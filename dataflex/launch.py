@@ -16,7 +16,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dataflex.config import to_dict
 from dataflex.logs import get_logger
+from dataflex.preflight import preflight
 from dataflex.utils import atomic_write_text
 
 LAUNCH_FILE = "launch_config.yaml"
@@ -49,7 +51,7 @@ def launch(cfg: Any, run_dir: str | os.PathLike, run_name: str) -> dict[str, Any
         SystemExit: the workers exited with a non-zero status (their messages are already on stderr).
     """
     run_dir = Path(run_dir)
-    if not needs_torchrun(cfg):
+    if not needs_torchrun(cfg):  # the Run makes the preflight checks itself
         # deferred: importing the Run pulls in transformers and LLaMA-Factory (seconds), which
         # `dataflex-run --help`, `--cfg job` and `dataflex-cli migrate` never need
         from dataflex.run import Run
@@ -57,6 +59,7 @@ def launch(cfg: Any, run_dir: str | os.PathLike, run_name: str) -> dict[str, Any
         return Run(cfg, run_dir, run_name).fit()
     import torch  # deferred with the Run: only to know whether the workers get DeepSpeed's CPU accelerator
 
+    preflight(to_dict(cfg))  # once, before torchrun starts N workers that would each fail
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
     atomic_write_text(run_dir / LAUNCH_FILE, OmegaConf.to_yaml(resolved, resolve=True))

@@ -309,3 +309,20 @@ def validation_names(data_cfg: dict) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v) for v in value]
+
+
+def resolve_validation_column(hparams: dict[str, Any], names: list[str], column: str | None) -> list[str]:
+    """The validation names with subtasks from a column: the one set ``names`` holds, split by
+    ``column`` (:func:`split_by_column`, under ``<dataset_dir>/validation_subtasks``), one registered
+    set per value, sorted (e.g. MMLU's ``subject``: 57 subtasks). ``names`` unchanged without a column."""
+    if not column:
+        return names
+    if len(names) != 1:
+        raise ConfigError(f"selector.subtask_column={column} splits ONE validation set into subtasks, but data.validation "
+                          f"names {len(names)} ({', '.join(names) or 'none'}); name one set, or set selector.subtask_column=null")
+    registry_path = Path(hparams["dataset_dir"]) / "dataset_info.json"
+    registry = json.loads(registry_path.read_text())
+    subtasks = split_by_column({"source": names[0], "column": column, "what": f"selector.subtask_column={column}"},
+                               registry, Path(hparams["dataset_dir"]) / "validation_subtasks")
+    atomic_write_json(registry_path, registry)
+    return subtasks

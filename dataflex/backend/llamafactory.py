@@ -20,7 +20,8 @@ from typing import Any
 
 from dataflex.backend.datasets import (  # noqa: F401  (re-exported: their import path before the split)
     DOMAIN_SPLIT_FILE, STAGES, build_pool, build_validation, check_dataset_file, check_datasets, has_labelled_row,
-    required_columns, resolve_column_domains, split_by_column, tokenise, validation_names, write_registry,
+    required_columns, resolve_column_domains, resolve_validation_column, split_by_column, tokenise, validation_names,
+    write_registry,
 )
 from dataflex.config import ConfigError
 
@@ -111,17 +112,20 @@ def resolve_max_steps(training_args, pool_size: int) -> None:
     training_args.max_steps = math.ceil(training_args.num_train_epochs * per_epoch)
 
 
-def build(hparams: dict[str, Any], validation: list[str] | None = None) -> Built:
+def build(hparams: dict[str, Any], validation: list[str] | None = None, validation_column: str | None = None) -> Built:
     """Tokenizer, template, pool, validation set and model, as LLaMA-Factory's workflows build them.
 
     Args:
         hparams: the LLaMA-Factory argument dict (:func:`build_hparams`).
         validation: registry names of the target/validation set (one subtask each), if any.
+        validation_column: subtasks from this column of the one validation set instead
+            (:func:`resolve_validation_column`).
     """
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_model, load_tokenizer
 
     hparams = resolve_column_domains(hparams)
+    validation = resolve_validation_column(hparams, list(validation or []), validation_column)
     check_datasets([*hparams["dataset"].split(","), *(validation or [])], hparams["dataset_dir"])
     model_args, data_args, training_args, finetuning_args, _ = parse_hparams(hparams)
     try:

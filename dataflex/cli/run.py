@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dataflex.config import register_resolvers
-from dataflex.errors import DataFlexError
+from dataflex.errors import ConfigError, DataFlexError
 from dataflex.launch import launch
 
 
@@ -38,6 +38,18 @@ def run_job(cfg: DictConfig) -> dict | None:
         return launch(cfg, run_dir, run_name)
     except DataFlexError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        interrupted(run_dir)
+
+
+def interrupted(run_dir: Path) -> None:
+    """Ctrl-C: one line saying where the run can resume from, exit 130 (no traceback)."""
+    from dataflex.train.checkpoints import complete_checkpoints
+
+    found = complete_checkpoints(run_dir / "checkpoints")
+    where = f"its last complete checkpoint is {found[-1][1]}" if found else "it saved no checkpoint yet"
+    print(f"\ndataflex: interrupted; {where}. Rerun the same command to resume.", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -47,10 +59,32 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(loss) if loss is not None else None
 
 
+def model_path_overrides(argv: list[str]) -> list[str]:
+    """``model=/path/to/model`` (a local model directory) becomes ``model=path`` with that directory as
+    ``model.name_or_path`` and ``model.name`` (recorded as what it is); a value that looks like a path
+    but is no directory is one clear error instead of Hydra's "Could not find 'model//...'"."""
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key != "model" or not value or not ("/" in value or value.startswith(("~", "."))):
+            out.append(arg)
+            continue
+        path = Path(value).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
+                 "or the directory of a local model (its config.json, weights and tokenizer)")
+        out += ["model=path", f"model.name_or_path={path}", f"model.name={path}"]
+    return out
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_resolvers()
+    try:
+        sys.argv[1:] = model_path_overrides(sys.argv[1:])
+    except DataFlexError as err:
+        fail(str(err))
     _hydra_main()
 
 

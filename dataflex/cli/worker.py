@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         Run(cfg, run_dir, run_name).fit()
     except DataFlexError as err:
         fail(str(err))
+    except KeyboardInterrupt:  # the launcher says where to resume from, once
+        sys.exit(130)
     finally:
         # Leave the process group explicitly: left to interpreter teardown, DeepSpeed's CPU comm
         # threads can abort a finished worker ("terminate called without an active exception").

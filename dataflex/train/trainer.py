@@ -77,7 +77,13 @@ class DataFlexTrainerMixin:
         # (plain training over a pool) it would train one step too many. No batches: no step.
         if self.args.max_steps > 0 and self.state.global_step >= self.args.max_steps:
             return [], None
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # a loss owner that needs the whole optimizer step before its first backward (DoReMi's
+        # once-per-step α under gradient accumulation) sees the step's micro-batches here
+        owner = self.dataflex_callback.loss_owner
+        if batches and hasattr(owner, "prepare_step"):
+            owner.prepare_step(batches, self.model)
+        return batches, num_items
 
     def _get_train_sampler(self, *args, **kwargs):
         if not self.dataflex_dynamic:
