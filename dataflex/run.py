@@ -14,7 +14,9 @@ import yaml
 from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, to_dict
+from dataflex.logs import get_logger
 from dataflex.preflight import preflight
+from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
 from dataflex.train.components import Component
@@ -24,6 +26,7 @@ from dataflex.utils import atomic_write_json, atomic_write_text
 CONFIG_FILE = "dataflex_config.yaml"
 # Groups that define what a run computes: resuming with any of them changed is refused.
 IDENTITY_KEYS = ("model", "data", "trainer", "selector", "mixer", "weighter", "seed")
+log = get_logger(__name__)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -33,10 +36,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextlib.contextmanager
@@ -90,8 +89,8 @@ class Run:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             if diff and not self._holds_results():
                 # an attempt that failed before its first checkpoint does not claim the directory
-                print(f"[dataflex] {self.run_dir} holds a failed start with other settings and no checkpoint; "
-                      "starting this run there", flush=True)
+                log.info("%s holds a failed start with other settings and no checkpoint; starting this run there",
+                         self.run_dir)
                 if is_main_process():
                     for stale in ("eval_before.json", "metrics.jsonl"):
                         (self.run_dir / stale).unlink(missing_ok=True)
@@ -136,8 +135,8 @@ class Run:
             return None
         if f"checkpoint-{metrics.get('global_step')}" != Path(resume_from).name:
             return None
-        print(f"[dataflex] run already finished: {path} (its numbers are kept; delete that file to "
-              "evaluate again, or use a new directory to train again)", flush=True)
+        log.info("run already finished: %s (its numbers are kept; delete that file to evaluate again, or use a "
+                 "new directory to train again)", path)
         return metrics
 
     # -- the run ---------------------------------------------------------------------------------
@@ -171,7 +170,7 @@ class Run:
 
         start = time.time()
         if resume_from:
-            print(f"[dataflex] resuming from {resume_from}", flush=True)
+            log.info("resuming from %s", resume_from)
         # the target/validation set is only tokenised for the selectors that read it
         validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
         column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column

@@ -156,6 +156,11 @@ class ODMMixer(Mixer):
             pool) or ``uniform``.
     """
 
+    #: the original DataFlex's params: its start proportions are the DataFlex key init_mixture_proportions;
+    #: its evaluation pass has no counterpart (used by dataflex-cli)
+    legacy_keys = {"initial_proportions": "init_mixture_proportions"}
+    legacy_unused = {"num_eval_samples": "rewards come from the training batches' own losses",
+                     "eval_batch_size": "rewards come from the training batches' own losses"}
     #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 

@@ -85,6 +85,9 @@ class NearSelector(EmbeddingSelector):
     Args: as :class:`EmbeddingSelector`.
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"indices_path": "neighbours are computed in the run"}
+
     method = "near"
 
     def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict | None]:

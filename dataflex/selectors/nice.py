@@ -215,6 +215,9 @@ class NiceSelector(PoolLossSelector):
         gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+
     needs_validation = True
 
     #: decides through updates: one that could never update in the run is refused (dataflex.preflight)

@@ -316,6 +316,9 @@ class TSDSSelector(EmbeddingSelector):
     :func:`tsds_probabilities` reports, and ``max_p``.
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"probs_path": "sampling probabilities are computed in the run"}
+
     method = "tsds"
 
     def __init__(

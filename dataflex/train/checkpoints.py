@@ -21,11 +21,13 @@ import torch
 from torch import Tensor
 
 from dataflex.errors import ConfigError
+from dataflex.logs import get_logger
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.optimizer import unwrap_optimizer
 
 #: the callback's state in every checkpoint; written last, so its presence marks a complete save
 STATE_FILE = "dataflex_state.pt"
+log = get_logger(__name__)
 
 
 def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
@@ -120,7 +122,7 @@ def complete_checkpoints(checkpoint_root: str | os.PathLike, remove_incomplete: 
         if has_dataflex_state(path):
             found.append((int(suffix), path))
         elif remove_incomplete:
-            print(f"[dataflex] removing incomplete checkpoint {path} (interrupted save)", flush=True)
+            log.info("removing incomplete checkpoint %s (interrupted save)", path)
             shutil.rmtree(path)
     return sorted(found)
 
@@ -140,7 +142,7 @@ def newest_complete_checkpoint(checkpoint_root: Path, remove_incomplete: bool = 
         why = checkpoint_damage(path)
         if why is None:
             if damaged:
-                print(f"[dataflex] resuming from the newest intact checkpoint, {path}", flush=True)
+                log.info("resuming from the newest intact checkpoint, %s", path)
             return str(path)
         damaged += 1
         aside, n = path.with_name(path.name + ".damaged"), 1
@@ -149,9 +151,9 @@ def newest_complete_checkpoint(checkpoint_root: Path, remove_incomplete: bool = 
             aside = path.with_name(f"{path.name}.damaged-{n}")
         if remove_incomplete:
             path.rename(aside)
-        print(f"[dataflex] checkpoint {path} is damaged ({why}); set aside as {aside.name}", flush=True)
+        log.warning("checkpoint %s is damaged (%s); set aside as %s", path, why, aside.name)
     if damaged:
-        print(f"[dataflex] no intact checkpoint under {checkpoint_root}: training starts from step 0", flush=True)
+        log.warning("no intact checkpoint under %s: training starts from step 0", checkpoint_root)
     return None
 
 

@@ -232,7 +232,7 @@ def test_two_nodes_decide_the_same_and_as_one_process(tmp_path):
     and equal to a one-process run with the same global batch (issue 20)."""
     import socket
 
-    from dataflex.cli.run import rendezvous_args
+    from dataflex.nodes import rendezvous_args
 
     overrides = [*PT, *LOSS, *ODM]
     run_dir = tmp_path / "nodes"

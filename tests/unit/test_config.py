@@ -81,3 +81,30 @@ def test_misspelled_trainer_key_is_named(tmp_path):
     plain["data"]["dataset_dir"] = None
     with pytest.raises(ValueError, match="learning_rat"):
         parse_llamafactory(build_hparams(plain, tmp_path, resume_from=None))
+
+
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_every_logger_option_builds_its_tracker(option, tmp_path):
+    from dataflex.config import to_dict
+    from dataflex.tracking import JSONLTracker, build_tracker
+
+    cfg = to_dict(compose_config([f"logger={option}"], tiny=False))
+    if option == "wandb":
+        cfg["logger"]["mode"] = "disabled"
+    tracker = build_tracker(cfg["logger"], tmp_path, "run", cfg)
+    kinds = [type(t).kind for t in tracker.trackers]
+    tracker.close()
+    assert isinstance(tracker.trackers[0], JSONLTracker)  # always: the run's record
+    assert kinds == (["jsonl", "wandb"] if option == "wandb" else ["jsonl"])
+
+
+def test_logger_keys_are_checked(tmp_path):
+    from dataflex.config import ConfigError, to_dict
+    from dataflex.tracking import build_tracker
+
+    cfg = to_dict(compose_config(["logger=wandb", "+logger.projct=x"], tiny=False))
+    with pytest.raises(ConfigError, match=r"logger=wandb: unknown key 'projct' \(did you mean 'project'\?\)"):
+        build_tracker(cfg["logger"], tmp_path, "run", cfg)
+    cfg = to_dict(compose_config(["logger=jsonl", "logger.kind=wandb"], tiny=False))
+    with pytest.raises(ConfigError, match=r"logger\.kind is 'wandb'.*choose the logger with logger=wandb"):
+        build_tracker(cfg["logger"], tmp_path, "run", cfg)

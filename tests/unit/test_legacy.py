@@ -136,6 +136,23 @@ def test_components_cfg_file_params_renames_and_notes(tmp_path):
     assert t.notes == ["selectors.delta_loss.cache_dir: not used (outputs live in the run directory)"]
 
 
+def test_original_param_names_are_the_components_own_declarations():
+    from dataflex.mixers.odm import ODMMixer
+    from dataflex.selectors.delta_loss import DeltaLossSelector
+    from dataflex.selectors.near import NearSelector
+
+    assert DeltaLossSelector.legacy_keys == {"window_size": "window"} and "indices_path" in NearSelector.legacy_unused
+    assert ODMMixer.legacy_keys["initial_proportions"] == "init_mixture_proportions"
+    t = translate(sft(train_type="dynamic_select", component_name="near",
+                      component_overrides={"indices_path": "x.npy", "cache_dir": "../saves"}), name="n", env={})
+    assert t.notes == ["selectors.near.indices_path: not used (neighbours are computed in the run)",
+                       "selectors.near.cache_dir: not used (outputs live in the run directory)"]
+    # another method's original param is not this one's: refused, naming the key
+    with pytest.raises(ConfigError, match=r"unknown key 'window_size'"):
+        translate(sft(train_type="dynamic_select", component_name="loss", component_overrides={"window_size": 0.3}),
+                  env={})
+
+
 def test_force_torchrun_sets_nproc_and_the_global_batch():
     t = translate(sft(train_type="dynamic_select", component_name="random", update_step=5),
                   env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})

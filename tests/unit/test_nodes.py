@@ -7,7 +7,8 @@ import socket
 import pytest
 from omegaconf import OmegaConf
 
-from dataflex.cli.run import needs_launcher, rendezvous_args, slurm_rank_env
+from dataflex.launch import needs_torchrun
+from dataflex.nodes import rendezvous_args, slurm_rank_env
 from dataflex.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def free_port() -> int:
 
 def test_one_node_stays_standalone_and_two_nodes_meet_at_a_c10d_rendezvous(tmp_path):
     assert rendezvous_args(cfg(nproc=4), tmp_path) == ["--standalone", "--nproc_per_node=4"]
-    assert not needs_launcher(cfg()) and needs_launcher(cfg(nnodes=2))
+    assert not needs_torchrun(cfg()) and needs_torchrun(cfg(nnodes=2))
     args = rendezvous_args(cfg(nproc=8, nnodes=2, master_addr="127.0.0.1", master_port=29511), tmp_path)
     assert args[:5] == ["--nnodes=2", "--nproc_per_node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:29511",
                         args[4]] and args[4].startswith("--rdzv-id=")
@@ -76,7 +77,7 @@ def test_tasks_per_node_must_match_nproc():
 
 
 def test_the_master_host_expansion_of_a_node_range():
-    from dataflex.cli.run import first_host
+    from dataflex.nodes import first_host
 
     assert first_host("gpu[07-08]") == "gpu07"
     assert first_host("a01,b[3,5]") == "a01"
