@@ -403,17 +403,37 @@ def validation_names(data_cfg: dict) -> list[str]:
     return [str(v) for v in value]
 
 
-def build(hparams: dict[str, Any], validation: list[str] | None = None) -> Built:
+def resolve_validation_column(hparams: dict[str, Any], names: list[str], column: str | None) -> list[str]:
+    """The validation names with subtasks from a column: the one set ``names`` holds, split by
+    ``column`` (:func:`split_by_column`, under ``<dataset_dir>/validation_subtasks``), one registered
+    set per value, sorted (e.g. MMLU's ``subject``: 57 subtasks). ``names`` unchanged without a column."""
+    if not column:
+        return names
+    if len(names) != 1:
+        raise ConfigError(f"selector.subtask_column={column} splits ONE validation set into subtasks, but data.validation "
+                          f"names {len(names)} ({', '.join(names) or 'none'}); name one set, or set selector.subtask_column=null")
+    registry_path = Path(hparams["dataset_dir"]) / "dataset_info.json"
+    registry = json.loads(registry_path.read_text())
+    subtasks = split_by_column({"source": names[0], "column": column, "what": f"selector.subtask_column={column}"},
+                               registry, Path(hparams["dataset_dir"]) / "validation_subtasks")
+    atomic_write_json(registry_path, registry)
+    return subtasks
+
+
+def build(hparams: dict[str, Any], validation: list[str] | None = None, validation_column: str | None = None) -> Built:
     """Tokenizer, template, pool, validation set and model, as LLaMA-Factory's workflows build them.
 
     Args:
         hparams: the LLaMA-Factory argument dict (:func:`build_hparams`).
         validation: registry names of the target/validation set (one subtask each), if any.
+        validation_column: subtasks from this column of the one validation set instead
+            (:func:`resolve_validation_column`).
     """
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_model, load_tokenizer
 
     hparams = resolve_column_domains(hparams)
+    validation = resolve_validation_column(hparams, list(validation or []), validation_column)
     check_datasets([*hparams["dataset"].split(","), *(validation or [])], hparams["dataset_dir"])
     model_args, data_args, training_args, finetuning_args, _ = parse_hparams(hparams)
     try:

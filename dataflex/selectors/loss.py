@@ -88,6 +88,9 @@ class LossSelector(PoolLossSelector):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         budget,

@@ -38,6 +38,7 @@ def build_component(kind, cfg):
 
 
 dataflex.run.build_component = build_component
+dataflex.config.build_component = build_component  # Run builds its components through preflight, which imports it here
 
 
 # DATAFLEX_TEST_POISON="RANK:STEP": NaN logits in that rank's training forward of that step

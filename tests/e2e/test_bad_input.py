@@ -55,12 +55,13 @@ CASES = {
     "misspelled selector key": (["selector=loss", "+selector.budgt=8"], r"unknown key 'budgt'.*did you mean 'budget'"),
     "misspelled mixer key": ([*PT, "mixer=odm", "+mixer.alhpa=0.5"], r"unknown key 'alhpa'.*did you mean 'alpha'"),
     "wrong type": (["selector=loss", "selector.budget=lots"], r"budget must be an int count or a float fraction"),
-    "budget larger than the pool": (["selector=loss", "selector.budget=100000"], r"asks for 100000 samples but the pool has only 256"),
+    "budget larger than the pool": (["selector=loss", "selector.budget=100000", "selector.warmup_steps=1"], r"asks for 100000 samples but the pool has only 256"),
     "budget zero": (["selector=random", "selector.budget=0"], r"select at least 1"),
     "budget fraction above one": (["selector=random", "selector.budget=1.5"], r"fraction must lie in \(0, 1\]"),
     "candidates below the budget": (["selector=loss", "selector.budget=32", "selector.candidates=16",
                                      "selector.warmup_steps=1", "selector.update_every=1"],
-                                    r"selector=loss at step 1: candidates \(16\) must be at least the budget \(32\)"),
+                                    # known from the config: refused at start (issue 22), no longer at step 1
+                                    r"selector=loss: candidates \(16\) must be at least the budget \(32\)"),
     "unknown loss rule": (["selector=loss", "selector.rule=median"], r"rule must be one of"),
     "negative proportions": ([*PT, "mixer=static", "mixer.proportions=[-1,1,1,1,1,1,1]"], r"negative|>= 0"),
     "proportions not matching the domains": ([*PT, "mixer=static", "mixer.proportions=[0.5,0.5]"], r"2 .*7 domains|7 domains.*2"),
@@ -221,7 +222,7 @@ def dataflex_run(tmp_path, *args):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["selector=loss", "selector.budget=100000"], "pool has only"),
+        (["selector=loss", "selector.budget=100000", "selector.warmup_steps=1"], "pool has only"),
         (["data.domains=[nosuchset]"], "nosuchset"),
         (["selector=loss", "+selector.budgt=8"], "budgt"),
     ],
@@ -250,3 +251,55 @@ def test_traceback_only_when_asked_for(tmp_path):
                              f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr and "budgt" in result.stderr
+
+
+def test_a_failed_start_does_not_claim_its_directory(tmp_path):
+    """An attempt that wrote its config but no checkpoint or metrics (it failed before training)
+    does not make the corrected command "another run"; its stale evaluation cache goes."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    Run(compose_config([*QUIET, "seed=7"]), run_dir)._check_run_dir()  # the failed attempt's claim
+    (run_dir / "eval_before.json").write_text("{}")
+    assert Run(compose_config(QUIET), run_dir)._check_run_dir() is None
+    assert "seed: 42" in (run_dir / "dataflex_config.yaml").read_text()
+    assert not (run_dir / "eval_before.json").exists()
+
+
+def test_multi_process_launch_validates_once_before_torchrun(tmp_path):
+    """With nproc=2 a bad value is one line from the launcher, not one traceback per worker."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dataflex-run"), "model=tiny", "nproc=2", "trainer.learning_rate=fast",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "launching" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
+    assert errors == ["dataflex: error: trainer.learning_rate must be a number >= 0, got 'fast'"], result.stderr[-2000:]
+
+
+def test_ctrl_c_says_where_to_resume_without_a_traceback(tmp_path):
+    """SIGINT after the first checkpoint: exit 130, one line naming the checkpoint, no traceback."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(BIN / "dataflex-run"), "model=tiny", "data.max_samples=64", "trainer.max_steps=400",
+         "trainer.save_steps=2", "trainer.per_device_train_batch_size=2", "eval.before=false", "eval.after=false",
+         f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+    )
+    deadline = time.time() + 300
+    while not list((run_dir / "checkpoints").glob("checkpoint-*/dataflex_state.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("dataflex: interrupted")]
+    assert len(lines) == 1 and "checkpoints/checkpoint-" in lines[0] and "Rerun the same command" in lines[0], stderr

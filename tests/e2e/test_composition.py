@@ -88,7 +88,7 @@ def check_odm(run_dir):
     for r in logged:
         assert sum(v for k, v in r.items() if k.startswith("mixer/proportion/")) == pytest.approx(1.0)
     odm = state(run_dir)["components"]["mixer"]
-    assert odm["t"] == 5 and len(odm["history"]) == 4
+    assert odm["t"] == 4 and len(odm["history"]) == 4  # t: the global optimizer step of the last update
     # the training batches' losses reached the rewards (the proportions stay uniform while
     # ε_t = 1/K, i.e. for t < K·ln K ≈ 5.5 with K = 4)
     assert torch.isfinite(odm["rewards"]).all() and (odm["rewards"] > 0).sum() >= 2

@@ -142,3 +142,55 @@ def test_a_nan_skipped_on_one_rank_keeps_ddp_in_step(tmp_path):
     assert r0["trained"].keys() == r1["trained"].keys() and r0["trained"]
     for name, weight in r0["trained"].items():
         assert torch.isfinite(weight).all() and torch.equal(weight, r1["trained"][name]), name
+
+
+def test_two_nodes_decide_the_same_and_as_one_process(tmp_path):
+    """Two torchrun agents on 127.0.0.1 with --nnodes=2 (one process each) meet at the c10d rendezvous
+    that ``dataflex-run nnodes=2`` builds, and run one job: every decision is identical on both ranks
+    and equal to a one-process run with the same global batch (issue 20)."""
+    import socket
+
+    from dataflex.cli.run import rendezvous_args
+
+    overrides = [*PT, *LOSS, *ODM]
+    run_dir = tmp_path / "nodes"
+    run_dir.mkdir()
+    cfg = compose_config([*BASE, *overrides, "trainer.per_device_train_batch_size=2"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open_dict(cfg):
+        cfg.nproc, cfg.nnodes, cfg.master_addr, cfg.master_port = 1, 2, "127.0.0.1", port
+    (run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    agents = []
+    for node_rank in (0, 1):  # node 1 waits in rendezvous_args until node 0's store answers
+        with open_dict(cfg):
+            cfg.node_rank = node_rank
+        command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg, run_dir), str(PROBE),
+                   str(run_dir), "nodes"]
+        assert "--standalone" not in command and "--nnodes=2" in command
+        agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    for agent in agents:
+        out, _ = agent.communicate(timeout=3000)
+        assert agent.returncode == 0, out[-4000:]
+    r0, r1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["world"] == r1["world"] == 2
+    made = decisions(r0)
+    assert made and len(made) == len(decisions(r1))
+    for a, b in zip(made, decisions(r1)):
+        assert (a["method"], a["step"]) == (b["method"], b["step"])
+        assert max_diff(a["value"], b["value"]) <= 1e-12, (a["method"], a["step"])
+    assert max_diff(r0["state"], r1["state"]) <= 1e-12
+    (single,) = launch(tmp_path, "one", overrides, nproc=1)
+    one = decisions(single)
+    assert [(d["method"], d["step"]) for d in one] == [(d["method"], d["step"]) for d in made]
+    for a, b in zip(made, one):
+        if a["method"] == "initial_indices":
+            assert torch.equal(a["value"], b["value"])
+        elif a["method"] == "select":
+            assert sorted(a["value"].tolist()) == sorted(b["value"].tolist()), a["step"]
+        else:
+            assert max_diff(a["value"], b["value"]) <= 1e-5, (a["method"], a["step"])
+    assert len(decisions(r0, "select")) == 2 and len(decisions(r0, "update")) == 6

@@ -21,6 +21,7 @@ from dataflex.mixers.doremi import (
     DoReMiMixer,
     domain_token_sums,
     doremi_proxy_loss,
+    doremi_token_mean_loss,
     resolve_reference_model,
 )
 from dataflex.mixers.static import StaticMixer
@@ -28,6 +29,7 @@ from dataflex.train.components import LossInputs
 
 V = 4  # vocabulary of the fake reference: all-zero logits give ℓ_ref = ln 4 on every token
 LN4 = math.log(V)
+EARLIER = {"absent": "zero", "update": "micro_batch", "proxy_loss": "domain_mean"}
 
 
 # -- pure parts ---------------------------------------------------------------------------------
@@ -95,7 +97,8 @@ def started(tmp_path, k=3, **kwargs):
 
 
 def test_one_step_hand_computed(tmp_path):
-    mixer, ctx, start = started(tmp_path)
+    # the earlier rules, now options: absent domains get λ = 0, one step per micro-batch, the paper's objective
+    mixer, ctx, start = started(tmp_path, **EARLIER)
     torch.testing.assert_close(start, torch.full((3,), 1 / 3, dtype=torch.float64))
     # domain 0: tokens 2.0, 1.0 -> excess (2 - ln4, 0); domain 1: tokens 3.0, 0.5, 9.0 (9.0 masked out)
     li = micro_batch([[2.0, 1.0, 9.0], [3.0, 0.5, 9.0]], [[True, True, False], [True, True, False]], [0, 1],
@@ -153,14 +156,20 @@ def test_invariants_simplex_floor_running_mean(tmp_path):
 
 
 def test_reference_equal_to_proxy_keeps_alpha_uniform(tmp_path):
-    mixer, ctx, _ = started(tmp_path)
+    # absent: zero (a never-seen domain would otherwise carry λ = log V, the reference code's start)
+    mixer, ctx, _ = started(tmp_path, absent="zero")
     alphas = run_steps(mixer, ctx, [([[LN4] * 3] * 2, [0, 2]), ([[LN4] * 3] * 2, [1, 1])])
+    for a in alphas:
+        torch.testing.assert_close(a, torch.full((3,), 1 / 3, dtype=torch.float64), rtol=0, atol=1e-15)
+    # the default rule: once every domain has been seen, ℓ_ref ≡ ℓ_θ keeps α uniform as well
+    mixer, ctx, _ = started(tmp_path / "default")
+    alphas = run_steps(mixer, ctx, [([[LN4] * 3] * 3, [0, 1, 2]), ([[LN4] * 3] * 2, [1, 1])])
     for a in alphas:
         torch.testing.assert_close(a, torch.full((3,), 1 / 3, dtype=torch.float64), rtol=0, atol=1e-15)
 
 
 def test_largest_excess_gains_and_eta_zero_stays_uniform(tmp_path):
-    mixer, ctx, _ = started(tmp_path)
+    mixer, ctx, _ = started(tmp_path, absent="zero")
     # excess: domain 0 gets 0.5, domain 1 gets 2.0, domain 2 is absent (0)
     alpha = run_steps(mixer, ctx, [([[LN4 + 0.5] * 2, [LN4 + 2.0] * 2], [0, 1])])[0]
     assert int(alpha.argmax()) == 1 and alpha[1] > 1 / 3 and alpha[0] > alpha[2]
@@ -170,14 +179,14 @@ def test_largest_excess_gains_and_eta_zero_stays_uniform(tmp_path):
 
 
 def test_clip_option_bounds_the_step(tmp_path):
-    clipped, ctx, _ = started(tmp_path / "a", clip=0.5, smoothing=0.0)
+    clipped, ctx, _ = started(tmp_path / "a", clip=0.5, smoothing=0.0, absent="zero")
     alpha = run_steps(clipped, ctx, [([[LN4 + 3.0] * 2], [0])])[0]
     raw = [math.exp(0.5), 1.0, 1.0]
     torch.testing.assert_close(alpha, torch.tensor([r / sum(raw) for r in raw], dtype=torch.float64))
 
 
 def test_online_mode_samples_by_alpha_and_trains_the_plain_loss(tmp_path):
-    mixer, ctx, _ = started(tmp_path, mode="online")
+    mixer, ctx, _ = started(tmp_path, mode="online", absent="zero")  # the others: λ = 0, not log V
     li = micro_batch([[LN4 + 1.0, LN4 + 1.0]], [[True, True]], [2])
     loss = mixer.training_loss(li)
     assert loss.item() == pytest.approx(li.plain().item())
@@ -218,6 +227,113 @@ def _save(obj, path):
     return path
 
 
+def test_absent_domain_keeps_its_last_excess_hand_computed(tmp_path):
+    """absent: last (default): a domain without a token keeps its last λ, log V before its first one."""
+    mixer, ctx, _ = started(tmp_path, smoothing=0.0)
+    # step 1: only domain 0 (excess 1.0 on both tokens); domains 1, 2 never seen: λ = ln V = ln 4
+    a1 = run_steps(mixer, ctx, [([[LN4 + 1.0] * 2], [0])])[0]
+    raw = [math.exp(1.0), math.exp(LN4), math.exp(LN4)]
+    expected1 = [r / sum(raw) for r in raw]
+    torch.testing.assert_close(a1, torch.tensor(expected1, dtype=torch.float64))
+    # step 2: only domain 1 (excess 0.5): domain 0 keeps 1.0, domain 2 keeps ln 4
+    a2 = run_steps(mixer, ctx, [([[LN4 + 0.5] * 3], [1])])[0]
+    raw = [expected1[0] * math.exp(1.0), expected1[1] * math.exp(0.5), expected1[2] * math.exp(LN4)]
+    torch.testing.assert_close(a2, torch.tensor([r / sum(raw) for r in raw], dtype=torch.float64))
+    assert mixer.last_excess.tolist() == pytest.approx([1.0, 0.5, LN4])
+    # absent: zero (the earlier rule): the same two steps give absent domains λ = 0
+    zero, ctx0, _ = started(tmp_path / "zero", smoothing=0.0, absent="zero")
+    b1 = run_steps(zero, ctx0, [([[LN4 + 1.0] * 2], [0])])[0]
+    raw = [math.exp(1.0), 1.0, 1.0]
+    torch.testing.assert_close(b1, torch.tensor([r / sum(raw) for r in raw], dtype=torch.float64))
+
+
+def test_token_mean_objective_hand_computed():
+    losses = torch.tensor([[2.0, 1.0, 4.0], [3.0, 0.5, 9.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    domains = torch.tensor([[1], [0]])
+    # uniform α: exactly the plain token mean (2 + 1 + 3 + 0.5 + 9) / 5
+    uniform = doremi_token_mean_loss(losses, domains, torch.full((3,), 1 / 3), mask)
+    assert uniform.item() == pytest.approx(15.5 / 5, rel=1e-7)
+    value = doremi_token_mean_loss(losses, domains, torch.tensor([0.5, 0.3, 0.2]), mask)
+    assert value.item() == pytest.approx((0.5 * 12.5 + 0.3 * 3.0) / (0.5 * 3 + 0.3 * 2), rel=1e-7)
+    value.backward()
+    z = 0.5 * 3 + 0.3 * 2
+    torch.testing.assert_close(losses.grad, torch.tensor([[0.3 / z, 0.3 / z, 0.0], [0.5 / z] * 3]))
+    # half of K = 4 domains absent, every token's loss 2: the token mean stays 2, the paper's form halves
+    flat, ones = torch.full((2, 3), 2.0), torch.ones(2, 3, dtype=torch.bool)
+    alpha = torch.full((4,), 0.25)
+    assert doremi_token_mean_loss(flat, torch.tensor([[0], [1]]), alpha, ones).item() == pytest.approx(2.0)
+    assert doremi_proxy_loss(flat, torch.tensor([[0], [1]]), alpha, ones).item() == pytest.approx(1.0)
+
+
+class EmbeddingLM(torch.nn.Module):
+    """A causal LM small enough to reason about: the logits of a position are its token's embedding row."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, V)
+        torch.nn.init.normal_(self.emb.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return SimpleNamespace(logits=self.emb(input_ids))
+
+
+def ga_step(mixer, model, micro_batches, lr=0.5):
+    """One optimizer step the way the trainer runs it: prepare_step, then forward + backward per
+    micro-batch (the trainer does not divide by GA: mean_scale = 1/GA), then plain SGD."""
+    from dataflex.signals.losses import shifted_token_nll
+
+    ga = len(micro_batches)
+    mixer.prepare_step(micro_batches, model)
+    model.zero_grad()
+    for mb in micro_batches:
+        token_losses, mask = shifted_token_nll(model(mb["input_ids"]).logits, mb["labels"])
+        li = LossInputs(token_losses=token_losses, token_mask=mask,
+                        batch={"domain_id": mb["domain_id"], "sample_index": mb["sample_index"]},
+                        inputs={k: mb[k] for k in ("input_ids", "attention_mask", "labels")}, model=model,
+                        num_items_in_batch=None, grad_accum_steps=ga, world_size=1, token_scale=1.0, mean_scale=1 / ga)
+        mixer.training_loss(li).backward()
+    grad = model.emb.weight.grad.clone()
+    with torch.no_grad():
+        model.emb.weight -= lr * grad
+    return grad
+
+
+def test_gradient_accumulation_gives_the_alpha_of_one_large_micro_batch(tmp_path):
+    """update: step (default): GA 2 × micro-batch 2 gives the α and the gradient of GA 1 × micro-batch 4,
+    step after step; update: micro_batch (the earlier rule) does not."""
+    g = torch.Generator().manual_seed(1)
+    steps = []
+    for _ in range(3):
+        ids = torch.randint(0, V, (4, 6), generator=g)
+        labels = ids.clone()
+        labels[:, :2] = -100
+        labels[3, 4:] = -100  # a ragged sample
+        steps.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+                      "domain_id": torch.randint(0, 3, (4,), generator=g), "sample_index": torch.arange(4)})
+
+    def run(ga, **kwargs):
+        mixer, _, _ = started(tmp_path / f"ga{ga}{kwargs}", eta=3.0, **kwargs)
+        model = EmbeddingLM().train()
+        alphas, grads = [], []
+        for batch in steps:
+            parts = [{k: v[i * 4 // ga:(i + 1) * 4 // ga] for k, v in batch.items()} for i in range(ga)]
+            grads.append(ga_step(mixer, model, parts))
+            alphas.append(mixer.alpha.clone())
+        return alphas, grads, mixer
+
+    one, one_grads, m1 = run(1)
+    two, two_grads, m2 = run(2)
+    assert m1.alpha_updates == m2.alpha_updates == 3  # one α step per optimizer step
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    for a, b in zip(one_grads, two_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(one[-1], torch.full((3,), 1 / 3, dtype=torch.float64))
+    per_micro_batch, _, m3 = run(2, update="micro_batch")
+    assert m3.alpha_updates == 6 and not torch.allclose(per_micro_batch[-1], one[-1])
+
+
 def test_static_mixer_reads_the_weights_file(tmp_path):
     mixer, ctx, _ = started(tmp_path)
     run_steps(mixer, ctx, random_batches(3))
@@ -231,6 +347,9 @@ def test_static_mixer_reads_the_weights_file(tmp_path):
     ({"smoothing": 1.5}, "smoothing"),
     ({"clip": 0.0}, "clip"),
     ({"update_every": 0}, "update_every"),
+    ({"absent": "keep"}, "absent must be one of last, zero"),
+    ({"update": "epoch"}, "update must be one of step, micro_batch"),
+    ({"proxy_loss": "sum"}, "proxy_loss must be one of token_mean, domain_mean"),
 ])
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -293,17 +412,21 @@ def _doremi_step_on_two_ranks():
                     inputs={"input_ids": torch.ones(len(losses), 3, dtype=torch.long), "labels": labels},
                     model=torch.nn.Linear(1, 1).train(), num_items_in_batch=None, grad_accum_steps=1, world_size=2,
                     token_scale=1.0, mean_scale=1.0)
-    mixer = DoReMiMixer(reference_dir="unused", domains=["x", "y"])
-    mixer.reference = ZeroLogits()
-    mixer.alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    mixer.window_excess = torch.zeros(2, dtype=torch.float64)
-    loss = mixer.training_loss(li)
-    (grad,) = torch.autograd.grad(loss, token_losses)
-    return {"alpha": mixer.alpha.tolist(), "loss": loss.item(), "grad": grad.tolist()}
+    result = {}
+    for proxy_loss in ("domain_mean", "token_mean"):
+        mixer = DoReMiMixer(reference_dir="unused", domains=["x", "y"], proxy_loss=proxy_loss)
+        mixer.reference = ZeroLogits()
+        mixer.alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        mixer.window_excess = torch.zeros(2, dtype=torch.float64)
+        loss = mixer.training_loss(li)
+        (grad,) = torch.autograd.grad(loss, token_losses)
+        result[proxy_loss] = {"alpha": mixer.alpha.tolist(), "loss": loss.item(), "grad": grad.tolist()}
+    return result
 
 
 def test_two_processes_hold_the_same_alpha_from_the_global_batch():
-    res = run_distributed(_doremi_step_on_two_ranks, 2, timeout=180)
+    both = run_distributed(_doremi_step_on_two_ranks, 2, timeout=180)
+    res = [b["domain_mean"] for b in both]
     # the global micro-batch: domain 0 tokens 3, 2, 1, 2.5; domain 1 tokens 4 (rank 0), 2, 3.5 (rank 1)
     excess = [((3 - LN4) + (2 - LN4) + 0 + (2.5 - LN4)) / 4, ((4 - LN4) + (2 - LN4) + (3.5 - LN4)) / 3]
     raw = [0.5 * math.exp(x) for x in excess]
@@ -316,6 +439,15 @@ def test_two_processes_hold_the_same_alpha_from_the_global_batch():
     grads = [torch.tensor(r["grad"]) / 2 for r in res]
     torch.testing.assert_close(grads[0], torch.tensor([[alpha[0] / 4] * 2, [alpha[0] / 4] * 2, [alpha[1] / 3, 0.0]]))
     torch.testing.assert_close(grads[1], torch.tensor([[alpha[1] / 3] * 2]))
+    # the default objective: Σ_t α_d(t) ℓ_t / Σ_t α_d(t) over the global batch's 7 tokens
+    res = [b["token_mean"] for b in both]
+    assert res[0]["alpha"] == res[1]["alpha"] == both[0]["domain_mean"]["alpha"]
+    z = 4 * alpha[0] + 3 * alpha[1]
+    objective = (alpha[0] * (3 + 2 + 1 + 2.5) + alpha[1] * (4 + 2 + 3.5)) / z
+    assert (res[0]["loss"] + res[1]["loss"]) / 2 == pytest.approx(objective, rel=1e-6)
+    grads = [torch.tensor(r["grad"]) / 2 for r in res]
+    torch.testing.assert_close(grads[0], torch.tensor([[alpha[0] / z] * 2, [alpha[0] / z] * 2, [alpha[1] / z, 0.0]]))
+    torch.testing.assert_close(grads[1], torch.tensor([[alpha[1] / z] * 2]))
 
 
 # -- end to end on the tiny model -----------------------------------------------------------------
@@ -372,8 +504,9 @@ def test_e2e_reference_equal_to_the_proxy_keeps_alpha_uniform(tmp_path):
     from dataflex.data.assets import asset_path
     from dataflex.run import Run
 
+    # absent=zero: a domain no batch has held yet would otherwise carry λ = log V (the reference's start)
     cfg = compose_config(["data=offline_domains", "trainer=pt_full", "mixer=doremi", "trainer.learning_rate=0",
-                          f"mixer.reference_dir={asset_path('tiny')}", *SMALL])
+                          "mixer.absent=zero", f"mixer.reference_dir={asset_path('tiny')}", *SMALL])
     Run(cfg, tmp_path / "same").fit()
     doremi = final_state(tmp_path / "same", 3)["components"]["mixer"]
     for h in doremi["history"]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from support.config import compose_config
 
+from dataflex.errors import ConfigError
 from dataflex.mixers.doremi import domain_excess_loss, doremi_update, running_mean
 from dataflex.mixers.odm import exp3_epsilon, exp3_probabilities, odm_update_rewards
 from dataflex.mixers.random import RandomMixer, dirichlet_draw
@@ -177,15 +178,58 @@ def test_odm_update_rewards_hand_computed():
     present = torch.tensor([True, True, False])
     out = odm_update_rewards(rewards, losses, pi, present, alpha=0.9)
     assert torch.allclose(out, torch.tensor([0.9 + 0.1 * 4, 1.8 + 0.1 * 20, 3.0]))
+    # exp_loss (the reference code's smoothed mean): exp(L_i), no importance weight 1/π
     out = odm_update_rewards(rewards, losses, pi, present, alpha=0.9, reward="exp_loss")
-    assert torch.allclose(
-        out,
-        torch.tensor(
-            [0.9 + 0.1 * math.exp(2) / 0.5, 1.8 + 0.1 * math.exp(5) / 0.25, 3.0]
-        ),
-    )
+    assert torch.allclose(out, torch.tensor([0.9 + 0.1 * math.exp(2), 1.8 + 0.1 * math.exp(5), 3.0]))
     with pytest.raises(ValueError, match="reward"):
         odm_update_rewards(rewards, losses, pi, present, reward="nope")
+
+
+def test_odm_exp_loss_check_value():
+    """docs/ALGORITHMS.md's check: K = 3, L = (2, 3, 4), R̂ from 0, α = 0.9, t = 100 gives
+    π ≈ (0.134, 0.261, 0.605) under the linear policy."""
+    from types import SimpleNamespace
+
+    from dataflex.mixers.odm import ODMMixer, linear_probabilities
+
+    rewards = odm_update_rewards(torch.zeros(3, dtype=torch.float64), torch.tensor([2.0, 3.0, 4.0]),
+                                 torch.full((3,), 1 / 3), torch.ones(3, dtype=torch.bool), alpha=0.9, reward="exp_loss")
+    by_hand = [0.1 * math.exp(x) for x in (2.0, 3.0, 4.0)]
+    eps = math.sqrt(math.log(3) / 300)
+    expected = [(1 - 3 * eps) * r / sum(by_hand) + eps for r in by_hand]
+    pi = linear_probabilities(rewards, 100)
+    assert pi.tolist() == pytest.approx(expected, rel=1e-12)
+    assert pi.tolist() == pytest.approx([0.134, 0.261, 0.605], abs=5e-4)
+    # the component: one update at the end of global optimizer step 100 (ε indexed by the step)
+    mixer = ODMMixer(reward="exp_loss", update_every=100)
+    mixer.initial_proportions(SimpleNamespace(domain_ids=torch.tensor([0, 1, 2, 2])))
+    mixer.observe_batch(torch.tensor([2.0, 3.0, 4.0, 4.0]), {"domain_id": torch.tensor([0, 1, 2, 2])})
+    assert mixer.update(SimpleNamespace(global_step=100)).tolist() == pytest.approx(expected, rel=1e-12)
+    assert linear_probabilities(torch.zeros(3), 1).tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_odm_epsilon_follows_the_global_step_and_warmup_keeps_the_initial_proportions():
+    from types import SimpleNamespace
+
+    from dataflex.mixers.odm import ODMMixer
+
+    # natural initial proportions (3 : 1), held through the warm-up: the first update is at step 4
+    mixer = ODMMixer(warmup_steps=4, update_every=20)
+    start = mixer.initial_proportions(SimpleNamespace(domain_ids=torch.tensor([0, 0, 0, 1])))
+    assert start.tolist() == [0.75, 0.25]
+    assert [mixer.schedule.is_update_step(s, 0) for s in (1, 2, 3, 4)] == [False, False, False, True]
+    assert ODMMixer(initial="uniform").initial_proportions(SimpleNamespace(domain_ids=torch.tensor([0, 0, 0, 1]))).tolist() == [0.5, 0.5]
+    # an update at global step 24 (the second update) uses ε_24 and ε_23, not ε_2 and ε_1
+    mixer.observe_batch(torch.tensor([3.0, 1.0]), {"domain_id": torch.tensor([0, 1])})
+    mixer.rewards = torch.tensor([10.0, 0.0], dtype=torch.float64)
+    got = mixer.update(SimpleNamespace(global_step=24))
+    r = [0.9 * 10 + 0.1 * 3.0 / 0.75, 0.1 * 1.0 / 0.25]
+    e24, e23 = math.sqrt(math.log(2) / 48), math.sqrt(math.log(2) / 46)
+    soft = [math.exp(e23 * x) / sum(math.exp(e23 * y) for y in r) for x in r]
+    assert got.tolist() == pytest.approx([(1 - 2 * e24) * s + e24 for s in soft], rel=1e-12)
+    assert mixer.t == 24
+    with pytest.raises(ConfigError, match="initial must be one of natural, uniform"):
+        ODMMixer(initial="zipf")
 
 
 def test_odm_higher_loss_domain_gains_probability():
@@ -384,11 +428,35 @@ def test_odm_mixer_follows_exp3_on_observed_batches():
         got = mixer.update(ctx)
         rewards = odm_update_rewards(rewards, torch.tensor([5.0, 2.0, 0.0], dtype=torch.float64), pi,
                                      torch.tensor([True, True, False]), alpha=0.9)
-        pi = exp3_probabilities(rewards, step + 1)
+        pi = exp3_probabilities(rewards, step)  # ε of the global optimizer step
         torch.testing.assert_close(got, pi)
         assert torch.isfinite(got).all() and abs(float(got.sum()) - 1) < 1e-9
     assert got[0] > got[1]  # the higher-loss domain gains probability
     assert mixer.rewards[2] == 0  # an absent domain keeps its reward
+
+
+def test_odm_importance_divides_by_the_probability_a_sample_was_drawn_under():
+    """The plan changed between the draw and the update: the rewards use the draw-time proportions the
+    batch carries, not the proportions in force at the update (hand-computed, alpha = 0.9)."""
+    from dataflex.mixers.odm import ODMMixer
+
+    ctx = SimpleNamespace(domain_ids=torch.tensor([0, 0, 1, 1]), global_step=1)
+    mixer = ODMMixer(alpha=0.9)
+    mixer.initial_proportions(ctx)
+    torch.testing.assert_close(mixer.probabilities, torch.tensor([0.5, 0.5], dtype=torch.float64))  # in force now
+    # domain 0: losses 1 and 3, drawn under 0.2; domain 1: loss 4, drawn under 0.8 (an older plan)
+    mixer.observe_batch(torch.tensor([1.0, 4.0, 3.0]), {"domain_id": torch.tensor([0, 1, 0]),
+                                                        "draw_domain_probability": torch.tensor([0.2, 0.8, 0.2])})
+    mixer.update(ctx)
+    # R_0 = 0.1 * mean(1, 3) / 0.2 = 1.0 and R_1 = 0.1 * 4 / 0.8 = 0.5 (dividing by 0.5 would give 0.4 and 0.8)
+    torch.testing.assert_close(mixer.rewards, torch.tensor([1.0, 0.5], dtype=torch.float64))
+    # samples of one domain drawn under two plans: the harmonic mean of their draw probabilities
+    mixer.rewards = torch.zeros(2, dtype=torch.float64)
+    mixer.observe_batch(torch.tensor([1.0, 3.0, 2.0]), {"domain_id": torch.tensor([0, 0, 1]),
+                                                        "draw_domain_probability": torch.tensor([0.2, 0.5, 0.5])})
+    mixer.update(ctx)
+    # domain 0: mean loss 2 over 2 / (1/0.2 + 1/0.5) = 2/7 -> 0.1 * 2 * 3.5 = 0.7; domain 1: 0.1 * 2 / 0.5 = 0.4
+    torch.testing.assert_close(mixer.rewards, torch.tensor([0.7, 0.4], dtype=torch.float64))
 
 
 def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
@@ -403,13 +471,13 @@ def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
     Run(cfg, tmp_path / "odm").fit()
     state = torch.load(tmp_path / "odm" / "checkpoints" / "checkpoint-20" / "dataflex_state.pt", weights_only=False)
     odm = state["components"]["mixer"]
-    assert odm["t"] == 21 and len(odm["history"]) == 20  # one update per optimizer step
+    assert odm["t"] == 20 and len(odm["history"]) == 20  # one update per optimizer step; t = the global step
     for record in odm["history"]:
         p = torch.tensor(record["probabilities"], dtype=torch.float64)
         assert abs(float(p.sum()) - 1) < 1e-9 and (p > 0).all()
         assert all(math.isfinite(x) for x in record["domain_losses"] if x == x)  # NaN marks an absent domain
     uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
-    torch.testing.assert_close(torch.tensor(odm["history"][11]["probabilities"], dtype=torch.float64), uniform)  # t = 13
+    torch.testing.assert_close(torch.tensor(odm["history"][11]["probabilities"], dtype=torch.float64), uniform)  # t = 12
     assert not torch.allclose(torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64), uniform)
     plans = state["sampler"]["history"]
     torch.testing.assert_close(plans[-1]["proportions"], torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64))

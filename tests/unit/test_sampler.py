@@ -1,11 +1,12 @@
-"""DynamicSampler: decisions take effect at the next draw, replay is exact, state round-trips."""
+"""DynamicSampler: decisions take effect at the next draw, a restored state continues exactly, draws carry
+their probability."""
 
 import itertools
 
 import pytest
 import torch
 
-from dataflex.train.sampler import DynamicSampler
+from dataflex.train.sampler import DynamicSampler, _Streams
 
 
 def take(iterator, n):
@@ -59,20 +60,93 @@ def test_mixture_within_a_selection():
     assert 100 < draws.count(15) < 200
 
 
-def test_replay_with_restored_history_is_identical():
-    """A resumed run replays draws from 0 with the restored plan history: same stream."""
+def test_a_restored_sampler_continues_exactly_without_replaying(monkeypatch):
+    """The state saved at a checkpoint's draw position (behind the live, prefetching iterator, with
+    a plan pushed for a later draw) continues the stream exactly; the draws before it are
+    placeholders the trainer skips, not replayed draws."""
     domains = [0] * 30 + [1] * 30
-    live = DynamicSampler(domains, num_draws=120, seed=9)
+    live = DynamicSampler(domains, num_draws=120, seed=9, batch_size=4)
     it = iter(live)
     stream = take(it, 13)
     live.set_indices(list(range(0, 60, 2)))
     stream += take(it, 20)
     live.set_proportions([0.2, 0.8])
-    stream += take(it, 87)
+    stream += take(it, 7)  # live position 40
+    state = live.state_dict(position=32)  # the checkpoint: 8 steps of 4 draws trained
+    live.set_proportions([0.9, 0.1])  # a decision after the checkpoint, pushed at draw 40
+    stream += take(it, 80)
 
-    resumed = DynamicSampler(domains, num_draws=120, seed=9)
-    resumed.load_state_dict(live.state_dict())
-    assert list(resumed) == stream
+    resumed = DynamicSampler(domains, num_draws=120, seed=9, batch_size=4)
+    resumed.load_state_dict(state)
+    assert resumed.resume_position == 32
+    made = []
+    original = _Streams.draw
+    monkeypatch.setattr(_Streams, "draw", lambda self, i: made.append(i) or original(self, i))
+    it = iter(resumed)
+    head = take(it, 40)
+    assert all(type(d).__name__ == "_SkippedDraw" for d in head[:32]) and made == list(range(32, 40))
+    assert head[32:] == stream[32:40]
+    resumed.set_proportions([0.9, 0.1])  # the resumed run makes the same decision at the same draw
+    assert take(it, 80) == stream[40:]
+    assert made[0] == 32  # nothing before the checkpoint was drawn again
+
+
+def test_without_skipping_a_restored_sampler_starts_at_its_position():
+    live = DynamicSampler([0, 1] * 10, num_draws=50, seed=2)
+    stream = list(live)
+    partial = DynamicSampler([0, 1] * 10, num_draws=50, seed=2)
+    it = iter(partial)
+    take(it, 21)
+    resumed = DynamicSampler([0, 1] * 10, num_draws=50, seed=2)
+    resumed.load_state_dict(partial.state_dict())
+    resumed.skip_resumed = False  # ignore_data_skip: the trainer skips nothing
+    assert len(resumed) == 29 and list(resumed) == stream[21:]
+
+
+def test_a_state_the_sampler_no_longer_holds_is_refused():
+    sampler = DynamicSampler([0] * 10, num_draws=100, seed=0, batch_size=5)
+    it = iter(sampler)
+    take(it, 20)
+    with pytest.raises(RuntimeError, match="no sampler state kept for draw 12"):
+        sampler.state_dict(position=12)
+
+
+def test_each_domain_stream_continues_across_proportion_changes():
+    """A proportion change keeps every domain's permutation and cursor: each domain still yields
+    every one of its samples once per pass."""
+    domains = [0] * 10 + [1] * 10
+    sampler = DynamicSampler(domains, num_draws=400, seed=4)
+    sampler.set_proportions([0.5, 0.5])
+    it = iter(sampler)
+    draws = []
+    for step in range(40):
+        draws += take(it, 10)
+        sampler.set_proportions([0.1 + 0.02 * step, 0.9 - 0.02 * step])  # a new plan every 10 draws
+    for d in (0, 1):
+        own = [i for i in draws if domains[i] == d]
+        for p in range(len(own) // 10):
+            assert sorted(own[10 * p : 10 * (p + 1)]) == list(range(10 * d, 10 * d + 10))
+
+
+def test_every_draw_carries_its_draw_time_probability():
+    domains = [0] * 4 + [1] * 16
+    sampler = DynamicSampler(domains, num_draws=60, seed=0)
+    sampler.set_proportions([0.25, 0.75])
+    it = iter(sampler)
+    first = take(it, 30)
+    sampler.set_indices([0, 1, 4, 5, 6, 7, 8, 9, 10, 11])  # domain 0: 2 selected, domain 1: 8
+    sampler.set_proportions([0.5, 0.5])
+    rest = take(it, 30)
+    for draw in first:
+        p = 0.25 if domains[draw] == 0 else 0.75
+        assert draw.domain_probability == pytest.approx(p)
+        assert draw.probability == pytest.approx(p / (4 if domains[draw] == 0 else 16))
+    for draw in rest:
+        assert draw.domain_probability == pytest.approx(0.5)
+        assert draw.probability == pytest.approx(0.5 / (2 if domains[draw] == 0 else 8))
+    unmixed = DynamicSampler(domains, num_draws=5, seed=0)
+    assert all(d.probability == pytest.approx(1 / 20) for d in unmixed)
+    assert all(d.domain_probability == pytest.approx(0.2 if domains[d] == 0 else 0.8) for d in unmixed)
 
 
 def test_state_for_another_run_is_refused():

@@ -501,3 +501,52 @@ def test_command_implies_the_experiment():
     out = subprocess.run([sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
                          capture_output=True, text=True, check=True).stdout
     assert "_target_: dataflex.selectors.less_offline.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
+
+
+# -- subtasks from a column; validation rows without labels ---------------------------------------
+def test_subtasks_from_a_column_of_one_validation_set(tmp_path):
+    """selector.subtask_column=subject: the one validation set is split by its subject values (sorted),
+    each a registered set, so its rows' domain_id is their subtask; max over the subtask means."""
+    from support.config import compose_config
+
+    from dataflex.backend.llamafactory import resolve_validation_column
+    from dataflex.config import ConfigError
+
+    rows = [{"instruction": f"q{i}", "output": "a", "subject": s} for i, s in enumerate(["law", "algebra", "law", "virology"])]
+    (tmp_path / "mmlu_val.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"mmlu_val": {"file_name": str(tmp_path / "mmlu_val.json")}}))
+    hparams = {"dataset_dir": str(tmp_path)}
+    names = resolve_validation_column(hparams, ["mmlu_val"], "subject")
+    assert names == ["algebra", "law", "virology"]
+    registry = json.loads((tmp_path / "dataset_info.json").read_text())
+    law = [json.loads(line) for line in open(registry["law"]["file_name"])]
+    assert [r["instruction"] for r in law] == ["q0", "q2"]
+    assert resolve_validation_column(hparams, ["a", "b"], None) == ["a", "b"]  # no column: unchanged
+    with pytest.raises(ConfigError, match="splits ONE validation set into subtasks, but data.validation names 2"):
+        resolve_validation_column(hparams, ["mmlu_val", "other"], "subject")
+    # the score: max over subtask means (3 subtasks of cosines, hand-computed)
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    val = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    groups = torch.tensor([1, 0, 1, 2])  # law, algebra, law, virology
+    # sample 0: algebra 0, law 1, virology 0.6 -> 1; sample 1: algebra 1, law 0, virology 0.8 -> 1
+    torch.testing.assert_close(L.less_scores(train, val, groups), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert compose_config(["experiment=less_mistral7b"], tiny=False).selector.subtask_column == "subject"
+    assert L.LessSelector(budget=2).subtask_column is None
+    with pytest.raises(ConfigError, match="subtask_column must be a column name"):
+        L.LessSelector(budget=2, subtask_column="")
+
+
+def test_a_validation_row_without_labels_is_an_error_naming_it():
+    from datasets import Dataset
+
+    from dataflex.config import ConfigError
+
+    validation = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+                                    "labels": [[-100, 2, 3], [-100, -100, -100], [-100, -100, 9]],
+                                    "domain_id": [0, 1, 1]})
+    selector = L.LessSelector(budget=1)
+    ctx = SimpleNamespace(require_validation=lambda who: validation)
+    with pytest.raises(ConfigError, match=r"selector=less: validation row 1 \(subtask 1\) has no label token"):
+        selector.validation(ctx)
+    L.check_labelled_rows(validation, torch.tensor([0, 2]))  # the rows scored against are all labelled
+    L.check_labelled_rows(Dataset.from_dict({"input_ids": [[1, 2]]}), None)  # pt: no labels column

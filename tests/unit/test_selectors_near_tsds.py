@@ -378,6 +378,32 @@ def test_warmup_zero_makes_the_first_decision_the_selection(monkeypatch):
         assert selector.rounds[0]["update_index"] == -1 and len(first) == 20
 
 
+def test_queries_are_embedded_like_candidates(monkeypatch):
+    """query: example (default): a query's text is the whole validation example, prompt + response, built
+    exactly as a candidate's; query: prompt (the earlier behaviour) embeds the prompt only."""
+    from datasets import Dataset
+
+    from dataflex.config import ConfigError
+
+    class Words:  # decodes token t as the word "w<t>"
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{t}" for t in ids)
+
+    rows = {"input_ids": [[1, 2, 3, 4], [5, 6, 7]], "labels": [[-100, -100, 3, 4], [-100, 6, 7]]}
+    validation, pool = Dataset.from_dict(rows), Dataset.from_dict(rows)
+    ctx = SimpleNamespace(require_validation=lambda who: validation, pool=pool, tokenizer=Words(), run_dir=None)
+    for query, expected in (("example", ["w1 w2\nw3 w4", "w5\nw6 w7"]), ("prompt", ["w1 w2", "w5"])):
+        selector = NearSelector(budget=1, query=query)
+        encoded = []
+        monkeypatch.setattr(selector, "_encode", lambda ctx, texts: encoded.append(list(texts)) or torch.eye(2, 3))
+        selector.embeddings(ctx)
+        candidates, queries = encoded
+        assert candidates == ["w1 w2\nw3 w4", "w5\nw6 w7"] and queries == expected
+    assert TSDSSelector(budget=1).query == "example" and TSDSSelector(budget=1, query="prompt").query == "prompt"
+    with pytest.raises(ConfigError, match="query must be one of example, prompt"):
+        NearSelector(budget=1, query="response")
+
+
 def test_selectors_refuse_bad_settings():
     with pytest.raises(ValueError, match="embedding must be one of"):
         NearSelector(budget=4, embedding="tfidf")

@@ -434,3 +434,26 @@ def test_e2e_resume_selects_what_the_uninterrupted_run_selects(e2e_run, tmp_path
     assert losses(tmp_path / "resumed") == pytest.approx(losses(straight), abs=1e-6)
     a, b = dataflex_state(straight), dataflex_state(tmp_path / "resumed")
     assert a["updates_done"] == b["updates_done"] and same_state(a["components"], b["components"])
+
+
+def test_reference_sampling_preset_and_top_k(monkeypatch):
+    """selector=nice keeps this project's cheap sampling (M = 4, T = 0.7); selector=nice_reference is the
+    reference code's (JTWang2000/NICE: M = 20, T = 1.0, top_k 50, top_p 0.95), and top_k reaches generate."""
+    from types import SimpleNamespace
+
+    from support.config import compose_config
+
+    from dataflex.config import ConfigError, build_component
+
+    cheap = build_component("selector", compose_config(["selector=nice"]).selector)
+    assert (cheap.num_samples, cheap.temperature, cheap.top_k, cheap.top_p) == (4, 0.7, 0, 1.0)
+    ref = build_component("selector", compose_config(["selector=nice_reference"]).selector)
+    assert (ref.num_samples, ref.temperature, ref.top_k, ref.top_p) == (20, 1.0, 50, 0.95)
+    assert ref.reward_name == cheap.reward_name and ref.projector.dim == cheap.projector.dim
+    seen = {}
+    monkeypatch.setattr(N, "sample_generations", lambda *a, **k: seen.update(k) or [[]])
+    ctx = SimpleNamespace(model=None, tokenizer=None, template=None, update_index=0)
+    ref.sample(ctx, [[1, 2]])
+    assert (seen["num_samples"], seen["temperature"], seen["top_k"], seen["top_p"]) == (20, 1.0, 50, 0.95)
+    with pytest.raises(ConfigError, match="top_k must be an int >= 0"):
+        N.NiceSelector(budget=2, top_k=-1)

@@ -21,6 +21,7 @@ from dataflex.weighters.loss import (
     inverse_temperature,
     loss_weights,
     normalised_losses,
+    scheduled_inverse_temperature,
 )
 from dataflex.weighters.uniform import UniformWeighter
 
@@ -170,13 +171,34 @@ def test_inverse_temperature_schedule():
     # from r = 10 to r = 1 over 3 steps: 1/r = 0.1, 0.4, 0.7, 1.0
     assert [inverse_temperature(s, 1.0, 3, 10.0) for s in range(5)] == pytest.approx([0.1, 0.4, 0.7, 1.0, 1.0])
     assert inverse_temperature(0, 2.0, 0) == 0.5  # no warm-up: the target at once
-    w = LossWeighter(temperature=0.5, warmup_steps=4)
+    w = LossWeighter(temperature=0.5, warmup_steps=4, schedule="linear")
     temps = []
     for step in range(6):
         w.step_end(step)
         temps.append(w.current_temperature())
     assert temps == [math.inf, 2.0, 1.0, pytest.approx(2 / 3), 0.5, 0.5]  # from large to the target
-    assert LossWeighter(temperature=0.5, warmup_steps=0).current_temperature() == 0.5
+    assert LossWeighter(temperature=0.5, warmup_steps=0, schedule="linear").current_temperature() == 0.5
+
+
+def test_constant_schedule_is_uniform_through_the_warmup_then_r():
+    """schedule: constant (default, the reference trainer's): r = ∞ for the steps trained after 0..3
+    steps done (warmup_steps = 4), then exactly r = 0.5; no ramp."""
+    assert [scheduled_inverse_temperature(s, 0.5, 4) for s in range(7)] == [0.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0]
+    assert scheduled_inverse_temperature(0, 0.5, 0) == 2.0  # no warm-up: r at once
+    w = LossWeighter(temperature=0.5, warmup_steps=4)
+    assert w.schedule_name == "constant"
+    temps = []
+    for step in range(6):
+        w.step_end(step)
+        temps.append(w.current_temperature())
+    assert temps == [math.inf] * 4 + [0.5, 0.5]
+    w.step_end(1)  # during the warm-up the weights are exactly plain training's 1/B
+    assert w.batch_weights(torch.tensor([1.0, 5.0, 2.0], dtype=torch.float64)).tolist() == [1 / 3] * 3
+    w.step_end(4)  # after it, softmax(g/r) with r = 0.5: l~ = (2l - 6)/4 = (-1, 1, -0.5), linupper g = (0, 1, 0.5)
+    g = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64) / 0.5
+    torch.testing.assert_close(w.batch_weights(torch.tensor([1.0, 5.0, 2.0], dtype=torch.float64)), g.softmax(0))
+    with pytest.raises(ConfigError, match="schedule must be one of constant, linear"):
+        LossWeighter(schedule="cosine")
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -276,11 +298,11 @@ def test_uniform_sample_reduction_is_the_mean_of_sample_means_not_plain():
 
 
 def test_weighter_state_round_trip():
-    w = LossWeighter(temperature=0.5, warmup_steps=4)
+    w = LossWeighter(temperature=0.5, warmup_steps=4, schedule="linear")
     li, _ = micro_batch(1 / 20, 0.5)
     w.step_end(3)
     w.training_loss(li)
-    restored = LossWeighter(temperature=0.5, warmup_steps=4)
+    restored = LossWeighter(temperature=0.5, warmup_steps=4, schedule="linear")
     restored.load_state_dict(w.state_dict())
     assert restored.current_temperature() == w.current_temperature() == pytest.approx(2 / 3)
     assert restored.pop_stats() == w.pop_stats() != {}
@@ -394,7 +416,7 @@ def test_loss_weighter_logs_its_statistics_and_resumes_exactly(tmp_path, monkeyp
     from support.runs import fit, kill_at_step, losses, same_state
 
     overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8", "trainer.save_steps=2",
-                 "weighter=loss", "weighter.warmup_steps=6", "weighter.temperature=0.3"]
+                 "weighter=loss", "weighter.warmup_steps=6", "weighter.temperature=0.3", "weighter.schedule=linear"]
     _, straight = fit(tmp_path, "straight", overrides)
     with monkeypatch.context() as patch:
         kill_at_step(patch, 5)
