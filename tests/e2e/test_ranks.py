@@ -27,87 +27,7 @@ from support.config import CONF_DIR, compose_config
 
 pytestmark = pytest.mark.slow
 
-PROBE = r'''
-"""Runs dataflex.cli.worker with every component decision recorded per rank."""
-import os, sys
-from pathlib import Path
-
-import torch
-
-import dataflex.config
-import dataflex.run
-from dataflex.train.callback import DataFlexCallback
-
-DECISIONS = ("initial_indices", "select", "initial_proportions", "update", "batch_weights")
-records = []
-
-
-def recorded(kind, method, fn):
-    def wrapper(*args, **kwargs):
-        value = fn(*args, **kwargs)
-        ctx = args[0] if args and hasattr(args[0], "global_step") else None
-        kept = value.detach().cpu().clone() if torch.is_tensor(value) else value
-        records.append({"kind": kind, "method": method, "step": getattr(ctx, "global_step", None), "value": kept})
-        return value
-    return wrapper
-
-
-real_build = dataflex.config.build_component
-
-
-def build_component(kind, cfg):
-    component = real_build(kind, cfg)
-    for method in DECISIONS:
-        fn = getattr(component, method, None) if component is not None else None
-        if fn is not None:
-            setattr(component, method, recorded(kind, method, fn))
-    return component
-
-
-dataflex.run.build_component = build_component
-dataflex.config.build_component = build_component  # Run builds its components through preflight, which imports it here
-
-
-# DATAFLEX_TEST_POISON="RANK:STEP": NaN logits in that rank's training forward of that step
-poison = os.environ.get("DATAFLEX_TEST_POISON")
-if poison:
-    import dataflex.backend.llamafactory as backend
-
-    poison_rank, poison_step = map(int, poison.split(":"))
-    real_build_trainer = backend.build_trainer
-
-    def build_trainer(built, callback, extra=None):
-        trainer = real_build_trainer(built, callback, extra)
-
-        def hook(module, inputs, output):
-            step = trainer.state.global_step + 1
-            if module.training and torch.is_grad_enabled() and step == poison_step \
-                    and int(os.environ.get("RANK", "0")) == poison_rank:
-                return output * float("nan")
-            return output
-
-        built.model.get_output_embeddings().register_forward_hook(hook)
-        return trainer
-
-    backend.build_trainer = build_trainer
-
-
-def on_train_end(self, args, state, control, **kwargs):
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    model = self.trainer.model
-    trained = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"records": records, "state": self.state_dict(), "world": world, "trained": trained,
-                "skipped": list(self.trainer.dataflex_nonfinite.skipped)},
-               Path(sys.argv[1]) / f"rank{rank}.pt")
-
-
-DataFlexCallback.on_train_end = on_train_end
-
-from dataflex.cli.worker import main
-
-main(sys.argv[1:])
-'''
+PROBE = Path(__file__).resolve().parent / "rank_probe.py"  # the program torchrun starts on every rank
 
 BASE = ["eval.before=false", "eval.after=false", "trainer.max_steps=6", "trainer.save_steps=6"]
 PT = ["data=offline_domains", "trainer=pt_full", "data.max_samples=16"]
@@ -136,13 +56,11 @@ def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_en
     with open_dict(cfg):
         cfg.nproc = nproc
     (run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    probe = tmp_path / "rank_probe.py"
-    probe.write_text(PROBE)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
            **(extra_env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(probe), str(run_dir), name]
+               str(PROBE), str(run_dir), name]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     ranks = [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
@@ -244,15 +162,13 @@ def test_two_nodes_decide_the_same_and_as_one_process(tmp_path):
     with open_dict(cfg):
         cfg.nproc, cfg.nnodes, cfg.master_addr, cfg.master_port = 1, 2, "127.0.0.1", port
     (run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    probe = tmp_path / "rank_probe.py"
-    probe.write_text(PROBE)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     agents = []
     for node_rank in (0, 1):  # node 1 waits in rendezvous_args until node 0's store answers
         with open_dict(cfg):
             cfg.node_rank = node_rank
-        command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg, run_dir), str(probe),
+        command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg, run_dir), str(PROBE),
                    str(run_dir), "nodes"]
         assert "--standalone" not in command and "--nnodes=2" in command
         agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))

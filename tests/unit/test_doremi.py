@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from support.config import compose_config
+from support.distributed import run_distributed
 
 from dataflex.config import ConfigError
 from dataflex.mixers.doremi import (
@@ -398,62 +399,33 @@ def test_domain_loss_tracker_means_per_domain_and_restarts():
 
 
 # -- two gloo processes ------------------------------------------------------------------------
-WORKER = """
-import json, math, sys
-from types import SimpleNamespace
-import torch
-import torch.distributed as dist
-from dataflex.mixers.doremi import DoReMiMixer
-from dataflex.train.components import LossInputs
-
-rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
-
-
-class ZeroLogits(torch.nn.Module):
-    def forward(self, input_ids, attention_mask=None, use_cache=False):
-        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 4))
-
-
-# rank 0: two samples of domain 0 and one of domain 1; rank 1: one sample of domain 1 (ragged)
-losses = {0: [[3.0, 2.0], [1.0, 2.5], [4.0, 0.0]], 1: [[2.0, 3.5]]}[rank]
-mask = torch.tensor({0: [[True, True], [True, True], [True, False]], 1: [[True, True]]}[rank])
-domains = {0: [0, 0, 1], 1: [1]}[rank]
-token_losses = torch.tensor(losses).requires_grad_(True)
-labels = torch.ones(len(losses), 3, dtype=torch.long)
-labels[:, 1:][~mask] = -100
-li = LossInputs(token_losses=token_losses, token_mask=mask, batch={"domain_id": torch.tensor(domains)},
-                inputs={"input_ids": torch.ones(len(losses), 3, dtype=torch.long), "labels": labels},
-                model=torch.nn.Linear(1, 1).train(), num_items_in_batch=None, grad_accum_steps=1, world_size=2,
-                token_scale=1.0, mean_scale=1.0)
-result = {}
-for proxy_loss in ("domain_mean", "token_mean"):
-    mixer = DoReMiMixer(reference_dir="unused", domains=["x", "y"], proxy_loss=proxy_loss)
-    mixer.reference = ZeroLogits()
-    mixer.alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    mixer.window_excess = torch.zeros(2, dtype=torch.float64)
-    loss = mixer.training_loss(li)
-    (grad,) = torch.autograd.grad(loss, token_losses)
-    result[proxy_loss] = {"alpha": mixer.alpha.tolist(), "loss": loss.item(), "grad": grad.tolist()}
-json.dump(result, open(out, "w"))
-dist.destroy_process_group()
-"""
+def _doremi_step_on_two_ranks():
+    rank = torch.distributed.get_rank()
+    # rank 0: two samples of domain 0 and one of domain 1; rank 1: one sample of domain 1 (ragged)
+    losses = {0: [[3.0, 2.0], [1.0, 2.5], [4.0, 0.0]], 1: [[2.0, 3.5]]}[rank]
+    mask = torch.tensor({0: [[True, True], [True, True], [True, False]], 1: [[True, True]]}[rank])
+    domains = {0: [0, 0, 1], 1: [1]}[rank]
+    token_losses = torch.tensor(losses).requires_grad_(True)
+    labels = torch.ones(len(losses), 3, dtype=torch.long)
+    labels[:, 1:][~mask] = -100
+    li = LossInputs(token_losses=token_losses, token_mask=mask, batch={"domain_id": torch.tensor(domains)},
+                    inputs={"input_ids": torch.ones(len(losses), 3, dtype=torch.long), "labels": labels},
+                    model=torch.nn.Linear(1, 1).train(), num_items_in_batch=None, grad_accum_steps=1, world_size=2,
+                    token_scale=1.0, mean_scale=1.0)
+    result = {}
+    for proxy_loss in ("domain_mean", "token_mean"):
+        mixer = DoReMiMixer(reference_dir="unused", domains=["x", "y"], proxy_loss=proxy_loss)
+        mixer.reference = ZeroLogits()
+        mixer.alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        mixer.window_excess = torch.zeros(2, dtype=torch.float64)
+        loss = mixer.training_loss(li)
+        (grad,) = torch.autograd.grad(loss, token_losses)
+        result[proxy_loss] = {"alpha": mixer.alpha.tolist(), "loss": loss.item(), "grad": grad.tolist()}
+    return result
 
 
-def test_two_processes_hold_the_same_alpha_from_the_global_batch(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"), str(tmp_path / f"out{r}.json")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    both = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+def test_two_processes_hold_the_same_alpha_from_the_global_batch():
+    both = run_distributed(_doremi_step_on_two_ranks, 2, timeout=180)
     res = [b["domain_mean"] for b in both]
     # the global micro-batch: domain 0 tokens 3, 2, 1, 2.5; domain 1 tokens 4 (rank 0), 2, 3.5 (rank 1)
     excess = [((3 - LN4) + (2 - LN4) + 0 + (2.5 - LN4)) / 4, ((4 - LN4) + (2 - LN4) + (3.5 - LN4)) / 3]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from support.config import compose_config
+from support.distributed import run_distributed
 
 from dataflex.selectors.base import EmbeddingSelector, interleave_groups
 from dataflex.selectors.near import NearSelector, near_indices, round_robin
@@ -507,64 +508,34 @@ def test_e2e_tsds_one_shot_sentence(tmp_path):
 
 
 # -- two gloo processes ------------------------------------------------------------------------
-WORKER = '''
-import json, sys
-from types import SimpleNamespace
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from dataflex.selectors.near import NearSelector
-from dataflex.selectors.tsds import TSDSSelector
-
-rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
-ctx = SimpleNamespace(pool_size=300, update_index=0, global_step=2, run_dir=None, model=torch.nn.Linear(1, 1))
-texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
-result = {"encoded": NearSelector(budget=20)._encode(ctx, texts).tolist()}
-# each rank sees different embeddings: rank 0's decision must be the one every rank keeps
-g = torch.Generator().manual_seed(rank)
-candidates, queries = F.normalize(torch.randn(300, 16, generator=g), dim=1), F.normalize(torch.randn(6, 16, generator=g), dim=1)
-for name, selector in (("near", NearSelector(budget=20)), ("tsds", TSDSSelector(budget=20, max_K=30, kde_K=10))):
-    selector.embeddings = lambda ctx: (candidates, queries)
-    picked = selector.select(ctx)
-    result[name] = {"picked": picked.tolist(), "rounds": selector.rounds, "last_round": selector.last_round}
-# a bad setting found on rank 0 reaches every rank as the same error (no rank left waiting)
-strict = TSDSSelector(budget=299, replacement=False, max_K=30, kde_K=10)
-strict.embeddings = lambda ctx: (candidates, queries)
-try:
-    strict.select(ctx)
-    result["error"] = None
-except ValueError as err:
-    result["error"] = str(err)
-json.dump(result, open(out, "w"))
-dist.destroy_process_group()
-'''
+def _near_tsds_on_two_ranks():
+    rank = torch.distributed.get_rank()
+    ctx = SimpleNamespace(pool_size=300, update_index=0, global_step=2, run_dir=None, model=torch.nn.Linear(1, 1))
+    texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
+    result = {"encoded": NearSelector(budget=20)._encode(ctx, texts).tolist()}
+    # each rank sees different embeddings: rank 0's decision must be the one every rank keeps
+    g = torch.Generator().manual_seed(rank)
+    candidates = F.normalize(torch.randn(300, 16, generator=g), dim=1)
+    queries = F.normalize(torch.randn(6, 16, generator=g), dim=1)
+    for name, selector in (("near", NearSelector(budget=20)), ("tsds", TSDSSelector(budget=20, max_K=30, kde_K=10))):
+        selector.embeddings = lambda ctx: (candidates, queries)
+        picked = selector.select(ctx)
+        result[name] = {"picked": picked.tolist(), "rounds": selector.rounds, "last_round": selector.last_round}
+    # a bad setting found on rank 0 reaches every rank as the same error (no rank left waiting)
+    strict = TSDSSelector(budget=299, replacement=False, max_K=30, kde_K=10)
+    strict.embeddings = lambda ctx: (candidates, queries)
+    try:
+        strict.select(ctx)
+        result["error"] = None
+    except ValueError as err:
+        result["error"] = str(err)
+    return result
 
 
-def test_two_processes_encode_sharded_and_keep_rank_zeros_decision(tmp_path):
-    import os
-    import subprocess
-    import sys
-
+def test_two_processes_encode_sharded_and_keep_rank_zeros_decision():
     from dataflex.signals.embeddings import SentenceEncoder
 
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    repo = Path(__file__).parents[2]
-    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(r), "2", str(tmp_path / "store"), str(tmp_path / f"out{r}.json")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    results = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+    results = run_distributed(_near_tsds_on_two_ranks, 2, timeout=300)
     texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
     alone = SentenceEncoder().encode(texts)
     g = torch.Generator().manual_seed(0)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from support.distributed import run_distributed
 
 from dataflex.signals.projection import KINDS, Projector, block_seed
 
@@ -62,26 +60,21 @@ def test_block_seed_is_stable_and_distinct() -> None:
     assert all(0 <= s < 2**63 for s in seeds)
 
 
-def test_determinism_across_processes() -> None:
-    snippet = (
-        "import torch\n"
-        "from dataflex.signals.projection import Projector\n"
-        "g = torch.arange(2 * 300, dtype=torch.float32).reshape(2, 300).sin()\n"
-        "for kind in ('rademacher', 'gaussian', 'sparse'):\n"
-        "    out = Projector(16, seed=3, kind=kind, block_size=64).project({'w': g, 'v': g[:, :50]})\n"
-        "    print(' '.join(f'{v:.8e}' for v in out.flatten().tolist()))\n"
-    )
-    runs = [
-        subprocess.run(
-            [sys.executable, "-c", snippet],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONHASHSEED": str(i)},
-            timeout=60,
-        ).stdout
-        for i in (1, 2)
-    ]
+def _projections_as_text() -> str:
+    g = torch.arange(2 * 300, dtype=torch.float32).reshape(2, 300).sin()
+    lines = []
+    for kind in ("rademacher", "gaussian", "sparse"):
+        out = Projector(16, seed=3, kind=kind, block_size=64).project({"w": g, "v": g[:, :50]})
+        lines.append(" ".join(f"{v:.8e}" for v in out.flatten().tolist()) + "\n")
+    return "".join(lines)
+
+
+def test_determinism_across_processes(monkeypatch) -> None:
+    runs = []
+    for i in (1, 2):  # two fresh interpreters with different string hashing
+        monkeypatch.setenv("PYTHONHASHSEED", str(i))
+        (text,) = run_distributed(_projections_as_text, 1, backend=None, timeout=60)
+        runs.append(text)
     assert runs[0] == runs[1] and runs[0].count("\n") == 3
     g = torch.arange(2 * 300, dtype=torch.float32).reshape(2, 300).sin()
     here = Projector(16, seed=3, kind="rademacher", block_size=64).project(

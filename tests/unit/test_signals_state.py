@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from support.distributed import run_distributed
 
 from dataflex.signals import distributed as D
 from dataflex.signals.optimizer import adam_state, adam_state_shards, unwrap_optimizer
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Tiny(torch.nn.Module):
@@ -148,15 +141,8 @@ def test_gather_by_index_single_process_sorts_and_dedups():
 
 # ---------------------------------------------------------------- distributed, two gloo processes
 
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    import torch.distributed as dist
-    from dataflex.signals import distributed as D
-
-    rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
+def _gather_and_broadcast():
+    rank = D.rank()
     # Interleaved sharding of 7 samples over 2 ranks, the sampler pads rank 1 by repeating index 0;
     # rank 0 additionally holds fewer samples in a different local order to exercise the count padding.
     local = {0: [4, 0, 2], 1: [1, 3, 5, 6, 0]}[rank]
@@ -176,42 +162,13 @@ WORKER = textwrap.dedent(
         except Exception as err:
             failures.append([type(err).__name__, str(err)])
     agree = [D.all_ranks_true(True), D.all_ranks_true(rank == 0)]
-    json.dump({"values": v.tolist(), "indices": i.tolist(), "broadcast": b, "mean": m.tolist(),
-               "computed": computed, "failures": failures, "agree": agree,
-               "is_dist": D.is_distributed(), "rank": D.rank(), "world": D.world_size()}, open(out, "w"))
-    dist.destroy_process_group()
-    """
-)
+    return {"values": v.tolist(), "indices": i.tolist(), "broadcast": b, "mean": m.tolist(),
+            "computed": computed, "failures": failures, "agree": agree,
+            "is_dist": D.is_distributed(), "rank": D.rank(), "world": D.world_size()}
 
 
-def test_two_process_gloo_gather_and_broadcast(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                str(r),
-                "2",
-                str(tmp_path / "store"),
-                str(tmp_path / f"out{r}.json"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    results = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+def test_two_process_gloo_gather_and_broadcast():
+    results = run_distributed(_gather_and_broadcast, 2, timeout=120)
     # Index 0 appears on both ranks: the first occurrence (rank 0) wins.
     owner = {4: 0, 0: 0, 2: 0, 1: 1, 3: 1, 5: 1, 6: 1}
     expected = [[i * 10.0, i + 100.0 * (owner[i] + 1)] for i in range(7)]
@@ -229,48 +186,41 @@ def test_two_process_gloo_gather_and_broadcast(tmp_path):
 
 # ---------------------------------------------------------------- DeepSpeed ZeRO on CPU, two gloo processes
 
-DS_WORKER = textwrap.dedent(
-    """
-    import json, os, sys
-    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    os.environ.update(DS_ACCELERATOR="cpu", LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    import torch
+def _zero_model():
+    torch.manual_seed(0)
+    # 5x7 = 35 and 7 elements: odd sizes, so ZeRO partitions split parameters unevenly (with padding).
+    return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+
+
+def _check_zero_state(zopt, engine, expected):
+    full = adam_state(zopt, engine.module, full=True)
+    shards = adam_state_shards(zopt, engine.module)
+    ok_full, ok_local, covered = True, True, {}
+    for name, (em, ev) in expected.items():
+        m, v = full[name]
+        ok_full &= m.shape == em.shape and torch.allclose(m, em, atol=1e-7) and torch.allclose(v, ev, atol=1e-9)
+        s = shards[name]
+        sl = slice(s.offset, s.offset + s.numel)
+        ok_local &= torch.allclose(s.exp_avg[: s.numel], em.reshape(-1)[sl], atol=1e-7)
+        ok_local &= torch.allclose(s.exp_avg_sq[: s.numel], ev.reshape(-1)[sl], atol=1e-9)
+        ok_local &= bool((s.exp_avg[s.numel :] == 0).all())  # ZeRO-3 padding
+        covered[name] = [s.offset, s.numel, em.numel()]
+    return bool(ok_full), bool(ok_local), covered, full
+
+
+def _zero_adam_report():
     import deepspeed
-    from dataflex.signals.optimizer import adam_state, adam_state_shards
 
-    deepspeed.init_distributed(dist_backend="gloo")
-
-    def make():
-        torch.manual_seed(0)
-        # 5x7 = 35 and 7 elements: odd sizes, so ZeRO partitions split parameters unevenly (with padding).
-        return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
-
+    deepspeed.init_distributed(dist_backend="gloo")  # joins the group run_distributed started
     x = torch.randn(4, 7, generator=torch.Generator().manual_seed(0))
-    ref = make()
+    ref = _zero_model()
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
     ref(x).pow(2).mean().backward()
     ref_opt.step()
     expected = {n: (ref_opt.state[p]["exp_avg"], ref_opt.state[p]["exp_avg_sq"]) for n, p in ref.named_parameters()}
-
-    def check(zopt, engine, expected):
-        full = adam_state(zopt, engine.module, full=True)
-        shards = adam_state_shards(zopt, engine.module)
-        ok_full, ok_local, covered = True, True, {}
-        for name, (em, ev) in expected.items():
-            m, v = full[name]
-            ok_full &= m.shape == em.shape and torch.allclose(m, em, atol=1e-7) and torch.allclose(v, ev, atol=1e-9)
-            s = shards[name]
-            sl = slice(s.offset, s.offset + s.numel)
-            ok_local &= torch.allclose(s.exp_avg[: s.numel], em.reshape(-1)[sl], atol=1e-7)
-            ok_local &= torch.allclose(s.exp_avg_sq[: s.numel], ev.reshape(-1)[sl], atol=1e-9)
-            ok_local &= bool((s.exp_avg[s.numel :] == 0).all())  # ZeRO-3 padding
-            covered[name] = [s.offset, s.numel, em.numel()]
-        return bool(ok_full), bool(ok_local), covered, full
-
     report = {}
     for stage in (2, 3):
-        model = make()
+        model = _zero_model()
         cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
                "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -281,64 +231,23 @@ DS_WORKER = textwrap.dedent(
         # Every rank sees the same batch: the averaged gradient equals the reference one.
         engine.backward(engine(x).pow(2).mean())
         engine.step()
-        ok_full, ok_local, covered, _ = check(zopt, engine, expected)
+        ok_full, ok_local, covered, _ = _check_zero_state(zopt, engine, expected)
         # Two more steps: the local shards must still be the matching slices of the assembled state.
         for _ in range(2):
             engine.backward(engine(x * 0.5).pow(2).mean())
             engine.step()
         full_now = adam_state(zopt, engine.module, full=True)
-        _, ok_local_later, _, _ = check(zopt, engine, full_now)
-        report[stage] = {"zero_before": zero_before, "full": ok_full, "local": ok_local and ok_local_later,
-                         "covered": covered}
+        _, ok_local_later, _, _ = _check_zero_state(zopt, engine, full_now)
+        report[str(stage)] = {"zero_before": zero_before, "full": ok_full, "local": ok_local and ok_local_later,
+                              "covered": covered}
         del engine, zopt
-    with open(out, "w") as handle:
-        json.dump(report, handle)
-    # DeepSpeed's CPU comm threads can abort the interpreter's own teardown at exit
-    # ("terminate called without an active exception") after all work is done: leave the group
-    # explicitly and exit without that teardown, so the exit code reflects the test, not the race.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)
-    """
-)
+    return report
 
 
-def test_deepspeed_zero_adam_state_two_processes(tmp_path):
+def test_deepspeed_zero_adam_state_two_processes():
     """ZeRO-2 and ZeRO-3 on CPU (gloo): local shards tile each parameter and match, full state matches."""
-    import socket
-
     pytest.importorskip("deepspeed")
-    script = tmp_path / "ds_worker.py"
-    script.write_text(DS_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                str(r),
-                "2",
-                port,
-                str(tmp_path / f"ds{r}.json"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-4000:] for log in logs)
-    reports = [json.loads((tmp_path / f"ds{r}.json").read_text()) for r in range(2)]
+    reports = run_distributed(_zero_adam_report, 2, timeout=180)
     for stage in ("2", "3"):
         for rep in reports:
             assert (

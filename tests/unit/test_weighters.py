@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from support.distributed import run_distributed
 
 from dataflex.config import ConfigError, build_component
 from dataflex.train.components import LossInputs
@@ -28,7 +25,6 @@ from dataflex.weighters.loss import (
 )
 from dataflex.weighters.uniform import UniformWeighter
 
-REPO = Path(__file__).resolve().parents[2]
 E = math.e
 
 
@@ -319,16 +315,8 @@ def test_gather_in_one_process_is_the_identity():
 
 
 # -- two gloo processes ------------------------------------------------------------------------
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    import torch.distributed as dist
-    from dataflex.train.components import LossInputs
-    from dataflex.weighters.loss import LossWeighter
-
-    rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
+def _global_batch_weights():
+    rank, world = dist.get_rank(), dist.get_world_size()
     # rank 0 holds 3 samples, rank 1 holds 2 (a ragged last batch); lengths differ
     lengths = {0: [2, 3, 1], 1: [4, 2]}[rank]
     g = torch.Generator().manual_seed(10 + rank)
@@ -344,21 +332,11 @@ WORKER = textwrap.dedent(
         loss = weighter.training_loss(li)
         (grad,) = torch.autograd.grad(loss, nll)
         results[reduction] = {"loss": loss.item(), "grad": grad.tolist(), "stats": weighter.pop_stats()}
-    json.dump({"nll": nll.detach().tolist(), "lengths": lengths, **results}, open(out, "w"))
-    dist.destroy_process_group()
-    """
-)
+    return {"nll": nll.detach().tolist(), "lengths": lengths, **results}
 
 
-def test_two_processes_gather_the_global_batch_with_identical_weights(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(tmp_path / "store"), str(tmp_path / f"out{r}.json")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    res = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in range(2)]
+def test_two_processes_gather_the_global_batch_with_identical_weights():
+    res = run_distributed(_global_batch_weights, 2, timeout=180)
     nll = [torch.tensor(r["nll"]) for r in res]
     sums = torch.cat([n.sum(-1) for n in nll])
     lengths = torch.tensor(res[0]["lengths"] + res[1]["lengths"], dtype=torch.float32)
