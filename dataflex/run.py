@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from transformers import TrainerCallback
 
 from dataflex.config import ConfigError, to_dict
-from dataflex.logs import get_logger
+from dataflex.logs import get_logger, to_run_log
 from dataflex.preflight import preflight
 from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
@@ -169,6 +170,10 @@ class Run:
         from dataflex.train.callback import DataFlexCallback
 
         start = time.time()
+        chosen = ", ".join(f"{kind}={(self.cfg.get(kind) or {}).get('name')}" for kind, c in self.components.items() if c)
+        log.info("run %s: model=%s data=%s trainer=%s steps %s%s", self.run_name, self.cfg["model"].get("name"),
+                 self.cfg["data"].get("name"), self.cfg["trainer"].get("stage"), self.cfg["trainer"].get("max_steps"),
+                 f", {chosen}" if chosen else "")
         if resume_from:
             log.info("resuming from %s", resume_from)
         # the target/validation set is only tokenised for the selectors that read it
@@ -241,13 +246,14 @@ class Run:
     def _print_summary(self, before: dict, after: dict, metrics: dict) -> None:
         from dataflex.eval import format_table
 
-        print("\n" + "=" * 72)
-        print(f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
-              f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})")
+        lines = [f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
+                 f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})"]
         if before or after:
-            print(format_table(before, after))
-        print(f"outputs: {self.run_dir}")
-        print("=" * 72, flush=True)
+            lines.append(format_table(before, after))
+        lines.append(f"outputs: {self.run_dir}")
+        summary = "\n".join(lines)
+        print("\n" + "=" * 72 + "\n" + summary + "\n" + "=" * 72, flush=True)
+        to_run_log(summary, logging.INFO)  # the run directory keeps it too (run.log)
 
 
 LOCK_FILE = ".dataflex.lock"
