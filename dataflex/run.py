@@ -13,8 +13,10 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from dataflex.config import ConfigError, build_component, to_dict
+from dataflex.config import to_dict
+from dataflex.errors import ConfigError
 from dataflex.tracking import Tracker, build_tracker
+from dataflex.train.build import build_component
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
 from dataflex.train.components import Component
 from dataflex.train.nan import NonFiniteGuard, nonfinite_policy

@@ -15,7 +15,7 @@ from transformers import HfArgumentParser
 
 import dataflex
 from dataflex.backend.llamafactory import build_hparams
-from dataflex.config import build_component
+from dataflex.train.build import build_component
 from tests_support import CONF_DIR, group_options
 
 from conftest import compose_config

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-import dataflex.config
+import dataflex.train.build
 import dataflex.run
 from dataflex.train.callback import DataFlexCallback
 
@@ -54,7 +54,7 @@ def recorded(kind, method, fn):
     return wrapper
 
 
-real_build = dataflex.config.build_component
+real_build = dataflex.train.build.build_component
 
 
 def build_component(kind, cfg):

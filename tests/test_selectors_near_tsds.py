@@ -391,7 +391,7 @@ def test_selectors_refuse_bad_settings():
 def test_conf_documents_every_hyperparameter(name, cls):
     import inspect
 
-    from dataflex.config import build_component
+    from dataflex.train.build import build_component
 
     path = Path(__file__).parents[1] / "dataflex" / "conf" / "selector" / f"{name}.yaml"
     text = path.read_text()

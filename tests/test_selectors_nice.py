@@ -301,7 +301,8 @@ def test_subtask_centroids_give_less_scores():
 
 
 def test_selector_checks_its_settings_and_validation(model, tokenizer, template):
-    from dataflex.config import ConfigError, build_component
+    from dataflex.config import ConfigError
+    from dataflex.train.build import build_component
 
     for bad in ({"num_samples": 0}, {"temperature": 0.0}, {"max_new_tokens": 0}, {"top_p": 1.5},
                 {"val_prompts": 0}, {"proj_dim": 0}, {"proj_kind": "nope"}, {"gradient_type": "adagrad"}):
@@ -314,7 +315,8 @@ def test_selector_checks_its_settings_and_validation(model, tokenizer, template)
 def test_unknown_reward_is_a_config_error_before_any_model_loads():
     from conftest import compose_config
 
-    from dataflex.config import ConfigError, build_component
+    from dataflex.config import ConfigError
+    from dataflex.train.build import build_component
 
     cfg = compose_config(["selector=nice"])
     assert isinstance(build_component("selector", cfg.selector), N.NiceSelector)  # the shipped YAML builds

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataflex.config import ConfigError, build_component
+from dataflex.config import ConfigError
+from dataflex.train.build import build_component
 from dataflex.train.components import LossInputs
 from dataflex.weighters import gather_global_batch, weight_entropy
 from dataflex.weighters.loss import (

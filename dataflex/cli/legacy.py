@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from dataflex.cli.run import fail
-from dataflex.config import ConfigError, build_component, register_resolvers
+from dataflex.config import ConfigError, register_resolvers
+from dataflex.train.build import build_component
 
 # -- the legacy format -------------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
+from dataflex.signals.distributed import all_reduce_sum
 from dataflex.train.components import Mixer, UpdateContext
 
 #: the file the proxy run writes in its run directory (read by ``mixer=static`` in step 3)
@@ -211,7 +213,7 @@ def resolve_reference_model(reference_dir: str | Path | None) -> Path:
         ValueError: no directory given, or it holds no model (config or adapter), with the fix.
     """
     if not reference_dir:
-        raise ValueError(
+        raise ConfigError(
             "needs the reference model of step 1: set mixer.reference_dir=<run dir of "
             "`dataflex-run experiment=doremi_reference`> (or run experiment=doremi_proxy, which sets it)"
         )
@@ -219,7 +221,7 @@ def resolve_reference_model(reference_dir: str | Path | None) -> Path:
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
             return candidate
-    raise ValueError(
+    raise ConfigError(
         f"reference_dir {path} holds no trained model (expected {path / 'model'} from step 1); "
         "run `dataflex-run experiment=doremi_reference` first or point mixer.reference_dir at its run directory"
     )
@@ -244,13 +246,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
-
-
-def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over processes (a copy; the tensor itself in one process)."""
-    from dataflex.signals.distributed import all_reduce_mean, world_size
-
-    return all_reduce_mean(tensor) * world_size()
 
 
 class DoReMiMixer(Mixer):
@@ -343,7 +338,7 @@ class DoReMiMixer(Mixer):
         present = int(ctx.domain_ids.max()) + 1
         k = len(self.domains) if self.domains else present
         if present > k:
-            raise ValueError(f"the pool has domain ids up to {present - 1} but {k} domain names {self.domains}")
+            raise ConfigError(f"the pool has domain ids up to {present - 1} but {k} domain names {self.domains}")
         self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
         self.alpha_mean, self.alpha_updates = None, 0
         self.window_excess, self.window_updates = torch.zeros(k, dtype=torch.float64), 0
@@ -404,8 +399,6 @@ class DoReMiMixer(Mixer):
 
     def _reference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.reference is None:
-            from dataflex.config import ConfigError
-
             try:
                 path = resolve_reference_model(self.reference_dir)
             except ValueError as err:
@@ -449,7 +442,7 @@ class DoReMiMixer(Mixer):
         ref_losses = self.reference_token_losses(loss)
         excess = (loss.token_losses.detach() - ref_losses).clamp_min(0)
         sums, counts = domain_token_sums(excess, token_domains, k, loss.token_mask)
-        totals = _sum_over_ranks(torch.cat([sums, counts]).cpu())
+        totals = all_reduce_sum(torch.cat([sums, counts]).cpu())
         sums, counts = totals[:k], totals[k:].round()
         self.step_alpha(sums / counts.clamp_min(1))  # λ_t; absent domains get 0
         if self.mode == "online":

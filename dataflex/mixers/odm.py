@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from dataflex.signals.distributed import all_reduce_sum
 from dataflex.train.components import Mixer, UpdateContext
 
 REWARDS = ("importance", "exp_loss")
@@ -157,11 +158,8 @@ class ODMMixer(Mixer):
         self.loss_count.index_add_(0, domains[finite], torch.ones_like(losses[finite]))
 
     def update(self, ctx: UpdateContext) -> torch.Tensor:
-        from dataflex.signals.distributed import all_reduce_mean, world_size
-
-        # sums over ranks (mean x world size): every rank computes the same update
-        sums = all_reduce_mean(self.loss_sum) * world_size()
-        counts = all_reduce_mean(self.loss_count) * world_size()
+        # sums over ranks: every rank computes the same update
+        sums, counts = all_reduce_sum(self.loss_sum), all_reduce_sum(self.loss_count)
         present = counts > 0
         domain_losses = sums / counts.clamp(min=1)
         self.rewards = odm_update_rewards(self.rewards, domain_losses, self.probabilities, present,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
 from dataflex.train.components import Selector, UpdateContext
@@ -36,18 +37,18 @@ def resolve_budget(budget: int | float, pool_size: int, what: str = "budget") ->
         ValueError: a fraction outside ``(0, 1]``, or a ``k`` that is ``<= 0`` or larger than the pool.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"{what} must be an int count or a float fraction in (0, 1], got {budget!r}")
+        raise ConfigError(f"{what} must be an int count or a float fraction in (0, 1], got {budget!r}")
     if isinstance(budget, float):
         if not 0.0 < budget <= 1.0:
-            raise ValueError(f"{what} as a fraction must lie in (0, 1], got {budget}")
+            raise ConfigError(f"{what} as a fraction must lie in (0, 1], got {budget}")
         # floor, with a tolerance so 0.3 * 10 (= 3.0000000000000004 or 2.9999...) gives 3
         k = int(math.floor(budget * pool_size + 1e-9))
     else:
         k = int(budget)
     if k <= 0:
-        raise ValueError(f"{what}={budget!r} selects {k} of {pool_size} samples; it must select at least 1")
+        raise ConfigError(f"{what}={budget!r} selects {k} of {pool_size} samples; it must select at least 1")
     if k > pool_size:
-        raise ValueError(f"{what}={budget!r} asks for {k} samples but the pool has only {pool_size}")
+        raise ConfigError(f"{what}={budget!r} asks for {k} samples but the pool has only {pool_size}")
     return k
 
 
@@ -149,7 +150,7 @@ class PoolLossSelector(BudgetSelector):
             return torch.arange(n)
         m = resolve_budget(self.candidates, n, "candidates")
         if m < self.k(ctx):
-            raise ValueError(f"candidates ({m}) must be at least the budget ({self.k(ctx)})")
+            raise ConfigError(f"candidates ({m}) must be at least the budget ({self.k(ctx)})")
         g = seeded_generator(self.seed, ctx.update_index, self.CANDIDATE_STREAM)
         return random_subset(n, m, g).sort().values
 

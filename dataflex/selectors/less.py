@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dataflex.errors import ConfigError
 from dataflex.selectors.base import PoolLossSelector
 from dataflex.signals.features import (
     GRADIENT_TYPES,
@@ -46,9 +47,9 @@ def checkpoint_weight_vector(checkpoint_weights: Tensor | Sequence[float] | None
         return torch.full((c,), 1.0 / c, dtype=torch.float64)
     w = torch.as_tensor(checkpoint_weights, dtype=torch.float64).flatten()
     if w.numel() != c:
-        raise ValueError(f"got {w.numel()} checkpoint weights for {c} checkpoints")
+        raise ConfigError(f"got {w.numel()} checkpoint weights for {c} checkpoints")
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"checkpoint weights must be finite, >= 0 and not all 0, got {w.tolist()}")
+        raise ConfigError(f"checkpoint weights must be finite, >= 0 and not all 0, got {w.tolist()}")
     return w / w.sum()
 
 
@@ -139,7 +140,7 @@ def epoch_learning_rates(
     for step in steps:
         window = [lr for s, lr in logged.items() if previous < s <= step]
         if not window:
-            raise ValueError(
+            raise ConfigError(
                 f"no learning rate was logged between step {previous} and checkpoint-{step}; "
                 "rerun the warm-up with trainer.logging_steps=1 or give selector.checkpoint_weights"
             )

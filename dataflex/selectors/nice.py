@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.eval.exact_match import normalize_answer
 from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
 from dataflex.signals.batching import pad_batch, pad_id_of
@@ -111,8 +112,6 @@ def resolve_reward(reward: str | RewardFn, reward_kwargs: dict[str, Any] | None 
         ConfigError: a name that is neither a short name nor an importable callable, or a factory
             that fails to build with ``reward_kwargs``.
     """
-    from dataflex.config import ConfigError
-
     obj: Any = reward
     if isinstance(reward, str):
         if reward in REWARDS:
@@ -394,7 +393,7 @@ class NiceSelector(PoolLossSelector):
             try:
                 return compute_rewards(self.reward_fn, prompts, responses, references)
             except Exception as err:  # noqa: BLE001 - a user's reward: name it, whatever it raised
-                raise ValueError(f"reward={self.reward_name}: {err}") from err
+                raise ConfigError(f"reward={self.reward_name}: {err}") from err
 
         return main_process_result(compute)
 

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.selectors.base import EmbeddingSelector, seeded_generator
 from dataflex.signals.knn import KnnIndex
 from dataflex.train.components import UpdateContext
@@ -361,7 +362,7 @@ class TSDSSelector(EmbeddingSelector):
         )
         k = self.k(ctx)
         if not self.replacement and info["support"] < k:
-            raise ValueError(
+            raise ConfigError(
                 f"drawing {k} samples without replacement needs {k} candidates with p > 0, but only "
                 f"{info['support']} have any (set selector.replacement=true, lower the budget, or lower alpha)"
             )

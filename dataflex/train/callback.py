@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainerCallback
 
-from dataflex.signals.distributed import broadcast_object
+from dataflex.errors import ConfigError
+from dataflex.signals.distributed import all_reduce_sum, broadcast_object
 from dataflex.train.checkpoints import STATE_FILE
 from dataflex.train.components import Component, Mixer, Selector, UpdateContext, Weighter, selection_due
 from dataflex.utils import atomic_torch_save, atomic_write_json
@@ -63,11 +64,9 @@ class DomainLossTracker(Component):
     def pop(self, names: list[str]) -> dict[str, float]:
         """``train/domain_loss/<name>`` for every domain seen since the last call (every rank must
         call: the sums are reduced over ranks); the accumulators restart."""
-        from dataflex.signals.distributed import all_reduce_mean, world_size
-
         if self.sums is None:  # no batch seen (yet) on this rank
             self.sums, self.counts = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
-        totals = all_reduce_mean(torch.cat([self.sums, self.counts])) * world_size()
+        totals = all_reduce_sum(torch.cat([self.sums, self.counts]))
         k = self.sums.numel()
         sums, counts = totals[:k], totals[k:]
         self.sums, self.counts = torch.zeros_like(self.sums), torch.zeros_like(self.counts)
@@ -149,17 +148,17 @@ class DataFlexCallback(TrainerCallback):
         )
 
     def _decide(self, name: str, decide, ctx: UpdateContext):
-        """A component's decision; a ValueError (a setting that does not fit this data, e.g. a budget
-        larger than the pool) becomes a ConfigError naming the component and the step."""
-        from dataflex.config import ConfigError
-
+        """A component's decision. A ConfigError (a setting that does not fit this data, e.g. a budget
+        larger than the pool) is reported naming the component and the step; any other exception
+        is a bug and propagates unchanged (a traceback)."""
         try:
             return decide(ctx)
-        except ConfigError:
-            raise
-        except ValueError as err:
+        except ConfigError as err:
+            label = f"{name}={getattr(self.components[name], 'config_name', type(self.components[name]).__name__)}"
+            if str(err).startswith(label):  # it names the component already
+                raise
             when = "at the start" if ctx.update_index < 0 else f"at step {ctx.global_step}"
-            raise ConfigError(f"{name}={getattr(self.components[name], 'config_name', type(self.components[name]).__name__)} {when}: {err}") from err
+            raise ConfigError(f"{label} {when}: {err}") from err
 
     def _names(self) -> list[str]:
         return self.domain_names or [str(d) for d in range(self.sampler.num_domains)]

@@ -113,7 +113,7 @@ class UpdateContext:
 
     def require_validation(self, who: str):
         """:attr:`validation`, or a ConfigError telling the user to name one."""
-        from dataflex.config import ConfigError
+        from dataflex.errors import ConfigError
 
         if self.validation is None or len(self.validation) == 0:
             raise ConfigError(

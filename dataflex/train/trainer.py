@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dataflex.config import ConfigError
+from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token_nll
 from dataflex.train.callback import DataFlexCallback
 from dataflex.train.components import LossInputs, Mixer, Selector
