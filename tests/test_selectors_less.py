@@ -257,19 +257,19 @@ def test_validation_features_and_similarities_match_less_scores():
 
 def test_constructors_reject_bad_settings():
     with pytest.raises(ValueError, match="gradient_type"):
-        L.LessSelector(8, gradient_type="rmsprop")
+        L.LessSelector(budget=8, gradient_type="rmsprop")
     with pytest.raises(ValueError, match="proj_dim"):
-        L.LessSelector(8, proj_dim=0)
+        L.LessSelector(budget=8, proj_dim=0)
     with pytest.raises(ValueError, match="proj_kind"):
-        L.LessSelector(8, proj_kind="fourier")
+        L.LessSelector(budget=8, proj_kind="fourier")
     with pytest.raises(ValueError, match="projection_cache_mb"):
-        L.LessSelector(8, projection_cache_mb=-1)
+        L.LessSelector(budget=8, projection_cache_mb=-1)
     with pytest.raises(ValueError, match="checkpoint weights"):
-        LO.LessOfflineSelector(8, checkpoint_weights=[0.0, 0.0])
+        LO.LessOfflineSelector(budget=8, checkpoint_weights=[0.0, 0.0])
     with pytest.raises(ValueError, match="checkpoints"):
-        LO.LessOfflineSelector(8, checkpoints=[0])
+        LO.LessOfflineSelector(budget=8, checkpoints=[0])
     with pytest.raises(ValueError, match="checkpoint_weights for"):
-        LO.LessOfflineSelector(8, checkpoints=[1, 2], checkpoint_weights=[1.0])
+        LO.LessOfflineSelector(budget=8, checkpoints=[1, 2], checkpoint_weights=[1.0])
     with pytest.raises(ValueError, match="gradient_type"):
         SF.training_features(None, None, None, None, None, "newton")
 
@@ -308,7 +308,7 @@ def test_validation_subset_per_subtask_is_seeded_and_fixed():
     assert L.validation_subset(groups, 8, None, seed=5) is None
     assert L.validation_subset(None, 8, 3, seed=0).numel() == 3  # no subtasks: one
     with pytest.raises(ValueError, match="validation_per_subtask"):
-        L.LessSelector(8, validation_per_subtask=0)
+        L.LessSelector(budget=8, validation_per_subtask=0)
 
 
 # -- end to end on the tiny model ------------------------------------------------------------------

@@ -25,7 +25,8 @@ import torch
 
 from dataflex.errors import ConfigError
 from dataflex.signals.distributed import all_reduce_sum
-from dataflex.train.components import Mixer, UpdateContext
+from dataflex.train.components import Mixer, Schedule, UpdateContext
+from dataflex.train.fields import param
 
 #: the file the proxy run writes in its run directory (read by ``mixer=static`` in step 3)
 WEIGHTS_FILE = "doremi_weights.json"
@@ -284,30 +285,19 @@ class DoReMiMixer(Mixer):
             the JSON and the logged weights.
     """
 
-    def __init__(
-        self,
-        reference_dir: str | None = None,
-        mode: str = "proxy",
-        eta: float = 1.0,
-        smoothing: float = 1e-3,
-        clip: float | None = None,
-        domains: Sequence[str] | None = None,
-        update_every: int = 1,
-    ):
-        super().__init__(warmup_steps=0, update_every=update_every, num_updates=0)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not (eta >= 0 and eta != float("inf")):
-            raise ValueError(f"eta must be finite and >= 0, got {eta}")
-        if not 0.0 <= smoothing <= 1.0:
-            raise ValueError(f"smoothing must lie in [0, 1], got {smoothing}")
-        if clip is not None and not clip > 0:
-            raise ValueError(f"clip must be > 0 or null (no clipping), got {clip}")
-        if update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
-        self.reference_dir = reference_dir
-        self.mode, self.eta, self.smoothing, self.clip = mode, float(eta), float(smoothing), clip
-        self.domains = list(domains) if domains else None
+    reference_dir: str | None = None
+    mode: str = param("proxy", choices=MODES)
+    eta: float = 1.0
+    smoothing: float = param(1e-3, ge=0, le=1)
+    clip: float | None = param(None, gt=0)
+    domains: Sequence[str] | None = None
+    update_every: int = param(1, ge=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.eta >= 0 and self.eta != float("inf")):
+            raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
+        self.domains = list(self.domains) if self.domains else None
         self.alpha: torch.Tensor | None = None  # α_t, float64 [K]
         self.alpha_mean: torch.Tensor | None = None  # ᾱ over α_1..α_t
         self.alpha_updates = 0  # t
@@ -316,6 +306,11 @@ class DoReMiMixer(Mixer):
         self.history: list[dict[str, Any]] = []
         self.run_dir: Path | None = None
         self.reference: torch.nn.Module | None = None  # loaded at the first training micro-batch
+
+    @property
+    def schedule(self) -> Schedule:
+        """Every ``update_every`` steps from the start, until the end (only this schedule key is declared)."""
+        return Schedule(update_every=self.update_every)
 
     # -- decisions -------------------------------------------------------------------------------
     @property

@@ -15,7 +15,8 @@ import math
 import torch
 
 from dataflex.signals.distributed import all_reduce_sum
-from dataflex.train.components import Mixer, UpdateContext
+from dataflex.train.components import Mixer, Scheduled, UpdateContext
+from dataflex.train.fields import param
 
 REWARDS = ("importance", "exp_loss")
 
@@ -106,7 +107,7 @@ def odm_update_rewards(
     return updated.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-class ODMMixer(Mixer):
+class ODMMixer(Scheduled, Mixer):
     """Online Data Mixing: EXP3 over domains, rewarded by each domain's training loss.
 
     The training batches are observed through ``observe_batch`` (per-sample losses of the training
@@ -121,14 +122,12 @@ class ODMMixer(Mixer):
         warmup_steps, update_every, num_updates: the schedule (the paper updates after every step).
     """
 
-    def __init__(self, alpha: float = 0.9, reward: str = "importance", warmup_steps: int = 0,
-                 update_every: int = 1, num_updates: int = 0):
-        super().__init__(warmup_steps, update_every, num_updates)
-        if reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        self.alpha, self.reward = alpha, reward
+    alpha: float = param(0.9, ge=0, le=1)
+    reward: str = param("importance", choices=REWARDS)
+    update_every: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.t = 1  # EXP3 step of the probabilities in force
         self.rewards: torch.Tensor | None = None
         self.probabilities: torch.Tensor | None = None

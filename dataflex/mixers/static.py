@@ -96,25 +96,21 @@ class StaticMixer(Mixer):
             needed for a mapping, and used to check a list's length early.
     """
 
-    def __init__(
-        self,
-        proportions: Sequence[float] | Mapping[str, float] | None = None,
-        proportions_file: str | None = None,
-        domains: Sequence[str] | None = None,
-    ):
-        super().__init__(
-            warmup_steps=0, update_every=0, num_updates=0
-        )  # update_every=0: never updates
-        if proportions is not None and proportions_file is not None:
-            raise ConfigError(
+    proportions: Sequence[float] | Mapping[str, float] | None = None
+    proportions_file: str | None = None
+    domains: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # no schedule: never updates
+        if self.proportions is not None and self.proportions_file is not None:
+            raise ValueError(
                 "mixer=static: set either proportions or proportions_file, not both"
             )
-        self.domains = list(domains) if domains else None
-        self.proportions_file = proportions_file
+        self.domains = list(self.domains) if self.domains else None
         # Validate config-given proportions now: a wrong length fails before any model loads.
         self.proportions = (
-            proportions_from_config(proportions, self.domains)
-            if proportions is not None
+            proportions_from_config(self.proportions, self.domains)
+            if self.proportions is not None
             else None
         )
 

@@ -246,13 +246,16 @@ def checkpoint_similarities(
 class LessComponent(PoolLossSelector):
     """What both LESS selectors share: the feature settings, the projector, the validation rows."""
 
-    def __init__(self, budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
-                 proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
-        self.proj_dim, self.proj_kind, self.gradient_type = int(proj_dim), proj_kind, gradient_type
-        self.projection_cache_mb = projection_cache_mb
-        self.validation_per_subtask = validation_per_subtask
+    proj_dim: int = 8192
+    proj_kind: str = "rademacher"
+    gradient_type: str = "adam"
+    projection_cache_mb: float = 0
+    validation_per_subtask: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_hyperparameters(self.proj_dim, self.proj_kind, self.gradient_type, self.projection_cache_mb,
+                               self.validation_per_subtask)
         self._projector = None
         # the scores of the latest round only (a full history would grow the checkpoint every round)
         self.last_scores: dict[str, Any] | None = None
@@ -298,7 +301,7 @@ class LessSelector(LessComponent):
     the optimizer state, the seed and the round index, so a resumed run selects what the
     uninterrupted run selects.
 
-    Args:
+    Attributes:
         proj_dim: d, the projected feature dimension.
         proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
         gradient_type: ``adam`` (Γ) or ``sgd`` (the plain gradient) for the training features.
@@ -310,24 +313,6 @@ class LessSelector(LessComponent):
         batch_size: rows per batched forward/backward of the feature passes.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
-
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
-        gradient_type: str = "adam",
-        projection_cache_mb: float = 0,
-        validation_per_subtask: int | None = None,
-    ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
-                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
         self.validation(ctx)  # a missing validation set fails before any pass

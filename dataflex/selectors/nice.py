@@ -35,7 +35,7 @@ import torch
 
 from dataflex.errors import ConfigError
 from dataflex.eval.exact_match import normalize_answer
-from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
+from dataflex.selectors.base import COUNT_OR_FRACTION, PoolLossSelector, budget_problem, resolve_budget, seeded_generator
 from dataflex.signals.batching import pad_batch, pad_id_of
 from dataflex.signals.distributed import broadcast_object, is_main_process, main_process_result
 from dataflex.signals.features import normalize_features, subtask_centroids, top_k_indices, training_features
@@ -44,6 +44,7 @@ from dataflex.signals.gradients import project_per_sample_gradients
 from dataflex.signals.pool import map_pool
 from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
+from dataflex.train.fields import param
 
 #: ``reward(prompts, responses, references) -> one float per triple``: the three sequences have equal
 #: length (one entry per sampled response: its decoded prompt, the decoded response and the decoded
@@ -309,48 +310,25 @@ class NiceSelector(PoolLossSelector):
     VALIDATION_STREAM = 2
     SAMPLING_STREAM = 3
 
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        num_samples: int = 4,
-        temperature: float = 0.7,
-        max_new_tokens: int = 128,
-        top_p: float = 1.0,
-        generation_batch_size: int = 8,
-        val_prompts: float | None = None,
-        reward: str | RewardFn = "exact_match",
-        reward_kwargs: dict[str, Any] | None = None,
-        proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
-        gradient_type: str = "adam",
-    ):
+    num_samples: int = param(4, ge=1)
+    temperature: float = param(0.7, gt=0)
+    max_new_tokens: int = param(128, ge=1)
+    top_p: float = param(1.0, gt=0, le=1)
+    generation_batch_size: int = param(8, ge=1)
+    val_prompts: int | float | None = param(None, check=budget_problem, expects=f"{COUNT_OR_FRACTION}, or null")
+    reward: str | RewardFn = "exact_match"
+    reward_kwargs: dict[str, Any] | None = None
+    proj_dim: int = 8192
+    proj_kind: str = "rademacher"
+    gradient_type: str = param("adam", choices=("adam", "sgd"))
+
+    def __post_init__(self) -> None:
         from dataflex.signals.projection import Projector
 
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("generation_batch_size", generation_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not float(temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-        if val_prompts is not None:
-            resolve_budget(val_prompts, max(1, 10**12), "val_prompts")
-        if gradient_type not in ("adam", "sgd"):
-            raise ValueError(f"gradient_type must be 'adam' or 'sgd', got {gradient_type!r}")
-        self.num_samples, self.max_new_tokens, self.generation_batch_size = num_samples, max_new_tokens, generation_batch_size
-        self.temperature, self.top_p = float(temperature), float(top_p)
-        self.val_prompts = val_prompts
-        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__qualname__", repr(reward))
-        self.reward_fn = resolve_reward(reward, reward_kwargs)  # fails now, before any model loads
-        self.gradient_type = gradient_type
-        self.projector = Projector(proj_dim, seed=self.seed, kind=proj_kind)  # validates dim and kind
+        super().__post_init__()
+        self.reward_name = self.reward if isinstance(self.reward, str) else getattr(self.reward, "__qualname__", repr(self.reward))
+        self.reward_fn = resolve_reward(self.reward, self.reward_kwargs)  # fails now, before any model loads
+        self.projector = Projector(self.proj_dim, seed=self.seed, kind=self.proj_kind)  # validates dim and kind
         # the latest round only (a full history would grow the checkpoint every round)
         self.last_scores: dict[str, Any] | None = None
 

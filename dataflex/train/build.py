@@ -6,6 +6,7 @@ the config helpers import nothing of the training layer.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import hydra.utils
 from dataflex.config import to_dict
 from dataflex.errors import ConfigError
 from dataflex.train.components import Component, Mixer, Selector, Weighter
+from dataflex.train.fields import check_values
 
 KINDS: dict[str, type[Component]] = {"selector": Selector, "mixer": Mixer, "weighter": Weighter}
 
@@ -36,8 +38,10 @@ def check_kwargs(target: Any, kwargs: Mapping[str, Any], where: str) -> None:
 def build_component(kind: str, cfg: Any) -> Component | None:
     """Instantiate the ``selector``/``mixer``/``weighter`` group (``none``/empty config: None).
 
-    Unknown keys are an error naming the key and the valid ones (checked against the target's
-    signature before anything is built).
+    Unknown keys are an error naming the key and the valid ones (did you mean ...?), and a value
+    that does not fit its declared field (type, range, choices) is an error naming the key, what it
+    expects and the value given; both are checked before the component's own code runs, so before
+    any model loads.
     """
     cfg = to_dict(cfg) or {}
     target_path = cfg.get("_target_")
@@ -51,13 +55,16 @@ def build_component(kind: str, cfg: Any) -> Component | None:
         raise ConfigError(f"{kind}: cannot import _target_ '{target_path}' ({err})") from None
     kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
     name = cfg.get("name", target_path)
-    check_kwargs(target, kwargs, where=f"{kind}={name}")
+    label = f"{kind}={name}"
+    check_kwargs(target, kwargs, where=label)
     try:
+        if dataclasses.is_dataclass(target):
+            check_values(target, kwargs)  # the declared types and ranges, before any code of the component runs
         component = target(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:  # a value out of range or of the wrong type
-        raise ConfigError(f"{kind}={name}: {err}") from err
+    except (ValueError, TypeError) as err:  # a value out of range or of the wrong type (ConfigError included)
+        if isinstance(err, ConfigError) and str(err).startswith(f"{kind}="):
+            raise
+        raise ConfigError(f"{label}: {err}") from err
     if not isinstance(component, KINDS[kind]):
         raise ConfigError(f"{kind}: {target_path} is not a {KINDS[kind].__name__}")
     component.config_name = name  # for messages naming the config option

@@ -3,15 +3,22 @@
 A component owns WHAT is decided; the DataFlexCallback owns WHEN (the schedule); the signals
 engine owns HOW model quantities are computed; the sampler and the loss own WHERE decisions land.
 A new method is one subclass (a thin stateful shell around a pure core) plus one YAML file.
+
+Components declare, they are not inspected: every subclass of :class:`Component` is a keyword-only
+dataclass whose fields are its config keys (typed, with ranges from :func:`~dataflex.train.fields.param`,
+checked before anything is built); the schedule keys are declared once by :class:`Scheduled`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+from dataflex.errors import ConfigError
+from dataflex.train.fields import check_values, coerce_floats, param
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -113,8 +120,6 @@ class UpdateContext:
 
     def require_validation(self, who: str):
         """:attr:`validation`, or a ConfigError telling the user to name one."""
-        from dataflex.errors import ConfigError
-
         if self.validation is None or len(self.validation) == 0:
             raise ConfigError(
                 f"selector={who} needs a target/validation set: set data.validation=<registered dataset name(s)> "
@@ -179,11 +184,32 @@ class LossInputs:
         return objective * self.mean_scale
 
 
-class Component:
-    """Base of all components: a schedule plus checkpointable state."""
+#: the schedule of a component that never updates (it decides at the start only, or never)
+NEVER = Schedule()
 
-    def __init__(self, warmup_steps: int = 0, update_every: int = 0, num_updates: int = 0):
-        self.schedule = Schedule(warmup_steps, update_every, num_updates)
+
+@dataclass(kw_only=True, eq=False)
+class Component:
+    """Base of all components: declared settings, a schedule and checkpointable state.
+
+    Every subclass is made a keyword-only dataclass (no ``__init__`` to write): declare each config
+    key as an annotated attribute, with :func:`~dataflex.train.fields.param` for a range or a set of
+    choices; set up state that is not a setting in ``__post_init__`` (calling ``super().__post_init__()``
+    first). Values are checked against the declarations before anything else runs.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(kw_only=True, eq=False)(cls)
+
+    def __post_init__(self) -> None:
+        check_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
+        coerce_floats(self)
+
+    @property
+    def schedule(self) -> Schedule:
+        """When the component updates (:class:`Scheduled` declares the keys; default: never)."""
+        return NEVER
 
     def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """Called for every training micro-batch when a component overrides it.
@@ -219,6 +245,24 @@ class Component:
         """Restore :meth:`state_dict` on resume."""
 
 
+class Scheduled(Component):
+    """The schedule keys, declared once for every component that updates during training.
+
+    Attributes:
+        warmup_steps: optimizer steps before the first update.
+        update_every: steps between updates (<= 0: never update after the decision at the start).
+        num_updates: number of updates (<= 0: until the end of training).
+    """
+
+    warmup_steps: int = param(0, ge=0)
+    update_every: int = 0
+    num_updates: int = 0
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.warmup_steps, self.update_every, self.num_updates)
+
+
 class Selector(Component):
     """Chooses which pool samples train next (a LongTensor of pool indices).
 
@@ -228,7 +272,7 @@ class Selector(Component):
             the model loads instead of at the first update.
     """
 
-    needs_validation: bool = False
+    needs_validation: ClassVar[bool] = False
 
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:
         """Indices to train on before the first update (None: the whole pool)."""
