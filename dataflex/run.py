@@ -18,7 +18,6 @@ from dataflex.errors import ConfigError
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.build import build_component
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
-from dataflex.train.components import Component
 from dataflex.train.nan import NonFiniteGuard, nonfinite_policy
 from dataflex.utils import atomic_write_json, atomic_write_text
 
@@ -69,11 +68,11 @@ class Run:
         self.run_name = run_name
         self.components = {kind: build_component(kind, self.cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
         owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
-                  if c is not None and type(c).training_loss is not Component.training_loss]
+                  if c is not None and c.owns_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
         selector = self.components["selector"]
-        if getattr(selector, "needs_validation", False):
+        if selector is not None and selector.needs_validation:
             from dataflex.backend.llamafactory import validation_names
 
             if not validation_names(self.cfg.get("data") or {}):

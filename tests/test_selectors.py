@@ -203,10 +203,12 @@ def run(tmp_path, overrides):
     return cfg, state
 
 
-def check_rounds(state, k=16, steps=(0, 2, 4)):
+def check_rounds(state, run_dir, k=16, steps=(0, 2, 4)):
     """Warm-up, then every 2 steps; with max_steps=6 the round due at step 6 is not run (nothing would
     train on it)."""
-    rounds = state["components"]["selector"]["rounds"]
+    from tests_support import saved_rounds
+
+    rounds = saved_rounds(run_dir)
     assert [r["update_index"] for r in rounds] == list(range(-1, len(steps) - 1))
     assert [r["step"] for r in rounds] == list(steps)
     assert state["updates_done"]["selector"] == len(steps) - 1
@@ -227,14 +229,14 @@ def test_e2e_static(tmp_path):
 
 def test_e2e_random(tmp_path):
     cfg, state = run(tmp_path, ["selector=random", *SCHEDULE])
-    rounds = check_rounds(state)
+    rounds = check_rounds(state, tmp_path / "x")
     for r in rounds:
         assert r["indices"] == random_indices(256, 16, cfg.selector.seed, r["update_index"]).tolist()
 
 
 def test_e2e_loss(tmp_path):
     _, state = run(tmp_path, ["selector=loss", *SCHEDULE])
-    rounds = check_rounds(state)
+    rounds = check_rounds(state, tmp_path / "x")
     scores = state["components"]["selector"]["last_scores"]
     assert scores["update_index"] == 1 and torch.equal(scores["candidates"], torch.arange(256))
     losses = scores["losses"]
@@ -246,7 +248,7 @@ def test_e2e_loss(tmp_path):
 
 def test_e2e_delta_loss(tmp_path):
     _, state = run(tmp_path, ["selector=delta_loss", "selector.candidates=64", *SCHEDULE])
-    rounds = check_rounds(state)
+    rounds = check_rounds(state, tmp_path / "x")
     sel = state["components"]["selector"]
     l0 = sel["initial_losses"]
     assert l0.shape == (256,) and torch.isfinite(l0).all() and (l0 > 0).all()

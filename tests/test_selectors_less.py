@@ -329,7 +329,7 @@ def test_e2e_less_online(tmp_path):
     steps = [*QUIET, "trainer.max_steps=7", "trainer.save_steps=6"]
     _, state = run(tmp_path, [*LESS, *steps])
     assert all(math.isfinite(x) for x in losses(tmp_path / "x"))
-    rounds = check_rounds(state, steps=(0, 2, 4, 6))  # warm-up, then steps 2, 4, 6, each reaching the sampler
+    rounds = check_rounds(state, tmp_path / "x", steps=(0, 2, 4, 6))  # warm-up, then steps 2, 4, 6, each reaching the sampler
     scores = state["components"]["selector"]["last_scores"]
     cand, s = scores["candidates"], scores["scores"]
     assert scores["update_index"] == 2 and cand.numel() == 32 and torch.equal(cand, cand.unique())
@@ -445,7 +445,7 @@ def test_offline_recipe_end_to_end(tmp_path):
     state = torch.load(run_dir / "checkpoints" / "checkpoint-3" / "dataflex_state.pt", weights_only=False)
     sel = state["components"]["selector"]
     chosen = record["indices"]
-    assert len(set(chosen)) == 16 and sel["rounds"][0]["indices"] == chosen
+    assert len(set(chosen)) == 16 and state["sampler"]["history"][-1]["indices"].tolist() == chosen
     assert json.loads((run_dir / "selections" / "round_000.json").read_text())["indices"] == chosen
     scores, cand = sel["last_scores"]["scores"], sel["last_scores"]["candidates"]
     assert cand[SF.top_k_indices(scores, 16)].tolist() == chosen and torch.isfinite(scores).all()

@@ -16,6 +16,14 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def saved_rounds(run_dir) -> list[dict]:
+    """The selection rounds a run saved (``selections/round_NNN.json``), in order: each with
+    ``update_index`` (-1: the decision at the start), ``step`` and ``indices``."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "selections").glob("round_*.json"))]
+
+
 class HalfPoolSelector(Scheduled, Selector):
     """Test-only selector: every update keeps a seeded random half of the pool.
 
@@ -65,6 +73,8 @@ from dataflex.train.components import Component  # noqa: E402
 class BatchRecorder(Component):
     """Test-only observer: records what every training micro-batch showed it."""
 
+    observes_batches = True
+
     def __post_init__(self):
         super().__post_init__()
         self.seen: list[tuple[list[float], list[int], list[int]]] = []
@@ -89,6 +99,8 @@ class MeanOfSamplesWeighter(PlainLossWeighter):
 
 class LossOwningMixer(RotatingMixer):
     """Test-only mixer that also owns the loss (to test that two loss owners are refused)."""
+
+    owns_loss = True
 
     def training_loss(self, loss):
         return loss.plain()

@@ -285,6 +285,8 @@ class DoReMiMixer(Mixer):
             the JSON and the logged weights.
     """
 
+    owns_loss = True
+
     reference_dir: str | None = None
     mode: str = param("proxy", choices=MODES)
     eta: float = 1.0

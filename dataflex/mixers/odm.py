@@ -122,6 +122,8 @@ class ODMMixer(Scheduled, Mixer):
         warmup_steps, update_every, num_updates: the schedule (the paper updates after every step).
     """
 
+    observes_batches = True
+
     alpha: float = param(0.9, ge=0, le=1)
     reward: str = param("importance", choices=REWARDS)
     update_every: int = 1

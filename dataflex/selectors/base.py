@@ -101,11 +101,6 @@ class BudgetSelector(Scheduled, Selector):
     budget: int | float = param(check=budget_problem, expects=COUNT_OR_FRACTION)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # one entry per decision: {"update_index", "step", "indices"}; the warm-up is update_index -1
-        self.rounds: list[dict[str, Any]] = []
-
     def k(self, ctx: UpdateContext) -> int:
         return resolve_budget(self.budget, ctx.pool_size)
 
@@ -114,16 +109,9 @@ class BudgetSelector(Scheduled, Selector):
         return self.record(ctx, indices)
 
     def record(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
-        """Keep the decision in the history (checkpointed) and return it."""
-        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
-        self.rounds.append({"update_index": ctx.update_index, "step": ctx.global_step, "indices": indices.tolist()})
-        return indices
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rounds": [dict(r) for r in self.rounds]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rounds = [dict(r) for r in state["rounds"]]
+        """The decision as a flat LongTensor of pool indices (the callback logs every round and saves
+        it as ``selections/round_NNN.json``; the sampler's plan history is in every checkpoint)."""
+        return torch.as_tensor(indices, dtype=torch.long).flatten()
 
 
 class PoolLossSelector(BudgetSelector):
@@ -165,12 +153,11 @@ class PoolLossSelector(BudgetSelector):
 
     def pool_losses(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
         """ℓ_i under the current model for the pool rows ``indices`` (through the signals engine)."""
-        trainer = ctx.trainer
         return map_pool(
             per_sample_losses,
-            trainer.model,
-            trainer.train_dataset,
-            trainer.data_collator,
+            ctx.model,
+            ctx.pool,
+            ctx.collator,
             indices=indices,
             batch_size=self.batch_size,
             desc=f"{type(self).__name__} losses",

@@ -280,8 +280,8 @@ class NiceSelector(PoolLossSelector):
 
     The warm-up decision is a seeded random subset of ``budget`` samples. Everything random is seeded
     by ``(seed, update_index)`` and the model/optimizer are restored on resume, so a resumed run selects
-    what the uninterrupted run selects; the checkpoint holds every round's indices and the latest
-    round's candidates, scores and rewards.
+    what the uninterrupted run selects; the checkpoint holds the latest round's candidates, scores
+    and rewards (every round's indices are saved under ``selections/``).
 
     Args:
         budget: samples per round: an int count or a float fraction of the pool in (0, 1].

@@ -17,7 +17,7 @@ import torch
 from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token_nll
 from dataflex.train.callback import DataFlexCallback
-from dataflex.train.components import LossInputs, Mixer, Selector
+from dataflex.train.components import LossInputs
 from dataflex.train.nan import NonFiniteGuard
 from dataflex.train.sampler import DynamicSampler
 
@@ -64,7 +64,7 @@ class DataFlexTrainerMixin:
     @property
     def dataflex_dynamic(self) -> bool:
         """True when a selector or a mixer decides what is sampled."""
-        return any(isinstance(c, (Selector, Mixer)) for c in self.dataflex_callback.components.values())
+        return any(c.decides for c in self.dataflex_callback.components.values())
 
     def dataflex_num_draws(self) -> int:
         """Draws of the whole run: every optimizer step on every rank."""
