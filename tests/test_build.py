@@ -36,12 +36,14 @@ def refused(kind: str, overrides: list[str]) -> str:
     (["selector=loss", "selector.temperature=0"], "selector", "selector=loss: temperature must be > 0, got 0"),
     (["selector=loss", "selector.rule=median"], "selector",
      "selector=loss: rule must be one of ('topk', 'tercile'), got 'median'"),
-    (["selector=loss", "selector.batch_size=many"], "selector", "selector=loss: batch_size must be an int >= 1, got 'many'"),
+    (["selector=loss", "selector.batch_size=many"], "selector",
+     "selector=loss: batch_size must be an int >= 1, got 'many'"),
     (["selector=random", "selector.seed=true"], "selector", "selector=random: seed must be an int, got True"),
     (["selector=tsds", "selector.alpha=2"], "selector", "selector=tsds: alpha must lie in [0, 1], got 2"),
     (["data=offline_domains", "trainer=pt_full", "mixer=random", "mixer.seed=-1"], "mixer",
      "mixer=random: seed must be >= 0, got -1"),
-    (["weighter=loss", "weighter.temperature=hot"], "weighter", "weighter=loss: temperature must be a float > 0, got 'hot'"),
+    (["weighter=loss", "weighter.temperature=hot"], "weighter",
+     "weighter=loss: temperature must be a float > 0, got 'hot'"),
 ])
 def test_a_value_that_does_not_fit_its_declaration_is_one_line(overrides, kind, expected):
     assert refused(kind, overrides) == expected
@@ -68,7 +70,7 @@ def test_misspelled_keys_still_get_a_suggestion():
 
 def test_the_schedule_keys_are_declared_once_and_only_where_a_component_updates():
     from dataflex.mixers.static import StaticMixer
-    from dataflex.selectors.less_offline import LessOfflineSelector
+    from dataflex.selectors.less import LessOfflineSelector
     from dataflex.selectors.loss import LossSelector
     from dataflex.selectors.static import StaticSelector
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dataflex.selectors import less as L
-from dataflex.selectors import less_offline as LO
+from dataflex.selectors.less import offline as LO
 from dataflex.signals import adam as A
 from dataflex.signals import features as SF
 from dataflex.signals.gradients import per_sample_gradients_loop, trainable_parameters
@@ -329,7 +329,8 @@ def test_e2e_less_online(tmp_path):
     steps = [*QUIET, "trainer.max_steps=7", "trainer.save_steps=6"]
     _, state = run(tmp_path, [*LESS, *steps])
     assert all(math.isfinite(x) for x in losses(tmp_path / "x"))
-    rounds = check_rounds(state, tmp_path / "x", steps=(0, 2, 4, 6))  # warm-up, then steps 2, 4, 6, each reaching the sampler
+    # warm-up, then steps 2, 4, 6, each reaching the sampler
+    rounds = check_rounds(state, tmp_path / "x", steps=(0, 2, 4, 6))
     scores = state["components"]["selector"]["last_scores"]
     cand, s = scores["candidates"], scores["scores"]
     assert scores["update_index"] == 2 and cand.numel() == 32 and torch.equal(cand, cand.unique())
@@ -501,4 +502,4 @@ def test_command_implies_the_experiment():
 
     out = subprocess.run([sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
                          capture_output=True, text=True, check=True).stdout
-    assert "_target_: dataflex.selectors.less_offline.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
+    assert "_target_: dataflex.selectors.less.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out

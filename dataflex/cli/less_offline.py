@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dataflex.config import ConfigError, register_resolvers, to_dict
 
-TARGET = "dataflex.selectors.less_offline.LessOfflineSelector"
+TARGET = "dataflex.selectors.less.LessOfflineSelector"
 WARMUP_DIR = "warmup"
 #: the recipe's settings when the config has no `less_offline` block (the paper's)
 DEFAULTS = {"warmup_fraction": 0.05, "warmup_epochs": 4, "train_epochs": None}

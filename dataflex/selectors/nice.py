@@ -35,7 +35,13 @@ import torch
 
 from dataflex.errors import ConfigError
 from dataflex.eval.exact_match import normalize_answer
-from dataflex.selectors.base import COUNT_OR_FRACTION, PoolLossSelector, budget_problem, resolve_budget, seeded_generator
+from dataflex.selectors.base import (
+    COUNT_OR_FRACTION,
+    PoolLossSelector,
+    budget_problem,
+    resolve_budget,
+    seeded_generator,
+)
 from dataflex.signals.batching import pad_batch, pad_id_of
 from dataflex.signals.distributed import broadcast_object, is_main_process, main_process_result
 from dataflex.signals.features import normalize_features, subtask_centroids, top_k_indices, training_features
@@ -326,7 +332,8 @@ class NiceSelector(PoolLossSelector):
         from dataflex.signals.projection import Projector
 
         super().__post_init__()
-        self.reward_name = self.reward if isinstance(self.reward, str) else getattr(self.reward, "__qualname__", repr(self.reward))
+        reward = self.reward
+        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__qualname__", repr(reward))
         self.reward_fn = resolve_reward(self.reward, self.reward_kwargs)  # fails now, before any model loads
         self.projector = Projector(self.proj_dim, seed=self.seed, kind=self.proj_kind)  # validates dim and kind
         # the latest round only (a full history would grow the checkpoint every round)

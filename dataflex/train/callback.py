@@ -187,7 +187,8 @@ class DataFlexCallback(TrainerCallback):
         mixer's ``stats()`` when it has any."""
         self.sampler.set_proportions(proportions)
         names = self._names()
-        self.tracker.log({f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(proportions)}, step=ctx.global_step)
+        logged = {f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(proportions)}
+        self.tracker.log(logged, step=ctx.global_step)
         extra = stats()
         if extra:
             self.tracker.log(extra, step=ctx.global_step)

@@ -1,16 +1,15 @@
-"""LESS (Xia et al. 2024): select the training samples whose (Adam-preconditioned) gradients point
-where the validation samples' gradients point (ALGORITHMS.md, less).
+"""LESS's scoring, shared by the online and the offline selector (ALGORITHMS.md, less).
 
-The scoring, each part usable on its own:
+Each part usable on its own:
 
 * the pure core :func:`less_scores` (tensors in, tensors out; the documented extension API), with
   :func:`combine_subtask_similarities` and :func:`epoch_learning_rates` for the checkpoint weights;
 * :func:`checkpoint_similarities`: one checkpoint's mean cosine of every candidate with every
   validation subtask, from the signals engine's feature passes
   (:func:`dataflex.signals.features.training_features`, :func:`~dataflex.signals.features.validation_features`);
-* the component :class:`LessSelector` (``selector=less``, online: every update, the current model
-  and optimizer state, one checkpoint) on :class:`LessComponent`, the base it shares with the
-  paper's offline recipe (:class:`dataflex.selectors.less_offline.LessOfflineSelector`).
+* :class:`LessComponent`, the selector base of :class:`~dataflex.selectors.less.online.LessSelector`
+  (``selector=less``) and :class:`~dataflex.selectors.less.offline.LessOfflineSelector`
+  (``selector=less_offline``): the feature settings, the seeded projector, the validation rows.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from dataflex.errors import ConfigError
-from dataflex.selectors.base import PoolLossSelector
+from dataflex.selectors.base import INITIAL, PoolLossSelector, seeded_generator
 from dataflex.signals.features import (
     GRADIENT_TYPES,
     NORM_EPS,
@@ -30,7 +29,6 @@ from dataflex.signals.features import (
     make_projector,
     normalize_features,
     subtask_centroids,
-    top_k_indices,
     training_features,
     validation_features,
 )
@@ -186,8 +184,6 @@ def validation_subset(groups: Tensor | None, size: int, per_subtask: int | None,
     """
     if per_subtask is None:
         return None
-    from dataflex.selectors.base import INITIAL, seeded_generator
-
     groups = torch.zeros(size, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
     order = torch.randperm(size, generator=seeded_generator(seed, INITIAL, VALIDATION_STREAM))
     kept = []
@@ -287,37 +283,3 @@ class LessComponent(PoolLossSelector):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.last_scores = state.get("last_scores")
-
-
-class LessSelector(LessComponent):
-    """Online LESS (``selector=less``): every update, score (a candidate subset of) the pool by the
-    cosine of its Adam-preconditioned gradient features with the target set's gradient features,
-    under the current model and optimizer state, and keep the top k.
-
-    One checkpoint (now), so Score(z) = max_j mean_{z' in val_j} cos(Γ(z), ∇ℓ(z')); the subtasks
-    are the validation set's ``domain_id`` (one per name in ``data.validation``). Warm-up: a seeded
-    random subset of ``budget`` samples (the Adam state is empty before the first optimizer step),
-    so the first real selection happens after ``warmup_steps``. A round depends only on the model,
-    the optimizer state, the seed and the round index, so a resumed run selects what the
-    uninterrupted run selects.
-
-    Attributes:
-        proj_dim: d, the projected feature dimension.
-        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
-        gradient_type: ``adam`` (Γ) or ``sgd`` (the plain gradient) for the training features.
-        projection_cache_mb: keep up to this many MiB of the projection's random blocks between
-            batches and rounds (0: regenerate them every batch). Worth it for LoRA, whose
-            projection matrix (trainable parameters x d x 4 bytes) may be small enough to keep.
-        validation_per_subtask: score against at most this many rows of every validation subtask
-            (a seeded subset fixed for the run, as the paper's few-shot targets; None: all rows).
-        batch_size: rows per batched forward/backward of the feature passes.
-        (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
-    """
-
-    def select(self, ctx: UpdateContext) -> torch.Tensor:
-        self.validation(ctx)  # a missing validation set fails before any pass
-        candidates = self.candidate_indices(ctx)
-        scores = combine_subtask_similarities(self.similarities(ctx, candidates))
-        local = top_k_indices(scores, self.k(ctx))
-        self.last_scores = {"update_index": ctx.update_index, "candidates": candidates, "scores": scores.float()}
-        return self.record(ctx, candidates[local])

@@ -3,8 +3,8 @@ pool with the per-epoch checkpoints of a warm-up run, learning-rate-weighted, an
 for the whole run (ALGORITHMS.md, less). ``python -m dataflex.cli.less_offline`` runs the warm-up
 and then this.
 
-The scoring is LESS's (:mod:`dataflex.selectors.less`; this recipe is a LESS variant, so it shares
-LESS's component base); the warm-up's checkpoints are read through :mod:`dataflex.train.checkpoints`.
+The scoring is LESS's (:mod:`dataflex.selectors.less.scoring`; this recipe is a LESS variant, so it
+shares LESS's component base); the warm-up's checkpoints are read through :mod:`dataflex.train.checkpoints`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from dataflex.errors import ConfigError
 from dataflex.selectors.base import COUNT_OR_FRACTION, budget_problem
-from dataflex.selectors.less import (
+from dataflex.selectors.less.scoring import (
     LessComponent,
     checkpoint_weight_vector,
     combine_subtask_similarities,
@@ -45,7 +45,7 @@ class LessOfflineSelector(LessComponent):
     validation features ∇ℓ_c and the candidates' training features Γ_c (with c's saved Adam
     moments) are computed, and their mean cosine per validation subtask is kept (``[N, J]``).
     Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the epoch ending at c
-    (:func:`~dataflex.selectors.less.epoch_learning_rates`, from the last checkpoint's
+    (:func:`~dataflex.selectors.less.scoring.epoch_learning_rates`, from the last checkpoint's
     ``trainer_state.json``), normalised to sum 1. The model's own weights are restored before
     training starts (it trains from where it was built, as in the paper), and never updates
     afterwards.
@@ -59,7 +59,7 @@ class LessOfflineSelector(LessComponent):
         warmup_dir: the warm-up run directory (or its ``checkpoints``).
         checkpoints: the warm-up steps to use (None: every complete checkpoint).
         checkpoint_weights: explicit w_c, one per checkpoint (None: the epochs' mean learning rates).
-        (others as :class:`~dataflex.selectors.less.LessSelector`)
+        (others as :class:`~dataflex.selectors.less.online.LessSelector`)
     """
 
     # decides once, at the start: no schedule keys
