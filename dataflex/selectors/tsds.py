@@ -318,6 +318,9 @@ class TSDSSelector(EmbeddingSelector):
     :func:`tsds_probabilities` reports, and ``max_p``.
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"probs_path": "sampling probabilities are computed in the run"}
+
     method = "tsds"
 
     exact_max: int = param(TSDS_EXACT_MAX, ge=0)

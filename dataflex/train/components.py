@@ -11,7 +11,7 @@ checked before anything is built); the schedule keys are declared once by :class
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 
 from dataflex.errors import ConfigError
-from dataflex.train.fields import check_values, coerce_floats, param
+from dataflex.train.fields import accept_config_keys, check_values, coerce_floats, config_values, param
 
 if TYPE_CHECKING:
     from dataflex.train.sampler import DynamicSampler
@@ -190,9 +190,10 @@ class Component:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         dataclass(kw_only=True, eq=False)(cls)
+        accept_config_keys(cls)
 
     def __post_init__(self) -> None:
-        check_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
+        check_values(type(self), config_values(self))
         coerce_floats(self)
 
     @property
@@ -242,6 +243,11 @@ class Component:
         the trainer's own loss).
         """
         return None
+
+    def check_before_start(self) -> None:
+        """Raise :class:`~dataflex.errors.ConfigError` for what the config alone shows this component
+        cannot do (a missing reference model or file, incompatible sizes); called by
+        :mod:`dataflex.preflight` before any process starts or any model loads."""
 
     def decision_stats(self) -> dict[str, float]:
         """Extra values logged with each decision of a selector or mixer (rank 0), beside the

@@ -15,6 +15,8 @@ names the key, what it expects and the value given in one line (a :class:`Config
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import sys
 import types
@@ -38,6 +40,7 @@ def param(
     choices: Sequence[Any] | None = None,
     check: Callable[[Any], str | None] | None = None,
     expects: str | None = None,
+    key: str | None = None,
 ) -> Any:
     """A declared setting with a range.
 
@@ -48,10 +51,42 @@ def param(
         check: ``value -> problem or None`` for what bounds cannot say; the problem continues the
             key's name, e.g. ``"as a fraction must lie in (0, 1]"``.
         expects: how a wrong type is described (default: from the annotation and the bounds).
+        key: the config (and keyword) name when it differs from the attribute's, e.g. a key that
+            would hide a method of the component (DoReMi's ``update`` is the attribute ``update_rule``).
     """
     metadata = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, check=check,
-                                      expects=expects).items() if v is not None}
+                                      expects=expects, key=key).items() if v is not None}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def config_key(f: dataclasses.Field) -> str:
+    """The config key of the field ``f`` (its name unless :func:`param` gave another ``key``)."""
+    return f.metadata.get("key", f.name)
+
+
+def config_values(obj: Any) -> dict[str, Any]:
+    """The settings of the component ``obj`` by config key."""
+    return {config_key(f): getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def accept_config_keys(cls: type) -> None:
+    """Let the dataclass ``cls``'s ``__init__`` take each field under its config key (and report
+    those names in its signature), when one differs from the attribute name."""
+    renames = {f.metadata["key"]: f.name for f in dataclasses.fields(cls) if "key" in f.metadata}
+    if not renames:
+        return
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **{renames.get(k, k): v for k, v in kwargs.items()})
+
+    by_name = {name: key for key, name in renames.items()}
+    signature = inspect.signature(init)
+    __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p.replace(name=by_name.get(p.name, p.name)) for p in signature.parameters.values()]
+    )
+    cls.__init__ = __init__
 
 
 # -- types -------------------------------------------------------------------------------------------------
@@ -200,11 +235,11 @@ def problem(name: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> str | No
 def check_values(cls: type, values: Mapping[str, Any]) -> None:
     """Raise a ConfigError for the first of ``values`` that its declared field in ``cls`` refuses
     (keys that are not fields are left to the caller)."""
-    declared = {f.name: f for f in dataclasses.fields(cls)}
+    declared = {config_key(f): f for f in dataclasses.fields(cls)}
     hints = declared_types(cls)
     for name, value in values.items():
         if name in declared:
-            found = problem(name, value, hints.get(name, Any), declared[name].metadata)
+            found = problem(name, value, hints.get(declared[name].name, Any), declared[name].metadata)
             if found is not None:
                 raise ConfigError(found)
 

@@ -16,7 +16,8 @@ class LessSelector(LessComponent):
     under the current model and optimizer state, and keep the top k.
 
     One checkpoint (now), so Score(z) = max_j mean_{z' in val_j} cos(Γ(z), ∇ℓ(z')); the subtasks
-    are the validation set's ``domain_id`` (one per name in ``data.validation``). Warm-up: a seeded
+    are the validation set's ``domain_id`` (one per name in ``data.validation``, or per value of
+    ``subtask_column``). Warm-up: a seeded
     random subset of ``budget`` samples (the Adam state is empty before the first optimizer step),
     so the first real selection happens after ``warmup_steps``. A round depends only on the model,
     the optimizer state, the seed and the round index, so a resumed run selects what the
@@ -31,9 +32,16 @@ class LessSelector(LessComponent):
             projection matrix (trainable parameters x d x 4 bytes) may be small enough to keep.
         validation_per_subtask: score against at most this many rows of every validation subtask
             (a seeded subset fixed for the run, as the paper's few-shot targets; None: all rows).
+        subtask_column: the subtasks are the values of this column of the one validation set (e.g.
+            ``subject`` for MMLU); None: one subtask per name in ``data.validation``.
         batch_size: rows per batched forward/backward of the feature passes.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
+
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
         self.validation(ctx)  # a missing validation set fails before any pass

@@ -32,6 +32,7 @@ from dataflex.signals.features import (
     training_features,
     validation_features,
 )
+from dataflex.signals.text import IGNORE_INDEX
 from dataflex.train.components import UpdateContext
 
 #: generator stream of the validation subset (stream 1 is the candidate subset's)
@@ -172,6 +173,21 @@ def subtask_ids(validation: Any) -> Tensor | None:
     return torch.as_tensor(validation["domain_id"], dtype=torch.long)
 
 
+def check_labelled_rows(validation: Any, rows: Tensor | None, who: str = "less") -> None:
+    """Refuse a validation row (of ``rows``, None: all) without a label token: its gradient would be
+    0 and count as a cosine of 0 in its subtask's mean. Rows without a ``labels`` column pass (pt)."""
+    if "labels" not in getattr(validation, "column_names", ()):
+        return
+    indices = range(len(validation)) if rows is None else [int(i) for i in rows]
+    for i in indices:
+        if all(t == IGNORE_INDEX for t in validation[i]["labels"]):
+            subtask = validation[i]["domain_id"] if "domain_id" in validation.column_names else 0
+            raise ConfigError(
+                f"selector={who}: validation row {i} (subtask {subtask}) has no label token (an empty response, or a "
+                "prompt that fills data.cutoff_len); raise data.cutoff_len or remove the row from data.validation"
+            )
+
+
 def validation_subset(groups: Tensor | None, size: int, per_subtask: int | None, seed: int) -> Tensor | None:
     """At most ``per_subtask`` validation rows of every subtask (the paper's few-shot targets): a
     seeded draw that depends only on ``seed``, the same in every round; sorted. None: all rows.
@@ -240,19 +256,34 @@ def checkpoint_similarities(
 
 # ------------------------------------------------------------------------------------- components
 class LessComponent(PoolLossSelector):
-    """What both LESS selectors share: the feature settings, the projector, the validation rows."""
+    """What both LESS selectors share: the feature settings, the projector, the validation rows.
+
+    Subtasks: the validation set's ``domain_id`` (one per name in ``data.validation``) or, with
+    ``subtask_column`` (e.g. MMLU's ``subject``: 57 subtasks), the values of that column of the one
+    set ``data.validation`` names (the run splits it by the column before tokenising; see
+    :func:`dataflex.backend.llamafactory.resolve_validation_column`). A validation row without a label
+    token is refused, naming it (its gradient would be 0: a silent cosine of 0 in its subtask's mean).
+    """
+
+    needs_validation = True
 
     proj_dim: int = 8192
     proj_kind: str = "rademacher"
     gradient_type: str = "adam"
     projection_cache_mb: float = 0
     validation_per_subtask: int | None = None
+    # -- fidelity options (docs/ALGORITHMS.md "less") --
+    subtask_column: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_hyperparameters(self.proj_dim, self.proj_kind, self.gradient_type, self.projection_cache_mb,
                                self.validation_per_subtask)
+        column = self.subtask_column
+        if column is not None and (not isinstance(column, str) or not column.strip()):
+            raise ConfigError(f"selector=less: subtask_column must be a column name or null, got {column!r}")
         self._projector = None
+        self._labels_checked = False
         # the scores of the latest round only (a full history would grow the checkpoint every round)
         self.last_scores: dict[str, Any] | None = None
 
@@ -265,8 +296,12 @@ class LessComponent(PoolLossSelector):
 
     def validation(self, ctx: UpdateContext) -> tuple[Any, Tensor | None]:
         """The target set and the rows of it that are scored against (None: all)."""
-        validation = ctx.require_validation(getattr(self, "config_name", "less"))
+        who = getattr(self, "config_name", "less")
+        validation = ctx.require_validation(who)
         rows = validation_subset(subtask_ids(validation), len(validation), self.validation_per_subtask, self.seed)
+        if not self._labels_checked:
+            check_labelled_rows(validation, rows, who)
+            self._labels_checked = True
         return validation, rows
 
     def similarities(self, ctx: UpdateContext, candidates: Tensor, adam=None) -> Tensor:
