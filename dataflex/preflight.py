@@ -175,7 +175,7 @@ def preflight(cfg: Mapping[str, Any], check_inputs: bool = True) -> dict[str, An
     Returns:
         ``{"selector" | "mixer" | "weighter": component or None}``.
     """
-    from dataflex.config import build_component
+    from dataflex.train.build import build_component
 
     check_run_keys(cfg)
     check_trainer(cfg.get("trainer") or {})

@@ -14,13 +14,13 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from dataflex.config import ConfigError, to_dict
+from dataflex.config import to_dict
+from dataflex.errors import ConfigError
 from dataflex.logs import get_logger, to_run_log
 from dataflex.preflight import preflight
 from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
-from dataflex.train.components import Component
 from dataflex.train.nan import NonFiniteGuard, nonfinite_policy
 from dataflex.utils import atomic_write_json, atomic_write_text
 
@@ -68,7 +68,7 @@ class Run:
         self.run_name = run_name
         self.components = preflight(self.cfg)
         owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
-                  if c is not None and type(c).training_loss is not Component.training_loss]
+                  if c is not None and c.owns_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
         self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"), self.cfg.get("trainer"))

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from dataflex.config import ConfigError
+from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token_nll
 from dataflex.train.callback import DataFlexCallback
-from dataflex.train.components import LossInputs, Mixer, Selector
+from dataflex.train.components import LossInputs
 from dataflex.train.nan import NonFiniteGuard
 from dataflex.train.sampler import Draw, DynamicSampler
 
@@ -96,7 +96,7 @@ class DataFlexTrainerMixin:
     @property
     def dataflex_dynamic(self) -> bool:
         """True when a selector or a mixer decides what is sampled."""
-        return any(isinstance(c, (Selector, Mixer)) for c in self.dataflex_callback.components.values())
+        return any(c.decides for c in self.dataflex_callback.components.values())
 
     def dataflex_num_draws(self) -> int:
         """Draws of the whole run: every optimizer step on every rank."""
