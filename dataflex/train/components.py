@@ -186,6 +186,11 @@ class Component:
     decides: ClassVar[bool] = False
     #: the per-domain training loss is logged every step while it runs (mixers)
     logs_domain_losses: ClassVar[bool] = False
+    #: acts through updates (not through its first decision alone): a run in which it could never
+    #: update (``update_every=0``, ``warmup_steps >= max_steps``) is refused by :mod:`dataflex.preflight`
+    acts_through_updates: ClassVar[bool] = False
+    #: with ``warmup_steps=0`` its first decision is the method's own (one-shot NEAR/TSDS), not a warm-up
+    first_decision_is_own: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
