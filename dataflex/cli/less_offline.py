@@ -45,7 +45,7 @@ from dataflex.config import ConfigError, register_resolvers, to_dict
 from dataflex.launch import launch
 from dataflex.logs import get_logger
 
-TARGET = "dataflex.selectors.less_offline.LessOfflineSelector"
+TARGET = "dataflex.selectors.less.LessOfflineSelector"
 WARMUP_DIR = "warmup"
 #: the recipe's settings when the config has no `less_offline` block (the paper's)
 DEFAULTS = {"warmup_fraction": 0.05, "warmup_epochs": 4, "train_epochs": None}

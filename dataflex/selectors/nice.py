@@ -31,7 +31,13 @@ from typing import Any
 import torch
 
 from dataflex.errors import ConfigError
-from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
+from dataflex.selectors.base import (
+    COUNT_OR_FRACTION,
+    PoolLossSelector,
+    budget_problem,
+    resolve_budget,
+    seeded_generator,
+)
 from dataflex.selectors.nice_rewards import (  # noqa: F401  (re-exported: the rewards' historical home)
     REWARDS,
     RewardFn,
@@ -57,6 +63,7 @@ from dataflex.signals.gradients import project_per_sample_gradients
 from dataflex.signals.pool import map_pool
 from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
+from dataflex.train.fields import param
 
 
 # -- pure core -------------------------------------------------------------------------------------
@@ -160,6 +167,10 @@ class _EosStop:
         return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
+#: what ``top_k`` takes (the sampling's top-k filter)
+TOP_K = "an int >= 0 (0: off; the reference code uses 50)"
+
+
 class NiceSelector(PoolLossSelector):
     """NICE, online: every update, sample responses to target prompts from the CURRENT model, reward
     them, turn the rewards into REINFORCE validation gradients, and keep the ``budget`` pool samples
@@ -188,8 +199,8 @@ class NiceSelector(PoolLossSelector):
 
     The warm-up decision is a seeded random subset of ``budget`` samples. Everything random is seeded
     by ``(seed, update_index)`` and the model/optimizer are restored on resume, so a resumed run selects
-    what the uninterrupted run selects; the checkpoint holds every round's indices and the latest
-    round's candidates, scores and rewards.
+    what the uninterrupted run selects; the checkpoint holds the latest round's candidates, scores
+    and rewards (every round's indices are saved under ``selections/``).
 
     Args:
         budget: samples per round: an int count or a float fraction of the pool in (0, 1].
@@ -220,60 +231,34 @@ class NiceSelector(PoolLossSelector):
 
     needs_validation = True
 
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
     #: generator streams of a round (0: the tie-break, 1: the candidate subset)
     VALIDATION_STREAM = 2
     SAMPLING_STREAM = 3
 
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        num_samples: int = 4,
-        temperature: float = 0.7,
-        max_new_tokens: int = 128,
-        top_p: float = 1.0,
-        generation_batch_size: int = 8,
-        val_prompts: float | None = None,
-        reward: str | RewardFn = "exact_match",
-        reward_kwargs: dict[str, Any] | None = None,
-        proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
-        gradient_type: str = "adam",
-        # -- fidelity options (docs/ALGORITHMS.md "nice") --
-        top_k: int = 0,
-    ):
+    num_samples: int = param(4, ge=1)
+    temperature: float = param(0.7, gt=0)
+    max_new_tokens: int = param(128, ge=1)
+    top_p: float = param(1.0, gt=0, le=1)
+    generation_batch_size: int = param(8, ge=1)
+    val_prompts: int | float | None = param(None, check=budget_problem, expects=f"{COUNT_OR_FRACTION}, or null")
+    reward: str | RewardFn = "exact_match"
+    reward_kwargs: dict[str, Any] | None = None
+    proj_dim: int = 8192
+    proj_kind: str = "rademacher"
+    gradient_type: str = param("adam", choices=("adam", "sgd"))
+    # -- fidelity options (docs/ALGORITHMS.md "nice") --
+    top_k: int = param(0, expects=TOP_K, check=lambda k: None if k >= 0 else f"must be {TOP_K}")
+
+    def __post_init__(self) -> None:
         from dataflex.signals.projection import Projector
 
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens), ("generation_batch_size", generation_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not float(temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ConfigError(f"selector=nice: top_k must be an int >= 0 (0: off), got {top_k!r}; the reference code uses 50")
-        self.top_k = top_k
-        if val_prompts is not None:
-            resolve_budget(val_prompts, max(1, 10**12), "val_prompts")
-        if gradient_type not in ("adam", "sgd"):
-            raise ValueError(f"gradient_type must be 'adam' or 'sgd', got {gradient_type!r}")
-        self.num_samples, self.max_new_tokens, self.generation_batch_size = num_samples, max_new_tokens, generation_batch_size
-        self.temperature, self.top_p = float(temperature), float(top_p)
-        self.val_prompts = val_prompts
+        super().__post_init__()
+        reward = self.reward
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__qualname__", repr(reward))
-        self.reward_fn = resolve_reward(reward, reward_kwargs)  # fails now, before any model loads
-        self.gradient_type = gradient_type
-        self.projector = Projector(proj_dim, seed=self.seed, kind=proj_kind)  # validates dim and kind
+        self.reward_fn = resolve_reward(self.reward, self.reward_kwargs)  # fails now, before any model loads
+        self.projector = Projector(self.proj_dim, seed=self.seed, kind=self.proj_kind)  # validates dim and kind
         # the latest round only (a full history would grow the checkpoint every round)
         self.last_scores: dict[str, Any] | None = None
 
@@ -317,7 +302,7 @@ class NiceSelector(PoolLossSelector):
             try:
                 return compute_rewards(self.reward_fn, prompts, responses, references)
             except Exception as err:  # noqa: BLE001 - a user's reward: name it, whatever it raised
-                raise ValueError(f"reward={self.reward_name}: {err}") from err
+                raise ConfigError(f"reward={self.reward_name}: {err}") from err
 
         return main_process_result(compute)
 

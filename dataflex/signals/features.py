@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dataflex.errors import ConfigError
 from dataflex.signals.adam import BETA1, BETA2, EPS, AdamProjector, adam_transform, shared_trainable_parameters
 from dataflex.signals.gradients import DEFAULT_CHUNK_SIZE, project_per_sample_gradients, trainable_parameters
 from dataflex.signals.pool import map_pool
@@ -211,11 +212,11 @@ def training_features(
             from dataflex.signals.optimizer import adam_state
 
             if optimizer is None:
-                raise ValueError("gradient_type=adam needs the trainer's optimizer (created at the start of training)")
+                raise ConfigError("gradient_type=adam needs the trainer's optimizer (created at the start of training)")
             try:
                 adam = adam_state(optimizer, model, full=True)  # whole parameters (a collective under ZeRO)
             except ValueError as err:
-                raise ValueError(f"{err}; or use gradient_type=sgd") from None
+                raise ConfigError(f"{err}; or use gradient_type=sgd") from None
         tied = frozenset(shared_trainable_parameters(model))
         sizes = {n: int(getattr(p, "ds_numel", p.numel())) for n, p in trainable_parameters(model).items()}
         adam_pass = (sizes, tied, adam_transform(adam, beta1, beta2, eps))

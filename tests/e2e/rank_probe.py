@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-import dataflex.config
-import dataflex.run
+import dataflex.train.build
 from dataflex.train.callback import DataFlexCallback
 
 DECISIONS = ("initial_indices", "select", "initial_proportions", "update", "batch_weights")
@@ -25,7 +24,7 @@ def recorded(kind, method, fn):
     return wrapper
 
 
-real_build = dataflex.config.build_component
+real_build = dataflex.train.build.build_component
 
 
 def build_component(kind, cfg):
@@ -37,8 +36,8 @@ def build_component(kind, cfg):
     return component
 
 
-dataflex.run.build_component = build_component
-dataflex.config.build_component = build_component  # Run builds its components through preflight, which imports it here
+# Run builds its components through dataflex.preflight, which imports build_component from here when it runs
+dataflex.train.build.build_component = build_component
 
 
 # DATAFLEX_TEST_POISON="RANK:STEP": NaN logits in that rank's training forward of that step

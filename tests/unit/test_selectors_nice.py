@@ -209,13 +209,12 @@ def make_ctx(model, tokenizer, template, validation, update_index=0):
     from dataflex.train.components import UpdateContext
 
     pool = rows_of(tokenizer, template, POOL, [i % 2 for i in range(len(POOL))])
-    trainer = SimpleNamespace(
-        model=model, processing_class=tokenizer, optimizer=None, train_dataset=pool,
-        data_collator=TemplateCollator(template, tokenizer.pad_token_id), dataflex_validation=validation,
-        dataflex_template=template,
-    )
     sampler = SimpleNamespace(pool_size=len(pool), domain_ids=torch.tensor(pool["domain_id"]))
-    return UpdateContext(trainer=trainer, sampler=sampler, global_step=2, update_index=update_index, max_steps=10)
+    return UpdateContext(
+        model=model, optimizer=None, pool=pool, collator=TemplateCollator(template, tokenizer.pad_token_id),
+        tokenizer=tokenizer, template=template, validation=validation, sampler=sampler,
+        global_step=2, update_index=update_index, max_steps=10,
+    )
 
 
 SMALL = {"num_samples": 2, "max_new_tokens": 6, "proj_dim": 64, "gradient_type": "sgd", "batch_size": 4, "seed": 5}
@@ -243,7 +242,6 @@ def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_refer
     scores = last["scores"]
     assert torch.isfinite(scores).all() and scores.abs().max() > 0
     assert scores[chosen].tolist() == torch.topk(scores, 3).values.tolist()  # the top 3, best first
-    assert sel.rounds[-1]["indices"] == chosen.tolist()
 
 
 def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
@@ -297,7 +295,8 @@ def test_subtask_centroids_give_less_scores():
 
 
 def test_selector_checks_its_settings_and_validation(model, tokenizer, template):
-    from dataflex.config import ConfigError, build_component
+    from dataflex.config import ConfigError
+    from dataflex.train.build import build_component
 
     for bad in ({"num_samples": 0}, {"temperature": 0.0}, {"max_new_tokens": 0}, {"top_p": 1.5},
                 {"val_prompts": 0}, {"proj_dim": 0}, {"proj_kind": "nope"}, {"gradient_type": "adagrad"}):
@@ -310,7 +309,8 @@ def test_selector_checks_its_settings_and_validation(model, tokenizer, template)
 def test_unknown_reward_is_a_config_error_before_any_model_loads():
     from support.config import compose_config
 
-    from dataflex.config import ConfigError, build_component
+    from dataflex.config import ConfigError
+    from dataflex.train.build import build_component
 
     cfg = compose_config(["selector=nice"])
     assert isinstance(build_component("selector", cfg.selector), N.NiceSelector)  # the shipped YAML builds
@@ -363,12 +363,14 @@ def dataflex_state(run_dir, step=6):
 def test_e2e_two_rounds_logged_and_saved(e2e_run):
     import json
 
+    from support.runs import saved_rounds
+
     run, metrics, run_dir = e2e_run
     assert metrics["global_step"] == 6 and math.isfinite(metrics["final_train_loss"])
     state = dataflex_state(run_dir)
     assert state["updates_done"]["selector"] == 2
     sel = state["components"]["selector"]
-    rounds = sel["rounds"]
+    rounds = saved_rounds(run_dir)
     assert [r["update_index"] for r in rounds] == [-1, 0, 1] and [r["step"] for r in rounds] == [0, 2, 4]
     assert all(len(r["indices"]) == len(set(r["indices"])) == 16 for r in rounds)
     plans = [p["indices"].tolist() for p in state["sampler"]["history"] if p["indices"] is not None]
@@ -384,9 +386,8 @@ def test_e2e_two_rounds_logged_and_saved(e2e_run):
 
     files = sorted((run_dir / "selections").glob("round_*.json"))
     assert [p.name for p in files] == ["round_000.json", "round_001.json", "round_002.json"]
-    for f, kept in zip(files, rounds):
-        record = json.loads(f.read_text())
-        assert record["run_id"] == run.run_id and record["indices"] == kept["indices"] and record["step"] == kept["step"]
+    for record in rounds:
+        assert record["run_id"] == run.run_id
         assert record["selected"] == 16 and sum(record["domains"].values()) == 16
     logged = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "selector/selected" in r]
     assert [r["step"] for r in logged] == [0, 2, 4] and sum("selector/overlap" in r for r in logged) == 2
@@ -443,7 +444,8 @@ def test_reference_sampling_preset_and_top_k(monkeypatch):
 
     from support.config import compose_config
 
-    from dataflex.config import ConfigError, build_component
+    from dataflex.config import ConfigError
+    from dataflex.train.build import build_component
 
     cheap = build_component("selector", compose_config(["selector=nice"]).selector)
     assert (cheap.num_samples, cheap.temperature, cheap.top_k, cheap.top_p) == (4, 0.7, 0, 1.0)

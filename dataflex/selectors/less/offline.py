@@ -3,8 +3,8 @@ pool with the per-epoch checkpoints of a warm-up run, learning-rate-weighted, an
 for the whole run (ALGORITHMS.md, less). ``python -m dataflex.cli.less_offline`` runs the warm-up
 and then this.
 
-The scoring is LESS's (:mod:`dataflex.selectors.less`; this recipe is a LESS variant, so it shares
-LESS's component base); the warm-up's checkpoints are read through :mod:`dataflex.train.checkpoints`.
+The scoring is LESS's (:mod:`dataflex.selectors.less.scoring`; this recipe is a LESS variant, so it
+shares LESS's component base); the warm-up's checkpoints are read through :mod:`dataflex.train.checkpoints`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from dataflex.errors import ConfigError
-from dataflex.selectors.less import (
+from dataflex.selectors.base import COUNT_OR_FRACTION, budget_problem
+from dataflex.selectors.less.scoring import (
     LessComponent,
     checkpoint_weight_vector,
     combine_subtask_similarities,
@@ -27,6 +29,7 @@ from dataflex.signals.features import top_k_indices
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.train.checkpoints import checkpoint_adam_state, load_trainable_weights, warmup_checkpoints
 from dataflex.train.components import UpdateContext
+from dataflex.train.fields import param
 from dataflex.utils import atomic_write_json
 
 #: What the offline selector writes into the run directory (besides selections/round_000.json).
@@ -42,7 +45,7 @@ class LessOfflineSelector(LessComponent):
     validation features ∇ℓ_c and the candidates' training features Γ_c (with c's saved Adam
     moments) are computed, and their mean cosine per validation subtask is kept (``[N, J]``).
     Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the epoch ending at c
-    (:func:`~dataflex.selectors.less.epoch_learning_rates`, from the last checkpoint's
+    (:func:`~dataflex.selectors.less.scoring.epoch_learning_rates`, from the last checkpoint's
     ``trainer_state.json``), normalised to sum 1. The model's own weights are restored before
     training starts (it trains from where it was built, as in the paper), and never updates
     afterwards.
@@ -51,34 +54,26 @@ class LessOfflineSelector(LessComponent):
     the checkpoints, their weights and the chosen samples' scores to ``less_offline.json`` in the
     run directory. ``python -m dataflex.cli.less_offline`` trains the warm-up and then runs this.
 
-    Args:
+    Attributes:
         budget: k, an int count or a float fraction of the pool (the paper: 5%).
         warmup_dir: the warm-up run directory (or its ``checkpoints``).
         checkpoints: the warm-up steps to use (None: every complete checkpoint).
         checkpoint_weights: explicit w_c, one per checkpoint (None: the epochs' mean learning rates).
-        (others as :class:`~dataflex.selectors.less.LessSelector`)
+        (others as :class:`~dataflex.selectors.less.online.LessSelector`)
     """
 
-    def __init__(
-        self,
-        budget=0.05,
-        warmup_dir: str | None = None,
-        checkpoints: Sequence[int] | None = None,
-        checkpoint_weights: Sequence[float] | None = None,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
-        gradient_type: str = "adam",
-        projection_cache_mb: float = 0,
-        validation_per_subtask: int | None = None,
-        # -- fidelity options (docs/ALGORITHMS.md "less") --
-        subtask_column: str | None = None,
-    ):
-        super().__init__(budget, 0, 0, 0, seed, candidates, batch_size,
-                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
-                         subtask_column=subtask_column)
+    # decides once, at the start: no schedule keys
+    warmup_steps: ClassVar[int] = 0
+    update_every: ClassVar[int] = 0
+    num_updates: ClassVar[int] = 0
+    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
+    warmup_dir: str | None = None
+    checkpoints: Sequence[int] | None = None
+    checkpoint_weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checkpoints, checkpoint_weights = self.checkpoints, self.checkpoint_weights
         if checkpoints is not None and (not list(checkpoints) or any(int(s) <= 0 for s in checkpoints)):
             raise ValueError(f"checkpoints must list positive warm-up steps (or be null), got {checkpoints!r}")
         if checkpoint_weights is not None:
@@ -87,7 +82,6 @@ class LessOfflineSelector(LessComponent):
                 raise ValueError(
                     f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints"
                 )
-        self.warmup_dir = warmup_dir
         self.checkpoints = None if checkpoints is None else sorted(int(s) for s in checkpoints)
         self.checkpoint_weights = None if checkpoint_weights is None else [float(w) for w in checkpoint_weights]
 
