@@ -13,6 +13,7 @@ import yaml
 from support.legacy import DATAFLEX, LLAMAFACTORY, copy_tree, offline_args
 
 from dataflex.cli import legacy
+from dataflex.data.assets import asset_path
 
 
 def train(tmp_path, monkeypatch, repo: Path, example: str, *extra: str, dataset_dir=None) -> tuple[dict, Path]:
@@ -37,3 +38,48 @@ def test_llamafactory_full_sft_example_trains(tmp_path, monkeypatch):
     assert saved["trainer"]["finetuning_type"] == "full"
     assert (run_dir / "model" / "model.safetensors").is_file()  # the full model, not an adapter
     assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [1, 2, 3, 4]
+
+
+# -- 2. the original DataFlex's examples of the methods dataflex has, with their components.yaml ------------
+
+
+def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, monkeypatch):
+    step1, ref_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_static_qwen_pt_full.yaml")
+    assert step1["global_step"] == 4
+    # the migrating user's one edit: step 2's reference_model_path is step 1's model (a path, as the original's)
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step2_dynamic_qwen_pt_full.yaml",
+                             f"component_overrides={{reference_model_path: {ref_dir / 'model'}}}")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
+    assert (saved["name"], saved["eta"], saved["smoothing"], saved["clip"]) == ("doremi", 0.1, 0.01, 5.0)
+    assert saved["reference_dir"] == str(ref_dir / "model")
+    assert any(k.startswith("mixer/") for r in logged(run_dir) for k in r)
+    assert metrics["global_step"] == 4
+
+
+def test_odm_example_with_the_original_components_yaml(tmp_path, monkeypatch):
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/odm_dynamic_qwen_pt_full.yaml")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
+    assert (saved["reward_scale"], saved["min_exploration"], saved["initial"]) == (15.0, 0.03, "uniform")
+    weights = [r for r in logged(run_dir) if any(k.startswith("mixer/") for k in r)]
+    assert weights and metrics["global_step"] >= 3
+
+
+def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
+    # the migrating user's edit: the reward model's path (the tiny model stands in for Llama-3.1-8B as the judge)
+    judge = f"selector.reward_kwargs.backend_params.local_vllm.hf_model_name_or_path={asset_path('tiny')}"
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/nice.yaml", judge,
+                             "selector.reward_kwargs.backend_params.local_vllm.vllm_max_tokens=4",
+                             "selector.max_new_tokens=8", "selector.val_prompts=2", "selector.proj_dim=64")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["selector"]
+    assert saved["reward"] == "dataflex.selectors.nice_judge:JudgeReward"
+    rounds = [r for r in logged(run_dir) if "selector/nice/reward_mean" in r]
+    assert rounds and all(0.0 <= r["selector/nice/reward_mean"] <= 1.0 for r in rounds)
+    assert metrics["global_step"] == 4
+
+
+@pytest.mark.parametrize("example", ["examples/train_lora/weighters/loss.yaml", "examples/test/test_mix.yaml"])
+def test_weighter_and_mixer_examples(tmp_path, monkeypatch, example):
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, example)
+    kind = "weighter" if "weighters" in example else "mixer"
+    assert any(k.startswith(f"{kind}/") for r in logged(run_dir) for k in r)
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])

@@ -66,11 +66,9 @@ def offline_args(path: Path, dataset_dir: Path | None = None, scale: bool = Fals
     if scale:
         args += [f"{k}={v}" for k, v in MACHINE.items() if k in keys]
         args += [f"{k}={v}" for k, v in SCALE.items()]
-        schedule = [f"{k}={v}" for k, v in SCHEDULE.items() if k in keys]
-        args += schedule or [f"max_steps={max_steps}"]
+        args += [f"{k}={v}" for k, v in SCHEDULE.items() if k in keys]
+        args.append(f"max_steps={max_steps}")  # the run length, also where the YAML counts epochs
         args += ["eval.before=false", "eval.after=false"]  # dataflex's own benchmark suites: not what is tested
-        if "max_steps" in keys:
-            args.append(f"max_steps={max_steps}")
     return args
 
 

@@ -5,11 +5,14 @@ tests/e2e/test_legacy_examples.py trains them)."""
 from __future__ import annotations
 
 import pytest
-from support.legacy import LLAMAFACTORY, offline_args
+import yaml
+from support.legacy import COMPONENTS, DATAFLEX, LLAMAFACTORY, offline_args
 
 from dataflex.backend.llamafactory import build_hparams
 from dataflex.config import to_dict
-from dataflex.legacy import compose, translate_file
+from dataflex.data.assets import asset_path
+from dataflex.legacy import compose, conf_file, translate, translate_file
+from dataflex.legacy.components import component_class
 
 
 def translated(path, *extra, dataset_dir=None):
@@ -37,3 +40,91 @@ def test_null_keys_of_the_shipped_trainer_are_never_deleted():
 
     base = {"finetuning_type": "full", "lora_rank": None, "learning_rate": 1e-4}
     assert diff_overrides("trainer", base, {"finetuning_type": "full"}, delete_missing=True) == ["~trainer.learning_rate"]
+
+
+# -- 2. every key of the original components.yaml for a method dataflex has ----------------------------
+
+ORIGINAL = yaml.safe_load(COMPONENTS.read_text())
+SECTION_KIND = {"selectors": ("selector", "dynamic_select"), "mixers": ("mixer", "dynamic_mix"),
+                "weighters": ("weighter", "dynamic_weight")}
+HAS = [(section, name) for section, entries in ORIGINAL.items() for name in entries
+       if conf_file(SECTION_KIND[section][0], name).is_file()]
+
+
+def original_yaml(section: str, name: str, **keys) -> dict:
+    kind, train_type = SECTION_KIND[section]
+    stage = {"stage": "pt", "finetuning_type": "full"} if kind == "mixer" else {"stage": "sft", "finetuning_type": "lora"}
+    domains = "offline_domains_code,offline_domains_drama" if kind == "mixer" else "offline_sft_definitions,offline_sft_facts"
+    return {"model_name_or_path": str(asset_path("tiny")), "template": "chatml", **stage, "dataset": domains,
+            "eval_dataset": "offline_sft_facts" if kind == "selector" else None, "train_type": train_type,
+            "component_name": name, "components_cfg_file": str(COMPONENTS), "warmup_step": 2, "update_step": 2,
+            "update_times": 1, **keys}
+
+
+def test_the_original_components_yaml_covers_the_methods_dataflex_has():
+    assert sorted(HAS) == sorted([
+        ("selectors", n) for n in ("nice", "less", "loss", "delta_loss", "tsds", "near", "random")
+    ] + [("mixers", n) for n in ("random", "doremi", "static", "odm")] + [("weighters", "loss")])
+
+
+@pytest.mark.parametrize("section, name", HAS, ids=lambda x: str(x))
+def test_every_original_param_is_accepted_and_lands_somewhere(section, name):
+    kind = SECTION_KIND[section][0]
+    legacy = {k: v for k, v in original_yaml(section, name).items() if v is not None}
+    t = translate(legacy, name="orig", env={})
+    cfg = to_dict(compose(t.overrides))
+    cls = component_class(kind, name)
+    renamed = getattr(cls, "legacy_keys", {})
+    for key, value in ORIGINAL[section][name]["params"].items():
+        target = renamed.get(key, key)
+        if any(note.startswith(f"{section}.{name}.{key}: not used (") for note in t.notes):
+            continue  # no counterpart: a note says why (the mapping table lists it)
+        if target in ("init_mixture_proportions",):
+            continue  # a DataFlex key: the mixer's start (tested below)
+        group = cfg[kind]
+        for part in target.split("."):
+            group = group[part]
+        assert group == value or (key == "warmup_steps" and group == 2), (key, target, group, value)
+
+
+def test_doremi_keys_are_its_reference_step_size_and_smoothing(tmp_path):
+    t = translate({**original_yaml("mixers", "doremi", eval_dataset=None),
+                   "component_overrides": {"reference_model_path": str(tmp_path)}}, name="d", env={})
+    mixer = to_dict(compose(t.overrides))["mixer"]
+    assert (mixer["reference_dir"], mixer["eta"], mixer["smoothing"], mixer["clip"]) == (str(tmp_path), 0.1, 0.01, 5.0)
+
+
+def test_odm_keys_with_the_original_defaults_and_start():
+    keys = original_yaml("mixers", "odm", eval_dataset=None)
+    mixer = to_dict(compose(translate(keys, name="o", env={}).overrides))["mixer"]
+    assert (mixer["reward_scale"], mixer["min_exploration"], mixer["alpha"]) == (15.0, 0.03, 0.9)
+    assert mixer["initial"] == "uniform"  # initial_proportions: [0.5, 0.5]
+    unequal = to_dict(compose(translate({**keys, "init_mixture_proportions": [0.7, 0.3]}, name="o", env={}).overrides))
+    assert unequal["mixer"]["initial"] == [0.7, 0.3]
+    # mixture_sample_rule: stratified/uniform fix the mixture in the original (its mixture manager ignores the mixer)
+    fixed = translate({**keys, "mixture_sample_rule": "stratified"}, name="o", env={})
+    assert "mixer=static" in fixed.overrides and "mixture_sample_rule: stratified keeps the mixture fixed" in fixed.notes[0]
+    assert to_dict(compose(fixed.overrides))["mixer"]["proportions"] is None  # by domain size
+
+
+def test_nice_reward_model_block_is_the_judge_reward():
+    t = translate({k: v for k, v in original_yaml("selectors", "nice").items() if v is not None}, name="n", env={})
+    selector = to_dict(compose(t.overrides))["selector"]
+    assert selector["reward"] == "dataflex.selectors.nice_judge:JudgeReward"
+    kwargs = selector["reward_kwargs"]
+    assert kwargs["backend"] == "local_vllm"
+    assert kwargs["backend_params"]["local_vllm"]["hf_model_name_or_path"] == "meta-llama/Llama-3.1-8B"
+    assert kwargs["backend_params"]["api"]["api_key"] == "DF_API_KEY"
+    assert (selector["num_samples"], selector["temperature"], selector["max_new_tokens"]) == (4, 0.7, 512)
+    assert any(n.startswith("selectors.nice.max_prompt_length: not used") for n in t.notes)
+    from dataflex.train.build import build_component
+
+    judge = build_component("selector", compose(t.overrides).selector).reward_fn  # nothing loads yet
+    assert judge.backend == "local_vllm" and judge.settings["vllm_max_tokens"] == 512
+
+
+def test_random_mixer_starts_from_the_original_proportions(monkeypatch):
+    monkeypatch.chdir(DATAFLEX)  # the examples name components_cfg_file from the repository's root
+    path = DATAFLEX / "examples/test/test_mix.yaml"
+    t = translate_file(path, offline_args(path))
+    assert to_dict(compose(t.overrides))["mixer"]["initial"] == [0.7, 0.3]
