@@ -176,11 +176,12 @@ class Run:
                  f", {chosen}" if chosen else "")
         if resume_from:
             log.info("resuming from %s", resume_from)
-        # the target/validation set is only tokenised for the selectors that read it
-        validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
+        # the target/validation set is only tokenised for the selectors that read it, and for its eval loss
+        eval_cfg = self.cfg.get("eval") or {}
+        wanted = self.components["selector"] is not None or bool(eval_cfg.get("loss"))
+        validation = validation_names(self.cfg["data"]) if wanted else []
         column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column
         built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
-        eval_cfg = self.cfg.get("eval") or {}
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
         callback = DataFlexCallback(
@@ -233,10 +234,13 @@ class Run:
         if name == "eval_before" and cache.is_file():
             return json.loads(cache.read_text())
         spec = dict(self.cfg["data"].get("eval") or {})
-        spec.update({k: v for k, v in (self.cfg.get("eval") or {}).items() if k not in ("before", "after", "every_n_steps")})
+        eval_cfg = self.cfg.get("eval") or {}
+        spec.update({k: v for k, v in eval_cfg.items() if k not in ("before", "after", "every_n_steps", "loss")})
         model = built.model
         with full_parameters(model):
             results = run_eval_suite(model, built.tokenizer, built.template, spec, progress=is_main_process())
+            if eval_cfg.get("loss") and built.validation is not None:
+                results.update(validation_loss(built, int(eval_cfg.get("batch_size") or 16)))
         if is_main_process():
             if name != "eval":
                 atomic_write_json(cache, results)
@@ -299,6 +303,28 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:
             self.evaluate(state.global_step)
+
+
+def validation_loss(built, batch_size: int) -> dict[str, float]:
+    """LLaMA-Factory's ``eval_loss`` on its ``eval_dataset`` (here ``data.validation``): the token-mean loss
+    of the current model, ``loss``, and ``loss/<name>`` per set when there are several."""
+    import torch
+
+    from dataflex.signals.losses import per_token_losses
+    from dataflex.signals.pool import map_pool
+
+    def sums(model, batch):
+        nll = per_token_losses(model, batch)
+        return torch.stack([nll.sum(1), (batch["labels"][:, 1:] != -100).sum(1).float()], dim=1)
+
+    totals = map_pool(sums, built.model, built.validation, built.collator, batch_size=batch_size, desc="eval loss")
+    out = {"loss": float(totals[:, 0].sum() / totals[:, 1].sum().clamp(min=1))}
+    if len(built.validation_names) > 1:
+        ids = torch.as_tensor(built.validation["domain_id"])
+        for i, name in enumerate(built.validation_names):
+            part = totals[ids == i]
+            out[f"loss/{name}"] = float(part[:, 0].sum() / part[:, 1].sum().clamp(min=1))
+    return out
 
 
 def _last_logged_loss(trainer) -> float | None:

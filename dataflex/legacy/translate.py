@@ -114,7 +114,8 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     values += diff_overrides("model", base["model"], model, delete_missing=custom_model)
     values += diff_overrides("data", base["data"], data, delete_missing=custom_data)
     values += diff_overrides("trainer", base["trainer"], trainer, delete_missing=True)
-    values += diff_overrides("eval", base["eval"], _evaluation(eval_keys, notes), delete_missing=False)
+    evaluation = _evaluation(eval_keys, notes, "eval_dataset" in data_keys, trainer.get("logging_steps"))
+    values += diff_overrides("eval", base["eval"], evaluation, delete_missing=False)
     if kind is not None:
         world = int(root.get("nproc", 1))
         desired = component_values(kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes)
@@ -154,14 +155,17 @@ def _owned(owned: dict, name: str, notes: list[str]) -> tuple[dict, dict]:
     return root, choices
 
 
-def _evaluation(keys: dict, notes: list[str]) -> dict:
+def _evaluation(keys: dict, notes: list[str], eval_dataset: bool = False, logging_steps: Any = None) -> dict:
     """The ``eval`` group's values from LLaMA-Factory's evaluation keys (the others get a note unless
-    they hold LLaMA-Factory's default)."""
+    they hold LLaMA-Factory's default). ``eval_strategy: steps`` evaluates every ``eval_steps`` (else
+    ``logging_steps``, as transformers does), with an ``eval_dataset`` its loss, as LLaMA-Factory does."""
     values = {}
-    steps = keys.get("eval_steps")
+    steps = keys.get("eval_steps") or logging_steps or llamafactory_default("logging_steps")
     if keys.get("eval_strategy") == "steps" and isinstance(steps, int) and steps > 0:
         values["every_n_steps"] = steps
-        del keys["eval_strategy"], keys["eval_steps"]
+        if eval_dataset:
+            values["loss"] = True
+        keys.pop("eval_strategy"), keys.pop("eval_steps", None)
     if "per_device_eval_batch_size" in keys:
         values["batch_size"] = keys.pop("per_device_eval_batch_size")
     ignored = [k for k, v in keys.items() if v != llamafactory_default(k)]

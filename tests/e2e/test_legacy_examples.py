@@ -43,6 +43,7 @@ def test_llamafactory_full_sft_example_trains(tmp_path, monkeypatch):
 # -- 2. the original DataFlex's examples of the methods dataflex has, with their components.yaml ------------
 
 
+@pytest.mark.slow
 def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, monkeypatch):
     step1, ref_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_static_qwen_pt_full.yaml")
     assert step1["global_step"] == 4
@@ -64,6 +65,7 @@ def test_odm_example_with_the_original_components_yaml(tmp_path, monkeypatch):
     assert weights and metrics["global_step"] >= 3
 
 
+@pytest.mark.slow
 def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
     # the migrating user's edit: the reward model's path (the tiny model stands in for Llama-3.1-8B as the judge)
     judge = f"selector.reward_kwargs.backend_params.local_vllm.hf_model_name_or_path={asset_path('tiny')}"
@@ -77,9 +79,26 @@ def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
     assert metrics["global_step"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["examples/train_lora/weighters/loss.yaml", "examples/test/test_mix.yaml"])
 def test_weighter_and_mixer_examples(tmp_path, monkeypatch, example):
     metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, example)
     kind = "weighter" if "weighters" in example else "mixer"
     assert any(k.startswith(f"{kind}/") for r in logged(run_dir) for k in r)
     assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+
+
+# -- 3. eval_strategy: steps + eval_dataset: LLaMA-Factory's eval loss at the YAML's cadence -----------------
+
+
+@pytest.mark.slow
+def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
+    # the loss selector example: eval_dataset alpaca_zh_demo (here offline_sft_facts), eval_strategy steps
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/loss.yaml",
+                             "eval_steps=2", "per_device_eval_batch_size=8", "max_samples=24")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())
+    assert saved["eval"]["loss"] is True and saved["eval"]["every_n_steps"] == 2
+    assert saved["data"]["validation"] == "offline_sft_facts"
+    periodic = {r["step"]: r["eval/loss"] for r in logged(run_dir) if "eval/loss" in r}
+    assert sorted(periodic) == [2] and math.isfinite(periodic[2]) and periodic[2] > 0  # step 4, the last: eval_after
+    assert any(r.get("selector/selected") for r in logged(run_dir))  # still the selector's target set

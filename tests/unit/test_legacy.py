@@ -164,7 +164,8 @@ def test_force_torchrun_sets_nproc_and_the_global_batch():
 def test_eval_keys_map_onto_dataflex_evaluation():
     t = translate(sft(eval_dataset="offline_sft_val_mcq", eval_strategy="steps", eval_steps=10, do_eval=False,
                       per_device_eval_batch_size=2, load_best_model_at_end=True), env={})
-    assert t.overrides[-2:] == ["eval.every_n_steps=10", "eval.batch_size=2"]
+    # with an eval_dataset, also its loss (LLaMA-Factory's eval_loss) at that cadence
+    assert t.overrides[-3:] == ["eval.every_n_steps=10", "eval.loss=true", "eval.batch_size=2"]
     assert len(t.notes) == 1 and t.notes[0].startswith("load_best_model_at_end: not used")
 
 
