@@ -24,6 +24,8 @@ TRAIN_TYPES = {
     "static": None, "static_full": None,
     "dynamic_select": "selector", "dynamic_mix": "mixer", "dynamic_weight": "weighter", "dynamic_weighting": "weighter",
 }
+# the LLaMA-Factory stages dataflex's Run trains (the others fall back to LLaMA-Factory's own workflow)
+DATAFLEX_STAGES = ("sft", "pt")
 SCHEDULE = {"warmup_step": "warmup_steps", "update_step": "update_every", "update_times": "num_updates"}
 SAMPLE_RULES = ("mixture", "stratified", "uniform")
 SECTIONS = {"selector": "selectors", "mixer": "mixers", "weighter": "weighters"}  # of components_cfg_file

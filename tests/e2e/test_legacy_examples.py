@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.legacy import DATAFLEX, LLAMAFACTORY, copy_tree, offline_args
+from support.legacy import DATAFLEX, LLAMAFACTORY, copy_tree, offline_args, write_pairwise
 
 from dataflex.cli import legacy
 from dataflex.data.assets import asset_path
@@ -102,3 +102,23 @@ def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
     periodic = {r["step"]: r["eval/loss"] for r in logged(run_dir) if "eval/loss" in r}
     assert sorted(periodic) == [2] and math.isfinite(periodic[2]) and periodic[2] > 0  # step 4, the last: eval_after
     assert any(r.get("selector/selected") for r in logged(run_dir))  # still the selector's target set
+
+
+# -- 4. other stages: LLaMA-Factory's own workflow, unchanged ---------------------------------------------
+
+
+@pytest.mark.parametrize("example", ["qwen3_lora_dpo.yaml", pytest.param("qwen3_lora_reward.yaml", marks=pytest.mark.slow)])
+def test_pairwise_stage_runs_llamafactorys_own_workflow(tmp_path, monkeypatch, example):
+    data = write_pairwise(tmp_path / "pairwise")  # an offline pairwise set in LLaMA-Factory's ranking format
+    root = copy_tree(tmp_path, LLAMAFACTORY)
+    monkeypatch.chdir(root)
+    rel = f"examples/train_lora/{example}"
+    args = [a for a in offline_args(root / rel, dataset_dir=data, scale=True) if not a.startswith("eval.")]
+    legacy.main(["train", rel, *args])
+    out = root / yaml.safe_load((root / rel).read_text())["output_dir"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert (out / "adapter_model.safetensors").is_file()  # LLaMA-Factory's own output layout, not a dataflex run
+    assert not (out / "dataflex_config.yaml").exists()
+    losses = [r["loss"] for r in state["log_history"] if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

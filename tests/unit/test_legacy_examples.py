@@ -9,7 +9,7 @@ import yaml
 from support.legacy import COMPONENTS, DATAFLEX, LLAMAFACTORY, offline_args
 
 from dataflex.backend.llamafactory import build_hparams
-from dataflex.config import to_dict
+from dataflex.config import ConfigError, to_dict
 from dataflex.data.assets import asset_path
 from dataflex.legacy import compose, conf_file, translate, translate_file
 from dataflex.legacy.components import component_class
@@ -128,3 +128,49 @@ def test_random_mixer_starts_from_the_original_proportions(monkeypatch):
     path = DATAFLEX / "examples/test/test_mix.yaml"
     t = translate_file(path, offline_args(path))
     assert to_dict(compose(t.overrides))["mixer"]["initial"] == [0.7, 0.3]
+
+
+# -- 4. stages other than sft/pt -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", ["qwen3_lora_dpo.yaml", "qwen3_lora_reward.yaml", "qwen3_lora_kto.yaml"])
+def test_other_stages_fall_back_to_llamafactory_unchanged(example, tmp_path):
+    path = LLAMAFACTORY / "examples/train_lora" / example
+    args = offline_args(path, dataset_dir=tmp_path)
+    t = translate_file(path, args)
+    original = yaml.safe_load(path.read_text())
+    substituted = {a.split("=", 1)[0] for a in args}
+    assert t.overrides == [] and t.llamafactory_args is not None
+    assert {k: v for k, v in t.llamafactory_args.items() if k not in substituted} == {
+        k: v for k, v in original.items() if k not in substituted}  # every other key exactly as the YAML has it
+    assert t.run_dir == original["output_dir"]
+    assert t.command().replace(" \\\n   ", "").startswith(f"llamafactory-cli train {path}")
+    assert t.notes[0].startswith(f"stage: {original['stage']} runs LLaMA-Factory's own workflow")
+
+
+def test_other_stage_with_a_dataflex_method_is_refused_naming_the_stages():
+    path = LLAMAFACTORY / "examples/train_lora/qwen3_lora_dpo.yaml"
+    with pytest.raises(ConfigError, match=r"^stage: dpo with train_type: dynamic_select: dataflex's selectors, "
+                                          r"mixers and weighters train stage sft or pt only; use train_type: static"):
+        translate_file(path, [*offline_args(path), "train_type=dynamic_select", "component_name=loss"])
+
+
+def test_remote_dataset_dir_stays_remote():
+    path = LLAMAFACTORY / "examples/train_lora/qwen3_lora_sft_ray.yaml"
+    t = translate_file(path, [f"model_name_or_path={asset_path('tiny')}", "template=chatml"])
+    assert to_dict(compose(t.overrides))["data"]["dataset_dir"] == "REMOTE:llamafactory/demo_data"
+
+
+def test_migrate_refuses_what_train_refuses(tmp_path, capsys):
+    from dataflex.cli import legacy
+
+    path = DATAFLEX / "examples/train_lora/selectors/loss.yaml"
+    args = [*offline_args(path), f"components_cfg_file={COMPONENTS}", "max_steps=5"]  # warmup_step 10 >= 5 steps
+    for command in ("migrate", "train"):
+        with pytest.raises(SystemExit) as exit_:
+            legacy.main([command, str(path), *args, f"output_dir={tmp_path / command}"])
+        assert exit_.value.code == 2
+        assert "selector=loss never updates: selector.warmup_steps=10 >= trainer.max_steps=5" in capsys.readouterr().err
+    assert not (tmp_path / "train").exists()  # refused before anything is written
+    legacy.main(["migrate", str(LLAMAFACTORY / "examples/train_lora/qwen3_lora_dpo.yaml")])
+    assert capsys.readouterr().out.startswith("llamafactory-cli train")
