@@ -81,8 +81,15 @@ class Run:
 
     # -- run directory ---------------------------------------------------------------------------
     def _check_run_dir(self) -> str | None:
-        """Refuse a directory holding a different run; return the checkpoint to resume, if any."""
+        """Refuse a directory holding a different run; return the checkpoint to resume, if any.
+        ``trainer.overwrite_output_dir: true`` (LLaMA-Factory's key) starts afresh instead, as
+        LLaMA-Factory does: the previous run's outputs are removed and nothing is resumed."""
         saved_path = self.run_dir / CONFIG_FILE
+        if (self.cfg.get("trainer") or {}).get("overwrite_output_dir"):
+            if is_main_process():
+                self._remove_previous_run()
+                atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
+            return None
         identity = {k: self.cfg.get(k) for k in IDENTITY_KEYS}
         if saved_path.is_file():
             saved = yaml.safe_load(saved_path.read_text()) or {}
@@ -118,6 +125,23 @@ class Run:
                     "remove it or use a new directory (hydra.run.dir=...)"
                 )
         return resume_from
+
+    def _remove_previous_run(self) -> None:
+        """The files and folders a run writes here (nothing else in the directory is touched)."""
+        import shutil
+
+        removed = []
+        for name in (*PREVIOUS_RUN, CONFIG_FILE):
+            path = self.run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(name)
+        if removed:
+            log.info("overwrite_output_dir: removed the previous run's %s from %s", ", ".join(removed), self.run_dir)
 
     def _holds_results(self) -> bool:
         """True when the directory holds something a run produced to keep: a checkpoint or metrics."""
@@ -261,6 +285,9 @@ class Run:
 
 
 LOCK_FILE = ".dataflex.lock"
+# what a run leaves in its directory besides CONFIG_FILE (removed by trainer.overwrite_output_dir: true)
+PREVIOUS_RUN = ("checkpoints", "model", "metrics.json", "metrics.jsonl", "eval_before.json", "eval_after.json",
+                "selections", "proportions.png", "doremi_weights.json", "data")
 
 
 @contextlib.contextmanager

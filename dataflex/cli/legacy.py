@@ -76,6 +76,11 @@ def run_llamafactory(args: dict) -> dict:
     return {"stage": args.get("stage"), "output_dir": args.get("output_dir")}
 
 
+def for_legacy(message: str) -> str:
+    """A message in the legacy YAML's words: the run directory is its ``output_dir``."""
+    return message.replace("hydra.run.dir=... or output_dir=...", "output_dir=...").replace("hydra.run.dir=...", "output_dir=...")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every dataflex error
         print(f"dataflex: error: {message} (see dataflex-cli --help)", file=sys.stderr, flush=True)
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run_translation(translation)
     except DataFlexError as err:
-        fail(str(err))
+        fail(for_legacy(str(err)))
 
 
 if __name__ == "__main__":

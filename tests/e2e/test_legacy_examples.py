@@ -122,3 +122,34 @@ def test_pairwise_stage_runs_llamafactorys_own_workflow(tmp_path, monkeypatch, e
     assert not (out / "dataflex_config.yaml").exists()
     losses = [r["loss"] for r in state["log_history"] if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+# -- 5. output directories ----------------------------------------------------------------------------------
+
+
+def test_overwrite_output_dir_starts_afresh_as_llamafactory_does(tmp_path, monkeypatch, capsys):
+    example = "examples/train_lora/qwen3_lora_sft.yaml"  # overwrite_output_dir: true
+    first, run_dir = train(tmp_path, monkeypatch, LLAMAFACTORY, example)
+    assert first["global_step"] == 4 and (run_dir / "checkpoints" / "checkpoint-4").is_dir()
+    # other settings into the same output_dir: trained afresh (not refused, not resumed)
+    second, _ = train(tmp_path, monkeypatch, LLAMAFACTORY, example, "max_steps=3", "learning_rate=2e-4")
+    assert second["global_step"] == 3
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3"]
+    assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [1, 2, 3]
+    # without it, the directory holding another run is refused, naming the legacy YAML's output_dir
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train(tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false", "learning_rate=3e-4")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "holds another run" in err
+    assert "output_dir=..." in err and "hydra.run.dir" not in err
+
+
+def test_a_refused_attempt_does_not_claim_the_directory(tmp_path, monkeypatch, capsys):
+    example = "examples/train_full/qwen3_full_sft.yaml"
+    # refused by LLaMA-Factory's own argument check, after the run directory exists
+    with pytest.raises(SystemExit):
+        train(tmp_path, monkeypatch, LLAMAFACTORY, example, "lr_scheduler_type=no_such_schedule")
+    assert "no_such_schedule" in capsys.readouterr().err
+    metrics, _ = train(tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false")  # the corrected command
+    assert metrics["global_step"] == 4
