@@ -190,7 +190,12 @@ class Run:
             tracker.close()
 
     def _fit(self, tracker: Tracker, resume_from: str | None) -> dict[str, Any]:
-        from dataflex.backend.llamafactory import build, build_hparams, build_trainer, validation_names
+        from dataflex.backend.llamafactory import (
+            build,
+            build_hparams,
+            build_trainer,
+            validation_names,
+        )
         from dataflex.train.callback import DataFlexCallback
 
         start = time.time()

@@ -22,7 +22,14 @@ from dataflex.cli.run import fail
 from dataflex.config import to_dict
 from dataflex.launch import launch
 from dataflex.legacy import (  # noqa: F401  (the translator's names, re-exported for existing imports)
-    TRAIN_TYPES, Translation, compose, conf_file, read_legacy, render_value, translate, translate_file,
+    TRAIN_TYPES,
+    Translation,
+    compose,
+    conf_file,
+    read_legacy,
+    render_value,
+    translate,
+    translate_file,
 )
 from dataflex.legacy.translate import refusals
 from dataflex.logs import get_logger
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train from a legacy YAML")
     migrate = commands.add_parser("migrate", help="print the equivalent dataflex-run command")
     for sub in (train, migrate):
-        sub.add_argument("config", help="a LLaMA-Factory / DataFlex training YAML")
+        sub.add_argument("config", nargs="?", help="a LLaMA-Factory / DataFlex training YAML")
         sub.add_argument("overrides", nargs="*", help="key=value: a YAML key, or a dataflex-run override")
     commands.add_parser("version", help="print the versions of the stack")
     return parser
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in versions().items():
             print(f"{name:<14}{value}")
         return
+    if args.config is None:
+        fail(f"dataflex-cli {args.command} needs a training YAML: dataflex-cli {args.command} path/to/config.yaml")
     try:
         translation = translate_file(args.config, args.overrides)
         for note in translation.notes:

@@ -10,10 +10,17 @@ import yaml
 
 from dataflex.errors import ConfigError
 from dataflex.legacy.keys import (
-    DATAFLEX_KEYS, SAMPLE_RULES, SCHEDULE, SECTIONS, UNUSED_EVERYWHERE, did_you_mean, llamafactory_default,
+    DATAFLEX_KEYS,
+    SAMPLE_RULES,
+    SCHEDULE,
+    SECTIONS,
+    UNUSED_EVERYWHERE,
+    did_you_mean,
+    llamafactory_default,
 )
 from dataflex.legacy.overrides import conf_file, group_options
 from dataflex.train.targets import target_class
+
 
 def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) -> tuple[str, dict]:
     """The component's option name and its params (``components_cfg_file``, then ``component_overrides``)."""

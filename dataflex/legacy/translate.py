@@ -9,15 +9,32 @@ from pathlib import Path
 from typing import Any
 
 from dataflex.errors import ConfigError
-from dataflex.train.build import build_component
 from dataflex.legacy.components import component_params, component_values, run_length
 from dataflex.legacy.keys import (
-    DATA_KEYS, DATAFLEX_KEYS, DATAFLEX_STAGES, EVAL_KEYS, GROUPS, MODEL_KEYS, OWNED_KEYS, TRAIN_TYPES, check_keys, did_you_mean,
-    llamafactory_default, read_legacy,
+    DATA_KEYS,
+    DATAFLEX_KEYS,
+    DATAFLEX_STAGES,
+    EVAL_KEYS,
+    GROUPS,
+    MODEL_KEYS,
+    OWNED_KEYS,
+    TRAIN_TYPES,
+    check_keys,
+    check_types,
+    did_you_mean,
+    llamafactory_default,
+    read_legacy,
 )
 from dataflex.legacy.overrides import (
-    compose, conf_file, diff_overrides, group_options, override_key, render_value, resolved,
+    compose,
+    conf_file,
+    diff_overrides,
+    group_options,
+    override_key,
+    render_value,
+    resolved,
 )
+from dataflex.train.build import build_component
 
 
 def _same_location(a: Any, b: Any) -> bool:
@@ -93,6 +110,7 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     """
     env = os.environ if env is None else env
     check_keys(legacy, name)
+    check_types(legacy)
     trainer = dict(legacy)  # what is left after the pops: LLaMA-Factory training arguments, as they are
     flex, owned = _pop(trainer, DATAFLEX_KEYS), _pop(trainer, OWNED_KEYS)
     model_keys, data_keys, eval_keys = _pop(trainer, MODEL_KEYS), _pop(trainer, DATA_KEYS), _pop(trainer, EVAL_KEYS)
@@ -167,8 +185,8 @@ def refusals(translation: Translation) -> None:
 def _fallback(legacy: dict, flex: dict, passthrough, name: str, stage: str) -> Translation:
     """A stage dataflex's components do not train, with no DataFlex method: LLaMA-Factory's own workflow,
     the YAML's LLaMA-Factory keys unchanged."""
-    notes = [f"stage: {stage} runs LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
-             "its outputs are LLaMA-Factory's, in output_dir"]
+    notes = [(f"stage: {stage} runs LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
+              "its outputs are LLaMA-Factory's, in output_dir")]
     ignored = sorted(set(flex) - {"train_type"})
     if ignored:
         notes.append(f"{', '.join(ignored)}: no effect with stage: {stage} (plain LLaMA-Factory training)")

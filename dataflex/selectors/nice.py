@@ -313,7 +313,7 @@ class NiceSelector(PoolLossSelector):
         def compute() -> torch.Tensor:
             try:
                 return compute_rewards(self.reward_fn, prompts, responses, references)
-            except Exception as err:  # noqa: BLE001 - a user's reward: name it, whatever it raised
+            except Exception as err:
                 raise ConfigError(f"reward={self.reward_name}: {err}") from err
 
         return main_process_result(compute)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.legacy import DATAFLEX, LLAMAFACTORY, copy_tree, offline_args, write_pairwise
+from support.legacy import (
+    DATAFLEX,
+    LLAMAFACTORY,
+    copy_tree,
+    offline_args,
+    write_pairwise,
+)
 
 from dataflex.cli import legacy
 from dataflex.data.assets import asset_path
@@ -94,8 +100,8 @@ def test_weighter_and_mixer_examples(tmp_path, monkeypatch, example):
 @pytest.mark.slow
 def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
     # the loss selector example: eval_dataset alpaca_zh_demo (here offline_sft_facts), eval_strategy steps
-    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/loss.yaml",
-                             "eval_steps=2", "per_device_eval_batch_size=8", "max_samples=24")
+    _, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/loss.yaml",
+                       "eval_steps=2", "per_device_eval_batch_size=8", "max_samples=24")
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())
     assert saved["eval"]["loss"] is True and saved["eval"]["every_n_steps"] == 2
     assert saved["data"]["validation"] == "offline_sft_facts"

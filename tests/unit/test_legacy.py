@@ -17,7 +17,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dataflex.cli import legacy
-from dataflex.cli.legacy import compose, conf_file, read_legacy, translate, translate_file
+from dataflex.cli.legacy import (
+    compose,
+    conf_file,
+    read_legacy,
+    translate,
+    translate_file,
+)
 from dataflex.config import ConfigError
 from dataflex.data.assets import asset_path
 

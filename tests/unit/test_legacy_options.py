@@ -87,7 +87,7 @@ def test_judge_settings_are_checked_when_built_and_nothing_loads():
 class _Judge(BaseHTTPRequestHandler):
     seen: list = []
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Judge.seen.append((self.headers["Authorization"], body))
         answer = "0.9" if "Reference:\n4" in body["messages"][1]["content"] and "Candidate:\n4" in body["messages"][1]["content"] else "score 0.1"
