@@ -169,17 +169,21 @@ def preflight(cfg: Mapping[str, Any], check_inputs: bool = True) -> dict[str, An
     """Every check above, in the order a user fixes them, with the components built (their keys
     and types checked) before their schedules; raises the first :class:`ConfigError`.
 
-    ``check_inputs=False`` skips the components' :meth:`check_before_start` (the files an earlier
-    step writes: a dry run of a chained study checks its later phases before those files exist).
+    ``check_inputs=False`` skips the components' :meth:`check_before_start` and the tokenized pool's
+    check (the files an earlier step writes: a dry run of a chained study checks its later phases
+    before those files exist).
 
     Returns:
         ``{"selector" | "mixer" | "weighter": component or None}``.
     """
+    from dataflex.backend.pools import check_tokenized_pool
     from dataflex.config import build_component
 
     check_run_keys(cfg)
     check_trainer(cfg.get("trainer") or {})
     check_data_and_eval(cfg.get("data") or {}, cfg.get("eval") or {})
+    if check_inputs:
+        check_tokenized_pool(cfg.get("data") or {})  # the saved pool and its domain column, before a model loads
     components = {kind: build_component(kind, cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
     check_schedules(cfg)
     check_validation(cfg, components["selector"])
