@@ -85,6 +85,7 @@ bench-less: data
 bench-scale: setup
 	$(BIN)/python benchmarks/scale.py --sizes 1000000 --steps 10000 --resume-at 1000 10000 --before
 	$(BIN)/python benchmarks/scale.py --sizes 10000000 --steps 1000 --resume-at 1000
+	$(BIN)/python benchmarks/scale.py --tokenized 1000000 10000000 --steps 1000
 
 # A selector over a 200k-sample synthetic pool (and 20k): peak RSS and time vs plain training.
 bench-load: data
