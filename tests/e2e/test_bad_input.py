@@ -237,6 +237,22 @@ def test_cli_exit_code_and_one_line(tmp_path, args, needle):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_cli_tokenized_pool_without_its_domain_column(tmp_path):
+    """A tokenized pool (save_to_disk) lacking data.domain_column: one line, before torchrun starts its
+    workers: the run directory holds only what Hydra writes (.hydra/, run.log) (issue 20)."""
+    from datasets import Dataset
+
+    pool = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 4, "attention_mask": [[1, 1, 1]] * 4})
+    pool.save_to_disk(str(tmp_path / "tok"))
+    result = dataflex_run(tmp_path, "nproc=2", "data=slimpajama", "trainer=pt_full", "mixer=odm", "data.domains=null",
+                          f"data.tokenized_path={tmp_path / 'tok'}", "data.domain_column=domain")
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
+    assert len(errors) == 1 and "the rows have no column domain (data.domain_column)" in errors[0], errors
+    assert "input_ids, attention_mask" in errors[0] and "Traceback" not in result.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "run.log"]
+
+
 @pytest.mark.parametrize("group", ["selector", "mixer", "weighter", "model"])
 def test_unknown_group_option_lists_the_valid_ones(tmp_path, group):
     result = dataflex_run(tmp_path, f"{group}=bogus")

@@ -124,21 +124,26 @@ def test_read_domain_ids_by_fingerprint(tmp_path, cache_dir):
     """The cache is per (fingerprint, column): another column is read anew; values need not be strings."""
     from datasets import Dataset
 
-    data = Dataset.from_dict({"x": [1, 2, 3, 4], "group": [3, 1, None, 3], "meta": [{"s": "q"}, {"s": "p"}, {"s": None}, {}]})
+    data = Dataset.from_dict({"x": [1, 2, 3, 4], "group": [3, 1, None, 3],
+                              "meta": [{"s": "q"}, {"s": "p"}, {"s": None}, {}]})
     ids, values = pools.read_domain_ids(data, "group", "test")
     assert values == ["1", "3"] and ids.tolist() == [1, 0, -1, 1]
     ids, values = pools.read_domain_ids(data, "meta.s", "test")
     assert values == ["p", "q"] and ids.tolist() == [1, 0, -1, -1]
     assert len(list(cache_dir.iterdir())) == 2
-    with pytest.raises(ConfigError, match=r"test: the rows have no column meta.t \(data.domain_column\); their columns: x, group, meta"):
+    with pytest.raises(ConfigError, match=r"test: the rows have no column meta.t \(data.domain_column\); "
+                                          r"their columns: x, group, meta"):
         pools.read_domain_ids(data, "meta.t", "test")
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"domain_column": "domain"}, r"^data.tokenized_path=.*tokenized: the rows have no column domain \(data.domain_column\); "
-                                  r"their columns: input_ids, attention_mask, source; add the column"),
-    ({"tokenized_path": "/nonexistent/pool"}, r"^data.tokenized_path=/nonexistent/pool: /nonexistent/pool holds no saved dataset"),
-    ({"domain_column": None, "domains": ["a", "b"]}, r"a tokenized pool is one saved dataset; its domains come from a column"),
+    ({"domain_column": "domain"},
+     r"^data.tokenized_path=.*tokenized: the rows have no column domain \(data.domain_column\); "
+     r"their columns: input_ids, attention_mask, source; add the column"),
+    ({"tokenized_path": "/nonexistent/pool"},
+     r"^data.tokenized_path=/nonexistent/pool: /nonexistent/pool holds no saved dataset"),
+    ({"domain_column": None, "domains": ["a", "b"]},
+     r"a tokenized pool is one saved dataset; its domains come from a column"),
 ])
 def test_bad_tokenized_pool_is_one_line_before_the_model_loads(tmp_path, monkeypatch, change, match):
     """Refused by the preflight, in one line: no model loaded, nothing written in the run directory."""
