@@ -58,6 +58,22 @@ def rendezvous_args(cfg: Any, run_dir: Path) -> list[str]:
             f"--rdzv-endpoint={master}:{port}", f"--rdzv-id={rdzv_id}", f"--rdzv-conf=join_timeout={int(timeout)}"]
 
 
+def _scontrol(*args: str) -> str:
+    """``scontrol ARGS``'s output, or "" where scontrol is missing or fails."""
+    try:
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def node_address(node: str) -> str:
+    """The address the other tasks reach SLURM node ``node`` at: its NodeAddr (``scontrol show node``),
+    which a cluster sets where node names are not host names; the name itself otherwise."""
+    fields = dict(f.split("=", 1) for f in _scontrol("show", "node", "-o", node).split() if "=" in f)
+    address = fields.get("NodeAddr")
+    return address if address and address != "(null)" else node
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list (``gpu[07-08],cpu1`` -> ``gpu07``), as ``scontrol show hostnames``."""
     depth, end = 0, len(nodelist)
@@ -78,7 +94,7 @@ def slurm_rank_env(cfg: Any, environ: dict[str, str]) -> dict[str, str] | None:
     """The torch.distributed environment of one task of a multi-task SLURM job (``hydra.launcher.nodes=N
     hydra.launcher.tasks_per_node=G``: srun starts every rank, no torchrun), or None outside one.
 
-    The master is the first host of ``SLURM_JOB_NODELIST``; ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` come
+    The master is the first host of ``SLURM_JOB_NODELIST`` (at its NodeAddr); ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` come
     from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``. Each task is one process, so ``nproc`` must
     equal the tasks per node."""
     ntasks = int(environ.get("SLURM_NTASKS", "1") or 1)
@@ -91,12 +107,8 @@ def slurm_rank_env(cfg: Any, environ: dict[str, str]) -> dict[str, str] | None:
         raise ConfigError(f"the SLURM job runs {per_node} task(s) per node (hydra.launcher.tasks_per_node) but "
                           f"nproc={nproc}; each task is one process: set nproc={per_node}")
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or "localhost"
-    try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        hosts = []
-    master = hosts[0] if hosts else first_host(nodelist)
+    hosts = _scontrol("show", "hostnames", nodelist).split()
+    master = node_address(hosts[0] if hosts else first_host(nodelist))
     port = int(cfg.get("master_port") or 29500) + int(environ.get("SLURM_JOB_ID", "0") or 0) % 1000
     return {"MASTER_ADDR": master, "MASTER_PORT": str(port), "RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
             "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(per_node),

@@ -2,7 +2,8 @@
 
 The session fixture starts the cluster (installing Debian's packages when missing and root) and
 stops it afterwards if it started it; where it cannot start, every test here is skipped with the
-reason. Both tests go through sweeps/compare_mixers.sh with hydra/launcher=slurm.
+reason. The sweep tests go through sweeps/compare_mixers.sh with hydra/launcher=slurm; the multi-task
+test runs one job as 2 SLURM tasks through dataflex-run's launcher keys.
 """
 
 from __future__ import annotations
@@ -145,3 +146,35 @@ def test_preempted_job_resumes_from_its_checkpoint_and_ends_like_an_uninterrupte
     shared = ["data=offline_domains", "trainer=pt_full", "++trainer.include_num_input_tokens_seen=non_padding"]  # the sweep's
     Run(compose_config([*shared, "seed=1", *overrides, *training, *component], tiny=False), reference).fit()
     assert losses(run_dir) == pytest.approx(losses(reference), abs=1e-6)
+
+
+def test_two_slurm_tasks_decide_the_same_and_as_one_process(slurm_cluster, tmp_path):
+    """One job as 2 SLURM tasks (hydra.launcher.tasks_per_node=2: srun starts both ranks, each sets up
+    torch.distributed from SLURM's environment, no torchrun): every decision is identical on both ranks
+    and equal to a one-process run with the same global batch (issue 20). The decisions are recorded by
+    the rank probe, installed in each task by a Hydra callback."""
+    from support.config import TINY
+    from support.ranks import BASE, LOSS, ODM, PT, assert_as_one_process, assert_ranks_agree, decisions, launch
+
+    probe, sweep_dir = tmp_path / "probe", tmp_path / "sweep"
+    probe.mkdir()
+    overrides = [*PT, *LOSS, *ODM]
+    command = [str(Path(sys.executable).parent / "dataflex-run"), "-m", "hydra/launcher=slurm",
+               "hydra.launcher.nodes=1", "hydra.launcher.tasks_per_node=2", "nproc=2", *TINY, *BASE, *overrides,
+               "trainer.per_device_train_batch_size=2", *CLUSTER, "hydra.launcher.timeout_min=10",
+               "+hydra.callbacks.probe._target_=rank_probe.ProbeCallback", f"+hydra.callbacks.probe.out_dir={probe}",
+               f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job"]
+    env = {**slurm_cluster, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:] + logs[-3000:]
+    # one SLURM job of two tasks (submitit's per-task logs), which ran one training job
+    assert {p.name.split("_")[1] for p in sweep_dir.glob(".submitit/*/*_log.out")} == {"0", "1"}
+    assert json.loads((sweep_dir / "job" / "metrics.json").read_text())["global_step"] == 6
+
+    r0, r1 = (torch.load(probe / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["world"] == r1["world"] == 2
+    assert_ranks_agree(r0, r1)
+    (single,) = launch(tmp_path, "one", overrides, nproc=1)
+    assert_as_one_process(decisions(r0), decisions(single))
+    assert len(decisions(r0, "select")) == 2 and len(decisions(r0, "update")) == 6

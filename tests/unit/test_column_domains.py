@@ -8,26 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.columns import column_config, registry_for, write_source
 from support.config import compose_config
 
 from dataflex.backend.llamafactory import build_hparams, split_by_column
 from dataflex.config import ConfigError, to_dict
-
-WORDS = {"a": "alpha apple anchor", "b": "bravo banana bridge", "c": "charlie cherry castle"}
-
-
-def write_source(path: Path, n_per_value: int = 6) -> Path:
-    rows = []
-    for i in range(n_per_value):
-        for value, words in WORDS.items():
-            rows.append({"text": f"{words} number {i} " * 12, "meta": {"src": value, "i": i}})
-    rows.append({"text": "a row without the column", "meta": {}})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def registry_for(path: Path) -> dict:
-    return {"mixed": {"file_name": str(path), "columns": {"prompt": "text"}}}
 
 
 def test_split_keeps_all_fields_orders_and_reuses(tmp_path):
@@ -61,18 +46,6 @@ def test_a_value_with_a_comma_is_refused(tmp_path):
     path.write_text(json.dumps({"text": "x", "meta": {"src": "a,b"}}) + "\n")
     with pytest.raises(ConfigError, match="contains a comma"):
         split_by_column({"source": "mixed", "column": "meta.src"}, registry_for(path), tmp_path / "out")
-
-
-def column_config(tmp_path, overrides=(), domains=None):
-    cfg = to_dict(compose_config(["data=offline_domains", "trainer=pt_full", "eval.before=false", "eval.after=false",
-                                  "trainer.max_steps=4", "trainer.per_device_train_batch_size=4", *overrides]))
-    cfg["data"] = {"name": "mixed", "asset": None, "stage": "pt", "dataset_dir": None,
-                   "registry": registry_for(write_source(tmp_path / "mixed.jsonl")),
-                   "source": "mixed", "domain_column": "meta.src", "domains": domains,
-                   "cutoff_len": 32, "max_samples": None, "eval": {}}
-    if cfg["mixer"].get("domains") is not None or "domains" in cfg["mixer"]:
-        cfg["mixer"]["domains"] = domains  # what ${data.domains} interpolates to
-    return cfg
 
 
 def test_source_is_required():

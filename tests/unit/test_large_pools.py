@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.columns import column_config
 from support.config import compose_config
-from unit.test_column_domains import column_config
 
-import dataflex.backend.pools as pools
+from dataflex.backend import pools
 from dataflex.config import ConfigError, to_dict
 from dataflex.run import Run
 
@@ -138,8 +138,8 @@ def test_read_domain_ids_by_fingerprint(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("change, match", [
     ({"domain_column": "domain"},
-     r"^data.tokenized_path=.*tokenized: the rows have no column domain \(data.domain_column\); "
-     r"their columns: input_ids, attention_mask, source; add the column"),
+     (r"^data.tokenized_path=.*tokenized: the rows have no column domain \(data.domain_column\); "
+      r"their columns: input_ids, attention_mask, source; add the column")),
     ({"tokenized_path": "/nonexistent/pool"},
      r"^data.tokenized_path=/nonexistent/pool: /nonexistent/pool holds no saved dataset"),
     ({"domain_column": None, "domains": ["a", "b"]},

@@ -71,6 +71,23 @@ def test_a_slurm_task_is_one_rank_with_the_first_host_as_master(monkeypatch):
     assert slurm_rank_env(cfg(), {}) is None
 
 
+def test_the_master_is_the_first_nodes_address_where_scontrol_knows_it(monkeypatch, tmp_path):
+    """Node names need not resolve (a cluster with NodeAddr set, like scripts/slurm.sh's): the master is
+    the NodeAddr ``scontrol show node`` gives for the first host; without one, the host name."""
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("""#!/bin/sh
+case "$1 $2" in
+  "show hostnames") case "$3" in *07*) echo gpu07; echo gpu08 ;; *) echo gpu08; echo gpu09 ;; esac ;;
+  "show node") [ "$4" = gpu07 ] && echo "NodeName=gpu07 Arch=x86_64 NodeAddr=10.1.2.7 NodeHostName=gpu07 State=IDLE" ;;
+esac
+""")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert slurm_rank_env(cfg(nproc=2), SLURM)["MASTER_ADDR"] == "10.1.2.7"
+    # gpu08 has no NodeAddr: its name
+    assert slurm_rank_env(cfg(nproc=2), {**SLURM, "SLURM_JOB_NODELIST": "gpu[08-09]"})["MASTER_ADDR"] == "gpu08"
+
+
 def test_tasks_per_node_must_match_nproc():
     with pytest.raises(ConfigError, match="runs 2 task\\(s\\) per node .* but nproc=8; .* set nproc=2"):
         slurm_rank_env(cfg(nproc=8), SLURM)
