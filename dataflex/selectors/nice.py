@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
@@ -53,6 +54,8 @@ from dataflex.signals.distributed import (
     main_process_result,
 )
 from dataflex.signals.features import (
+    checkpoint_weight_vector,
+    combine_subtask_similarities,
     normalize_features,
     subtask_centroids,
     top_k_indices,
@@ -62,8 +65,15 @@ from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import project_per_sample_gradients
 from dataflex.signals.pool import map_pool
 from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
+from dataflex.train.checkpoints import (
+    check_checkpoint_choice,
+    for_each_warmup_checkpoint,
+    warmup_checkpoint_weights,
+    warmup_checkpoints,
+)
 from dataflex.train.components import UpdateContext
 from dataflex.train.fields import param
+from dataflex.utils import atomic_write_json
 
 
 # -- pure core -------------------------------------------------------------------------------------
@@ -193,9 +203,10 @@ class NiceSelector(PoolLossSelector):
 
     Sampling defaults (M = 4, temperature 0.7, 128 new tokens, no top-k/top-p) are THIS PROJECT's cheap
     choice, not the paper's; ``selector=nice_reference`` uses the reference code's (JTWang2000/NICE:
-    M = 20, temperature 1.0, top_k 50, top_p 0.95). The paper's offline recipe (features from the
-    warm-up checkpoints, learning-rate weighted, as ``selector=less_offline``) is not implemented: this
-    selector is the online variant (one checkpoint: the current model).
+    M = 20, temperature 1.0, top_k 50, top_p 0.95). This is the online variant (one checkpoint: the
+    current model); the paper's offline recipe (every step of a round under each warm-up checkpoint,
+    learning-rate weighted, as ``selector=less_offline``) is :class:`NiceOfflineSelector`
+    (``selector=nice_offline``, below).
 
     The warm-up decision is a seeded random subset of ``budget`` samples. Everything random is seeded
     by ``(seed, update_index)`` and the model/optimizer are restored on resume, so a resumed run selects
@@ -306,8 +317,14 @@ class NiceSelector(PoolLossSelector):
 
         return main_process_result(compute)
 
-    def select(self, ctx: UpdateContext) -> torch.Tensor:
-        validation = ctx.require_validation("nice")
+    def similarities(
+        self, ctx: UpdateContext, candidates: torch.Tensor, adam: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1-5 of a round under the model as it is now (and ``adam``, saved Adam moments, when
+        given): ``([n, J]`` mean cosine of every candidate with every subtask's validation features,
+        the ``[P, M]`` rewards, the validation rows sampled``)``. No reward anywhere: every cosine is
+        0 and the training pass is skipped."""
+        validation = ctx.require_validation(getattr(self, "config_name", "nice"))
         tokenizer = ctx.tokenizer
         val_idx = self.validation_indices(ctx, len(validation))
         rows = validation.select(val_idx.tolist())
@@ -322,16 +339,19 @@ class NiceSelector(PoolLossSelector):
         )
         subtasks = torch.as_tensor(rows["domain_id"], dtype=torch.long) if "domain_id" in rows.column_names else None
         centroids = subtask_centroids(val_features, subtasks)  # [J, d]
-        candidates = self.candidate_indices(ctx)
         if centroids.abs().sum() == 0:  # no reward anywhere: every cosine is 0, no pass needed
-            scores = torch.zeros(candidates.numel(), dtype=torch.float64)
-        else:
-            sims = training_features(
-                ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
-                optimizer=ctx.optimizer, reduce=lambda f: f.double() @ centroids.to(f.device).T,
-                desc="NICE training features",
-            )
-            scores = sims.double().reshape(candidates.numel(), -1).max(dim=-1).values
+            return torch.zeros(candidates.numel(), centroids.shape[0], dtype=torch.float64), rewards, val_idx
+        sims = training_features(
+            ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
+            optimizer=ctx.optimizer, adam=adam, reduce=lambda f: f.double() @ centroids.to(f.device).T,
+            desc="NICE training features",
+        )
+        return sims.double().reshape(candidates.numel(), -1), rewards, val_idx
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:
+        candidates = self.candidate_indices(ctx)
+        sims, rewards, val_idx = self.similarities(ctx, candidates)
+        scores = sims.max(dim=-1).values
         local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
         self.last_scores = {
             "update_index": ctx.update_index,
@@ -357,3 +377,94 @@ class NiceSelector(PoolLossSelector):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.last_scores = state.get("last_scores")
+
+
+#: what the offline selector writes into the run directory (besides selections/round_000.json)
+OFFLINE_RECORD = "nice_offline.json"
+
+
+class NiceOfflineSelector(NiceSelector):
+    """NICE's offline recipe, as the paper runs it (``selector=nice_offline``): once, before
+    training, score the pool under every per-epoch checkpoint of a warm-up run and keep the top k
+    for the whole run (ALGORITHMS.md, nice; the checkpoint handling is offline LESS's).
+
+    For every warm-up checkpoint c (:func:`~dataflex.train.checkpoints.for_each_warmup_checkpoint`:
+    its weights loaded into this run's model, its saved Adam moments for the training features),
+    one round of :class:`NiceSelector` runs under c: responses sampled from c's model (on-policy for
+    c, the same seeded prompts and sampling seed at every c), their rewards, the REINFORCE
+    validation features and the candidates' training features, kept as ``sim_c[z, j]`` (mean cosine
+    with subtask j). Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the
+    epoch ending at c (:func:`~dataflex.train.checkpoints.warmup_checkpoint_weights`), normalised
+    to sum 1 (:func:`~dataflex.signals.features.combine_subtask_similarities`). The model's own
+    weights are put back before training; the selection never changes afterwards.
+
+    Written to ``nice_offline.json`` (checkpoints, weights, each checkpoint's mean reward, the
+    chosen samples and scores) and ``selections/round_000.json``. ``python -m
+    dataflex.cli.less_offline experiment=nice_offline`` trains the warm-up and then runs this.
+
+    Args:
+        budget: k, an int count or a float fraction of the pool (the paper: 5%).
+        warmup_dir: the warm-up run directory (or its ``checkpoints``).
+        checkpoints: the warm-up steps to use (None: every complete checkpoint).
+        checkpoint_weights: explicit w_c, one per checkpoint (None: the epochs' mean learning rates).
+        (sampling, reward and feature settings as :class:`NiceSelector`)
+    """
+
+    acts_through_updates = False
+    # decides once, at the start: no schedule keys
+    warmup_steps: ClassVar[int] = 0
+    update_every: ClassVar[int] = 0
+    num_updates: ClassVar[int] = 0
+    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
+    warmup_dir: str | None = None
+    checkpoints: Sequence[int] | None = None
+    checkpoint_weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.checkpoints, self.checkpoint_weights = check_checkpoint_choice(self.checkpoints, self.checkpoint_weights)
+
+    def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
+        name = getattr(self, "config_name", "nice_offline")
+        if not self.warmup_dir:
+            raise ConfigError(
+                f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
+                "`python -m dataflex.cli.less_offline experiment=nice_offline` trains the warm-up and then this run"
+            )
+        ctx.require_validation(name)  # a missing validation set fails before any pass
+        found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
+        weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
+        candidates = self.candidate_indices(ctx)
+        rounds = for_each_warmup_checkpoint(
+            ctx.model, found, lambda _step, _path, adam: self.similarities(ctx, candidates, adam=adam),
+            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
+        )
+        scores = combine_subtask_similarities(torch.stack([sims for sims, _, _ in rounds]), weights)
+        local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
+        chosen = candidates[local]
+        rewards = torch.stack([r.float() for _, r, _ in rounds])  # [C, P, M]
+        self.last_scores = {
+            "update_index": ctx.update_index,
+            "candidates": candidates,
+            "scores": scores.float(),
+            "validation_indices": rounds[0][2],
+            "rewards": rewards,
+            "checkpoint_steps": [s for s, _ in found],
+            "checkpoint_weights": checkpoint_weight_vector(weights, len(found)).tolist(),
+        }
+        if ctx.run_dir is not None and is_main_process():
+            atomic_write_json(Path(ctx.run_dir) / OFFLINE_RECORD, {
+                "warmup_dir": str(self.warmup_dir),
+                "checkpoints": [str(p) for _, p in found],
+                "checkpoint_steps": self.last_scores["checkpoint_steps"],
+                "checkpoint_weights": self.last_scores["checkpoint_weights"],
+                "reward_mean": rewards.flatten(1).mean(1).tolist(),
+                "candidates": int(candidates.numel()),
+                "k": int(chosen.numel()),
+                "indices": chosen.tolist(),
+                "scores": scores[local].tolist(),
+            })
+        return self.record(ctx, chosen)
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:  # never scheduled: update_every is 0
+        raise RuntimeError("offline NICE selects once, before training")

@@ -9,7 +9,6 @@ shares LESS's component base); the warm-up's checkpoints are read through :mod:`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -18,16 +17,19 @@ import torch
 
 from dataflex.errors import ConfigError
 from dataflex.selectors.base import COUNT_OR_FRACTION, budget_problem
-from dataflex.selectors.less.scoring import (
-    LessComponent,
+from dataflex.selectors.less.scoring import LessComponent
+from dataflex.signals.distributed import is_main_process
+from dataflex.signals.features import (
     checkpoint_weight_vector,
     combine_subtask_similarities,
-    epoch_learning_rates,
+    top_k_indices,
 )
-from dataflex.signals.distributed import is_main_process
-from dataflex.signals.features import top_k_indices
-from dataflex.signals.gradients import trainable_parameters
-from dataflex.train.checkpoints import checkpoint_adam_state, load_trainable_weights, warmup_checkpoints
+from dataflex.train.checkpoints import (
+    check_checkpoint_choice,
+    for_each_warmup_checkpoint,
+    warmup_checkpoint_weights,
+    warmup_checkpoints,
+)
 from dataflex.train.components import UpdateContext
 from dataflex.train.fields import param
 from dataflex.utils import atomic_write_json
@@ -45,7 +47,7 @@ class LessOfflineSelector(LessComponent):
     validation features ∇ℓ_c and the candidates' training features Γ_c (with c's saved Adam
     moments) are computed, and their mean cosine per validation subtask is kept (``[N, J]``).
     Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the epoch ending at c
-    (:func:`~dataflex.selectors.less.scoring.epoch_learning_rates`, from the last checkpoint's
+    (:func:`~dataflex.train.checkpoints.epoch_learning_rates`, from the last checkpoint's
     ``trainer_state.json``), normalised to sum 1. The model's own weights are restored before
     training starts (it trains from where it was built, as in the paper), and never updates
     afterwards.
@@ -73,28 +75,7 @@ class LessOfflineSelector(LessComponent):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        checkpoints, checkpoint_weights = self.checkpoints, self.checkpoint_weights
-        if checkpoints is not None and (not list(checkpoints) or any(int(s) <= 0 for s in checkpoints)):
-            raise ValueError(f"checkpoints must list positive warm-up steps (or be null), got {checkpoints!r}")
-        if checkpoint_weights is not None:
-            checkpoint_weight_vector(checkpoint_weights, len(list(checkpoint_weights)))  # finite, >= 0, not all 0
-            if checkpoints is not None and len(list(checkpoint_weights)) != len(list(checkpoints)):
-                raise ValueError(
-                    f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints"
-                )
-        self.checkpoints = None if checkpoints is None else sorted(int(s) for s in checkpoints)
-        self.checkpoint_weights = None if checkpoint_weights is None else [float(w) for w in checkpoint_weights]
-
-    def _weights(self, found: list[tuple[int, Path]]) -> list[float]:
-        if self.checkpoint_weights is not None:
-            if len(self.checkpoint_weights) != len(found):
-                n = len(self.checkpoint_weights)
-                raise ConfigError(f"selector.checkpoint_weights has {n} entries for {len(found)} checkpoints")
-            return list(self.checkpoint_weights)
-        state_file = found[-1][1] / "trainer_state.json"
-        if not state_file.is_file():
-            raise ConfigError(f"{state_file} not found; give selector.checkpoint_weights explicitly")
-        return epoch_learning_rates(json.loads(state_file.read_text())["log_history"], [s for s, _ in found])
+        self.checkpoints, self.checkpoint_weights = check_checkpoint_choice(self.checkpoints, self.checkpoint_weights)
 
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
         name = getattr(self, "config_name", "less_offline")
@@ -105,20 +86,12 @@ class LessOfflineSelector(LessComponent):
             )
         self.validation(ctx)  # a missing validation set fails before any pass
         found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
-        weights = self._weights(found)
+        weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
         candidates = self.candidate_indices(ctx)
-        model = ctx.model
-        own = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
-        sims = []
-        try:
-            for _, path in found:
-                load_trainable_weights(model, path)
-                adam = checkpoint_adam_state(path, ctx.optimizer, model) if self.gradient_type == "adam" else None
-                sims.append(self.similarities(ctx, candidates, adam=adam))
-        finally:
-            with torch.no_grad():
-                for n, p in trainable_parameters(model).items():
-                    p.copy_(own[n])
+        sims = for_each_warmup_checkpoint(
+            ctx.model, found, lambda _step, _path, adam: self.similarities(ctx, candidates, adam=adam),
+            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
+        )
         scores = combine_subtask_similarities(torch.stack(sims), weights)
         local = top_k_indices(scores, self.k(ctx))
         chosen = candidates[local]
