@@ -80,6 +80,14 @@ bench-signals: data $(STAMPS)/bench
 bench-mix: data
 	$(BIN)/python benchmarks/mix.py --model small --steps 10 --threads 1   # model=tiny: add --model tiny (its logits passes dominate; RESULTS.md)
 
+# GPU: the engine vs the reference shape, a bf16 LoRA SFT step and a selector=less round on a SmolLM2-sized model
+# with random weights (benchmarks/gpu.py). Needs only torch, transformers and peft (the GPU machine's own
+# Python, GPU_PYTHON); writes gpu_bench.md/.json under $$OUT (else outputs/bench-gpu). A few minutes on one GPU.
+GPU_PYTHON ?= python3
+bench-gpu:
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu.py --out "$${OUT:-outputs/bench-gpu}"
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu.py --config 7b-layers --kinds sjlt --pool 64 --val 16 --out "$${OUT:-outputs/bench-gpu}/7b-layers"
+
 # NEAR and TSDS selection on synthetic 384-d embeddings (10k, 100k, 1M candidates, 1k queries) vs exact brute force.
 bench-select: setup
 	$(BIN)/python benchmarks/selection.py
