@@ -299,7 +299,7 @@ class LessSelector(LessComponent):
 
     Args:
         proj_dim: d, the projected feature dimension.
-        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
+        proj_kind: the random projection (``sjlt``, ``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
         gradient_type: ``adam`` (Γ) or ``sgd`` (the plain gradient) for the training features.
         projection_cache_mb: keep up to this many MiB of the projection's random blocks between
             batches and rounds (0: regenerate them every batch). Worth it for LoRA, whose
@@ -320,7 +320,7 @@ class LessSelector(LessComponent):
         candidates=None,
         batch_size=16,
         proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
+        proj_kind: str = "sjlt",
         gradient_type: str = "adam",
         projection_cache_mb: float = 0,
         validation_per_subtask: int | None = None,

@@ -302,7 +302,7 @@ class NiceSelector(PoolLossSelector):
         reward_kwargs: when not None, ``reward`` names a factory (e.g. a reward-model class) and
             ``factory(**reward_kwargs)`` is the reward callable (built once, when the selector is built).
         proj_dim: d, the projected feature dimension.
-        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
+        proj_kind: the random projection (``sjlt``, ``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
         gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
     """
 
@@ -328,7 +328,7 @@ class NiceSelector(PoolLossSelector):
         reward: str | RewardFn = "exact_match",
         reward_kwargs: dict[str, Any] | None = None,
         proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
+        proj_kind: str = "sjlt",
         gradient_type: str = "adam",
     ):
         from dataflex.signals.projection import Projector
