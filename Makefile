@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load clean help slurm-up slurm-down
+.PHONY: run test test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load bench-scale clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -95,6 +95,12 @@ bench-select: setup
 # Online LESS: amortised cost per training step vs a plain (random-selector) step, same schedule.
 bench-less: data
 	$(BIN)/python benchmarks/less.py
+
+# The DynamicSampler over synthetic 1M and 10M pools (K = 7): ODM every step, random selection every 10 steps;
+# time per step, peak RSS, checkpoint size, resume at step 1,000 and 10,000 (RESULTS.md: 10M runs 1,000 steps here).
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py --sizes 1000000 --steps 10000 --resume-at 1000 10000 --before
+	$(BIN)/python benchmarks/scale.py --sizes 10000000 --steps 1000 --resume-at 1000
 
 # A selector over a 200k-sample synthetic pool (and 20k): peak RSS and time vs plain training.
 bench-load: data

@@ -13,7 +13,10 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from dataflex.config import ConfigError, build_component, to_dict
+from dataflex.config import ConfigError, to_dict
+from dataflex.logs import get_logger
+from dataflex.preflight import preflight
+from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
 from dataflex.train.components import Component
@@ -23,6 +26,7 @@ from dataflex.utils import atomic_write_json, atomic_write_text
 CONFIG_FILE = "dataflex_config.yaml"
 # Groups that define what a run computes: resuming with any of them changed is refused.
 IDENTITY_KEYS = ("model", "data", "trainer", "selector", "mixer", "weighter", "seed")
+log = get_logger(__name__)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -32,10 +36,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextlib.contextmanager
@@ -65,20 +65,11 @@ class Run:
         self.cfg: dict[str, Any] = to_dict(cfg)
         self.run_dir = Path(run_dir)
         self.run_name = run_name
-        self.components = {kind: build_component(kind, self.cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
+        self.components = preflight(self.cfg)
         owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
                   if c is not None and type(c).training_loss is not Component.training_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
-        selector = self.components["selector"]
-        if getattr(selector, "needs_validation", False):
-            from dataflex.backend.llamafactory import validation_names
-
-            if not validation_names(self.cfg.get("data") or {}):
-                raise ConfigError(
-                    f"selector={self.cfg['selector'].get('name', 'selector')} needs a target/validation set: "
-                    "set data.validation=<registered dataset name(s)> (offline_sft uses offline_sft_val_mcq)"
-                )
         self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"), self.cfg.get("trainer"))
 
     @property
@@ -96,7 +87,15 @@ class Run:
             saved = yaml.safe_load(saved_path.read_text()) or {}
             old, new = _flat({k: saved.get(k) for k in IDENTITY_KEYS}), _flat(identity)
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            if diff:
+            if diff and not self._holds_results():
+                # an attempt that failed before its first checkpoint does not claim the directory
+                log.info("%s holds a failed start with other settings and no checkpoint; starting this run there",
+                         self.run_dir)
+                if is_main_process():
+                    for stale in ("eval_before.json", "metrics.jsonl"):
+                        (self.run_dir / stale).unlink(missing_ok=True)
+                    atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
+            elif diff:
                 shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
                 raise ConfigError(
                     f"output directory {self.run_dir} holds another run ({shown}{', ...' if len(diff) > 3 else ''}); "
@@ -119,6 +118,10 @@ class Run:
                 )
         return resume_from
 
+    def _holds_results(self) -> bool:
+        """True when the directory holds something a run produced to keep: a checkpoint or metrics."""
+        return (self.run_dir / "metrics.json").exists() or any((self.run_dir / "checkpoints").glob("checkpoint-*"))
+
     def _finished(self, resume_from: str | None) -> dict[str, Any] | None:
         """The saved metrics when this directory holds this run already finished (its metrics.json
         and its newest checkpoint at the same step): a rerun, e.g. of a whole sweep to resume the
@@ -132,8 +135,8 @@ class Run:
             return None
         if f"checkpoint-{metrics.get('global_step')}" != Path(resume_from).name:
             return None
-        print(f"[dataflex] run already finished: {path} (its numbers are kept; delete that file to "
-              "evaluate again, or use a new directory to train again)", flush=True)
+        log.info("run already finished: %s (its numbers are kept; delete that file to evaluate again, or use a "
+                 "new directory to train again)", path)
         return metrics
 
     # -- the run ---------------------------------------------------------------------------------
@@ -141,7 +144,15 @@ class Run:
         """Train with evaluation before and after; return (and write) the metrics."""
         from dataflex.data.assets import ensure
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, a read-only parent
+            raise ConfigError(f"cannot create the run directory {self.run_dir} ({e.strerror}); use a writable "
+                              "directory (hydra.run.dir=... or output_dir=...)") from None
+        with run_dir_lock(self.run_dir) if is_main_process() else contextlib.nullcontext():
+            return self._fit_locked(ensure)
+
+    def _fit_locked(self, ensure) -> dict[str, Any]:
         ensure([a for a in (self.cfg["model"].get("asset"), self.cfg["data"].get("asset")) if a])
         resume_from = self._check_run_dir()
         finished = self._finished(resume_from)
@@ -159,10 +170,11 @@ class Run:
 
         start = time.time()
         if resume_from:
-            print(f"[dataflex] resuming from {resume_from}", flush=True)
+            log.info("resuming from %s", resume_from)
         # the target/validation set is only tokenised for the selectors that read it
         validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
-        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation)
+        column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column
+        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
         eval_cfg = self.cfg.get("eval") or {}
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
@@ -236,6 +248,40 @@ class Run:
             print(format_table(before, after))
         print(f"outputs: {self.run_dir}")
         print("=" * 72, flush=True)
+
+
+LOCK_FILE = ".dataflex.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` for the whole run: a second run started into the same
+    directory is refused instead of interleaving its metrics and checkpoints with the first's. The
+    lock is an ``flock`` on ``run_dir/.dataflex.lock``: the OS drops it when the process dies, so a
+    killed run never leaves a stale lock behind."""
+    import fcntl
+
+    path = run_dir / LOCK_FILE
+    try:
+        handle = path.open("a+")
+    except OSError as e:
+        raise ConfigError(f"cannot write in the run directory {run_dir} ({e.strerror}); use a writable directory "
+                          "(hydra.run.dir=... or output_dir=...)") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"run directory {run_dir} is in use by a run still going ({holder}); wait for it to "
+                              "finish or use a new directory (hydra.run.dir=...)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 class PeriodicEval(TrainerCallback):

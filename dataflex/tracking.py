@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+import hydra.utils
+
+from dataflex.errors import ConfigError
 
 
 def _jsonable(value: Any) -> Any:
@@ -21,6 +27,8 @@ def _jsonable(value: Any) -> Any:
 
 class Tracker:
     """Null tracker: accepts everything, records nothing."""
+
+    kind = "none"  #: the ``logger.kind`` of the config that builds it
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         pass
@@ -61,6 +69,8 @@ class JSONLTracker(Tracker):
     A run killed mid-write leaves a torn last line; a resumed run drops it before appending, so it
     never glues its first record onto the fragment (losing both)."""
 
+    kind = "jsonl"
+
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +92,8 @@ class JSONLTracker(Tracker):
 
 class WandbTracker(Tracker):
     """Weights & Biases; offline mode (files under the run dir) when no API key is configured."""
+
+    kind = "wandb"
 
     def __init__(
         self,
@@ -149,14 +161,38 @@ class MultiTracker(Tracker):
 
 
 def build_tracker(logger_cfg: dict | None, run_dir: Path, run_name: str, config: dict) -> Tracker:
-    """JSONL always; plus W&B when ``logger.kind == wandb``."""
-    logger_cfg = dict(logger_cfg or {})
-    kind = logger_cfg.pop("kind", "jsonl")
-    trackers: list[Tracker] = [JSONLTracker(run_dir)]
-    if kind == "wandb":
-        trackers.append(WandbTracker(run_dir, run_name, config, **logger_cfg))
-    elif kind not in ("jsonl", "none"):
-        from dataflex.config import ConfigError
+    """JSONL always; plus the ``logger`` group's ``_target_`` tracker (none for ``_target_: null`` or
+    the JSONL tracker itself), built as ``target(run_dir=, run_name=, config=, **the group's other keys)``.
 
-        raise ConfigError(f"logger.kind must be jsonl, wandb or none, got {kind!r}")
+    Raises:
+        ConfigError: a ``_target_`` that is not a Tracker, a ``kind`` that is not its kind, or a key the
+            tracker does not take (named, with the valid ones).
+    """
+    logger_cfg = dict(logger_cfg or {})
+    target_path = logger_cfg.pop("_target_", None)
+    kind = logger_cfg.pop("kind", None)
+    trackers: list[Tracker] = [JSONLTracker(run_dir)]
+    try:
+        target = hydra.utils.get_class(target_path) if target_path is not None else None
+    except Exception as err:
+        raise ConfigError(f"logger: cannot import _target_ '{target_path}' ({err})") from None
+    if target is not None and not (isinstance(target, type) and issubclass(target, Tracker)):
+        raise ConfigError(f"logger: _target_ '{target_path}' is not a dataflex.tracking.Tracker")
+    expected = target.kind if target is not None else "none"
+    if kind is not None and kind != expected:
+        raise ConfigError(f"logger.kind is {kind!r} but the logger's _target_ is a {expected} tracker; "
+                          f"choose the logger with logger={kind}")
+    if target is None or target is JSONLTracker:
+        return MultiTracker(trackers)
+    params = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = sorted(set(params) - {"self", "run_dir", "run_name", "config"})
+        for key in logger_cfg:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    f"logger={kind or expected}: unknown key '{key}'{hint}; valid keys: {', '.join(valid)}"
+                )
+    trackers.append(target(run_dir=run_dir, run_name=run_name, config=config, **logger_cfg))
     return MultiTracker(trackers)

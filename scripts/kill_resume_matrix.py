@@ -17,7 +17,7 @@ log has reached a randomly drawn step, and the same command again in the killed 
 - the final model's tensors.
 
 Numbers must agree to ``TOLERANCE`` (absolute); on these CPUs they agree exactly. The test
-``tests/test_kill_resume.py`` runs each case; this script prints the summary table.
+``tests/e2e/test_kill_resume.py`` runs each case; this script prints the summary table.
 """
 
 from __future__ import annotations

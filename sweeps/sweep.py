@@ -223,8 +223,8 @@ class Sweep:
         from hydra import compose, initialize_config_module
         from hydra.errors import HydraException
 
-        from dataflex.config import ConfigError, register_resolvers
-        from dataflex.run import Run
+        from dataflex.config import ConfigError, register_resolvers, to_dict
+        from dataflex.preflight import preflight
 
         register_resolvers()
         # Hydra composes the sweep's own config from the overrides that are not swept: a key inside a
@@ -248,7 +248,9 @@ class Sweep:
             try:
                 with initialize_config_module(config_module="dataflex.conf", version_base="1.3"):
                     cfg = compose(config_name="train", overrides=job["overrides"])
-                Run(cfg, self.sweep_dir / job["dir"])  # builds the components only: checks their keys
+                # the config checks of a run, no model loaded; a dry run of a chained study does not
+                # look for the inputs an earlier phase has not written yet (DoReMi's reference model)
+                preflight(to_dict(cfg), check_inputs=not self.args.dry_run)
             except (HydraException, ConfigError) as err:
                 raise SweepError(f"job {job['dir']}: {str(err).splitlines()[0]}") from None
 

@@ -39,14 +39,17 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dataflex.config import ConfigError, register_resolvers, to_dict
+from dataflex.launch import launch
+from dataflex.logs import get_logger
 
 TARGET = "dataflex.selectors.less_offline.LessOfflineSelector"
 WARMUP_DIR = "warmup"
 #: the recipe's settings when the config has no `less_offline` block (the paper's)
 DEFAULTS = {"warmup_fraction": 0.05, "warmup_epochs": 4, "train_epochs": None}
+log = get_logger(__name__)
 
 
 def recipe_settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -125,16 +128,6 @@ def final_config(cfg: dict[str, Any], warmup_dir: Path | str, pool: int | None) 
     return final
 
 
-def _fit(cfg: dict[str, Any], run_dir: Path, run_name: str) -> dict[str, Any]:
-    from dataflex.cli.run import launch_distributed, needs_launcher
-    from dataflex.run import Run
-
-    conf = OmegaConf.create(cfg)
-    if needs_launcher(conf):
-        return launch_distributed(conf, run_dir, run_name)
-    return Run(cfg, run_dir, run_name).fit()
-
-
 def run_recipe(cfg: Any, run_dir: str | os.PathLike, run_name: str = "less_offline") -> dict[str, Any]:
     """Both steps (warm-up unless ``selector.warmup_dir`` is set, then selection + training).
 
@@ -157,12 +150,12 @@ def run_recipe(cfg: Any, run_dir: str | os.PathLike, run_name: str = "less_offli
         warmup_dir = run_dir / WARMUP_DIR
         if not (warmup_dir / "metrics.json").is_file():
             pool = pool_size(cfg, warmup_dir)
-            print(f"[dataflex] LESS warm-up in {warmup_dir}", flush=True)
-            _fit(warmup_config(cfg, pool), warmup_dir, f"{run_name},less_warmup")
+            log.info("LESS warm-up in %s", warmup_dir)
+            launch(warmup_config(cfg, pool), warmup_dir, f"{run_name},less_warmup")
     if settings["train_epochs"] is not None and pool is None:
         pool = pool_size(cfg, run_dir)
-    print(f"[dataflex] LESS selection from {warmup_dir}, then training in {run_dir}", flush=True)
-    return _fit(final_config(cfg, warmup_dir, pool), run_dir, run_name)
+    log.info("LESS selection from %s, then training in %s", warmup_dir, run_dir)
+    return launch(final_config(cfg, warmup_dir, pool), run_dir, run_name)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

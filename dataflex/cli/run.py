@@ -4,26 +4,23 @@
     dataflex-run model=tiny                        # seconds, for tests
     dataflex-run model=tiny trainer=pt_full data=offline_domains
     dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
+    dataflex-run nproc=8 nnodes=2 master_addr=node01 hydra.run.dir=/shared/runs/x   # on each of 2 nodes
     dataflex-run --cfg job model=mistral7b         # print the composed config
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dataflex.config import register_resolvers
-from dataflex.errors import DataFlexError
-from dataflex.utils import atomic_write_text
-
-LAUNCH_FILE = "launch_config.yaml"
+from dataflex.errors import ConfigError, DataFlexError
+from dataflex.launch import launch
 
 
 def fail(message: str, code: int = 2):
@@ -34,43 +31,26 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def needs_launcher(cfg: DictConfig) -> bool:
-    """Several processes, or DeepSpeed (LLaMA-Factory only runs DeepSpeed distributed)."""
-    return int(cfg.get("nproc", 1)) > 1 or bool(cfg.trainer.get("deepspeed"))
-
-
-def launch_distributed(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
-    """Run the job on ``nproc`` processes with torchrun; the workers read the resolved config."""
-    import torch
-
-    atomic_write_text(run_dir / LAUNCH_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={int(cfg.get('nproc', 1))}",
-        "-m", "dataflex.cli.worker", str(run_dir), run_name,
-    ]
-    print(f"[dataflex] launching: {' '.join(command)}", flush=True)
-    code = subprocess.call(command, env=env)
-    if code != 0:
-        sys.exit(code)
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
 def run_job(cfg: DictConfig) -> dict | None:
-    from dataflex.run import Run
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = cfg.get("run_name") or hydra_cfg.job.override_dirname or "default"
     try:
-        if needs_launcher(cfg):
-            return launch_distributed(cfg, run_dir, run_name)
-        return Run(cfg, run_dir, run_name).fit()
+        return launch(cfg, run_dir, run_name)
     except DataFlexError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        interrupted(run_dir)
+
+
+def interrupted(run_dir: Path) -> None:
+    """Ctrl-C: one line saying where the run can resume from, exit 130 (no traceback)."""
+    from dataflex.train.checkpoints import complete_checkpoints
+
+    found = complete_checkpoints(run_dir / "checkpoints")
+    where = f"its last complete checkpoint is {found[-1][1]}" if found else "it saved no checkpoint yet"
+    print(f"\ndataflex: interrupted; {where}. Rerun the same command to resume.", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -80,10 +60,32 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(loss) if loss is not None else None
 
 
+def model_path_overrides(argv: list[str]) -> list[str]:
+    """``model=/path/to/model`` (a local model directory) becomes ``model=path`` with that directory as
+    ``model.name_or_path`` and ``model.name`` (recorded as what it is); a value that looks like a path
+    but is no directory is one clear error instead of Hydra's "Could not find 'model//...'"."""
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key != "model" or not value or not ("/" in value or value.startswith(("~", "."))):
+            out.append(arg)
+            continue
+        path = Path(value).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
+                 "or the directory of a local model (its config.json, weights and tokenizer)")
+        out += ["model=path", f"model.name_or_path={path}", f"model.name={path}"]
+    return out
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_resolvers()
+    try:
+        sys.argv[1:] = model_path_overrides(sys.argv[1:])
+    except DataFlexError as err:
+        fail(str(err))
     _hydra_main()
 
 

@@ -16,7 +16,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     run_dir, run_name = Path(argv[0]), argv[1]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg = OmegaConf.load(run_dir / "launch_config.yaml")
+    run_worker(OmegaConf.load(run_dir / "launch_config.yaml"), run_dir, run_name)
+
+
+def run_worker(cfg, run_dir: Path, run_name: str) -> None:
+    """This process's part of the run (RANK/WORLD_SIZE/MASTER_ADDR/... already in the environment)."""
     if cfg.trainer.get("deepspeed"):
         # ZeRO-3 needs the process group before the model is built (LLaMA-Factory loads the model
         # under deepspeed.zero.Init); initialise it first, as ENVIRONMENT.md measured.
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         Run(cfg, run_dir, run_name).fit()
     except DataFlexError as err:
         fail(str(err))
+    except KeyboardInterrupt:  # the launcher says where to resume from, once
+        sys.exit(130)
     finally:
         # Leave the process group explicitly: left to interpreter teardown, DeepSpeed's CPU comm
         # threads can abort a finished worker ("terminate called without an active exception").

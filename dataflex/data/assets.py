@@ -22,16 +22,17 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from dataflex.errors import AssetError  # noqa: F401  (re-exported)
+from dataflex.logs import get_logger
 from dataflex.utils import atomic_write_json
 
 #: Asset names, in dependency (build) order.
+log = get_logger(__name__)  # [dataflex-data] lines on stderr
 ASSETS = ("offline_domains", "offline_sft", "tiny", "smollm2_135m")
 
 #: Builder versions: bump one to make ``build``/``ensure`` rebuild that asset.
@@ -226,7 +227,7 @@ def _lock() -> Iterator[None]:
 
 def _log(progress: bool, message: str) -> None:
     if progress:
-        print(f"[dataflex-data] {message}", file=sys.stderr, flush=True)
+        log.info("%s", message)
 
 
 def write_registry() -> Path:

@@ -1,10 +1,14 @@
-"""DoReMi (Xie et al. 2023): the pure cores of the domain-weight update and the DoReMi mixer.
+"""DoReMi (Xie et al. 2023; reference code sangmichaelxie/doremi): the DoReMi mixer. The pure cores
+(excess loss, absent rule, update, proxy objectives, running mean) are in :mod:`.doremi_core`.
 
-Definitions (docs/ALGORITHMS.md, "doremi"):
+Definitions (docs/ALGORITHMS.md, "doremi"), one α step per OPTIMIZER step by default:
 
-- excess loss  λ[i] = Σ_{tokens of domain i} max(ℓ_θ − ℓ_ref, 0) / #tokens of domain i (0 if absent);
-- update       α' = α ⊙ exp(η·λ);  α = (1 − c)·α'/Σα' + c/K;
-- proxy loss   L(θ, α) = Σ_i α[i] · Σ_{tokens of domain i} ℓ_θ / #tokens of domain i;
+- excess loss  λ_t[i] = Σ_{tokens of domain i in the step} max(ℓ_θ − ℓ_ref, 0) / #those tokens, over all
+  gradient-accumulation micro-batches and all processes; a domain absent from the step keeps its last
+  observed λ (λ = log V before its first observation; ``absent: zero`` gives 0);
+- update       α' = α_{t−1} ⊙ exp(η·λ_t);  α_t = (1 − c)·α'/Σα' + c/K;
+- proxy loss   the step trains on α_t (the paper's order): Σ_t α_{d(t)}·ℓ_t / Σ_t α_{d(t)} over the step's
+  tokens (the reference code's, default) or ``proxy_loss: domain_mean``, the paper's Σ_i α_i·mean_{t∈i} ℓ_t;
 - output       ᾱ = mean_t α_t, saved as JSON {domain: weight} (``doremi_weights.json``).
 
 The three-step recipe (one ``dataflex-run`` each, all under ``doremi.root``, default
@@ -17,226 +21,34 @@ The three-step recipe (one ``dataflex-run`` each, all under ``doremi.root``, def
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
+from dataflex.mixers.doremi_core import (  # noqa: F401  (re-exported: the cores' historical home)
+    ABSENT_RULES,
+    carry_absent,
+    domain_excess_loss,
+    domain_token_sums,
+    doremi_proxy_loss,
+    doremi_token_mean_loss,
+    doremi_update,
+    load_reference_model,
+    resolve_reference_model,
+    running_mean,
+)
 from dataflex.train.components import Mixer, UpdateContext
 
 #: the file the proxy run writes in its run directory (read by ``mixer=static`` in step 3)
 WEIGHTS_FILE = "doremi_weights.json"
 MODES = ("proxy", "online")
-
-
-def doremi_update(
-    weights: torch.Tensor,
-    excess_loss: torch.Tensor,
-    eta: float = 1.0,
-    smoothing: float = 1e-3,
-    clip: float | None = None,
-) -> torch.Tensor:
-    """One DoReMi domain-weight step.
-
-    α' = α ⊙ exp(η·λ); α_new = (1 − c)·α'/Σα' + c/K. The multiplicative step is done in log space
-    (log α + η·λ, then a softmax), so large η·λ never overflows ``exp``.
-
-    Args:
-        weights: current domain weights α, shape [K], on the simplex (zeros allowed, not all zero).
-        excess_loss: per-domain excess loss λ, shape [K] (see :func:`domain_excess_loss`).
-        eta: step size η (0: no multiplicative step, only the smoothing toward uniform).
-        smoothing: c in [0, 1], the mass mixed in uniformly; every output entry is >= c/K.
-        clip: if set, λ is clamped to [−clip, clip] before the step (DataFlex uses 5); None (the
-            paper's choice and the default) does not clip.
-
-    Returns:
-        The new weights, shape [K], in the dtype of ``weights`` (computed in float64).
-    """
-    weights = torch.as_tensor(weights)
-    excess = torch.as_tensor(excess_loss, dtype=torch.float64).flatten()
-    alpha = weights.to(torch.float64).flatten()
-    if alpha.numel() != excess.numel():
-        raise ValueError(
-            f"got {alpha.numel()} weights and {excess.numel()} excess losses"
-        )
-    if not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"smoothing must lie in [0, 1], got {smoothing}")
-    if (alpha < 0).any() or not torch.isfinite(alpha).all() or alpha.sum() <= 0:
-        raise ValueError(
-            f"weights must be finite, >= 0 and not all 0, got {alpha.tolist()}"
-        )
-    if clip is not None:
-        excess = excess.clamp(-clip, clip)
-    k = alpha.numel()
-    # log(0) = -inf is fine: a zero weight stays zero before smoothing (softmax gives exp(-inf) = 0).
-    normalized = torch.softmax(alpha.log() + eta * excess, dim=0)
-    new = (1.0 - smoothing) * normalized + smoothing / k
-    out_dtype = weights.dtype if weights.is_floating_point() else torch.float32
-    return new.to(out_dtype)
-
-
-def domain_excess_loss(
-    token_losses: torch.Tensor,
-    ref_token_losses: torch.Tensor,
-    token_domains: torch.Tensor,
-    num_domains: int,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-domain mean clipped excess loss of a batch.
-
-    λ[i] = Σ_{tokens t of domain i} max(ℓ_θ(t) − ℓ_ref(t), 0) / (number of tokens of domain i).
-
-    Args:
-        token_losses: per-token NLL under the model being trained, any shape (e.g. [B, T]).
-        ref_token_losses: per-token NLL under the reference model, same shape.
-        token_domains: domain id of every token, same shape (broadcastable: a [B, 1] per-sample id
-            works). A token with id -1 does not count (padding, prompt tokens labelled -100, ...).
-        num_domains: K.
-        mask: optional boolean tensor of the same shape; tokens where it is False do not count
-            either (an alternative to writing -1 into ``token_domains``).
-
-    Returns:
-        λ, shape [K], float32 or the losses' floating dtype; domains with no counted token get 0.
-    """
-    losses = torch.as_tensor(token_losses)
-    ref = torch.as_tensor(ref_token_losses)
-    if losses.shape != ref.shape:
-        raise ValueError(
-            f"token_losses {tuple(losses.shape)} and ref_token_losses {tuple(ref.shape)} differ"
-        )
-    domains = torch.as_tensor(
-        token_domains, dtype=torch.long, device=losses.device
-    ).expand_as(losses)
-    sums, counts = domain_token_sums((losses - ref).clamp_min(0), domains, num_domains, mask)
-    dtype = losses.dtype if losses.is_floating_point() else torch.float32
-    # Absent domains: 0/1 = 0, as the definition asks (no NaN from 0/0).
-    return (sums / counts.clamp_min(1)).to(dtype)
-
-
-def domain_token_sums(
-    values: torch.Tensor,
-    token_domains: torch.Tensor,
-    num_domains: int,
-    mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-domain sums of token values and per-domain token counts (the parts of a per-domain mean).
-
-    Kept apart so that several processes can add their parts up before dividing (the global batch's
-    per-domain mean is Σ_ranks sums / Σ_ranks counts, not a mean of means).
-
-    Args:
-        values: a value per token, any shape (e.g. ``[B, T]``); differentiable.
-        token_domains: domain id of every token, broadcastable to ``values`` (``[B, 1]`` works);
-            -1 marks a token that does not count.
-        num_domains: K.
-        mask: optional boolean, broadcastable to ``values``; False tokens do not count.
-
-    Returns:
-        ``(sums [K], counts [K])``: sums in float64 (carrying ``values``' autograd graph), counts in
-        float64, both on ``values``' device.
-    """
-    values = torch.as_tensor(values)
-    domains = torch.as_tensor(token_domains, dtype=torch.long, device=values.device).expand_as(values)
-    counted = domains >= 0
-    if mask is not None:
-        counted = counted & torch.as_tensor(mask, dtype=torch.bool, device=values.device).expand_as(values)
-    ids = domains[counted]
-    if ids.numel() and int(ids.max()) >= num_domains:
-        raise ValueError(f"token_domains has ids >= num_domains={num_domains}")
-    sums = torch.zeros(num_domains, dtype=torch.float64, device=values.device).index_add(
-        0, ids, values[counted].to(torch.float64)
-    )
-    counts = torch.bincount(ids, minlength=num_domains).to(torch.float64)
-    return sums, counts
-
-
-def doremi_proxy_loss(
-    token_losses: torch.Tensor,
-    token_domains: torch.Tensor,
-    weights: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    domain_token_counts: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The proxy's training objective L(θ, α) = Σ_i α[i] · Σ_{tokens of domain i} ℓ_θ / N_i.
-
-    A domain without a token in the batch contributes 0. With ``domain_token_counts`` given (N_i
-    summed over all processes), the value is this process's share of the global objective: summed
-    over processes it equals the objective of the whole global batch.
-
-    Args:
-        token_losses: per-token NLL ``[B, T]`` (differentiable).
-        token_domains: domain ids broadcastable to ``token_losses``; -1 does not count.
-        weights: α, shape [K].
-        mask: optional boolean mask of counted tokens.
-        domain_token_counts: N_i, shape [K]; default: this batch's own counts.
-
-    Returns:
-        A scalar in ``token_losses``' dtype.
-    """
-    weights = torch.as_tensor(weights, dtype=torch.float64, device=token_losses.device).flatten()
-    sums, counts = domain_token_sums(token_losses, token_domains, weights.numel(), mask)
-    if domain_token_counts is not None:
-        counts = torch.as_tensor(domain_token_counts, dtype=torch.float64, device=token_losses.device)
-    return (weights * sums / counts.clamp_min(1)).sum().to(token_losses.dtype)
-
-
-def running_mean(
-    mean: torch.Tensor | None, value: torch.Tensor, count: int
-) -> torch.Tensor:
-    """Incremental mean: the mean of ``count`` values so far updated with one more ``value``.
-
-    DoReMi's output ᾱ = mean_t α_t is kept this way so the whole history need not be stored.
-
-    Args:
-        mean: the mean of the first ``count`` values (ignored, may be None, when ``count`` is 0).
-        value: the new value.
-        count: how many values ``mean`` averages (>= 0).
-
-    Returns:
-        The mean of ``count + 1`` values.
-    """
-    value = torch.as_tensor(value)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if count == 0 or mean is None:
-        return value.clone()
-    return mean + (value - mean) / (count + 1)
-
-
-def resolve_reference_model(reference_dir: str | Path | None) -> Path:
-    """The trained model of DoReMi step 1: ``<run dir>/model``, or a model directory itself.
-
-    Raises:
-        ValueError: no directory given, or it holds no model (config or adapter), with the fix.
-    """
-    if not reference_dir:
-        raise ValueError(
-            "needs the reference model of step 1: set mixer.reference_dir=<run dir of "
-            "`dataflex-run experiment=doremi_reference`> (or run experiment=doremi_proxy, which sets it)"
-        )
-    path = Path(reference_dir)
-    for candidate in (path / "model", path):
-        if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise ValueError(
-        f"reference_dir {path} holds no trained model (expected {path / 'model'} from step 1); "
-        "run `dataflex-run experiment=doremi_reference` first or point mixer.reference_dir at its run directory"
-    )
-
-
-def load_reference_model(path: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """The frozen reference: loaded from ``path`` (full weights, or a LoRA adapter merged into its
-    base model), in eval mode, without gradients, on ``device``."""
-    if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=dtype).merge_and_unload()
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    return model.to(device).eval().requires_grad_(False)
+UPDATES = ("step", "micro_batch")
+PROXY_LOSSES = ("token_mean", "domain_mean")
+META_KEYS = ("sample_index", "domain_id")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -254,40 +66,55 @@ def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class DoReMiMixer(Mixer):
-    """DoReMi step 2 (and its online variant): domain weights α from the excess loss over a frozen
-    reference model.
+    """DoReMi step 2 (and the project's online variant): domain weights α from the excess loss over a
+    frozen reference model.
 
-    Every training micro-batch, the reference model (step 1's trained model, loaded once beside
-    the proxy: eval mode, no grad, same device and dtype; it must share the proxy's tokenizer, and
-    its vocabulary size is checked) runs on the same inputs;
-    the per-token excess loss max(ℓ_θ − ℓ_ref, 0) is summed per domain over all processes, so every
-    rank computes the same λ_t and the same α_t = :func:`doremi_update` (α_{t−1}, λ_t). Then, in
-    the paper's order, the micro-batch trains with α_t:
+    The reference model (step 1's trained model, loaded once beside the proxy: eval mode, no grad,
+    same device and dtype; it must share the proxy's tokenizer, and its vocabulary size is checked)
+    runs on the same inputs as the proxy; the per-token excess loss max(ℓ_θ − ℓ_ref, 0) is summed
+    per domain over all processes, so every rank computes the same λ_t and the same α_t.
 
-    - ``mode: proxy`` (the recipe's step 2): the batches are drawn uniformly over domains and the
-      loss is the α_t-weighted proxy loss :func:`doremi_proxy_loss` over the global micro-batch.
+    ``update: step`` (default, the reference code's): α moves once per optimizer step, from all its
+    micro-batches, and the whole step trains on α_t. With gradient accumulation (GA > 1) the trainer
+    hands the step's micro-batches to :meth:`prepare_step` before the first backward; the excess loss
+    is then computed there, which costs one extra no-grad forward of the proxy per micro-batch (in
+    eval mode: no dropout, no random numbers consumed). GA g × micro-batch b gives the α (and the
+    gradient) of one micro-batch of g·b. With GA = 1 nothing extra runs. ``update: micro_batch``
+    (the earlier rule) steps α on every micro-batch, each micro-batch on its own objective.
+
+    - ``mode: proxy`` (the recipe's step 2, the paper's and DataFlex's DoReMi): the batches are drawn
+      uniformly over domains and the loss is the α_t-weighted proxy objective (``proxy_loss``).
       ᾱ = mean_t α_t is written to ``<run dir>/doremi_weights.json`` as {domain: weight} at every
       update (atomically; step 3 reads it with ``mixer=static``).
-    - ``mode: online`` (DataFlex-style, no separate final run): the sampling proportions follow α
-      (refreshed every ``update_every`` steps) and the loss is the trainer's own loss (the mixture
-      is already in the batches; weighting the loss as well would count α twice). ᾱ is written too.
+    - ``mode: online`` (this project's variant, in neither the paper nor DataFlex: one run, no
+      separate final model): the sampling proportions follow α (refreshed every ``update_every``
+      steps) and the loss is the trainer's own loss (the mixture is already in the batches; weighting
+      the loss as well would count α twice). ᾱ is written too.
 
-    One α step per micro-batch: with gradient accumulation α moves GA times per optimizer step
-    (each step on the global micro-batch, over all ranks); with GA = 1 it is exactly one step per
-    optimizer step, as in the paper. α, ᾱ, the step count and the per-update history are in every
-    checkpoint, so a resumed run continues the same trajectory.
+    α, ᾱ, the carried λ, the step count and the per-update history are in every checkpoint, so a
+    resumed run continues the same trajectory.
 
     Args:
         reference_dir: the step-1 run directory (its ``model/``) or a model directory.
         mode: ``proxy`` or ``online``.
         eta: step size η.
-        smoothing: c, the uniform mass mixed in (every α_i >= c/K).
-        clip: clamp λ to [−clip, clip] before the step (DataFlex uses 5); None: no clipping.
+        smoothing: c, the uniform mass mixed in (every α_i >= c/K); 1e-3 is the paper's (the reference
+            code's default is 1e-4).
+        clip: clamp λ to [−clip, clip] before the step (DataFlex uses 5); None: no clipping (the paper).
         domains: the data config's domain names (keys of the JSON and of the logged weights);
             default: the run's domain names (a column-defined split's values).
         update_every: optimizer steps between refreshes of the sampling proportions (online),
             the JSON and the logged weights.
+        absent: ``last`` (default, the reference code's): a domain absent from the step keeps its
+            last observed λ (log V before its first observation, V the model's vocabulary size);
+            ``zero``: it gets λ = 0 (the earlier rule: rich-get-richer at small batches).
+        update: ``step`` (default) or ``micro_batch`` (see above).
+        proxy_loss: ``token_mean`` (default, the reference code's Σ_t α_{d(t)}·ℓ_t / Σ_t α_{d(t)}) or
+            ``domain_mean`` (the paper's Σ_i α_i·mean_{t∈i} ℓ_t, whose scale drops when domains are absent).
     """
+
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
 
     def __init__(
         self,
@@ -298,6 +125,10 @@ class DoReMiMixer(Mixer):
         clip: float | None = None,
         domains: Sequence[str] | None = None,
         update_every: int = 1,
+        # -- fidelity options (docs/ALGORITHMS.md "doremi") --
+        absent: str = "last",
+        update: str = "step",
+        proxy_loss: str = "token_mean",
     ):
         super().__init__(warmup_steps=0, update_every=update_every, num_updates=0)
         if mode not in MODES:
@@ -310,17 +141,25 @@ class DoReMiMixer(Mixer):
             raise ValueError(f"clip must be > 0 or null (no clipping), got {clip}")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
+        for key, value, allowed in (("absent", absent, ABSENT_RULES), ("update", update, UPDATES),
+                                    ("proxy_loss", proxy_loss, PROXY_LOSSES)):
+            if value not in allowed:
+                raise ConfigError(f"mixer=doremi: {key} must be one of {', '.join(allowed)}, got {value!r}; "
+                                  f"set mixer.{key}={allowed[0]} (the default)")
         self.reference_dir = reference_dir
         self.mode, self.eta, self.smoothing, self.clip = mode, float(eta), float(smoothing), clip
+        self.absent, self.update_rule, self.proxy_loss = absent, update, proxy_loss
         self.domains = list(domains) if domains else None
         self.alpha: torch.Tensor | None = None  # α_t, float64 [K]
         self.alpha_mean: torch.Tensor | None = None  # ᾱ over α_1..α_t
         self.alpha_updates = 0  # t
+        self.last_excess: torch.Tensor | None = None  # λ in force (absent: last); log V before the first step
         self.window_excess: torch.Tensor | None = None  # Σ λ since the last update (for the history)
         self.window_updates = 0
         self.history: list[dict[str, Any]] = []
         self.run_dir: Path | None = None
         self.reference: torch.nn.Module | None = None  # loaded at the first training micro-batch
+        self._step_counts: torch.Tensor | None = None  # N_i of the prepared optimizer step (not state)
 
     # -- decisions -------------------------------------------------------------------------------
     @property
@@ -335,6 +174,12 @@ class DoReMiMixer(Mixer):
             return self.alpha.clone()
         return torch.full_like(self.alpha, 1.0 / self.num_domains)
 
+    def check_before_start(self) -> None:
+        try:
+            resolve_reference_model(self.reference_dir)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """α_0 uniform; checks that the reference model exists before training starts."""
         resolve_reference_model(self.reference_dir)
@@ -345,7 +190,7 @@ class DoReMiMixer(Mixer):
         if present > k:
             raise ValueError(f"the pool has domain ids up to {present - 1} but {k} domain names {self.domains}")
         self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        self.alpha_mean, self.alpha_updates = None, 0
+        self.alpha_mean, self.alpha_updates, self.last_excess = None, 0, None
         self.window_excess, self.window_updates = torch.zeros(k, dtype=torch.float64), 0
         self.run_dir = ctx.run_dir
         return self._proportions()
@@ -391,10 +236,18 @@ class DoReMiMixer(Mixer):
                 out.update({f"mixer/doremi/{key}/{n}": float(v) for n, v in zip(self.names(), last[key])})
         return out
 
-    # -- the training loss -----------------------------------------------------------------------
-    def step_alpha(self, excess: torch.Tensor) -> torch.Tensor:
-        """One DoReMi step from the excess loss λ_t: α_t, the running mean ᾱ and the counters."""
+    # -- the α step ------------------------------------------------------------------------------
+    def step_alpha(self, excess: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """One DoReMi step: λ_t (the ``absent`` rule applied where ``counts`` is 0), α_t, ᾱ, counters.
+
+        Args:
+            excess: per-domain mean excess loss of the present domains, shape [K].
+            counts: counted tokens per domain (None: every domain present).
+        """
         excess = torch.as_tensor(excess, dtype=torch.float64).cpu()
+        if counts is not None:
+            excess = carry_absent(excess, torch.as_tensor(counts).cpu(), self.last_excess, self.absent)
+        self.last_excess = excess
         self.alpha = doremi_update(self.alpha, excess, eta=self.eta, smoothing=self.smoothing, clip=self.clip)
         self.alpha_mean = running_mean(self.alpha_mean, self.alpha, self.alpha_updates)
         self.alpha_updates += 1
@@ -402,10 +255,55 @@ class DoReMiMixer(Mixer):
         self.window_updates += 1
         return self.alpha
 
+    def _step_from_sums(self, sums: torch.Tensor, counts: torch.Tensor, vocab: int) -> torch.Tensor:
+        """Sum the per-domain excess sums and token counts over ranks, take the α step; the global counts."""
+        k = self.num_domains
+        totals = _sum_over_ranks(torch.cat([sums, counts]).cpu())
+        sums, counts = totals[:k], totals[k:].round()
+        if self.last_excess is None:  # the reference code's start: λ = log V before any observation
+            self.last_excess = torch.full((k,), math.log(vocab), dtype=torch.float64)
+        self.step_alpha(sums / counts.clamp_min(1), counts)
+        return counts
+
+    def prepare_step(self, batches: Sequence[dict[str, Any]], model: torch.nn.Module) -> None:
+        """Called by the trainer with the micro-batches of an optimizer step before the first one trains.
+
+        With ``update: step`` and gradient accumulation, λ_t is computed here over all of them (one
+        no-grad proxy forward in eval mode and one reference forward per micro-batch; micro-batches
+        with a non-finite loss do not count) and α takes its one step; every micro-batch of the step
+        then trains on α_t with the step's token counts. Otherwise (GA = 1 or ``update: micro_batch``)
+        nothing happens here: the micro-batch's own training forward gives λ.
+        """
+        self._step_counts = None
+        if self.update_rule != "step" or len(batches) <= 1 or self.alpha is None:
+            return
+        from dataflex.signals.losses import shifted_token_nll
+
+        k, device = self.num_domains, next(model.parameters()).device
+        sums = torch.zeros(k, dtype=torch.float64, device=device)
+        counts = torch.zeros(k, dtype=torch.float64, device=device)
+        vocab, was_training = 0, model.training
+        model.eval()
+        try:
+            for batch in batches:
+                inputs = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items() if key not in META_KEYS}
+                with torch.no_grad():
+                    out = model(**{key: v for key, v in inputs.items() if key != "labels"}, use_cache=False)
+                    logits = out.logits if hasattr(out, "logits") else out[0]
+                    losses, mask = shifted_token_nll(logits, inputs["labels"])
+                ref_losses, vocab = self._reference_losses(inputs, inputs["labels"], model)
+                excess = (losses - ref_losses).clamp_min(0)
+                if not torch.isfinite(excess[mask]).all():
+                    continue  # the trainer's non-finite guard stops the run or skips this micro-batch
+                domains = batch["domain_id"].to(device).view(-1, 1)
+                part_sums, part_counts = domain_token_sums(excess, domains, k, mask)
+                sums, counts = sums + part_sums, counts + part_counts
+        finally:
+            model.train(was_training)
+        self._step_counts = self._step_from_sums(sums, counts, vocab)
+
     def _reference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.reference is None:
-            from dataflex.config import ConfigError
-
             try:
                 path = resolve_reference_model(self.reference_dir)
             except ValueError as err:
@@ -422,43 +320,53 @@ class DoReMiMixer(Mixer):
             self.reference = reference
         return self.reference
 
-    def reference_token_losses(self, loss) -> torch.Tensor:
-        """ℓ_ref per token on the micro-batch's own inputs, aligned with ``loss.token_losses``."""
+    def _reference_losses(self, inputs: dict[str, Any], labels: torch.Tensor, model: torch.nn.Module):
+        """ℓ_ref per token on ``inputs`` (aligned with ``shifted_token_nll``) and the vocabulary size V."""
         from dataflex.signals.losses import shifted_token_nll
 
-        inputs = loss.inputs
-        labels = inputs.get("labels")
-        if labels is None:  # a trainer that popped them: the counted targets are the input ids
-            counted = torch.nn.functional.pad(loss.token_mask, (1, 0), value=False)
-            labels = inputs["input_ids"].masked_fill(~counted, -100)
-        reference = self._reference_model(loss.model)
+        reference = self._reference_model(model)
         with torch.no_grad():
             out = reference(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
             logits = out.logits if hasattr(out, "logits") else out[0]
             ref_losses, _ = shifted_token_nll(logits, labels)
-        return ref_losses
+        return ref_losses, logits.shape[-1]
 
+    def reference_token_losses(self, loss) -> tuple[torch.Tensor, int]:
+        """ℓ_ref per token on the micro-batch's own inputs (aligned with ``loss.token_losses``) and V."""
+        labels = loss.inputs.get("labels")
+        if labels is None:  # a trainer that popped them: the counted targets are the input ids
+            counted = torch.nn.functional.pad(loss.token_mask, (1, 0), value=False)
+            labels = loss.inputs["input_ids"].masked_fill(~counted, -100)
+        return self._reference_losses(loss.inputs, labels, loss.model)
+
+    # -- the training loss -----------------------------------------------------------------------
     def training_loss(self, loss) -> torch.Tensor:
-        """λ_t from this micro-batch (all ranks), α_t, then the micro-batch's loss under α_t."""
+        """α_t (from the prepared step, or from this micro-batch on all ranks), then the loss under α_t."""
         if self.alpha is None:
             raise RuntimeError("mixer=doremi: training_loss before initial_proportions/load_state_dict")
         if not (loss.model.training and torch.is_grad_enabled()):
             return loss.plain()  # an evaluation forward: no DoReMi step
         k = self.num_domains
         token_domains = loss.batch["domain_id"].to(loss.token_losses.device).view(-1, 1)
-        ref_losses = self.reference_token_losses(loss)
-        excess = (loss.token_losses.detach() - ref_losses).clamp_min(0)
-        sums, counts = domain_token_sums(excess, token_domains, k, loss.token_mask)
-        totals = _sum_over_ranks(torch.cat([sums, counts]).cpu())
-        sums, counts = totals[:k], totals[k:].round()
-        self.step_alpha(sums / counts.clamp_min(1))  # λ_t; absent domains get 0
+        per_step = self.update_rule == "step"
+        if per_step and loss.grad_accum_steps > 1:
+            if self._step_counts is None:
+                raise RuntimeError("mixer=doremi update=step with gradient accumulation: the trainer did not call "
+                                   "prepare_step with the step's micro-batches")
+            counts = self._step_counts
+        else:
+            ref_losses, vocab = self.reference_token_losses(loss)
+            excess = (loss.token_losses.detach() - ref_losses).clamp_min(0)
+            sums, counts = domain_token_sums(excess, token_domains, k, loss.token_mask)
+            counts = self._step_from_sums(sums, counts, vocab)
         if self.mode == "online":
             return loss.plain()
-        # This rank's share of the global micro-batch's objective (counts over all ranks); data
-        # parallelism averages gradients over ranks, hence the factor world_size.
-        objective = doremi_proxy_loss(loss.token_losses, token_domains, self.alpha, loss.token_mask,
-                                      domain_token_counts=counts) * loss.world_size
-        return loss.from_local_mean(objective)
+        proxy = doremi_token_mean_loss if self.proxy_loss == "token_mean" else doremi_proxy_loss
+        # This rank's share of the objective of the global micro-batch (update: micro_batch) or of the
+        # whole step (counts over all micro-batches and ranks); from_local_mean averages over
+        # micro-batches and data parallelism over ranks, hence the factors.
+        share = proxy(loss.token_losses, token_domains, self.alpha, loss.token_mask, domain_token_counts=counts)
+        return loss.from_local_mean(share * loss.world_size * (loss.grad_accum_steps if per_step else 1))
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -468,6 +376,7 @@ class DoReMiMixer(Mixer):
             "alpha": self.alpha,
             "alpha_mean": self.alpha_mean,
             "alpha_updates": self.alpha_updates,
+            "last_excess": self.last_excess,
             "window_excess": self.window_excess,
             "window_updates": self.window_updates,
             "history": [dict(h) for h in self.history],
@@ -479,5 +388,6 @@ class DoReMiMixer(Mixer):
         self.domains = self.domains or state.get("domains")
         self.alpha, self.alpha_mean = state["alpha"], state["alpha_mean"]
         self.alpha_updates = int(state["alpha_updates"])
+        self.last_excess = state.get("last_excess")
         self.window_excess, self.window_updates = state["window_excess"], int(state["window_updates"])
         self.history = [dict(h) for h in state["history"]]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.train.components import Mixer, UpdateContext
 
 
@@ -116,6 +117,13 @@ class StaticMixer(Mixer):
             if proportions is not None
             else None
         )
+
+    def check_before_start(self) -> None:
+        if self.proportions is None and self.proportions_file is not None and not Path(self.proportions_file).is_file():
+            raise ConfigError(
+                f"proportions_file {self.proportions_file} does not exist; run the step that writes it "
+                "first (e.g. the DoReMi proxy run's doremi_weights.json)"
+            )
 
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """The configured proportions, the file's, or the pool's domain sizes (in that order)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
 from dataflex.train.components import Selector, UpdateContext
@@ -142,6 +143,15 @@ class PoolLossSelector(BudgetSelector):
         self.candidates = candidates
         self.batch_size = int(batch_size)
 
+    def check_before_start(self) -> None:
+        # both counts, or both fractions of the same pool: comparable before the pool is built
+        same_kind = isinstance(self.candidates, int) == isinstance(self.budget, int)
+        if self.candidates is not None and same_kind and self.candidates < self.budget:
+            raise ConfigError(
+                f"candidates ({self.candidates}) must be at least the budget ({self.budget}): a round "
+                "scores the candidates and keeps the budget's worth; raise selector.candidates or lower selector.budget"
+            )
+
     def candidate_indices(self, ctx: UpdateContext) -> torch.Tensor:
         """The pool rows scored this round, sorted (all of them when ``candidates`` is None)."""
         n = ctx.pool_size
@@ -180,6 +190,7 @@ class PoolLossSelector(BudgetSelector):
 from dataflex.signals.knn import EXACT_MAX, KnnIndex  # noqa: E402
 
 EMBEDDINGS = ("sentence", "model")
+QUERIES = ("example", "prompt")  # what a query embeds: the whole validation example, or its prompt
 
 
 def interleave_groups(groups: torch.Tensor) -> torch.Tensor:
@@ -203,11 +214,13 @@ def interleave_groups(groups: torch.Tensor) -> torch.Tensor:
 
 
 class EmbeddingSelector(BudgetSelector):
-    """A budget selector over embeddings of the pool (candidates) and the validation prompts (queries).
+    """A budget selector over embeddings of the pool (candidates) and the validation examples (queries).
 
-    Candidates are the pool rows' texts (prompt and response, decoded from their own tokens),
-    queries the validation rows' prompts (``ctx.require_validation``: ``data.validation`` must name
-    a set), ordered by :func:`interleave_groups` over their subtasks.
+    Candidates are the pool rows' texts (prompt and response, decoded from their own tokens).
+    Queries (``ctx.require_validation``: ``data.validation`` must name a set), ordered by
+    :func:`interleave_groups` over their subtasks, are embedded like candidates: the whole validation
+    example, prompt and response (``query: example``, the default, as RDS+ and DataFlex do), or its
+    prompt only (``query: prompt``, the earlier behaviour).
 
     ``embedding``:
 
@@ -236,8 +249,16 @@ class EmbeddingSelector(BudgetSelector):
         exact_max: pools up to this size are searched exactly, larger ones through IVF
             (:mod:`dataflex.signals.knn`).
         nprobe: IVF cells scanned per query.
+        query: ``example`` (default: prompt + response, like the candidates) or ``prompt``.
         (others as :class:`~dataflex.selectors.base.BudgetSelector`)
     """
+
+    needs_validation = True
+
+    #: with warmup_steps=0 the first decision is the method's own (one-shot); otherwise it acts through
+    #: updates, and one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+    first_decision_is_own = True
 
     method = "embedding"
 
@@ -252,8 +273,14 @@ class EmbeddingSelector(BudgetSelector):
         batch_size: int = 32,
         exact_max: int = EXACT_MAX,
         nprobe: int = 32,
+        # -- fidelity options (docs/ALGORITHMS.md "near") --
+        query: str = "example",
     ):
         super().__init__(budget, warmup_steps, update_every, num_updates, seed)
+        if query not in QUERIES:
+            raise ConfigError(f"selector={self.method}: query must be one of {', '.join(QUERIES)}, got {query!r}; "
+                              "set selector.query=example (the whole validation example, the default) or prompt")
+        self.query = query
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         if int(batch_size) < 1:
@@ -325,15 +352,21 @@ class EmbeddingSelector(BudgetSelector):
             candidates = model_pool_embeddings(
                 ctx.model, ctx.pool, ctx.collator, self.batch_size, f"{self.name} pool embeddings"
             )
-            queries = model_prompt_embeddings(
-                ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings"
-            )
+            if self.query == "example":  # the whole rows, exactly as the candidates
+                queries = model_pool_embeddings(ctx.model, validation, ctx.collator, self.batch_size,
+                                                f"{self.name} query embeddings")
+            else:
+                queries = model_prompt_embeddings(
+                    ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings"
+                )
             return candidates, queries if order is None else queries[order]
         if "candidates" not in self._memo:
             texts = pool_texts(ctx.pool, ctx.tokenizer)
             candidates = cached_sentence_embeddings(texts, lambda texts: self._encode(ctx, texts), ctx.run_dir)
-            prompts, _ = prompt_response_texts(validation, ctx.tokenizer)
-            queries = self._encode(ctx, prompts)
+            if self.query == "example":
+                queries = self._encode(ctx, pool_texts(validation, ctx.tokenizer))
+            else:
+                queries = self._encode(ctx, prompt_response_texts(validation, ctx.tokenizer)[0])
             self._memo.update(candidates=candidates, queries=queries if order is None else queries[order])
             self._memo.pop("encoder", None)  # not needed again
         return self._memo["candidates"], self._memo["queries"]

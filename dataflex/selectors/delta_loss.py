@@ -91,6 +91,11 @@ class DeltaLossSelector(PoolLossSelector):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: the original DataFlex's component params under another name here (used by dataflex-cli)
+    legacy_keys = {"window_size": "window"}
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         budget,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dataflex.errors import ConfigError
 from dataflex.selectors.base import PoolLossSelector
 from dataflex.signals.features import (
     GRADIENT_TYPES,
@@ -33,6 +34,7 @@ from dataflex.signals.features import (
     training_features,
     validation_features,
 )
+from dataflex.signals.text import IGNORE_INDEX
 from dataflex.train.components import UpdateContext
 
 #: generator stream of the validation subset (stream 1 is the candidate subset's)
@@ -173,6 +175,21 @@ def subtask_ids(validation: Any) -> Tensor | None:
     return torch.as_tensor(validation["domain_id"], dtype=torch.long)
 
 
+def check_labelled_rows(validation: Any, rows: Tensor | None, who: str = "less") -> None:
+    """Refuse a validation row (of ``rows``, None: all) without a label token: its gradient would be
+    0 and count as a cosine of 0 in its subtask's mean. Rows without a ``labels`` column pass (pt)."""
+    if "labels" not in getattr(validation, "column_names", ()):
+        return
+    indices = range(len(validation)) if rows is None else [int(i) for i in rows]
+    for i in indices:
+        if all(t == IGNORE_INDEX for t in validation[i]["labels"]):
+            subtask = validation[i]["domain_id"] if "domain_id" in validation.column_names else 0
+            raise ConfigError(
+                f"selector={who}: validation row {i} (subtask {subtask}) has no label token (an empty response, or a "
+                "prompt that fills data.cutoff_len); raise data.cutoff_len or remove the row from data.validation"
+            )
+
+
 def validation_subset(groups: Tensor | None, size: int, per_subtask: int | None, seed: int) -> Tensor | None:
     """At most ``per_subtask`` validation rows of every subtask (the paper's few-shot targets): a
     seeded draw that depends only on ``seed``, the same in every round; sorted. None: all rows.
@@ -243,16 +260,30 @@ def checkpoint_similarities(
 
 # ------------------------------------------------------------------------------------- components
 class LessComponent(PoolLossSelector):
-    """What both LESS selectors share: the feature settings, the projector, the validation rows."""
+    """What both LESS selectors share: the feature settings, the projector, the validation rows.
+
+    Subtasks: the validation set's ``domain_id`` (one per name in ``data.validation``) or, with
+    ``subtask_column`` (e.g. MMLU's ``subject``: 57 subtasks), the values of that column of the one
+    set ``data.validation`` names (the run splits it by the column before tokenising; see
+    :func:`dataflex.backend.llamafactory.resolve_validation_column`). A validation row without a label
+    token is refused, naming it (its gradient would be 0: a silent cosine of 0 in its subtask's mean).
+    """
+
+    needs_validation = True
 
     def __init__(self, budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
-                 proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask):
+                 proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
+                 subtask_column: str | None = None):
         super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
         _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
+        if subtask_column is not None and (not isinstance(subtask_column, str) or not subtask_column.strip()):
+            raise ConfigError(f"selector=less: subtask_column must be a column name or null, got {subtask_column!r}")
+        self.subtask_column = subtask_column
         self.proj_dim, self.proj_kind, self.gradient_type = int(proj_dim), proj_kind, gradient_type
         self.projection_cache_mb = projection_cache_mb
         self.validation_per_subtask = validation_per_subtask
         self._projector = None
+        self._labels_checked = False
         # the scores of the latest round only (a full history would grow the checkpoint every round)
         self.last_scores: dict[str, Any] | None = None
 
@@ -265,8 +296,12 @@ class LessComponent(PoolLossSelector):
 
     def validation(self, ctx: UpdateContext) -> tuple[Any, Tensor | None]:
         """The target set and the rows of it that are scored against (None: all)."""
-        validation = ctx.require_validation(getattr(self, "config_name", "less"))
+        who = getattr(self, "config_name", "less")
+        validation = ctx.require_validation(who)
         rows = validation_subset(subtask_ids(validation), len(validation), self.validation_per_subtask, self.seed)
+        if not self._labels_checked:
+            check_labelled_rows(validation, rows, who)
+            self._labels_checked = True
         return validation, rows
 
     def similarities(self, ctx: UpdateContext, candidates: Tensor, adam=None) -> Tensor:
@@ -291,7 +326,8 @@ class LessSelector(LessComponent):
     under the current model and optimizer state, and keep the top k.
 
     One checkpoint (now), so Score(z) = max_j mean_{z' in val_j} cos(Γ(z), ∇ℓ(z')); the subtasks
-    are the validation set's ``domain_id`` (one per name in ``data.validation``). Warm-up: a seeded
+    are the validation set's ``domain_id`` (one per name in ``data.validation``, or per value of
+    ``subtask_column``). Warm-up: a seeded
     random subset of ``budget`` samples (the Adam state is empty before the first optimizer step),
     so the first real selection happens after ``warmup_steps``. A round depends only on the model,
     the optimizer state, the seed and the round index, so a resumed run selects what the
@@ -306,9 +342,16 @@ class LessSelector(LessComponent):
             projection matrix (trainable parameters x d x 4 bytes) may be small enough to keep.
         validation_per_subtask: score against at most this many rows of every validation subtask
             (a seeded subset fixed for the run, as the paper's few-shot targets; None: all rows).
+        subtask_column: the subtasks are the values of this column of the one validation set (e.g.
+            ``subject`` for MMLU); None: one subtask per name in ``data.validation``.
         batch_size: rows per batched forward/backward of the feature passes.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
+
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
 
     def __init__(
         self,
@@ -324,9 +367,12 @@ class LessSelector(LessComponent):
         gradient_type: str = "adam",
         projection_cache_mb: float = 0,
         validation_per_subtask: int | None = None,
+        # -- fidelity options (docs/ALGORITHMS.md "less") --
+        subtask_column: str | None = None,
     ):
         super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
-                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
+                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
+                         subtask_column=subtask_column)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
         self.validation(ctx)  # a missing validation set fails before any pass

@@ -73,9 +73,12 @@ class LessOfflineSelector(LessComponent):
         gradient_type: str = "adam",
         projection_cache_mb: float = 0,
         validation_per_subtask: int | None = None,
+        # -- fidelity options (docs/ALGORITHMS.md "less") --
+        subtask_column: str | None = None,
     ):
         super().__init__(budget, 0, 0, 0, seed, candidates, batch_size,
-                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
+                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
+                         subtask_column=subtask_column)
         if checkpoints is not None and (not list(checkpoints) or any(int(s) <= 0 for s in checkpoints)):
             raise ValueError(f"checkpoints must list positive warm-up steps (or be null), got {checkpoints!r}")
         if checkpoint_weights is not None:

@@ -88,6 +88,11 @@ class LossSelector(PoolLossSelector):
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
+    #: the original DataFlex's default where this one differs: its tercile draw (used by dataflex-cli)
+    legacy_defaults = {"rule": "tercile"}
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
+
     def __init__(
         self,
         budget,

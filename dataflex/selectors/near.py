@@ -1,4 +1,4 @@
-"""NEAR selector: the pool samples nearest to the validation/target prompts, taken round-robin by
+"""NEAR selector: the pool samples nearest to the validation/target examples, taken round-robin by
 rank (RDS+-style; ALGORITHMS.md, near), on :class:`~dataflex.selectors.base.EmbeddingSelector`, the
 shell NEAR and TSDS share.
 """
@@ -76,13 +76,17 @@ def near_indices(index: KnnIndex, queries: torch.Tensor, k: int, info: dict[str,
 
 
 class NearSelector(EmbeddingSelector):
-    """Every round, the ``budget`` pool samples nearest to the validation prompts, round-robin by rank.
+    """Every round, the ``budget`` pool samples nearest to the validation examples (whole examples by
+    default, ``query: prompt`` for their prompts), round-robin by rank.
 
     With sentence embeddings the selection is the same every round (nothing it reads changes);
     with ``embedding: model`` it follows the training model.
 
     Args: as :class:`EmbeddingSelector`.
     """
+
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"indices_path": "neighbours are computed in the run"}
 
     method = "near"
 

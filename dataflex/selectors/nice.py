@@ -24,137 +24,39 @@ path, e.g. a reward model.
 
 from __future__ import annotations
 
-import importlib
-import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
-from dataflex.eval.exact_match import normalize_answer
+from dataflex.errors import ConfigError
 from dataflex.selectors.base import PoolLossSelector, resolve_budget, seeded_generator
+from dataflex.selectors.nice_rewards import (  # noqa: F401  (re-exported: the rewards' historical home)
+    REWARDS,
+    RewardFn,
+    compute_rewards,
+    contains_match_reward,
+    exact_match_reward,
+    resolve_reward,
+)
 from dataflex.signals.batching import pad_batch, pad_id_of
-from dataflex.signals.distributed import broadcast_object, is_main_process, main_process_result
-from dataflex.signals.features import normalize_features, subtask_centroids, top_k_indices, training_features
+from dataflex.signals.distributed import (
+    broadcast_object,
+    is_main_process,
+    main_process_result,
+)
+from dataflex.signals.features import (
+    normalize_features,
+    subtask_centroids,
+    top_k_indices,
+    training_features,
+)
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import project_per_sample_gradients
 from dataflex.signals.pool import map_pool
 from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
-
-#: ``reward(prompts, responses, references) -> one float per triple``: the three sequences have equal
-#: length (one entry per sampled response: its decoded prompt, the decoded response and the decoded
-#: reference answer of the prompt's validation row). Called once per selection round with every
-#: sample of the round (batch a reward model inside), on rank 0 only (the rewards are broadcast).
-#: Values must be finite; any scale works (the cosine removes a common factor), 0 means "no signal".
-RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], Sequence[float]]
-
-
-# -- rewards ---------------------------------------------------------------------------------------
-def _words(text: str) -> str:
-    """Lower-cased, whitespace collapsed to single spaces, stripped."""
-    return " ".join(str(text).lower().split())
-
-
-def exact_match_reward(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[float]:
-    """1.0 where the response equals the reference after the project's exact-match normalisation
-    (:func:`dataflex.eval.exact_match.normalize_answer`: first line, trailing periods dropped,
-    lower case), else 0.0. An empty reference matches nothing."""
-    _check_lengths(prompts, responses, references)
-    return [
-        float(bool(normalize_answer(ref)) and normalize_answer(resp) == normalize_answer(ref))
-        for resp, ref in zip(responses, references)
-    ]
-
-
-def contains_match_reward(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[float]:
-    """1.0 where the reference occurs in the response as a whole-word phrase, else 0.0.
-
-    Both are lower-cased with whitespace collapsed; the reference is first normalised as for exact
-    match (first line, trailing periods dropped). Whole-word: no letter, digit or underscore right
-    before or after the match, so "8" is not found in "18" nor "a" in "an". An empty reference
-    matches nothing.
-    """
-    _check_lengths(prompts, responses, references)
-    out = []
-    for resp, ref in zip(responses, references):
-        needle = _words(normalize_answer(ref))
-        found = bool(needle) and re.search(rf"(?<!\w){re.escape(needle)}(?!\w)", _words(resp)) is not None
-        out.append(float(found))
-    return out
-
-
-def _check_lengths(prompts, responses, references) -> None:
-    if not len(prompts) == len(responses) == len(references):
-        raise ValueError(
-            f"reward inputs differ in length: {len(prompts)} prompts, {len(responses)} responses, "
-            f"{len(references)} references"
-        )
-
-
-#: short names accepted by ``reward`` (anything else is an import path)
-REWARDS: dict[str, RewardFn] = {"exact_match": exact_match_reward, "contains": contains_match_reward}
-
-
-def resolve_reward(reward: str | RewardFn, reward_kwargs: dict[str, Any] | None = None) -> RewardFn:
-    """The reward callable that ``reward`` names.
-
-    Args:
-        reward: ``exact_match``, ``contains``, an import path (``package.module.name`` or
-            ``package.module:name``) or a callable.
-        reward_kwargs: when not None (``{}`` included), the named object is a factory (e.g. a
-            reward-model class) and ``obj(**reward_kwargs)`` is the reward callable.
-
-    Raises:
-        ConfigError: a name that is neither a short name nor an importable callable, or a factory
-            that fails to build with ``reward_kwargs``.
-    """
-    from dataflex.config import ConfigError
-
-    obj: Any = reward
-    if isinstance(reward, str):
-        if reward in REWARDS:
-            obj = REWARDS[reward]
-        else:
-            module, sep, attr = reward.partition(":") if ":" in reward else reward.rpartition(".")
-            if not sep or not module or not attr:
-                raise ConfigError(
-                    f"reward={reward!r}: use one of {sorted(REWARDS)} or an import path 'package.module.function'"
-                )
-            try:
-                obj = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as err:
-                raise ConfigError(f"reward={reward!r} cannot be imported ({err})") from None
-    if reward_kwargs is not None:
-        if not callable(obj):
-            raise ConfigError(f"reward={reward!r} is not callable, so reward_kwargs cannot build a reward from it")
-        try:
-            obj = obj(**dict(reward_kwargs))
-        except Exception as err:  # noqa: BLE001 - any failure of user code becomes one clear line
-            raise ConfigError(f"reward={reward!r} could not be built with reward_kwargs={dict(reward_kwargs)!r} ({err})") from None
-    if not callable(obj):
-        raise ConfigError(f"reward={reward!r} is not callable")
-    return obj
-
-
-def compute_rewards(reward: RewardFn, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]) -> torch.Tensor:
-    """``[P, M]`` rewards of ``responses[x][m]`` to ``prompts[x]`` (one batched reward call).
-
-    Raises:
-        ValueError: the reward returns the wrong number of values or a non-finite one.
-    """
-    flat_p = [p for p, group in zip(prompts, responses) for _ in group]
-    flat_y = [y for group in responses for y in group]
-    flat_r = [ref for ref, group in zip(references, responses) for _ in group]
-    values = [float(v) for v in reward(flat_p, flat_y, flat_r)]
-    if len(values) != len(flat_y):
-        raise ValueError(f"the reward returned {len(values)} values for {len(flat_y)} responses")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("the reward returned a non-finite value")
-    m = len(responses[0]) if responses else 0
-    return torch.tensor(values, dtype=torch.float64).reshape(len(prompts), m)
 
 
 # -- pure core -------------------------------------------------------------------------------------
@@ -278,6 +180,12 @@ class NiceSelector(PoolLossSelector):
        with a seeded tie-break: a round in which every reward is 0 scores every sample 0 and so picks a
        seeded random subset (the training pass is then skipped).
 
+    Sampling defaults (M = 4, temperature 0.7, 128 new tokens, no top-k/top-p) are THIS PROJECT's cheap
+    choice, not the paper's; ``selector=nice_reference`` uses the reference code's (JTWang2000/NICE:
+    M = 20, temperature 1.0, top_k 50, top_p 0.95). The paper's offline recipe (features from the
+    warm-up checkpoints, learning-rate weighted, as ``selector=less_offline``) is not implemented: this
+    selector is the online variant (one checkpoint: the current model).
+
     The warm-up decision is a seeded random subset of ``budget`` samples. Everything random is seeded
     by ``(seed, update_index)`` and the model/optimizer are restored on resume, so a resumed run selects
     what the uninterrupted run selects; the checkpoint holds every round's indices and the latest
@@ -294,6 +202,7 @@ class NiceSelector(PoolLossSelector):
         temperature: sampling temperature (> 0).
         max_new_tokens: generation budget per response.
         top_p: nucleus threshold of the sampling (1.0: plain temperature sampling).
+        top_k: keep only the k likeliest tokens at each sampling step (0: off).
         generation_batch_size: prompts per ``generate`` call (part of the seeded result).
         val_prompts: validation prompts per round: None (all), an int count or a float fraction; a
             seeded random subset per round when smaller than the set.
@@ -305,6 +214,14 @@ class NiceSelector(PoolLossSelector):
         proj_kind: the random projection (``sjlt``, ``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
         gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
     """
+
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+
+    needs_validation = True
+
+    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
+    acts_through_updates = True
 
     #: generator streams of a round (0: the tie-break, 1: the candidate subset)
     VALIDATION_STREAM = 2
@@ -330,6 +247,8 @@ class NiceSelector(PoolLossSelector):
         proj_dim: int = 8192,
         proj_kind: str = "sjlt",
         gradient_type: str = "adam",
+        # -- fidelity options (docs/ALGORITHMS.md "nice") --
+        top_k: int = 0,
     ):
         from dataflex.signals.projection import Projector
 
@@ -341,6 +260,9 @@ class NiceSelector(PoolLossSelector):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ConfigError(f"selector=nice: top_k must be an int >= 0 (0: off), got {top_k!r}; the reference code uses 50")
+        self.top_k = top_k
         if val_prompts is not None:
             resolve_budget(val_prompts, max(1, 10**12), "val_prompts")
         if gradient_type not in ("adam", "sgd"):
@@ -384,6 +306,7 @@ class NiceSelector(PoolLossSelector):
             seed=self.sampling_seed(ctx),
             batch_size=self.generation_batch_size,
             top_p=self.top_p,
+            top_k=self.top_k,
             progress=is_main_process(),
         )
         return broadcast_object(groups)

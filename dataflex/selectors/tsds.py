@@ -316,6 +316,9 @@ class TSDSSelector(EmbeddingSelector):
     :func:`tsds_probabilities` reports, and ``max_p``.
     """
 
+    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
+    legacy_unused = {"probs_path": "sampling probabilities are computed in the run"}
+
     method = "tsds"
 
     def __init__(
@@ -336,8 +339,11 @@ class TSDSSelector(EmbeddingSelector):
         kde_K: int = 1000,
         replacement: bool = True,
         kde_nprobe: int = 1,
+        # -- fidelity options (docs/ALGORITHMS.md "near"/"tsds") --
+        query: str = "example",
     ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, embedding, batch_size, exact_max, nprobe)
+        super().__init__(budget, warmup_steps, update_every, num_updates, seed, embedding, batch_size, exact_max, nprobe,
+                         query=query)
         check_parameters(alpha, C, sigma, max_K, kde_K)
         if int(kde_nprobe) < 1:
             raise ValueError(f"kde_nprobe must be >= 1, got {kde_nprobe}")

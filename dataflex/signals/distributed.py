@@ -6,6 +6,7 @@ Every component decision must be identical on all ranks: either computed on rank
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -33,8 +34,11 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """Whether this is rank 0."""
-    return rank() == 0
+    """Whether this is rank 0: of the process group once it is initialised, else of the launcher
+    (torchrun's ``RANK``; a run writes its config and opens its trackers before the group exists)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def barrier() -> None:
@@ -75,7 +79,7 @@ def main_process_result(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     fit, which the callback turns into a ConfigError) or a RuntimeError naming rank 0.
     """
     result, failure = None, None
-    if is_main_process():
+    if rank() == 0:  # of the group: without one every process computes (broadcast_object is then a no-op)
         try:
             result = fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told

@@ -204,6 +204,13 @@ class DataFlexCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.resume_from is not None:
             self.load(self.resume_from)
+            sampler = self.sampler
+            expected = state.global_step * sampler.batch_size if sampler is not None else 0
+            if sampler is not None and sampler.resume is not None and sampler.resume_position != expected:
+                raise RuntimeError(
+                    f"{self.resume_from}: the sampler state is for draw {sampler.resume_position}, but step "
+                    f"{state.global_step} x {sampler.batch_size} draws per step resumes at draw {expected}"
+                )
             return
         for name, component in self.components.items():
             ctx = self._context(state, update_index=-1)
@@ -245,13 +252,17 @@ class DataFlexCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            atomic_torch_save(self.state_dict(), checkpoint / STATE_FILE)
+            atomic_torch_save(self.state_dict(state.global_step), checkpoint / STATE_FILE)
 
     # -- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, global_step: int | None = None) -> dict[str, Any]:
+        """Everything to continue after ``global_step`` (the sampler's stream from that step's draw position;
+        default: the sampler's live position)."""
+        sampler = self.sampler
+        position = global_step * sampler.batch_size if sampler is not None and global_step is not None else None
         return {
             "run_id": self.run_id,  # so no other run resumes from this checkpoint
-            "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "sampler": sampler.state_dict(position) if sampler is not None else None,
             "updates_done": dict(self.updates_done),
             "components": {name: c.state_dict() for name, c in self.components.items()},
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,80 @@ import torch
 from torch import Tensor
 
 from dataflex.errors import ConfigError
+from dataflex.logs import get_logger
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.optimizer import unwrap_optimizer
 
 #: the callback's state in every checkpoint; written last, so its presence marks a complete save
 STATE_FILE = "dataflex_state.pt"
+log = get_logger(__name__)
 
 
 def has_dataflex_state(checkpoint_dir: str | os.PathLike) -> bool:
     """A checkpoint is complete only once the callback wrote its state (the last file written)."""
     return (Path(checkpoint_dir) / STATE_FILE).is_file()
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (None if its header and data extent are whole).
+    Reads only the header: a truncated file ends before the last tensor's data."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "shorter than a safetensors header"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return "header runs past the end of the file (truncated)"
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "unreadable safetensors header"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return "truncated (tensor data ends early)" if 8 + n + end > size else None
+
+
+def _torch_file_damage(path: Path) -> str | None:
+    """Why a ``torch.save`` file cannot be read: torch writes a zip archive whose directory is at
+    its end, so a truncated or empty file has none (checked without loading the tensors)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return "not a complete torch file (empty or truncated)"
+    return None
+
+
+def checkpoint_damage(checkpoint_dir: str | os.PathLike) -> str | None:
+    """What is damaged in a complete-looking checkpoint, or None when every file it resumes from
+    reads: the DataFlex state loads, ``trainer_state.json`` parses, every torch file (optimizer,
+    scheduler, RNG states, DeepSpeed shards) is a whole archive, every safetensors file is whole."""
+    ckpt = Path(checkpoint_dir)
+    try:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable state is damage, named below
+        return f"{STATE_FILE} does not load ({type(e).__name__})"
+    if not isinstance(state, dict):
+        return f"{STATE_FILE} holds no DataFlex state"
+    trainer_state = ckpt / "trainer_state.json"
+    if not trainer_state.is_file():
+        return "trainer_state.json is missing"
+    try:
+        json.loads(trainer_state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is not valid JSON (truncated)"
+    for path in sorted(ckpt.rglob("*")):
+        if not path.is_file() or path.name == STATE_FILE:
+            continue
+        if path.suffix in (".pt", ".pth", ".bin"):
+            why = _torch_file_damage(path)
+        elif path.suffix == ".safetensors":
+            why = _safetensors_damage(path)
+        else:
+            continue
+        if why:
+            return f"{path.relative_to(ckpt)}: {why}"
+    return None
 
 
 def checkpoint_run_id(checkpoint_dir: str | os.PathLike) -> str | None:
@@ -57,15 +122,39 @@ def complete_checkpoints(checkpoint_root: str | os.PathLike, remove_incomplete: 
         if has_dataflex_state(path):
             found.append((int(suffix), path))
         elif remove_incomplete:
-            print(f"[dataflex] removing incomplete checkpoint {path} (interrupted save)", flush=True)
+            log.info("removing incomplete checkpoint %s (interrupted save)", path)
             shutil.rmtree(path)
     return sorted(found)
 
 
 def newest_complete_checkpoint(checkpoint_root: Path, remove_incomplete: bool = False) -> str | None:
-    """The newest complete ``checkpoint-N`` (see :func:`complete_checkpoints`), or None."""
+    """The newest complete and intact ``checkpoint-N`` (see :func:`complete_checkpoints` and
+    :func:`checkpoint_damage`), or None.
+
+    A damaged checkpoint (a file truncated or emptied after its save, e.g. by a full disk or a copy)
+    is named and, with ``remove_incomplete`` (the main process), set aside as
+    ``checkpoint-N.damaged`` (kept for inspection, never resumed from); the next older intact one is
+    used. When every checkpoint is damaged the run says so and starts from step 0.
+    """
     found = complete_checkpoints(checkpoint_root, remove_incomplete)
-    return str(found[-1][1]) if found else None
+    damaged = 0
+    for _, path in reversed(found):
+        why = checkpoint_damage(path)
+        if why is None:
+            if damaged:
+                log.info("resuming from the newest intact checkpoint, %s", path)
+            return str(path)
+        damaged += 1
+        aside, n = path.with_name(path.name + ".damaged"), 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.damaged-{n}")
+        if remove_incomplete:
+            path.rename(aside)
+        log.warning("checkpoint %s is damaged (%s); set aside as %s", path, why, aside.name)
+    if damaged:
+        log.warning("no intact checkpoint under %s: training starts from step 0", checkpoint_root)
+    return None
 
 
 def warmup_checkpoints(warmup_dir: str | Path, steps: Sequence[int] | None = None) -> list[tuple[int, Path]]:

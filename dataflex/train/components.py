@@ -205,6 +205,11 @@ class Component:
         """
         return None
 
+    def check_before_start(self) -> None:
+        """Raise :class:`~dataflex.errors.ConfigError` for what the config alone shows this component
+        cannot do (a missing reference model or file, incompatible sizes); called by
+        :mod:`dataflex.preflight` before any process starts or any model loads."""
+
     def decision_stats(self) -> dict[str, float]:
         """Extra values logged with each decision of a selector or mixer (rank 0), beside the
         selection statistics or the proportions (e.g. DoReMi's domain weights, NICE's rewards);

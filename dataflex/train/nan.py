@@ -24,10 +24,12 @@ import torch
 
 from dataflex.config import ConfigError
 from dataflex.errors import NonFiniteLossError  # noqa: F401  (re-exported)
+from dataflex.logs import ALL_RANKS, get_logger
 from dataflex.signals.distributed import all_ranks_true
 
 #: the run-level config key and its values
 CONFIG_KEY = "nonfinite_loss"
+log = get_logger(__name__)
 POLICIES = ("stop", "skip")
 
 
@@ -149,5 +151,5 @@ class NonFiniteGuard:
     def _skip(self, step: int, batch: Mapping[str, torch.Tensor], model: torch.nn.Module, where: str) -> torch.Tensor:
         samples = [int(i) for i in torch.as_tensor(batch.get("sample_index", [])).flatten().tolist()]
         self.skipped.append({"step": step, "samples": samples})
-        print(f"[dataflex] {where}; micro-batch skipped on every rank ({CONFIG_KEY}=skip)", flush=True)
+        log.warning("%s; micro-batch skipped on every rank (%s=skip)", where, CONFIG_KEY, extra=ALL_RANKS)
         return zero_loss(model)

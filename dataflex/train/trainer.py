@@ -1,10 +1,11 @@
 """The DataFlex layer over LLaMA-Factory's trainers.
 
-The mixin overrides ONLY ``_get_train_sampler`` (decisions reach the data through the
-DynamicSampler) and ``compute_loss`` (batches carry each sample's pool index and domain id, which
-the model must not see; components that observe batches get the per-sample losses of the training
-forward's own logits; a NaN/inf loss stops the run or skips the micro-batch, see
-``dataflex.train.nan``, before any component sees it). No LLaMA-Factory module is patched and no training loop is copied.
+The mixin overrides ``get_train_dataloader`` and ``_get_train_sampler`` (decisions reach the data
+through the DynamicSampler, each row carrying its draw-time probability) and ``compute_loss``
+(batches carry each sample's pool index, domain id and draw probabilities, which the model must not
+see; components that observe batches get the per-sample losses of the training forward's own
+logits; a NaN/inf loss stops the run or skips the micro-batch, see ``dataflex.train.nan``, before
+any component sees it). No LLaMA-Factory module is patched and no training loop is copied.
 """
 
 from __future__ import annotations
@@ -19,24 +20,55 @@ from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token
 from dataflex.train.callback import DataFlexCallback
 from dataflex.train.components import LossInputs, Mixer, Selector
 from dataflex.train.nan import NonFiniteGuard
-from dataflex.train.sampler import DynamicSampler
+from dataflex.train.sampler import Draw, DynamicSampler
 
-META_KEYS = ("sample_index", "domain_id")
+META_KEYS = ("sample_index", "domain_id", "draw_probability", "draw_domain_probability")
+#: meta keys collated as float64 (the others as int64)
+FLOAT_META_KEYS = ("draw_probability", "draw_domain_probability")
 
 
 class MetaCollator:
-    """Wraps a collator: lifts ``sample_index``/``domain_id`` out of the features, collates the rest
-    with the wrapped collator, and adds them back as LongTensors of shape [B]."""
+    """Wraps a collator: lifts the ``META_KEYS`` out of the features, collates the rest with the
+    wrapped collator, and adds them back as tensors of shape [B] (int64; the draw probabilities float64)."""
 
     def __init__(self, base):
         self.base = base
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         features = [dict(f) for f in features]
-        meta = {k: torch.tensor([f.pop(k) for f in features], dtype=torch.long) for k in META_KEYS if k in features[0]}
+        meta = {
+            k: torch.tensor([f.pop(k) for f in features], dtype=torch.float64 if k in FLOAT_META_KEYS else torch.long)
+            for k in META_KEYS if k in features[0]
+        }
         batch = self.base(features)
         batch.update(meta)
         return batch
+
+
+class DrawDataset(torch.utils.data.Dataset):
+    """The pool as the DynamicSampler's data loader reads it: each row gets the probability its draw was
+    made under (``draw_probability``, ``draw_domain_probability``, see :class:`Draw`)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitems__(self, draws: list) -> list[dict[str, Any]]:
+        stray = [d for d in draws if not isinstance(d, Draw)]
+        if stray:
+            raise RuntimeError(
+                "the data loader read a draw the trainer should have skipped on resume: the sampler's resume position "
+                "and the trainer's batch skipping disagree"
+            )
+        rows = self.pool.__getitems__([int(d) for d in draws])
+        for row, draw in zip(rows, draws):
+            row["draw_probability"], row["draw_domain_probability"] = draw.probability, draw.domain_probability
+        return rows
+
+    def __getitem__(self, draw) -> dict[str, Any]:
+        return self.__getitems__([draw])[0]
 
 
 class DataFlexTrainerMixin:
@@ -77,13 +109,35 @@ class DataFlexTrainerMixin:
         # (plain training over a pool) it would train one step too many. No batches: no step.
         if self.args.max_steps > 0 and self.state.global_step >= self.args.max_steps:
             return [], None
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # a loss owner that needs the whole optimizer step before its first backward (DoReMi's
+        # once-per-step α under gradient accumulation) sees the step's micro-batches here
+        owner = self.dataflex_callback.loss_owner
+        if batches and hasattr(owner, "prepare_step"):
+            owner.prepare_step(batches, self.model)
+        return batches, num_items
+
+    def dataflex_batch_draws(self) -> int:
+        """Draws of one optimizer step over all ranks (the global batch)."""
+        args = self.args
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+    def get_train_dataloader(self):
+        if not self.dataflex_dynamic:
+            return super().get_train_dataloader()
+        # the rows carry their draw-time probability (DrawDataset); batches are skipped on resume by
+        # HF's skip_first_batches, which the sampler's placeholders line up with
+        return self._get_dataloader(dataset=DrawDataset(self.train_dataset), description="Training",
+                                    batch_size=self._train_batch_size, sampler_fn=self._get_train_sampler,
+                                    is_training=True)
 
     def _get_train_sampler(self, *args, **kwargs):
         if not self.dataflex_dynamic:
             return super()._get_train_sampler(*args, **kwargs)  # plain training stays exactly plain
         if self.dataflex_sampler is None:
-            self.dataflex_sampler = DynamicSampler(self.dataflex_domain_ids, self.dataflex_num_draws(), self.args.seed)
+            self.dataflex_sampler = DynamicSampler(self.dataflex_domain_ids, self.dataflex_num_draws(), self.args.seed,
+                                                   batch_size=self.dataflex_batch_draws())
+            self.dataflex_sampler.skip_resumed = not self.args.ignore_data_skip
         return self.dataflex_sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

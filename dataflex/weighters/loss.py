@@ -8,9 +8,13 @@ Definitions (docs/ALGORITHMS.md, "Weighters / loss"):
   ``uniform`` 0;
 - w = softmax(g / r) over the global batch, with temperature r.
 
-Temperature schedule (:func:`inverse_temperature`): the inverse temperature 1/r moves linearly from
-``1/start_temperature`` (default 0, i.e. r = ∞: exactly uniform weights) at step 0 to ``1/temperature``
-at ``warmup_steps``, and stays there. So the weights start uniform and sharpen over the warm-up.
+Temperature schedule (:func:`scheduled_inverse_temperature`):
+
+- ``schedule: constant`` (default, the reference trainer's): exactly uniform weights (plain training,
+  r = ∞) for the first ``warmup_steps`` optimizer steps, then r = ``temperature`` from the first step on;
+- ``schedule: linear`` (the earlier default, this project's): the inverse temperature 1/r moves linearly
+  from ``1/start_temperature`` (default 0, i.e. r = ∞) at step 0 to ``1/temperature`` at
+  ``warmup_steps``, and stays there (:func:`inverse_temperature`).
 
 How the weights reach the loss (global micro-batch over ranks, gradient accumulation, the
 ``token``/``sample`` objective, samples without label tokens) is :class:`dataflex.weighters.BatchWeighter`'s
@@ -24,9 +28,11 @@ import math
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.weighters import BatchWeighter
 
 STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")
+SCHEDULES = ("constant", "linear")
 
 
 def normalised_losses(losses: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
@@ -110,6 +116,20 @@ def inverse_temperature(step: int, temperature: float, warmup_steps: int, start_
     return start + (target - start) * max(step, 0) / warmup_steps
 
 
+def scheduled_inverse_temperature(step: int, temperature: float, warmup_steps: int, schedule: str = "constant",
+                                  start_temperature: float = math.inf) -> float:
+    """1/r for the step trained after ``step`` optimizer steps done.
+
+    ``constant``: 0 (r = ∞, exactly uniform weights) while ``step < warmup_steps``, then 1/temperature.
+    ``linear``: :func:`inverse_temperature` (``start_temperature`` is only used by this schedule).
+    """
+    if schedule == "linear":
+        return inverse_temperature(step, temperature, warmup_steps, start_temperature)
+    if schedule != "constant":
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return 0.0 if step < warmup_steps else 1.0 / temperature
+
+
 class LossWeighter(BatchWeighter):
     """Loss-based reweighting of every training micro-batch (Sow et al. 2025).
 
@@ -117,10 +137,12 @@ class LossWeighter(BatchWeighter):
         strategy: ``linupper`` (up-weight high losses, flat above the midpoint), ``quadratic``
             (favour medium losses), ``extremes`` (favour both ends) or ``uniform``.
         delta: δ, half-width of the normalised loss range.
-        temperature: the target temperature r (> 0; smaller is sharper).
-        start_temperature: r at step 0 (null/inf: exactly uniform weights at the start).
-        warmup_steps: optimizer steps over which 1/r moves from 1/start_temperature to 1/temperature.
+        temperature: the temperature r after the warm-up (> 0; smaller is sharper).
+        start_temperature: ``schedule: linear`` only: r at step 0 (null/inf: exactly uniform weights).
+        warmup_steps: ``constant``: optimizer steps of exactly uniform weights before r applies;
+            ``linear``: steps over which 1/r moves from 1/start_temperature to 1/temperature.
         reduction: ``token`` (default) or ``sample``: see :mod:`dataflex.weighters`.
+        schedule: ``constant`` (default, the reference trainer's) or ``linear`` (the earlier ramp).
     """
 
     def __init__(
@@ -131,8 +153,13 @@ class LossWeighter(BatchWeighter):
         start_temperature: float | None = None,
         warmup_steps: int = 0,
         reduction: str = "token",
+        # -- fidelity options (docs/ALGORITHMS.md "Weighters / loss") --
+        schedule: str = "constant",
     ):
         super().__init__(reduction=reduction, warmup_steps=warmup_steps)
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"weighter=loss: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}; "
+                              "set weighter.schedule=constant (uniform for warmup_steps, then r; the default)")
         start_temperature = math.inf if start_temperature is None else float(start_temperature)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -144,11 +171,12 @@ class LossWeighter(BatchWeighter):
             raise ValueError(f"start_temperature must be > 0 (null: infinite), got {start_temperature}")
         self.strategy, self.delta = strategy, float(delta)
         self.temperature, self.start_temperature = float(temperature), start_temperature
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps, self.schedule_name = int(warmup_steps), schedule
 
     def current_temperature(self) -> float:
         """r in force for the step being trained (math.inf for uniform weights)."""
-        beta = inverse_temperature(self.steps_done, self.temperature, self.warmup_steps, self.start_temperature)
+        beta = scheduled_inverse_temperature(self.steps_done, self.temperature, self.warmup_steps, self.schedule_name,
+                                             self.start_temperature)
         return math.inf if beta <= 0 else 1.0 / beta
 
     def batch_weights(self, losses: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,151 @@
+"""A legacy YAML's component: its option, its params (components_cfg_file, component_overrides, the
+component's own legacy key names), the DataFlex schedule and mixture keys, and the run length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import yaml
+
+from dataflex.errors import ConfigError
+from dataflex.legacy.keys import (
+    DATAFLEX_KEYS, SAMPLE_RULES, SCHEDULE, SECTIONS, UNUSED_EVERYWHERE, did_you_mean, llamafactory_default,
+)
+from dataflex.legacy.overrides import conf_file, group_options
+
+def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) -> tuple[str, dict]:
+    """The component's option name and its params (``components_cfg_file``, then ``component_overrides``)."""
+    option = str(flex.get("component_name") or "").lower()
+    if kind == "mixer" and flex.get("static_mix"):
+        if option not in ("", "static"):
+            notes.append(f"component_name: {option} has no effect with static_mix: true (mixer=static)")
+        option = "static"
+    if not option:
+        raise ConfigError(f"train_type: {flex['train_type']} needs component_name (the {kind})")
+    if not conf_file(kind, option).is_file():
+        available = [o for o in group_options(kind) if o != "none"]
+        raise ConfigError(
+            f"component_name: {option}: no {kind} config dataflex/conf/{kind}/{option}.yaml "
+            f"(not available in this version){did_you_mean(option, available)}; available: {', '.join(available) or 'none yet'}"
+        )
+    params: dict[str, Any] = {}
+    if flex.get("components_cfg_file"):
+        given = Path(flex["components_cfg_file"]).expanduser()  # relative to the YAML, else to the working directory
+        path = next((p for p in (base_dir / given, given) if p.is_file()), None)
+        if path is None:
+            raise ConfigError(f"components_cfg_file {given} not found (looked in {base_dir} and {Path.cwd()})")
+        entry = ((yaml.safe_load(path.read_text()) or {}).get(SECTIONS[kind]) or {}).get(option)
+        if entry is None:
+            raise ConfigError(
+                f"components_cfg_file {path} has no {SECTIONS[kind]}.{option} entry; add one "
+                f"(its params may be empty) or drop components_cfg_file to use conf/{kind}/{option}.yaml"
+            )
+        params.update((entry or {}).get("params") or {})
+    params.update(flex.get("component_overrides") or {})
+    declared = component_class(kind, option)
+    renamed = getattr(declared, "legacy_keys", {})
+    unused = {**UNUSED_EVERYWHERE, **getattr(declared, "legacy_unused", {})}
+    out = {}
+    for key, value in params.items():
+        if key in unused:
+            notes.append(f"{SECTIONS[kind]}.{option}.{key}: not used ({unused[key]})")
+        elif renamed.get(key) in DATAFLEX_KEYS:  # a param that is one of the DataFlex keys here; the YAML's own wins
+            if flex.get(renamed[key]) is None:
+                flex[renamed[key]] = value
+        else:
+            out[renamed.get(key, key)] = value
+    return option, out
+
+
+def component_class(kind: str, option: str) -> type | None:
+    """The class ``conf/<kind>/<option>.yaml`` builds (its ``_target_``), None without one."""
+    target = (yaml.safe_load(conf_file(kind, option).read_text()) or {}).get("_target_")
+    if target is None:
+        return None
+    try:
+        return hydra.utils.get_class(target)
+    except Exception as err:
+        raise ConfigError(f"{kind}={option}: cannot import _target_ '{target}' ({err})") from None
+
+
+def component_values(kind: str, option: str, base: dict, params: dict, flex: dict, trainer: dict, world: int,
+                      domains: list[str], notes: list[str]) -> dict:
+    """The component group's values: its conf, its params, then the DataFlex schedule and mixture keys."""
+    desired = {**base, **params}
+    for legacy_key, key in SCHEDULE.items():
+        if legacy_key not in flex:
+            continue
+        if key not in base:
+            notes.append(f"{legacy_key}: {kind}={option} has no {key}")
+            continue
+        if key in params and params[key] != flex[legacy_key]:
+            notes.append(f"{legacy_key}: {flex[legacy_key]} overrides {SECTIONS[kind]}.{option}.{key}: {params[key]}")
+        desired[key] = flex[legacy_key]
+    if kind == "selector" and "budget" in base and "budget" not in params and (flex.get("update_step") or 0) > 0:
+        # The original selects exactly what one window trains: update_step global batches.
+        batch = trainer.get("per_device_train_batch_size", llamafactory_default("per_device_train_batch_size"))
+        accumulation = trainer.get("gradient_accumulation_steps", llamafactory_default("gradient_accumulation_steps"))
+        desired["budget"] = int(batch) * int(accumulation) * world * int(flex["update_step"])
+    # the original's defaults where this component's differ (e.g. the loss selector's tercile draw)
+    defaults = getattr(component_class(kind, option), "legacy_defaults", {})
+    desired.update({k: v for k, v in defaults.items() if k not in params})
+    if kind == "mixer":
+        _mixture(option, base, desired, flex, domains)
+    else:
+        ignored = [k for k in ("mixture_sample_rule", "init_mixture_proportions", "static_mix") if k in flex]
+        if ignored:
+            notes.append(f"{', '.join(ignored)}: no effect with train_type: {flex['train_type']}")
+    return desired
+
+
+def _mixture(option: str, base: dict, desired: dict, flex: dict, domains: list[str]) -> None:
+    """``mixture_sample_rule``/``init_mixture_proportions`` onto the mixer's proportions."""
+    proportions = flex.get("init_mixture_proportions")  # also an original param declared as this key (ODM's)
+    rule = flex.get("mixture_sample_rule") or ("mixture" if proportions is not None else None)
+    if rule is not None and rule not in SAMPLE_RULES:
+        raise ConfigError(f"mixture_sample_rule: '{rule}' is not one of {', '.join(SAMPLE_RULES)}{did_you_mean(rule, SAMPLE_RULES)}")
+    if proportions is not None:
+        proportions = [float(p) for p in proportions]
+        if len(proportions) != len(domains):
+            raise ConfigError(f"init_mixture_proportions has {len(proportions)} entries but dataset names {len(domains)} domains")
+    if rule == "mixture" and proportions is None:
+        raise ConfigError("mixture_sample_rule: mixture needs init_mixture_proportions (one per dataset)")
+    if rule == "uniform":
+        proportions = [1.0] * len(domains)
+    if option == "static":
+        if rule is not None:  # stratified: the static mixer's default, proportional to domain sizes
+            desired.update(proportions=proportions, proportions_file=None)
+        return
+    if "initial_proportions" in base:
+        if proportions is not None or rule == "stratified":
+            desired["initial_proportions"] = proportions
+        return
+    if rule == "stratified" or (proportions is not None and len(set(proportions)) > 1):
+        raise ConfigError(
+            f"mixer={option} starts from uniform proportions, so mixture_sample_rule: {rule} "
+            f"{proportions or ''} cannot be honoured; use equal init_mixture_proportions or "
+            "mixture_sample_rule: uniform, or static_mix: true for a fixed mixture"
+        )
+
+
+def run_length(flex: dict, kind: str | None, trainer: dict, notes: list[str]) -> None:
+    """``max_steps`` as the original sets it: ``train_step``, else ``warmup_step + update_step * update_times``
+    (a selector or a dynamic mixer); ``max_steps`` in the YAML wins."""
+    if kind is None:
+        return
+    steps = None
+    if flex.get("train_step"):
+        steps = int(flex["train_step"])
+    elif kind in ("selector", "mixer") and not flex.get("static_mix"):
+        times, every = int(flex.get("update_times", 1)), int(flex.get("update_step", 0))
+        if times > 0 and every > 0:
+            steps = int(flex.get("warmup_step", 0)) + every * times
+    if steps is None:
+        return
+    if trainer.get("max_steps", -1) > 0:
+        if trainer["max_steps"] != steps:
+            notes.append(f"max_steps: {trainer['max_steps']} wins over the DataFlex run length {steps}")
+        return
+    trainer["max_steps"] = steps

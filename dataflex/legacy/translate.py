@@ -1,0 +1,229 @@
+"""The translation: a legacy YAML's keys -> dataflex-run overrides (no model, no data, no run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from dataflex.config import build_component
+from dataflex.errors import ConfigError
+from dataflex.legacy.components import component_params, component_values, run_length
+from dataflex.legacy.keys import (
+    DATA_KEYS, DATAFLEX_KEYS, EVAL_KEYS, GROUPS, MODEL_KEYS, OWNED_KEYS, TRAIN_TYPES, check_keys, did_you_mean,
+    llamafactory_default, read_legacy,
+)
+from dataflex.legacy.overrides import (
+    compose, conf_file, diff_overrides, group_options, override_key, render_value, resolved,
+)
+
+
+def _same_location(a: Any, b: Any) -> bool:
+    """Equal names, or two spellings of one existing local path."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return a == b or (pa.exists() and pb.exists() and pa.resolve() == pb.resolve())
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _pop(d: dict, keys) -> dict:
+    return {k: d.pop(k) for k in keys if k in d}
+
+
+@dataclasses.dataclass
+class Translation:
+    """A legacy YAML as dataflex-run overrides.
+
+    Attributes:
+        overrides: group choices, then values (``key=``, ``+key=``, ``~key``), then the command
+            line's own dataflex-run overrides.
+        run_dir: the run directory (``output_dir``), or None for dataflex-run's default.
+        run_name: the tracker run name (``run_name``, default the YAML's file name).
+        notes: legacy settings that have no effect here, one line each.
+    """
+
+    overrides: list[str]
+    run_dir: str | None
+    run_name: str
+    notes: list[str]
+
+    def command(self) -> str:
+        """The equivalent ``dataflex-run`` command line (shell-quoted, one override a line)."""
+        args = [*self.overrides, *([f"hydra.run.dir={render_value(self.run_dir)}"] if self.run_dir else [])]
+        return " \\\n    ".join(["dataflex-run", *(shlex.quote(a) for a in args)])
+
+
+def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base_dir: str | os.PathLike = ".",
+              env: dict[str, str] | None = None) -> Translation:
+    """Translate a legacy YAML's keys into dataflex-run overrides (see :mod:`dataflex.legacy`).
+
+    Args:
+        legacy: the YAML's keys (``read_legacy``).
+        passthrough: dataflex-run overrides from the command line, applied last (one replaces a
+            translated override of the same key).
+        name: the run name when the YAML sets none (the YAML's file name).
+        base_dir: the YAML's directory (``components_cfg_file`` may be relative to it).
+        env: the environment (``FORCE_TORCHRUN``/``NPROC_PER_NODE`` set ``nproc``, as for llamafactory-cli).
+
+    Raises:
+        ConfigError: an unknown key (with the closest valid one), a component without a config, or
+            values the composed config or the component refuses.
+    """
+    env = os.environ if env is None else env
+    check_keys(legacy, name)
+    trainer = dict(legacy)  # what is left after the pops: LLaMA-Factory training arguments, as they are
+    flex, owned = _pop(trainer, DATAFLEX_KEYS), _pop(trainer, OWNED_KEYS)
+    model_keys, data_keys, eval_keys = _pop(trainer, MODEL_KEYS), _pop(trainer, DATA_KEYS), _pop(trainer, EVAL_KEYS)
+    notes: list[str] = []
+
+    train_type = flex.setdefault("train_type", "static")
+    if train_type not in TRAIN_TYPES:
+        raise ConfigError(f"train_type: '{train_type}' is not one of {', '.join(TRAIN_TYPES)}{did_you_mean(train_type, TRAIN_TYPES)}")
+    kind = TRAIN_TYPES[train_type]
+    root, choices = _owned(owned, name, notes)
+    if env.get("FORCE_TORCHRUN", "").lower() in ("1", "true"):
+        root["nproc"] = int(env.get("NPROC_PER_NODE") or _device_count())
+
+    paths = compose([]).paths
+    choices["model"], model, custom_model = _model(model_keys, paths)
+    trainer.setdefault("stage", llamafactory_default("stage"))
+    choices["data"], data, custom_data = _data(data_keys, trainer["stage"], paths)
+    choices["trainer"] = "pt_full" if trainer["stage"] == "pt" else "sft_full" if trainer.get("finetuning_type") == "full" else "sft_lora"
+    if kind is None:
+        ignored = sorted(set(flex) - {"train_type", "components_cfg_file"})
+        if ignored:
+            notes.append(f"{', '.join(ignored)}: no effect with train_type: {train_type} (plain LLaMA-Factory training)")
+        params = {}
+    else:
+        choices[kind], params = component_params(kind, flex, Path(base_dir), notes)
+    run_length(flex, kind, trainer, notes)
+
+    selected = [f"{g}={choices[g]}" for g in GROUPS if choices.get(g)]
+    base = resolved(compose(selected))
+    values = [f"{k}={render_value(v)}" for k, v in root.items() if base.get(k) != v]
+    values += diff_overrides("model", base["model"], model, delete_missing=custom_model)
+    values += diff_overrides("data", base["data"], data, delete_missing=custom_data)
+    values += diff_overrides("trainer", base["trainer"], trainer, delete_missing=True)
+    values += diff_overrides("eval", base["eval"], _evaluation(eval_keys, notes), delete_missing=False)
+    if kind is not None:
+        world = int(root.get("nproc", 1))
+        desired = component_values(kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes)
+        values += diff_overrides(kind, base[kind], desired, delete_missing=False)
+    given = {override_key(o) for o in passthrough}
+    overrides = [o for o in selected + values if override_key(o) not in given] + list(passthrough)
+    validate(overrides)
+    return Translation(overrides, owned.get("output_dir"), str(root["run_name"]), notes)
+
+
+def validate(overrides) -> None:
+    """Compose ``overrides`` and build the components, the checks the Run makes before any model loads."""
+    cfg = compose(overrides)
+    for kind in ("selector", "mixer", "weighter"):
+        build_component(kind, cfg.get(kind))
+
+
+def _owned(owned: dict, name: str, notes: list[str]) -> tuple[dict, dict]:
+    """The root keys and the logger choice from the keys dataflex owns."""
+    if owned.get("do_train") is False:
+        raise ConfigError("do_train: false; dataflex-cli train always trains (evaluation runs before and after)")
+    if owned.get("resume_from_checkpoint"):
+        raise ConfigError(
+            "resume_from_checkpoint: a run resumes by itself from the newest complete checkpoint of its "
+            "output_dir; remove the key and rerun with the same output_dir"
+        )
+    root = {"run_name": owned.get("run_name") or name}
+    if "seed" in owned:
+        root["seed"] = owned["seed"]
+    report_to = [r for r in _as_list(owned.get("report_to")) if r != "none"]
+    choices = {"logger": "wandb"} if {"wandb", "all"} & set(report_to) else {}
+    others = [r for r in report_to if r not in ("wandb", "all")]
+    if others:
+        notes.append(f"report_to {others}: dataflex tracks in metrics.jsonl, and in W&B with report_to: wandb")
+    if owned.get("plot_loss"):
+        notes.append("plot_loss: the loss curve is in metrics.jsonl")
+    return root, choices
+
+
+def _evaluation(keys: dict, notes: list[str]) -> dict:
+    """The ``eval`` group's values from LLaMA-Factory's evaluation keys (the others get a note unless
+    they hold LLaMA-Factory's default)."""
+    values = {}
+    steps = keys.get("eval_steps")
+    if keys.get("eval_strategy") == "steps" and isinstance(steps, int) and steps > 0:
+        values["every_n_steps"] = steps
+        del keys["eval_strategy"], keys["eval_steps"]
+    if "per_device_eval_batch_size" in keys:
+        values["batch_size"] = keys.pop("per_device_eval_batch_size")
+    ignored = [k for k, v in keys.items() if v != llamafactory_default(k)]
+    if ignored:
+        notes.append(
+            f"{', '.join(ignored)}: not used; dataflex evaluates the data config's held-out sets before and "
+            "after training (and every eval.every_n_steps steps), not LLaMA-Factory's eval loop"
+        )
+    return values
+
+
+def _shipped(group: str, option: str, paths) -> dict:
+    """A shipped model/data option with ``${paths.*}`` resolved (those groups have no defaults list)."""
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create({"paths": paths, group: OmegaConf.load(conf_file(group, option))})
+    return OmegaConf.to_container(root, resolve=True)[group]
+
+
+def _model(keys: dict, paths) -> tuple[str | None, dict, bool]:
+    """(shipped option or None, the model group's values, whether they replace the option's)."""
+    nop = keys.get("model_name_or_path")
+    if not nop:
+        raise ConfigError("model_name_or_path is required (a shipped model name such as tiny, a path or a hub id)")
+    extra = {k: keys[k] for k in ("template", "trust_remote_code") if k in keys}
+    for option in group_options("model"):
+        cfg = _shipped("model", option, paths)
+        if nop == option or _same_location(nop, cfg.get("name_or_path")):
+            return option, {**cfg, **extra}, False
+    return None, {"name": Path(str(nop)).name or str(nop), "asset": None, "name_or_path": nop,
+                  "template": keys.get("template"), **extra}, True
+
+
+def _data(keys: dict, stage: str, paths) -> tuple[str | None, dict, bool]:
+    """(shipped option or None, the data group's values, whether they replace the option's)."""
+    names = _as_list(keys.get("dataset"))
+    if not names:
+        raise ConfigError("dataset is required (comma-separated LLaMA-Factory dataset names, one domain each)")
+    values = {
+        "domains": names,
+        "cutoff_len": keys.get("cutoff_len", llamafactory_default("cutoff_len")),
+        "max_samples": keys.get("max_samples", llamafactory_default("max_samples")),
+    }
+    if "eval_dataset" in keys:
+        values["validation"] = keys["eval_dataset"]
+    dataset_dir = keys.get("dataset_dir")
+    for option in group_options("data"):
+        cfg = _shipped("data", option, paths)
+        known = {*(cfg.get("domains") or []), *(cfg.get("registry") or {})}
+        if set(names) <= known and (dataset_dir is None or _same_location(dataset_dir, cfg.get("dataset_dir"))):
+            return option, {**cfg, **values}, False
+    folder = Path(dataset_dir or llamafactory_default("dataset_dir")).expanduser().absolute()
+    return None, {"name": "custom", "asset": None, "stage": stage, "dataset_dir": str(folder),
+                  "validation": None, **values, "eval": None}, True
+
+def _device_count() -> int:
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
+def translate_file(path: str | os.PathLike, args=()) -> Translation:
+    """Read and translate a legacy YAML (with its command-line args)."""
+    legacy, passthrough = read_legacy(path, list(args))
+    return translate(legacy, passthrough, name=Path(path).stem, base_dir=Path(path).parent)

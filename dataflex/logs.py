@@ -1,0 +1,71 @@
+"""Logging: progress and info messages through python ``logging``, shown by rank 0 only.
+
+Every module logs through ``get_logger(__name__)``; the ``dataflex`` logger prints ``[dataflex] <message>``
+on stdout (where ``sys.stdout`` is when the line is written, so redirections and pytest's capture see
+it), ``dataflex.data.assets`` prints ``[dataflex-data] <message>`` on stderr (stdout stays clean for
+``dataflex-data path``). In a multi-process run only rank 0 prints (``extra=ALL_RANKS``: every rank).
+``DATAFLEX_LOG_LEVEL`` (default ``INFO``) sets the level; ``WARNING`` silences the progress lines.
+
+Results a command exists to print (``dataflex-cli migrate``'s command, the run summary table,
+``dataflex-report``'s tables, errors) are printed, not logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+#: ``log.warning(..., extra=ALL_RANKS)``: a line every rank prints (what differs between ranks)
+ALL_RANKS = {"all_ranks": True}
+#: logger name -> (stream name, line prefix); a logger below one of these inherits its output
+OUTPUTS = {
+    "dataflex": ("stdout", "[dataflex]"),
+    "dataflex.data.assets": ("stderr", "[dataflex-data]"),
+}
+
+
+class RankZeroFilter(logging.Filter):
+    """Passes records on rank 0 (or in a single process) only, and those logged with ``extra=ALL_RANKS``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # deferred: the rank needs torch.distributed, which `dataflex-data` never loads otherwise
+        from dataflex.signals.distributed import is_main_process
+
+        return getattr(record, "all_ranks", False) or is_main_process()
+
+
+class CurrentStreamHandler(logging.StreamHandler):
+    """A StreamHandler on ``sys.stdout``/``sys.stderr`` as they are at each record, not at creation."""
+
+    def __init__(self, stream_name: str):
+        super().__init__()
+        self.stream_name = stream_name
+
+    @property
+    def stream(self):
+        return getattr(sys, self.stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; the property always reads sys
+        pass
+
+
+def _configure(name: str) -> None:
+    logger = logging.getLogger(name)
+    if any(isinstance(h, CurrentStreamHandler) for h in logger.handlers):
+        return
+    stream_name, prefix = OUTPUTS[name]
+    handler = CurrentStreamHandler(stream_name)
+    handler.setFormatter(logging.Formatter(f"{prefix} %(message)s"))
+    handler.addFilter(RankZeroFilter())
+    logger.addHandler(handler)
+    logger.setLevel(os.environ.get("DATAFLEX_LOG_LEVEL", "INFO").upper())
+    logger.propagate = False  # Hydra's root handler would print every line a second time
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger for module ``name`` (``__name__``), its ``dataflex`` output configured on first use."""
+    for configured in OUTPUTS:
+        _configure(configured)
+    return logging.getLogger(name)

@@ -1,0 +1,125 @@
+"""Arms: the runs of one arm aggregated over seeds, the best arm, the markdown comparison table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from dataflex.report.runs import RunRecord
+
+BEST_MARK = "★"
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1 in the denominator); std is None for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def lower_is_better(metric: str) -> bool:
+    """Perplexities and losses go down; accuracies and exact-match rates go up."""
+    leaf = metric.lower()
+    return leaf.startswith(("ppl", "loss")) or "/ppl" in leaf or "loss" in leaf or "perplexity" in leaf
+
+
+def default_metric(metrics: list[str]) -> str | None:
+    """The metric the best row is chosen by: ``ppl/avg`` if evaluated, else the first accuracy,
+    else the first exact-match rate, else the first metric."""
+    if "ppl/avg" in metrics:
+        return "ppl/avg"
+    for word in ("accuracy", "em/"):
+        for metric in metrics:
+            if word in metric:
+                return metric
+    return metrics[0] if metrics else None
+
+
+@dataclass
+class Arm:
+    """One row of the comparison: the finished runs of one arm, aggregated over seeds."""
+
+    name: str
+    method: str
+    seeds: list[Any]
+    stats: dict[str, tuple[float, float | None]]
+    tokens: float | None
+    tokens_exact: bool
+    wall_time_s: float | None
+    runs: list[RunRecord]
+
+
+def summarize(runs: list[RunRecord]) -> list[Arm]:
+    """Aggregate finished runs per arm (mean and sample std over seeds), in first-seen order."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        if run.finished:
+            groups.setdefault(run.arm, []).append(run)
+    arms = []
+    for name, members in groups.items():
+        members.sort(key=lambda r: (str(type(r.seed)), r.seed))
+        metrics = sorted({k for r in members for k in r.eval})
+        stats = {m: mean_std([r.eval[m] for r in members if m in r.eval]) for m in metrics}
+        tokens = [r.tokens for r in members if r.tokens is not None]
+        walls = [r.wall_time_s for r in members if r.wall_time_s is not None]
+        arms.append(Arm(
+            name=name, method=" / ".join(sorted({r.method for r in members})), seeds=[r.seed for r in members],
+            stats=stats, tokens=sum(tokens) / len(tokens) if tokens else None,
+            tokens_exact=all(r.tokens_exact for r in members), wall_time_s=sum(walls) / len(walls) if walls else None,
+            runs=members,
+        ))
+    return arms
+
+
+def best_arm(arms: list[Arm], metric: str | None) -> Arm | None:
+    """The arm with the best mean ``metric`` (lowest for losses/perplexities, else highest)."""
+    scored = [a for a in arms if metric in a.stats]
+    if not scored:
+        return None
+    sign = 1.0 if lower_is_better(metric) else -1.0
+    return min(scored, key=lambda a: sign * a.stats[metric][0])
+
+
+def _fmt(value: float) -> str:
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
+    return f"{value:.3e}"
+
+
+def _fmt_stat(stat: tuple[float, float | None] | None) -> str:
+    if stat is None:
+        return "–"
+    mean, std = stat
+    return _fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def _fmt_tokens(arm: Arm) -> str:
+    if arm.tokens is None:
+        return "–"
+    return f"{arm.tokens:,.0f}" if arm.tokens_exact else f"≤{arm.tokens:,.0f}"
+
+
+def _fmt_wall(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def markdown_table(arms: list[Arm], metric: str | None = None, metrics: list[str] | None = None) -> str:
+    """The comparison table: one row per arm; the best arm by ``metric`` (and any tied with it) is marked."""
+    if metrics is None:
+        metrics = sorted({m for a in arms for m in a.stats})
+    best = best_arm(arms, metric)
+    # every arm tied with the best mean is marked
+    marked = [a for a in arms if best is not None and metric in a.stats and a.stats[metric][0] == best.stats[metric][0]]
+    header = ["arm", "method", "seeds", *metrics, "tokens", "wall time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for arm in arms:
+        name = f"**{arm.name}** {BEST_MARK}" if any(arm is m for m in marked) else arm.name
+        cells = [name, arm.method, ",".join(str(s) for s in arm.seeds),
+                 *[_fmt_stat(arm.stats.get(m)) for m in metrics], _fmt_tokens(arm), _fmt_wall(arm.wall_time_s)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""dataflex.logs: progress lines through logging, printed by rank 0 only, on the stream each logger names."""
+
+from __future__ import annotations
+
+from dataflex.logs import ALL_RANKS, get_logger
+
+
+def test_rank_zero_prints_on_stdout_with_the_prefix(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    get_logger("dataflex.run").info("resuming from %s", "ckpt-2")
+    get_logger("dataflex.data.assets").info("tiny: up to date")
+    captured = capsys.readouterr()
+    assert captured.out == "[dataflex] resuming from ckpt-2\n"
+    assert captured.err == "[dataflex-data] tiny: up to date\n"  # stdout stays clean for `dataflex-data path`
+
+
+def test_other_ranks_print_only_lines_marked_for_every_rank(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # torchrun's rank, before any process group exists
+    log = get_logger("dataflex.train.nan")
+    log.info("progress")
+    log.warning("skipped on this rank", extra=ALL_RANKS)
+    assert capsys.readouterr().out == "[dataflex] skipped on this rank\n"
+
+
+def test_level_below_the_threshold_is_dropped(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    get_logger("dataflex.launch").debug("not shown at INFO")
+    assert capsys.readouterr().out == ""
