@@ -238,6 +238,10 @@ class Component:
             batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
         """
 
+    def prepare_step(self, batches: list[dict[str, Any]], model: torch.nn.Module) -> None:
+        """Called with all micro-batches of an optimizer step before its first backward, for the
+        component that owns the loss (DoReMi moves α once per optimizer step from all of them)."""
+
     def training_loss(self, loss: LossInputs) -> torch.Tensor | None:
         """The loss to back-propagate for this micro-batch, when the component :attr:`owns_loss`
         (weighters; DoReMi's alpha-weighted proxy loss).
