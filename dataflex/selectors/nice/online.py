@@ -1,33 +1,9 @@
-"""NICE (Wang et al., ICML 2025): LESS with on-policy, reward-weighted validation gradients
-(ALGORITHMS.md, nice).
-
-Training features are LESS's (:func:`dataflex.signals.features.training_features`: Adam-preconditioned,
-projected, L2-normalised per-sample gradients). The validation feature of a target prompt x is the
-REINFORCE estimate of the gradient of its expected NEGATIVE reward,
-
-    g_val(x) = (1/M) · Σ_m r(x, y_m) · ∇θ[−log πθ(y_m | x)],   y_m ~ πθ(· | x) (the current model),
-
-with log πθ summed over the response tokens. It is computed with the per-sample gradient engine:
-the (prompt + sampled response) rows, labelled on the response tokens, give the projected
-gradients f of their token-mean NLL ℓ; the summed NLL is n·ℓ (n response tokens), so by linearity
-of the projection the projected g_val(x) is (1/M)·Σ_m r_m·n_m·f_m (:func:`reinforce_features`).
-Rows with r = 0 contribute nothing and are never differentiated. Each g_val(x) is projected with
-the same seeded projector as the training features and L2-normalised; a zero one stays zero
-(:func:`~dataflex.signals.features.normalize_features`), so r ≡ 0 gives score 0, never NaN. The
-score of a pool sample is LESS's (max over subtasks of the mean cosine, against
-:func:`~dataflex.signals.features.subtask_centroids`).
-
-The reward is pluggable (:data:`RewardFn`): ``exact_match`` (default) or ``contains`` against the
-reference answer (the labelled response of the validation row), or any callable named by import
-path, e.g. a reward model.
-"""
+"""NICE, online (``selector=nice``): a round every update under the current model."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -39,134 +15,27 @@ from dataflex.selectors.base import (
     resolve_budget,
     seeded_generator,
 )
-from dataflex.selectors.nice_rewards import (  # noqa: F401  (re-exported: the rewards' historical home)
-    REWARDS,
+from dataflex.selectors.nice.features import nice_validation_features
+from dataflex.selectors.nice.rewards import (
     RewardFn,
     compute_rewards,
-    contains_match_reward,
-    exact_match_reward,
     resolve_reward,
 )
-from dataflex.signals.batching import pad_batch, pad_id_of
+from dataflex.signals.batching import pad_id_of
 from dataflex.signals.distributed import (
     broadcast_object,
     is_main_process,
     main_process_result,
 )
 from dataflex.signals.features import (
-    checkpoint_weight_vector,
-    combine_subtask_similarities,
-    normalize_features,
     subtask_centroids,
     top_k_indices,
     training_features,
 )
 from dataflex.signals.generation import sample_generations
-from dataflex.signals.gradients import project_per_sample_gradients
-from dataflex.signals.pool import map_pool
-from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
-from dataflex.train.checkpoints import (
-    check_checkpoint_choice,
-    for_each_warmup_checkpoint,
-    warmup_checkpoint_weights,
-    warmup_checkpoints,
-)
+from dataflex.signals.text import prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
 from dataflex.train.fields import param
-from dataflex.utils import atomic_write_json
-
-
-# -- pure core -------------------------------------------------------------------------------------
-def reinforce_features(features: torch.Tensor, rewards: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
-    """The REINFORCE validation feature of each prompt, unnormalised.
-
-    ``g[x] = (1/M) · Σ_m rewards[x, m] · num_tokens[x, m] · features[x, m]``: with ``features`` the
-    (projected) gradients of the token-mean NLL of the M sampled responses, ``num_tokens · features``
-    is the gradient of their summed NLL −log πθ(y_m | x).
-
-    Args:
-        features: ``[P, M, d]`` per-sample gradients of ℓ (rows whose reward is 0 may hold anything
-            finite, e.g. zeros: they are multiplied by 0).
-        rewards: ``[P, M]`` r(x, y_m).
-        num_tokens: ``[P, M]`` response tokens of each sample (the label tokens of its row).
-
-    Returns:
-        ``[P, d]`` float32.
-    """
-    if features.dim() != 3 or tuple(features.shape[:2]) != tuple(rewards.shape) or rewards.shape != num_tokens.shape:
-        raise ValueError(
-            f"shapes disagree: features {tuple(features.shape)} (want [P, M, d]), rewards {tuple(rewards.shape)}, "
-            f"num_tokens {tuple(num_tokens.shape)} (want [P, M])"
-        )
-    weight = rewards.double() * num_tokens.double()
-    # rows with weight 0 never reach the sum (0 * NaN would still be NaN)
-    terms = torch.where(weight[..., None] != 0, weight[..., None] * features.double(), torch.zeros((), dtype=torch.float64))
-    return (terms.sum(1) / max(1, features.shape[1])).float()
-
-
-# -- model-facing helpers --------------------------------------------------------------------------
-def reinforce_row(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> dict[str, list[int]]:
-    """A (prompt + response) row labelled on the response tokens only."""
-    prompt_ids, response_ids = [int(t) for t in prompt_ids], [int(t) for t in response_ids]
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "attention_mask": [1] * (len(prompt_ids) + len(response_ids)),
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
-    }
-
-
-class RowCollator:
-    """Right-pads ``input_ids``/``attention_mask``/``labels`` rows (pad id masked, labels -100)."""
-
-    def __init__(self, pad_id: int = 0):
-        self.pad_id = int(pad_id)
-
-    def __call__(self, rows: list[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        ids, mask, _ = pad_batch([r["input_ids"] for r in rows], self.pad_id, "right")
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        for i, r in enumerate(rows):
-            labels[i, : len(r["labels"])] = torch.tensor(list(r["labels"]), dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def nice_validation_features(
-    model: torch.nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[Sequence[int]]],
-    rewards: torch.Tensor,
-    projector: Any,
-    batch_size: int = 16,
-    pad_id: int = 0,
-) -> torch.Tensor:
-    """Projected, L2-normalised REINFORCE validation features ``[P, d]``.
-
-    Args:
-        model: the current model (its trainable parameters are the gradient's coordinates).
-        prompt_ids: ``P`` template-encoded prompts.
-        responses: ``responses[x][m]``: the token ids of the m-th sampled response to prompt x (as
-            the model emitted them, stop token included).
-        rewards: ``[P, M]`` r(x, y_m).
-        projector: the seeded projector of the training features.
-        batch_size: rows per batched forward/backward.
-        pad_id: padding id of the batches (always masked).
-
-    Returns:
-        ``[P, projector.dim]`` float32 on CPU; a prompt whose rewards are all 0 gets a zero row.
-    """
-    p = len(prompt_ids)
-    m = len(responses[0]) if p else 0
-    if any(len(group) != m for group in responses) or tuple(rewards.shape) != (p, m):
-        raise ValueError(f"every prompt needs the same number of responses; rewards must be [{p}, {m}]")
-    rows = [reinforce_row(x, y) for x, group in zip(prompt_ids, responses) for y in group]
-    num_tokens = torch.tensor([[len(y) for y in group] for group in responses], dtype=torch.float64).reshape(p, m)
-    weight = rewards.reshape(-1).double() * num_tokens.reshape(-1)
-    features = torch.zeros(p * m, projector.dim, dtype=torch.float32)
-    needed = torch.nonzero(weight != 0).flatten()
-    if needed.numel():
-        fn = partial(project_per_sample_gradients, projector=projector)
-        features[needed] = map_pool(fn, model, rows, RowCollator(pad_id), indices=needed, batch_size=batch_size, desc="NICE validation gradients")
-    g = reinforce_features(features.reshape(p, m, -1), rewards, num_tokens)
-    return normalize_features(g)
 
 
 # -- the component ---------------------------------------------------------------------------------
@@ -377,94 +246,3 @@ class NiceSelector(PoolLossSelector):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.last_scores = state.get("last_scores")
-
-
-#: what the offline selector writes into the run directory (besides selections/round_000.json)
-OFFLINE_RECORD = "nice_offline.json"
-
-
-class NiceOfflineSelector(NiceSelector):
-    """NICE's offline recipe, as the paper runs it (``selector=nice_offline``): once, before
-    training, score the pool under every per-epoch checkpoint of a warm-up run and keep the top k
-    for the whole run (ALGORITHMS.md, nice; the checkpoint handling is offline LESS's).
-
-    For every warm-up checkpoint c (:func:`~dataflex.train.checkpoints.for_each_warmup_checkpoint`:
-    its weights loaded into this run's model, its saved Adam moments for the training features),
-    one round of :class:`NiceSelector` runs under c: responses sampled from c's model (on-policy for
-    c, the same seeded prompts and sampling seed at every c), their rewards, the REINFORCE
-    validation features and the candidates' training features, kept as ``sim_c[z, j]`` (mean cosine
-    with subtask j). Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the
-    epoch ending at c (:func:`~dataflex.train.checkpoints.warmup_checkpoint_weights`), normalised
-    to sum 1 (:func:`~dataflex.signals.features.combine_subtask_similarities`). The model's own
-    weights are put back before training; the selection never changes afterwards.
-
-    Written to ``nice_offline.json`` (checkpoints, weights, each checkpoint's mean reward, the
-    chosen samples and scores) and ``selections/round_000.json``. ``python -m
-    dataflex.cli.less_offline experiment=nice_offline`` trains the warm-up and then runs this.
-
-    Args:
-        budget: k, an int count or a float fraction of the pool (the paper: 5%).
-        warmup_dir: the warm-up run directory (or its ``checkpoints``).
-        checkpoints: the warm-up steps to use (None: every complete checkpoint).
-        checkpoint_weights: explicit w_c, one per checkpoint (None: the epochs' mean learning rates).
-        (sampling, reward and feature settings as :class:`NiceSelector`)
-    """
-
-    acts_through_updates = False
-    # decides once, at the start: no schedule keys
-    warmup_steps: ClassVar[int] = 0
-    update_every: ClassVar[int] = 0
-    num_updates: ClassVar[int] = 0
-    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
-    warmup_dir: str | None = None
-    checkpoints: Sequence[int] | None = None
-    checkpoint_weights: Sequence[float] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.checkpoints, self.checkpoint_weights = check_checkpoint_choice(self.checkpoints, self.checkpoint_weights)
-
-    def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
-        name = getattr(self, "config_name", "nice_offline")
-        if not self.warmup_dir:
-            raise ConfigError(
-                f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
-                "`python -m dataflex.cli.less_offline experiment=nice_offline` trains the warm-up and then this run"
-            )
-        ctx.require_validation(name)  # a missing validation set fails before any pass
-        found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
-        weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
-        candidates = self.candidate_indices(ctx)
-        rounds = for_each_warmup_checkpoint(
-            ctx.model, found, lambda _step, _path, adam: self.similarities(ctx, candidates, adam=adam),
-            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
-        )
-        scores = combine_subtask_similarities(torch.stack([sims for sims, _, _ in rounds]), weights)
-        local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
-        chosen = candidates[local]
-        rewards = torch.stack([r.float() for _, r, _ in rounds])  # [C, P, M]
-        self.last_scores = {
-            "update_index": ctx.update_index,
-            "candidates": candidates,
-            "scores": scores.float(),
-            "validation_indices": rounds[0][2],
-            "rewards": rewards,
-            "checkpoint_steps": [s for s, _ in found],
-            "checkpoint_weights": checkpoint_weight_vector(weights, len(found)).tolist(),
-        }
-        if ctx.run_dir is not None and is_main_process():
-            atomic_write_json(Path(ctx.run_dir) / OFFLINE_RECORD, {
-                "warmup_dir": str(self.warmup_dir),
-                "checkpoints": [str(p) for _, p in found],
-                "checkpoint_steps": self.last_scores["checkpoint_steps"],
-                "checkpoint_weights": self.last_scores["checkpoint_weights"],
-                "reward_mean": rewards.flatten(1).mean(1).tolist(),
-                "candidates": int(candidates.numel()),
-                "k": int(chosen.numel()),
-                "indices": chosen.tolist(),
-                "scores": scores[local].tolist(),
-            })
-        return self.record(ctx, chosen)
-
-    def select(self, ctx: UpdateContext) -> torch.Tensor:  # never scheduled: update_every is 0
-        raise RuntimeError("offline NICE selects once, before training")
