@@ -9,14 +9,11 @@ shares LESS's component base); the warm-up's checkpoints are read through :mod:`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from dataflex.errors import ConfigError
-from dataflex.selectors.base import COUNT_OR_FRACTION, budget_problem
+from dataflex.selectors.base import WarmupRecipe
 from dataflex.selectors.less.scoring import LessComponent
 from dataflex.signals.distributed import is_main_process
 from dataflex.signals.features import (
@@ -24,21 +21,14 @@ from dataflex.signals.features import (
     combine_subtask_similarities,
     top_k_indices,
 )
-from dataflex.train.checkpoints import (
-    check_checkpoint_choice,
-    for_each_warmup_checkpoint,
-    warmup_checkpoint_weights,
-    warmup_checkpoints,
-)
 from dataflex.train.components import UpdateContext
-from dataflex.train.fields import param
 from dataflex.utils import atomic_write_json
 
 #: What the offline selector writes into the run directory (besides selections/round_000.json).
 OFFLINE_RECORD = "less_offline.json"
 
 
-class LessOfflineSelector(LessComponent):
+class LessOfflineSelector(WarmupRecipe, LessComponent):
     """The LESS paper's offline selection (``selector=less_offline``): once, before training, score
     the pool with the per-epoch checkpoints of a warm-up run and keep the top k for the whole run.
 
@@ -64,33 +54,10 @@ class LessOfflineSelector(LessComponent):
         (others as :class:`~dataflex.selectors.less.online.LessSelector`)
     """
 
-    # decides once, at the start: no schedule keys
-    warmup_steps: ClassVar[int] = 0
-    update_every: ClassVar[int] = 0
-    num_updates: ClassVar[int] = 0
-    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
-    warmup_dir: str | None = None
-    checkpoints: Sequence[int] | None = None
-    checkpoint_weights: Sequence[float] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.checkpoints, self.checkpoint_weights = check_checkpoint_choice(self.checkpoints, self.checkpoint_weights)
-
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
-        name = getattr(self, "config_name", "less_offline")
-        if not self.warmup_dir:
-            raise ConfigError(
-                f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
-                "`python -m dataflex.cli.less_offline` trains the warm-up and then this run"
-            )
-        self.validation(ctx)  # a missing validation set fails before any pass
-        found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
-        weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
         candidates = self.candidate_indices(ctx)
-        sims = for_each_warmup_checkpoint(
-            ctx.model, found, lambda _step, _path, adam: self.similarities(ctx, candidates, adam=adam),
-            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
+        found, weights, sims = self.over_warmup_checkpoints(
+            ctx, "python -m dataflex.cli.less_offline", lambda adam: self.similarities(ctx, candidates, adam=adam)
         )
         scores = combine_subtask_similarities(torch.stack(sims), weights)
         local = top_k_indices(scores, self.k(ctx))
