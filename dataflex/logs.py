@@ -51,6 +51,22 @@ class CurrentStreamHandler(logging.StreamHandler):
         pass
 
 
+class RunLogHandler(logging.Handler):
+    """Copies records to the root logger's file handlers: under Hydra, the run directory's own log
+    (``run.log``), which would otherwise stay empty (the ``dataflex`` loggers do not propagate, so
+    that Hydra's console handler does not print every line twice)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def to_run_log(message: str, level: int = logging.ERROR) -> None:
+    """Write ``message`` to the run's own log only (e.g. the one-line error a CLI prints on stderr)."""
+    RunLogHandler().handle(logging.LogRecord("dataflex", level, __file__, 0, message, None, None))
+
+
 def _configure(name: str) -> None:
     logger = logging.getLogger(name)
     if any(isinstance(h, CurrentStreamHandler) for h in logger.handlers):
@@ -60,6 +76,7 @@ def _configure(name: str) -> None:
     handler.setFormatter(logging.Formatter(f"{prefix} %(message)s"))
     handler.addFilter(RankZeroFilter())
     logger.addHandler(handler)
+    logger.addHandler(RunLogHandler())
     logger.setLevel(os.environ.get("DATAFLEX_LOG_LEVEL", "INFO").upper())
     logger.propagate = False  # Hydra's root handler would print every line a second time
 

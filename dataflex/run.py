@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,13 +14,13 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from dataflex.config import ConfigError, to_dict
-from dataflex.logs import get_logger
+from dataflex.config import to_dict
+from dataflex.errors import ConfigError
+from dataflex.logs import get_logger, to_run_log
 from dataflex.preflight import preflight
 from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
 from dataflex.train.checkpoints import checkpoint_run_id, newest_complete_checkpoint
-from dataflex.train.components import Component
 from dataflex.train.nan import NonFiniteGuard, nonfinite_policy
 from dataflex.utils import atomic_write_json, atomic_write_text
 
@@ -67,7 +68,7 @@ class Run:
         self.run_name = run_name
         self.components = preflight(self.cfg)
         owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
-                  if c is not None and type(c).training_loss is not Component.training_loss]
+                  if c is not None and c.owns_loss]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
         self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"), self.cfg.get("trainer"))
@@ -169,6 +170,10 @@ class Run:
         from dataflex.train.callback import DataFlexCallback
 
         start = time.time()
+        chosen = ", ".join(f"{kind}={(self.cfg.get(kind) or {}).get('name')}" for kind, c in self.components.items() if c)
+        log.info("run %s: model=%s data=%s trainer=%s steps %s%s", self.run_name, self.cfg["model"].get("name"),
+                 self.cfg["data"].get("name"), self.cfg["trainer"].get("stage"), self.cfg["trainer"].get("max_steps"),
+                 f", {chosen}" if chosen else "")
         if resume_from:
             log.info("resuming from %s", resume_from)
         # the target/validation set is only tokenised for the selectors that read it
@@ -241,13 +246,14 @@ class Run:
     def _print_summary(self, before: dict, after: dict, metrics: dict) -> None:
         from dataflex.eval import format_table
 
-        print("\n" + "=" * 72)
-        print(f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
-              f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})")
+        lines = [f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
+                 f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})"]
         if before or after:
-            print(format_table(before, after))
-        print(f"outputs: {self.run_dir}")
-        print("=" * 72, flush=True)
+            lines.append(format_table(before, after))
+        lines.append(f"outputs: {self.run_dir}")
+        summary = "\n".join(lines)
+        print("\n" + "=" * 72 + "\n" + summary + "\n" + "=" * 72, flush=True)
+        to_run_log(summary, logging.INFO)  # the run directory keeps it too (run.log)
 
 
 LOCK_FILE = ".dataflex.lock"

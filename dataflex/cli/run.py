@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from dataflex.config import register_resolvers
 from dataflex.errors import ConfigError, DataFlexError
 from dataflex.launch import launch
+from dataflex.logs import to_run_log
 
 
 def fail(message: str, code: int = 2):
@@ -28,6 +29,7 @@ def fail(message: str, code: int = 2):
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise
     print(f"dataflex: error: {message}", file=sys.stderr, flush=True)
+    to_run_log(f"error: {message}")
     sys.exit(code)
 
 
@@ -49,7 +51,9 @@ def interrupted(run_dir: Path) -> None:
 
     found = complete_checkpoints(run_dir / "checkpoints")
     where = f"its last complete checkpoint is {found[-1][1]}" if found else "it saved no checkpoint yet"
-    print(f"\ndataflex: interrupted; {where}. Rerun the same command to resume.", file=sys.stderr, flush=True)
+    message = f"interrupted; {where}. Rerun the same command to resume."
+    print(f"\ndataflex: {message}", file=sys.stderr, flush=True)
+    to_run_log(message)
     sys.exit(130)
 
 

@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from dataflex.config import build_component
 from dataflex.errors import ConfigError
 from dataflex.legacy.components import component_params, component_values, run_length
 from dataflex.legacy.keys import (
@@ -18,6 +17,7 @@ from dataflex.legacy.keys import (
 from dataflex.legacy.overrides import (
     compose, conf_file, diff_overrides, group_options, override_key, render_value, resolved,
 )
+from dataflex.train.build import build_component
 
 
 def _same_location(a: Any, b: Any) -> bool:

@@ -41,7 +41,9 @@ from dataflex.mixers.doremi_core import (  # noqa: F401  (re-exported: the cores
     resolve_reference_model,
     running_mean,
 )
-from dataflex.train.components import Mixer, UpdateContext
+from dataflex.signals.distributed import all_reduce_sum
+from dataflex.train.components import Mixer, Schedule, UpdateContext
+from dataflex.train.fields import param
 
 #: the file the proxy run writes in its run directory (read by ``mixer=static`` in step 3)
 WEIGHTS_FILE = "doremi_weights.json"
@@ -56,13 +58,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
-
-
-def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over processes (a copy; the tensor itself in one process)."""
-    from dataflex.signals.distributed import all_reduce_mean, world_size
-
-    return all_reduce_mean(tensor) * world_size()
 
 
 class DoReMiMixer(Mixer):
@@ -94,7 +89,7 @@ class DoReMiMixer(Mixer):
     α, ᾱ, the carried λ, the step count and the per-update history are in every checkpoint, so a
     resumed run continues the same trajectory.
 
-    Args:
+    Attributes:
         reference_dir: the step-1 run directory (its ``model/``) or a model directory.
         mode: ``proxy`` or ``online``.
         eta: step size η.
@@ -113,43 +108,32 @@ class DoReMiMixer(Mixer):
             ``domain_mean`` (the paper's Σ_i α_i·mean_{t∈i} ℓ_t, whose scale drops when domains are absent).
     """
 
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
-    def __init__(
-        self,
-        reference_dir: str | None = None,
-        mode: str = "proxy",
-        eta: float = 1.0,
-        smoothing: float = 1e-3,
-        clip: float | None = None,
-        domains: Sequence[str] | None = None,
-        update_every: int = 1,
-        # -- fidelity options (docs/ALGORITHMS.md "doremi") --
-        absent: str = "last",
-        update: str = "step",
-        proxy_loss: str = "token_mean",
-    ):
-        super().__init__(warmup_steps=0, update_every=update_every, num_updates=0)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not (eta >= 0 and eta != float("inf")):
-            raise ValueError(f"eta must be finite and >= 0, got {eta}")
-        if not 0.0 <= smoothing <= 1.0:
-            raise ValueError(f"smoothing must lie in [0, 1], got {smoothing}")
-        if clip is not None and not clip > 0:
-            raise ValueError(f"clip must be > 0 or null (no clipping), got {clip}")
-        if update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
-        for key, value, allowed in (("absent", absent, ABSENT_RULES), ("update", update, UPDATES),
-                                    ("proxy_loss", proxy_loss, PROXY_LOSSES)):
+    owns_loss = True
+
+    reference_dir: str | None = None
+    mode: str = param("proxy", choices=MODES)
+    eta: float = 1.0
+    smoothing: float = param(1e-3, ge=0, le=1)
+    clip: float | None = param(None, gt=0)
+    domains: Sequence[str] | None = None
+    update_every: int = param(1, ge=1)
+    # -- fidelity options (docs/ALGORITHMS.md "doremi") --
+    absent: str = "last"
+    update_rule: str = param("step", key="update")  # the key `update` would hide Mixer.update
+    proxy_loss: str = "token_mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.eta >= 0 and self.eta != float("inf")):
+            raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
+        for key, value, allowed in (("absent", self.absent, ABSENT_RULES), ("update", self.update_rule, UPDATES),
+                                    ("proxy_loss", self.proxy_loss, PROXY_LOSSES)):
             if value not in allowed:
                 raise ConfigError(f"mixer=doremi: {key} must be one of {', '.join(allowed)}, got {value!r}; "
                                   f"set mixer.{key}={allowed[0]} (the default)")
-        self.reference_dir = reference_dir
-        self.mode, self.eta, self.smoothing, self.clip = mode, float(eta), float(smoothing), clip
-        self.absent, self.update_rule, self.proxy_loss = absent, update, proxy_loss
-        self.domains = list(domains) if domains else None
+        self.domains = list(self.domains) if self.domains else None
         self.alpha: torch.Tensor | None = None  # α_t, float64 [K]
         self.alpha_mean: torch.Tensor | None = None  # ᾱ over α_1..α_t
         self.alpha_updates = 0  # t
@@ -160,6 +144,11 @@ class DoReMiMixer(Mixer):
         self.run_dir: Path | None = None
         self.reference: torch.nn.Module | None = None  # loaded at the first training micro-batch
         self._step_counts: torch.Tensor | None = None  # N_i of the prepared optimizer step (not state)
+
+    @property
+    def schedule(self) -> Schedule:
+        """Every ``update_every`` steps from the start, until the end (only this schedule key is declared)."""
+        return Schedule(update_every=self.update_every)
 
     # -- decisions -------------------------------------------------------------------------------
     @property
@@ -188,7 +177,7 @@ class DoReMiMixer(Mixer):
         present = int(ctx.domain_ids.max()) + 1
         k = len(self.domains) if self.domains else present
         if present > k:
-            raise ValueError(f"the pool has domain ids up to {present - 1} but {k} domain names {self.domains}")
+            raise ConfigError(f"the pool has domain ids up to {present - 1} but {k} domain names {self.domains}")
         self.alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
         self.alpha_mean, self.alpha_updates, self.last_excess = None, 0, None
         self.window_excess, self.window_updates = torch.zeros(k, dtype=torch.float64), 0
@@ -258,7 +247,7 @@ class DoReMiMixer(Mixer):
     def _step_from_sums(self, sums: torch.Tensor, counts: torch.Tensor, vocab: int) -> torch.Tensor:
         """Sum the per-domain excess sums and token counts over ranks, take the α step; the global counts."""
         k = self.num_domains
-        totals = _sum_over_ranks(torch.cat([sums, counts]).cpu())
+        totals = all_reduce_sum(torch.cat([sums, counts]).cpu())
         sums, counts = totals[:k], totals[k:].round()
         if self.last_excess is None:  # the reference code's start: λ = log V before any observation
             self.last_excess = torch.full((k,), math.log(vocab), dtype=torch.float64)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from dataflex.errors import ConfigError
+
 ABSENT_RULES = ("last", "zero")
 
 
@@ -260,10 +262,10 @@ def resolve_reference_model(reference_dir: str | Path | None) -> Path:
     """The trained model of DoReMi step 1: ``<run dir>/model``, or a model directory itself.
 
     Raises:
-        ValueError: no directory given, or it holds no model (config or adapter), with the fix.
+        ConfigError: no directory given, or it holds no model (config or adapter), with the fix.
     """
     if not reference_dir:
-        raise ValueError(
+        raise ConfigError(
             "needs the reference model of step 1: set mixer.reference_dir=<run dir of "
             "`dataflex-run experiment=doremi_reference`> (or run experiment=doremi_proxy, which sets it)"
         )
@@ -271,7 +273,7 @@ def resolve_reference_model(reference_dir: str | Path | None) -> Path:
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
             return candidate
-    raise ValueError(
+    raise ConfigError(
         f"reference_dir {path} holds no trained model (expected {path / 'model'} from step 1); "
         "run `dataflex-run experiment=doremi_reference` first or point mixer.reference_dir at its run directory"
     )

@@ -20,7 +20,9 @@ import math
 import torch
 
 from dataflex.errors import ConfigError
-from dataflex.train.components import Mixer, UpdateContext
+from dataflex.signals.distributed import all_reduce_sum
+from dataflex.train.components import Mixer, Scheduled, UpdateContext
+from dataflex.train.fields import param
 
 REWARDS = ("importance", "exp_loss")
 INITIAL = ("natural", "uniform")
@@ -134,7 +136,7 @@ def odm_update_rewards(
     return updated.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-class ODMMixer(Mixer):
+class ODMMixer(Scheduled, Mixer):
     """Online Data Mixing: EXP3 over domains, rewarded by each domain's training loss.
 
     The training batches are observed through ``observe_batch`` (per-sample losses of the training
@@ -146,7 +148,7 @@ class ODMMixer(Mixer):
     step). Domains absent from those batches, or whose loss is not finite, keep their reward (a NaN
     never reaches the proportions).
 
-    Args:
+    Attributes:
         alpha: reward smoothing α.
         reward: ``"importance"`` (the paper's L_i/π_i with the EXP3 softmax policy) or ``"exp_loss"``
             (the reference code's smoothed exp(L_i) with the linear policy).
@@ -161,22 +163,20 @@ class ODMMixer(Mixer):
     legacy_keys = {"initial_proportions": "init_mixture_proportions"}
     legacy_unused = {"num_eval_samples": "rewards come from the training batches' own losses",
                      "eval_batch_size": "rewards come from the training batches' own losses"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
+    observes_batches = True
 
-    def __init__(self, alpha: float = 0.9, reward: str = "importance", warmup_steps: int = 0,
-                 update_every: int = 1, num_updates: int = 0,
-                 # -- fidelity options (docs/ALGORITHMS.md "odm") --
-                 initial: str = "natural"):
-        super().__init__(warmup_steps, update_every, num_updates)
-        if reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        if initial not in INITIAL:
-            raise ConfigError(f"mixer=odm: initial must be one of {', '.join(INITIAL)}, got {initial!r}; "
+    alpha: float = param(0.9, ge=0, le=1)
+    reward: str = param("importance", choices=REWARDS)
+    update_every: int = 1
+    # -- fidelity options (docs/ALGORITHMS.md "odm") --
+    initial: str = "natural"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.initial not in INITIAL:
+            raise ConfigError(f"mixer=odm: initial must be one of {', '.join(INITIAL)}, got {self.initial!r}; "
                               "set mixer.initial=natural (by domain size, the default) or mixer.initial=uniform")
-        self.alpha, self.reward, self.initial = alpha, reward, initial
         self.t = 0  # the global optimizer step of the last update (0: the initial proportions)
         self.rewards: torch.Tensor | None = None
         self.probabilities: torch.Tensor | None = None
@@ -223,12 +223,9 @@ class ODMMixer(Mixer):
         return torch.where((counts > 0) & (inv_prob_sums > 0), drawn, self.probabilities.double())
 
     def update(self, ctx: UpdateContext) -> torch.Tensor:
-        from dataflex.signals.distributed import all_reduce_mean, world_size
-
-        # sums over ranks (mean x world size): every rank computes the same update
-        sums = all_reduce_mean(self.loss_sum) * world_size()
-        counts = all_reduce_mean(self.loss_count) * world_size()
-        inv_prob_sums = all_reduce_mean(self.inv_prob_sum) * world_size()
+        # sums over ranks: every rank computes the same update
+        sums, counts = all_reduce_sum(self.loss_sum), all_reduce_sum(self.loss_count)
+        inv_prob_sums = all_reduce_sum(self.inv_prob_sum)
         present = counts > 0
         domain_losses = sums / counts.clamp(min=1)
         drawn_under = self.draw_probabilities(counts, inv_prob_sums)

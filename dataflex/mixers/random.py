@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataflex.train.components import Mixer, UpdateContext
+from dataflex.train.components import Mixer, Scheduled, UpdateContext
+from dataflex.train.fields import param
 
 
 def dirichlet_draw(num_domains: int, seed: int, update_index: int) -> torch.Tensor:
@@ -35,7 +36,7 @@ def dirichlet_draw(num_domains: int, seed: int, update_index: int) -> torch.Tens
     return draws / draws.sum()
 
 
-class RandomMixer(Mixer):
+class RandomMixer(Scheduled, Mixer):
     """Uniform proportions at the start, then a seeded Dirichlet(1) draw at every update.
 
     The initial proportions are uniform (1/K each), not a draw, so the run starts unbiased and the
@@ -48,15 +49,11 @@ class RandomMixer(Mixer):
         num_updates: number of updates (<= 0: until the end of training).
     """
 
-    def __init__(
-        self,
-        seed: int = 0,
-        warmup_steps: int = 0,
-        update_every: int = 10,
-        num_updates: int = 0,
-    ):
-        super().__init__(warmup_steps, update_every, num_updates)
-        self.seed = int(seed)
+    seed: int = param(0, ge=0)
+    update_every: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         # One entry per decision: update_index (-1 for the start), global_step, proportions.
         self.history: list[dict[str, Any]] = []
 

@@ -30,7 +30,7 @@ def _resolve_name(key: str, domains: Sequence[str]) -> int:
     if len(matches) == 1:
         return matches[0]
     why = "matches several domains" if matches else "is not a domain"
-    raise ValueError(
+    raise ConfigError(
         f"mixer=static: proportion key {key!r} {why}; the domains are {list(domains)}"
     )
 
@@ -47,7 +47,7 @@ def proportions_from_config(
     """
     if isinstance(value, Mapping):
         if not domains:
-            raise ValueError(
+            raise ConfigError(
                 "mixer=static: proportions given as a mapping need the domain names; "
                 "set mixer.domains (the shipped static.yaml takes them from data.domains) or give a list"
             )
@@ -56,27 +56,27 @@ def proportions_from_config(
             weights[_resolve_name(str(key), domains)] = float(w)
         missing = [d for d, w in zip(domains, weights) if w is None]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"mixer=static: no proportion for domains {missing}; give every domain a weight (0 to leave it out)"
             )
     else:
         weights = [float(w) for w in value]
         if domains and len(weights) != len(domains):
-            raise ValueError(
+            raise ConfigError(
                 f"mixer=static: {len(weights)} proportions for {len(domains)} domains {list(domains)}; "
                 "give one weight per domain, in the data config's order"
             )
     tensor = torch.tensor(weights, dtype=torch.float64)
     if tensor.numel() == 0:
-        raise ValueError(
+        raise ConfigError(
             "mixer=static: proportions are empty; give one weight per domain"
         )
     if not torch.isfinite(tensor).all() or (tensor < 0).any():
-        raise ValueError(
+        raise ConfigError(
             f"mixer=static: proportions must be finite and >= 0, got {weights}"
         )
     if tensor.sum() <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"mixer=static: proportions are all 0, got {weights}; give at least one domain a positive weight"
         )
     return tensor / tensor.sum()
@@ -96,25 +96,21 @@ class StaticMixer(Mixer):
             needed for a mapping, and used to check a list's length early.
     """
 
-    def __init__(
-        self,
-        proportions: Sequence[float] | Mapping[str, float] | None = None,
-        proportions_file: str | None = None,
-        domains: Sequence[str] | None = None,
-    ):
-        super().__init__(
-            warmup_steps=0, update_every=0, num_updates=0
-        )  # update_every=0: never updates
-        if proportions is not None and proportions_file is not None:
+    proportions: Sequence[float] | Mapping[str, float] | None = None
+    proportions_file: str | None = None
+    domains: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # no schedule: never updates
+        if self.proportions is not None and self.proportions_file is not None:
             raise ValueError(
                 "mixer=static: set either proportions or proportions_file, not both"
             )
-        self.domains = list(domains) if domains else None
-        self.proportions_file = proportions_file
+        self.domains = list(self.domains) if self.domains else None
         # Validate config-given proportions now: a wrong length fails before any model loads.
         self.proportions = (
-            proportions_from_config(proportions, self.domains)
-            if proportions is not None
+            proportions_from_config(self.proportions, self.domains)
+            if self.proportions is not None
             else None
         )
 
@@ -130,7 +126,7 @@ class StaticMixer(Mixer):
         if self.proportions is None and self.proportions_file is not None:
             path = Path(self.proportions_file)
             if not path.is_file():
-                raise ValueError(
+                raise ConfigError(
                     f"mixer=static: proportions_file {path} does not exist; run the step that writes it first"
                 )
             domains = self.domains or getattr(ctx, "domain_names", None)  # e.g. a column-defined split

@@ -9,14 +9,24 @@ having to checkpoint any RNG state.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from dataflex.errors import ConfigError
+from dataflex.signals.knn import EXACT_MAX, KnnIndex
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
-from dataflex.train.components import Selector, UpdateContext
+from dataflex.train.checkpoints import (
+    check_checkpoint_choice,
+    for_each_warmup_checkpoint,
+    warmup_checkpoint_weights,
+    warmup_checkpoints,
+)
+from dataflex.train.components import Scheduled, Selector, UpdateContext
+from dataflex.train.fields import param
 
 #: ``update_index`` of the decision made at the start of training (as in UpdateContext).
 INITIAL = -1
@@ -37,18 +47,18 @@ def resolve_budget(budget: int | float, pool_size: int, what: str = "budget") ->
         ValueError: a fraction outside ``(0, 1]``, or a ``k`` that is ``<= 0`` or larger than the pool.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"{what} must be an int count or a float fraction in (0, 1], got {budget!r}")
+        raise ConfigError(f"{what} must be an int count or a float fraction in (0, 1], got {budget!r}")
     if isinstance(budget, float):
         if not 0.0 < budget <= 1.0:
-            raise ValueError(f"{what} as a fraction must lie in (0, 1], got {budget}")
+            raise ConfigError(f"{what} as a fraction must lie in (0, 1], got {budget}")
         # floor, with a tolerance so 0.3 * 10 (= 3.0000000000000004 or 2.9999...) gives 3
         k = int(math.floor(budget * pool_size + 1e-9))
     else:
         k = int(budget)
     if k <= 0:
-        raise ValueError(f"{what}={budget!r} selects {k} of {pool_size} samples; it must select at least 1")
+        raise ConfigError(f"{what}={budget!r} selects {k} of {pool_size} samples; it must select at least 1")
     if k > pool_size:
-        raise ValueError(f"{what}={budget!r} asks for {k} samples but the pool has only {pool_size}")
+        raise ConfigError(f"{what}={budget!r} asks for {k} samples but the pool has only {pool_size}")
     return k
 
 
@@ -70,35 +80,35 @@ def random_subset(pool_size: int, k: int, generator: torch.Generator, replacemen
     return torch.randperm(pool_size, generator=generator)[:k]
 
 
-class BudgetSelector(Selector):
-    """A selector with a budget, a seed and a recorded history of its decisions.
+def budget_problem(value: int | float) -> str | None:
+    """What is wrong with a budget-like setting (an int count >= 1 or a float fraction in (0, 1]),
+    before the pool size is known; None when nothing is."""
+    if isinstance(value, float) and not 0.0 < value <= 1.0:
+        return "as a fraction must lie in (0, 1]"
+    if isinstance(value, int) and value < 1:
+        return "must select at least 1 sample (an int count >= 1 or a float fraction in (0, 1])"
+    return None
+
+
+#: how a budget-like setting is declared: :func:`resolve_budget` turns it into a count once the pool is known
+COUNT_OR_FRACTION = "an int count or a float fraction in (0, 1]"
+
+
+class BudgetSelector(Scheduled, Selector):
+    """A selector with a budget, a seed and the schedule.
 
     Subclasses implement :meth:`select`; the warm-up (:meth:`initial_indices`) is a seeded random
     subset of ``budget`` samples (ALGORITHMS.md, Online schedule: "warmup_steps of training on a
     random subset").
 
-    Args:
+    Attributes:
         budget: samples per round: an int count or a float fraction of the pool in (0, 1].
-        warmup_steps: optimizer steps on the warm-up subset before the first selection.
-        update_every: steps between selections (<= 0: never update after the warm-up decision).
-        num_updates: number of selections (<= 0: until the end of training).
         seed: seed of every random draw (combined with the round index).
+        (the schedule keys as :class:`~dataflex.train.components.Scheduled`)
     """
 
-    def __init__(
-        self,
-        budget: int | float,
-        warmup_steps: int = 0,
-        update_every: int = 0,
-        num_updates: int = 0,
-        seed: int = 0,
-    ):
-        super().__init__(warmup_steps, update_every, num_updates)
-        resolve_budget(budget, max(1, 10**12), "budget")  # type/range check now; the pool size comes later
-        self.budget = budget
-        self.seed = int(seed)
-        # one entry per decision: {"update_index", "step", "indices"}; the warm-up is update_index -1
-        self.rounds: list[dict[str, Any]] = []
+    budget: int | float = param(check=budget_problem, expects=COUNT_OR_FRACTION)
+    seed: int = 0
 
     def k(self, ctx: UpdateContext) -> int:
         return resolve_budget(self.budget, ctx.pool_size)
@@ -108,22 +118,15 @@ class BudgetSelector(Selector):
         return self.record(ctx, indices)
 
     def record(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
-        """Keep the decision in the history (checkpointed) and return it."""
-        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
-        self.rounds.append({"update_index": ctx.update_index, "step": ctx.global_step, "indices": indices.tolist()})
-        return indices
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rounds": [dict(r) for r in self.rounds]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rounds = [dict(r) for r in state["rounds"]]
+        """The decision as a flat LongTensor of pool indices (the callback logs every round and saves
+        it as ``selections/round_NNN.json``; the sampler's plan history is in every checkpoint)."""
+        return torch.as_tensor(indices, dtype=torch.long).flatten()
 
 
 class PoolLossSelector(BudgetSelector):
     """A budget selector that reads per-sample losses of (a candidate subset of) the pool.
 
-    Args:
+    Attributes:
         candidates: score only a seeded random subset of the pool each round (int count or float
             fraction; None: the whole pool). Bounds the cost of a round on large pools; it must be
             at least the budget.
@@ -134,14 +137,8 @@ class PoolLossSelector(BudgetSelector):
     #: generator stream for the candidate subset (the selection draw uses stream 0)
     CANDIDATE_STREAM = 1
 
-    def __init__(self, budget, warmup_steps=0, update_every=0, num_updates=0, seed=0, candidates=None, batch_size=16):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed)
-        if candidates is not None:
-            resolve_budget(candidates, max(1, 10**12), "candidates")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.candidates = candidates
-        self.batch_size = int(batch_size)
+    candidates: int | float | None = param(None, check=budget_problem, expects=f"{COUNT_OR_FRACTION}, or null")
+    batch_size: int = param(16, ge=1)
 
     def check_before_start(self) -> None:
         # both counts, or both fractions of the same pool: comparable before the pool is built
@@ -159,7 +156,7 @@ class PoolLossSelector(BudgetSelector):
             return torch.arange(n)
         m = resolve_budget(self.candidates, n, "candidates")
         if m < self.k(ctx):
-            raise ValueError(f"candidates ({m}) must be at least the budget ({self.k(ctx)})")
+            raise ConfigError(f"candidates ({m}) must be at least the budget ({self.k(ctx)})")
         g = seeded_generator(self.seed, ctx.update_index, self.CANDIDATE_STREAM)
         return random_subset(n, m, g).sort().values
 
@@ -174,12 +171,11 @@ class PoolLossSelector(BudgetSelector):
 
     def pool_losses(self, ctx: UpdateContext, indices: torch.Tensor) -> torch.Tensor:
         """ℓ_i under the current model for the pool rows ``indices`` (through the signals engine)."""
-        trainer = ctx.trainer
         return map_pool(
             per_sample_losses,
-            trainer.model,
-            trainer.train_dataset,
-            trainer.data_collator,
+            ctx.model,
+            ctx.pool,
+            ctx.collator,
             indices=indices,
             batch_size=self.batch_size,
             desc=f"{type(self).__name__} losses",
@@ -187,7 +183,6 @@ class PoolLossSelector(BudgetSelector):
 
 
 # -- embedding selectors (NEAR, TSDS) ------------------------------------------------------------------
-from dataflex.signals.knn import EXACT_MAX, KnnIndex  # noqa: E402
 
 EMBEDDINGS = ("sentence", "model")
 QUERIES = ("example", "prompt")  # what a query embeds: the whole validation example, or its prompt
@@ -243,7 +238,7 @@ class EmbeddingSelector(BudgetSelector):
     of training, is already this selector's own selection (with ``update_every: 0`` it is then the
     only one: the papers' one-shot recipe).
 
-    Args:
+    Attributes:
         embedding: ``sentence`` or ``model``.
         batch_size: texts (sentence) or rows (model) per forward pass when embedding.
         exact_max: pools up to this size are searched exactly, larger ones through IVF
@@ -255,42 +250,24 @@ class EmbeddingSelector(BudgetSelector):
 
     needs_validation = True
 
-    #: with warmup_steps=0 the first decision is the method's own (one-shot); otherwise it acts through
-    #: updates, and one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
     first_decision_is_own = True
 
     method = "embedding"
 
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        embedding: str = "sentence",
-        batch_size: int = 32,
-        exact_max: int = EXACT_MAX,
-        nprobe: int = 32,
-        # -- fidelity options (docs/ALGORITHMS.md "near") --
-        query: str = "example",
-    ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed)
-        if query not in QUERIES:
-            raise ConfigError(f"selector={self.method}: query must be one of {', '.join(QUERIES)}, got {query!r}; "
-                              "set selector.query=example (the whole validation example, the default) or prompt")
-        self.query = query
-        if embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if int(nprobe) < 1:
-            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
-        if int(exact_max) < 0:
-            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
-        self.embedding = embedding
-        self.batch_size, self.exact_max, self.nprobe = int(batch_size), int(exact_max), int(nprobe)
+    embedding: str = param("sentence", choices=EMBEDDINGS)
+    batch_size: int = param(32, ge=1)
+    exact_max: int = param(EXACT_MAX, ge=0)
+    nprobe: int = param(32, ge=1)
+    # -- fidelity options (docs/ALGORITHMS.md "near") --
+    query: str = "example"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.query not in QUERIES:
+            raise ConfigError(f"selector={self.method}: query must be one of {', '.join(QUERIES)}, "
+                              f"got {self.query!r}; set selector.query=example (the whole validation example, "
+                              "the default) or prompt")
         self._memo: dict[str, Any] = {}  # sentence embeddings and index: in memory only, never checkpointed
         self.last_round: dict[str, Any] | None = None  # a small summary of the last decision (checkpointed)
 
@@ -379,3 +356,42 @@ class EmbeddingSelector(BudgetSelector):
         if "encoder" not in self._memo:
             self._memo["encoder"] = SentenceEncoder(device=model_device(ctx.model))
         return encode_sharded(self._memo["encoder"], texts, self.batch_size)
+
+
+@dataclass(kw_only=True, eq=False)
+class WarmupRecipe:
+    """The offline recipes' settings and loop (offline LESS and NICE; a mixin before the selector's
+    base): decide once, before training, from every complete checkpoint of a warm-up run, each
+    weighted (by default) by its epoch's mean learning rate. No schedule keys."""
+
+    warmup_steps: ClassVar[int] = 0
+    update_every: ClassVar[int] = 0
+    num_updates: ClassVar[int] = 0
+    acts_through_updates: ClassVar[bool] = False
+    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
+    warmup_dir: str | None = None
+    checkpoints: Sequence[int] | None = None
+    checkpoint_weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.checkpoints, self.checkpoint_weights = check_checkpoint_choice(self.checkpoints, self.checkpoint_weights)
+
+    def over_warmup_checkpoints(self, ctx: UpdateContext, command: str, score: Callable[[Any], Any]):
+        """``(found, weights, [score(adam) under each checkpoint])``: every warm-up checkpoint's
+        weights (and, for Adam features, its saved moments) loaded in turn into ``ctx.model``, which
+        gets its own weights back afterwards; ``command`` is the one that trains the warm-up first."""
+        name = getattr(self, "config_name", "selector")
+        if not self.warmup_dir:
+            raise ConfigError(
+                f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
+                f"`{command}` trains the warm-up and then this run"
+            )
+        ctx.require_validation(name)  # a missing validation set fails before any pass
+        found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
+        weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
+        results = for_each_warmup_checkpoint(
+            ctx.model, found, lambda _step, _path, adam: score(adam),
+            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
+        )
+        return found, weights, results

@@ -10,6 +10,7 @@ import torch
 
 from dataflex.selectors.base import INITIAL, PoolLossSelector, random_subset, seeded_generator
 from dataflex.train.components import UpdateContext, selection_due
+from dataflex.train.fields import param
 
 #: weight of a sample outside the window (inside: 1)
 OUTSIDE_WEIGHT = 0.025
@@ -86,31 +87,19 @@ class DeltaLossSelector(PoolLossSelector):
     U (the number of rounds that t = u/(U−1) is relative to) is ``num_updates`` when > 0, otherwise
     the number of rounds the schedule fits in the run's ``max_steps``.
 
-    Args:
+    Attributes:
         window: w, the window's share of the candidates.
         (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
     """
 
     #: the original DataFlex's component params under another name here (used by dataflex-cli)
     legacy_keys = {"window_size": "window"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        window: float = 0.2,
-    ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        if not 0.0 < window <= 1.0:
-            raise ValueError(f"window must lie in (0, 1], got {window}")
-        self.window = float(window)
+    window: float = param(0.2, gt=0, le=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.initial_losses: torch.Tensor | None = None  # ℓ(θ_0) of every pool sample
         self.last_scores: dict[str, Any] | None = None
 

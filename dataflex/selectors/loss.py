@@ -8,6 +8,7 @@ import torch
 
 from dataflex.selectors.base import PoolLossSelector, seeded_generator
 from dataflex.train.components import UpdateContext
+from dataflex.train.fields import param
 
 RULES = ("topk", "tercile")
 FOCUS = ("low", "medium", "high")
@@ -81,7 +82,7 @@ class LossSelector(PoolLossSelector):
     Warm-up: a seeded random subset of ``budget`` samples (no model signal is read before the
     first update; ALGORITHMS.md's "warmup_steps of training on a random subset").
 
-    Args:
+    Attributes:
         rule: ``topk`` (default) or ``tercile``.
         focus: tercile bucket favoured (``low``/``medium``/``high``).
         temperature: tercile temperature T.
@@ -90,30 +91,14 @@ class LossSelector(PoolLossSelector):
 
     #: the original DataFlex's default where this one differs: its tercile draw (used by dataflex-cli)
     legacy_defaults = {"rule": "tercile"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        rule: str = "topk",
-        focus: str = "high",
-        temperature: float = 1.0,
-    ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        if focus not in FOCUS:
-            raise ValueError(f"focus must be one of {FOCUS}, got {focus!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.rule, self.focus, self.temperature = rule, focus, float(temperature)
+    rule: str = param("topk", choices=RULES)
+    focus: str = param("high", choices=FOCUS)
+    temperature: float = param(1.0, gt=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         # the scores of the latest round only (a full history would grow the checkpoint every round)
         self.last_scores: dict[str, Any] | None = None
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.selectors.base import EmbeddingSelector
 from dataflex.signals.knn import KnnIndex
 from dataflex.train.components import UpdateContext
@@ -40,7 +41,7 @@ def round_robin(neighbors: torch.Tensor, k: int) -> torch.Tensor:
     flat = flat[flat >= 0]
     distinct, inverse = torch.unique(flat, return_inverse=True)
     if distinct.numel() < k:
-        raise ValueError(f"round_robin: {distinct.numel()} distinct candidates among the neighbours, {k} asked")
+        raise ConfigError(f"round_robin: {distinct.numel()} distinct candidates among the neighbours, {k} asked")
     positions = torch.arange(flat.numel())
     # the first position at which each distinct candidate appears; taking them in that order is the
     # round robin with duplicates skipped

@@ -33,14 +33,12 @@ class RandomSelector(BudgetSelector):
 
     The warm-up decision is drawn the same way (round -1), so the first window is random too.
 
-    Args:
+    Attributes:
         replacement: sample with replacement (default: without).
         (others as :class:`~dataflex.selectors.base.BudgetSelector`)
     """
 
-    def __init__(self, budget, warmup_steps=0, update_every=0, num_updates=0, seed=0, replacement: bool = False):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed)
-        self.replacement = bool(replacement)
+    replacement: bool = False
 
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
         return self.select(ctx)

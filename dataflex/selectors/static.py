@@ -16,9 +16,9 @@ class StaticSelector(Selector):
     dynamic selectors (``selector=none`` keeps LLaMA-Factory's own sampler instead).
     """
 
-    def __init__(self):
-        # update_every = 0: the schedule never fires, the start decision (None) stays in force
-        super().__init__(warmup_steps=0, update_every=0, num_updates=0)
+    def __post_init__(self) -> None:
+        # no schedule: the start decision (None) stays in force
+        super().__post_init__()
         self.decisions = 0
 
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:

@@ -44,9 +44,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.selectors.base import EmbeddingSelector, seeded_generator
 from dataflex.signals.knn import KnnIndex
 from dataflex.train.components import UpdateContext
+from dataflex.train.fields import param
 
 #: candidates per range search of the kernel density
 KDE_CHUNK = 65536
@@ -303,7 +305,7 @@ class TSDSSelector(EmbeddingSelector):
     embedded as in :class:`~dataflex.selectors.base.EmbeddingSelector`. The draw is seeded by
     (seed, round), with replacement by default (the paper's choice).
 
-    Args:
+    Attributes:
         alpha, C, sigma, max_K, kde_K: as :func:`tsds_probabilities`.
         replacement: draw with replacement (False: without; needs at least ``budget`` candidates
             with p > 0).
@@ -321,35 +323,14 @@ class TSDSSelector(EmbeddingSelector):
 
     method = "tsds"
 
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        embedding: str = "sentence",
-        batch_size: int = 32,
-        exact_max: int = TSDS_EXACT_MAX,
-        nprobe: int = 32,
-        alpha: float = 0.5,
-        C: float = 5.0,
-        sigma: float = 0.75,
-        max_K: int = 5000,
-        kde_K: int = 1000,
-        replacement: bool = True,
-        kde_nprobe: int = 1,
-        # -- fidelity options (docs/ALGORITHMS.md "near"/"tsds") --
-        query: str = "example",
-    ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, embedding, batch_size, exact_max, nprobe,
-                         query=query)
-        check_parameters(alpha, C, sigma, max_K, kde_K)
-        if int(kde_nprobe) < 1:
-            raise ValueError(f"kde_nprobe must be >= 1, got {kde_nprobe}")
-        self.alpha, self.C, self.sigma = float(alpha), float(C), float(sigma)
-        self.max_K, self.kde_K, self.kde_nprobe = int(max_K), int(kde_K), int(kde_nprobe)
-        self.replacement = bool(replacement)
+    exact_max: int = param(TSDS_EXACT_MAX, ge=0)
+    alpha: float = param(0.5, ge=0, le=1)
+    C: float = param(5.0, gt=0)
+    sigma: float = param(0.75, ge=0)
+    max_K: int = param(5000, ge=1)
+    kde_K: int = param(1000, ge=1)
+    replacement: bool = True
+    kde_nprobe: int = param(1, ge=1)
 
     def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict]:
         info: dict[str, Any] = {}
@@ -367,7 +348,7 @@ class TSDSSelector(EmbeddingSelector):
         )
         k = self.k(ctx)
         if not self.replacement and info["support"] < k:
-            raise ValueError(
+            raise ConfigError(
                 f"drawing {k} samples without replacement needs {k} candidates with p > 0, but only "
                 f"{info['support']} have any (set selector.replacement=true, lower the budget, or lower alpha)"
             )

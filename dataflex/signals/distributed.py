@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from dataflex.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -75,8 +77,8 @@ def main_process_result(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` computed on rank 0 only and returned on every rank (every rank must call).
 
     If it raises, every rank raises instead of waiting in the broadcast: rank 0 the original
-    exception, the others a ValueError with its message when it was one (a setting that does not
-    fit, which the callback turns into a ConfigError) or a RuntimeError naming rank 0.
+    exception, the others a ConfigError (a setting that does not fit this data) or a ValueError
+    with its message when it was one, otherwise a RuntimeError naming rank 0.
     """
     result, failure = None, None
     if rank() == 0:  # of the group: without one every process computes (broadcast_object is then a no-op)
@@ -84,13 +86,16 @@ def main_process_result(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             result = fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
             failure = err
-    told = None if failure is None else (isinstance(failure, ValueError), str(failure))
+    kind = next((k for k in (ConfigError, ValueError) if isinstance(failure, k)), RuntimeError)
+    told = None if failure is None else (kind.__name__, str(failure))
     result, message = broadcast_object((result, told))
     if failure is not None:
         raise failure
     if message is not None:
-        is_value_error, text = message
-        raise ValueError(text) if is_value_error else RuntimeError(f"rank 0 failed: {text}")
+        kind, text = message
+        if kind == "ConfigError":
+            raise ConfigError(text)
+        raise ValueError(text) if kind == "ValueError" else RuntimeError(f"rank 0 failed: {text}")
     return result
 
 
@@ -121,6 +126,23 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     buf = out.to(dev)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return (buf / world_size()).to(tensor.device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of `tensor` over ranks (a new tensor, same dtype; the input is unchanged).
+
+    Args:
+        tensor: Same shape and dtype on every rank.
+
+    Returns:
+        The sum over ranks, on `tensor`'s device (a copy of `tensor` in one process).
+    """
+    out = tensor.detach().clone()
+    if not is_distributed():
+        return out
+    buf = out.to(_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(tensor.device)
 
 
 def gather_by_index(

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainerCallback
 
-from dataflex.signals.distributed import broadcast_object
+from dataflex.errors import ConfigError
+from dataflex.signals.distributed import all_reduce_sum, broadcast_object, is_main_process
 from dataflex.train.checkpoints import STATE_FILE
-from dataflex.train.components import Component, Mixer, Selector, UpdateContext, Weighter, selection_due
+from dataflex.train.components import Component, UpdateContext
 from dataflex.utils import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def selection_stats(indices: torch.Tensor, previous: torch.Tensor | None, domain
     return stats
 
 
-class DomainLossTracker(Component):
+class DomainLossTracker:
     """Per-domain training loss of every optimizer step (runs with a mixer): the mean of the
     per-sample losses of each domain over the step's micro-batches, summed over ranks.
 
@@ -46,7 +47,6 @@ class DomainLossTracker(Component):
     """
 
     def __init__(self, num_domains):
-        super().__init__()
         self.num_domains = num_domains
         self.sums: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
@@ -63,11 +63,9 @@ class DomainLossTracker(Component):
     def pop(self, names: list[str]) -> dict[str, float]:
         """``train/domain_loss/<name>`` for every domain seen since the last call (every rank must
         call: the sums are reduced over ranks); the accumulators restart."""
-        from dataflex.signals.distributed import all_reduce_mean, world_size
-
         if self.sums is None:  # no batch seen (yet) on this rank
             self.sums, self.counts = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
-        totals = all_reduce_mean(torch.cat([self.sums, self.counts])) * world_size()
+        totals = all_reduce_sum(torch.cat([self.sums, self.counts]))
         k = self.sums.numel()
         sums, counts = totals[:k], totals[k:]
         self.sums, self.counts = torch.zeros_like(self.sums), torch.zeros_like(self.counts)
@@ -106,19 +104,19 @@ class DataFlexCallback(TrainerCallback):
         self.updates_done = {name: 0 for name in self.components}
         self.trainer = None  # set by the trainer mixin
         # with a mixer, the per-domain training loss is logged every step
-        has_mixer = any(isinstance(c, Mixer) for c in self.components.values())
-        self.domain_losses = DomainLossTracker(lambda: len(self._names())) if has_mixer else None
+        logging = any(c.logs_domain_losses for c in self.components.values())
+        self.domain_losses = DomainLossTracker(lambda: len(self._names())) if logging else None
 
     @property
-    def observers(self) -> list[Component]:
-        """Components that watch every training batch (they override ``observe_batch``)."""
-        watching = [c for c in self.components.values() if type(c).observe_batch is not Component.observe_batch]
+    def observers(self) -> list[Component | DomainLossTracker]:
+        """What watches every training batch: the components that declare ``observes_batches``."""
+        watching: list[Component | DomainLossTracker] = [c for c in self.components.values() if c.observes_batches]
         return watching + ([self.domain_losses] if self.domain_losses is not None else [])
 
     @property
     def loss_owner(self) -> Component | None:
-        """The component that replaces the training loss (it overrides ``training_loss``), if any."""
-        owners = [c for c in self.components.values() if type(c).training_loss is not Component.training_loss]
+        """The component that replaces the training loss (it declares ``owns_loss``), if any."""
+        owners = [c for c in self.components.values() if c.owns_loss]
         return owners[0] if owners else None
 
     def describe(self, component: Component) -> str:
@@ -138,8 +136,15 @@ class DataFlexCallback(TrainerCallback):
         return getattr(self.trainer, "dataflex_sampler", None)
 
     def _context(self, state, update_index: int) -> UpdateContext:
+        trainer = self.trainer
         return UpdateContext(
-            trainer=self.trainer,
+            model=trainer.model,
+            optimizer=trainer.optimizer,
+            pool=trainer.train_dataset,
+            collator=trainer.data_collator,
+            tokenizer=trainer.processing_class,
+            template=getattr(trainer, "dataflex_template", None),
+            validation=getattr(trainer, "dataflex_validation", None),
             sampler=self.sampler,
             global_step=state.global_step,
             update_index=update_index,
@@ -149,36 +154,44 @@ class DataFlexCallback(TrainerCallback):
         )
 
     def _decide(self, name: str, decide, ctx: UpdateContext):
-        """A component's decision; a ValueError (a setting that does not fit this data, e.g. a budget
-        larger than the pool) becomes a ConfigError naming the component and the step."""
-        from dataflex.config import ConfigError
-
+        """A component's decision. A ConfigError (a setting that does not fit this data, e.g. a budget
+        larger than the pool) is reported naming the component and the step; any other exception
+        is a bug and propagates unchanged (a traceback)."""
         try:
             return decide(ctx)
-        except ConfigError:
-            raise
-        except ValueError as err:
+        except ConfigError as err:
+            label = f"{name}={getattr(self.components[name], 'config_name', type(self.components[name]).__name__)}"
+            if str(err).startswith(label):  # it names the component already
+                raise
             when = "at the start" if ctx.update_index < 0 else f"at step {ctx.global_step}"
-            raise ConfigError(f"{name}={getattr(self.components[name], 'config_name', type(self.components[name]).__name__)} {when}: {err}") from err
+            raise ConfigError(f"{label} {when}: {err}") from err
 
     def _names(self) -> list[str]:
         return self.domain_names or [str(d) for d in range(self.sampler.num_domains)]
 
-    def _apply(self, component: Component, decision: torch.Tensor | None, state, update_index: int) -> None:
-        decision = broadcast_object(decision)  # every rank applies rank 0's decision
-        step = state.global_step
-        if isinstance(component, Selector):
-            previous = self.sampler.current.indices if update_index >= 0 else None
-            self.sampler.set_indices(decision)
-            if decision is not None and state.is_world_process_zero:
-                self._record_selection(decision, previous, step, update_index, component.decision_stats())
-        elif isinstance(component, Mixer):
-            self.sampler.set_proportions(decision)
-            names = self._names()
-            self.tracker.log({f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(decision)}, step=step)
-            extra = component.decision_stats()
-            if extra:
-                self.tracker.log(extra, step=step)
+    def _apply(self, component: Component, decision, ctx: UpdateContext) -> None:
+        """Every rank puts rank 0's decision in force (the component's kind says how: :class:`DecisionSink`)."""
+        component.apply(broadcast_object(decision), ctx, self)
+
+    # -- DecisionSink: where decisions land --------------------------------------------------------
+    def set_indices(self, indices: torch.Tensor | None, ctx: UpdateContext, stats) -> None:
+        """A selection: the sampler trains on ``indices`` (None: the whole pool); rank 0 logs it
+        with the selector's ``stats()`` and saves it as a round file."""
+        previous = self.sampler.current.indices if ctx.update_index >= 0 else None
+        self.sampler.set_indices(indices)
+        if indices is not None and is_main_process():
+            self._record_selection(indices, previous, ctx.global_step, ctx.update_index, stats())
+
+    def set_proportions(self, proportions: torch.Tensor, ctx: UpdateContext, stats) -> None:
+        """A mixture: the sampler draws domains by ``proportions``; they are logged, then the
+        mixer's ``stats()`` when it has any."""
+        self.sampler.set_proportions(proportions)
+        names = self._names()
+        logged = {f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(proportions)}
+        self.tracker.log(logged, step=ctx.global_step)
+        extra = stats()
+        if extra:
+            self.tracker.log(extra, step=ctx.global_step)
 
     def _record_selection(self, indices: torch.Tensor, previous, step: int, update_index: int,
                           extra: dict[str, float] | None = None) -> None:
@@ -213,11 +226,9 @@ class DataFlexCallback(TrainerCallback):
                 )
             return
         for name, component in self.components.items():
-            ctx = self._context(state, update_index=-1)
-            if isinstance(component, Selector):
-                self._apply(component, self._decide(name, component.initial_indices, ctx), state, -1)
-            elif isinstance(component, Mixer):
-                self._apply(component, self._decide(name, component.initial_proportions, ctx), state, -1)
+            if component.decides:
+                ctx = self._context(state, update_index=-1)
+                self._apply(component, self._decide(name, component.decide_initial, ctx), ctx)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.domain_losses is not None:  # every rank reduces; rank 0's tracker writes
@@ -225,28 +236,20 @@ class DataFlexCallback(TrainerCallback):
             if domain_losses:
                 self.tracker.log(domain_losses, step=state.global_step)
         for component in self.components.values():
-            if isinstance(component, Weighter):
-                component.step_end(state.global_step)
+            component.step_end(state.global_step)
         for name, component in self.components.items():
             done = self.updates_done[name]
-            if isinstance(component, Selector):
-                due = selection_due(component.schedule, state.global_step, done, state.max_steps)
-            else:
-                due = component.schedule.is_update_step(state.global_step, done)
-            if not due:
+            if not component.is_due(state.global_step, done, state.max_steps):
                 continue
             ctx = self._context(state, update_index=done)
-            if isinstance(component, Selector):
-                self._apply(component, self._decide(name, component.select, ctx), state, ctx.update_index)
-            elif isinstance(component, Mixer):
-                self._apply(component, self._decide(name, component.update, ctx), state, ctx.update_index)
+            self._apply(component, self._decide(name, component.decide, ctx), ctx)
             self.updates_done[name] += 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        # weight statistics since the previous log, on every rank (identical weights), logged by rank 0
-        weights = {k: v for c in self.components.values() if isinstance(c, Weighter) for k, v in c.pop_stats().items()}
+        # statistics since the previous log (the weighters'), on every rank (identical weights), logged by rank 0
+        stats = {k: v for c in self.components.values() for k, v in c.pop_stats().items()}
         if logs and state.is_world_process_zero:
-            self.tracker.log({**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **weights},
+            self.tracker.log({**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **stats},
                              step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):

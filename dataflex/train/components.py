@@ -3,19 +3,25 @@
 A component owns WHAT is decided; the DataFlexCallback owns WHEN (the schedule); the signals
 engine owns HOW model quantities are computed; the sampler and the loss own WHERE decisions land.
 A new method is one subclass (a thin stateful shell around a pure core) plus one YAML file.
+
+Components declare, they are not inspected: every subclass of :class:`Component` is a keyword-only
+dataclass whose fields are its config keys (typed, with ranges from :func:`~dataflex.train.fields.param`,
+checked before anything is built); the schedule keys are declared once by :class:`Scheduled`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from transformers import Trainer
+from dataflex.errors import ConfigError
+from dataflex.train.fields import accept_config_keys, check_values, coerce_floats, config_values, param
 
+if TYPE_CHECKING:
     from dataflex.train.sampler import DynamicSampler
 
 
@@ -52,12 +58,19 @@ def selection_due(schedule: Schedule, global_step: int, updates_done: int, max_s
     return global_step < max_steps and schedule.is_update_step(global_step, updates_done)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class UpdateContext:
-    """What a component sees when it decides.
+    """What a component may read when it decides (and nothing more: not the trainer).
 
     Attributes:
-        trainer: the running trainer (model, optimizer, datasets, accelerator).
+        model: the training model (DDP/DeepSpeed-unwrapped as the trainer holds it).
+        optimizer: the trainer's optimizer (Adam state for LESS's preconditioning), None before it exists.
+        pool: the tokenised training pool (rows with ``sample_index`` and ``domain_id``).
+        collator: the collator of the pool's rows (LLaMA-Factory's, under DataFlex's MetaCollator).
+        tokenizer: the run's tokenizer.
+        template: the LLaMA-Factory template the backend built (None for the pt stage).
+        validation: the tokenised target/validation set (rows like the pool's; ``domain_id`` = subtask
+            id), or None when the data config names none (``data.validation``).
         sampler: the DynamicSampler (pool size, domain ids, the plan in force).
         global_step: optimizer steps done so far.
         update_index: 0-based index of this update (-1 for the decision at the start).
@@ -67,54 +80,22 @@ class UpdateContext:
             column-defined split), None when unknown.
     """
 
-    trainer: Trainer
-    sampler: DynamicSampler
-    global_step: int
-    update_index: int
-    max_steps: int
+    model: torch.nn.Module | None = None
+    optimizer: Any = None
+    pool: Any = None
+    collator: Any = None
+    tokenizer: Any = None
+    template: Any = None
+    validation: Any = None
+    sampler: DynamicSampler | None = None
+    global_step: int = 0
+    update_index: int = -1
+    max_steps: int = 0
     run_dir: Path | None = None
     domain_names: list[str] | None = None
 
-    # -- what a component may read (use these, not ``trainer``: it is going away) ----------------
-    @property
-    def model(self) -> torch.nn.Module:
-        """The training model (DDP/DeepSpeed-unwrapped as the trainer holds it)."""
-        return self.trainer.model
-
-    @property
-    def optimizer(self):
-        """The trainer's optimizer (Adam state for LESS's preconditioning)."""
-        return self.trainer.optimizer
-
-    @property
-    def pool(self):
-        """The tokenised training pool (rows with ``sample_index`` and ``domain_id``)."""
-        return self.trainer.train_dataset
-
-    @property
-    def collator(self):
-        """The collator of the pool's rows (LLaMA-Factory's, under DataFlex's MetaCollator)."""
-        return self.trainer.data_collator
-
-    @property
-    def template(self):
-        """The LLaMA-Factory template the backend built (None for the pt stage)."""
-        return getattr(self.trainer, "dataflex_template", None)
-
-    @property
-    def tokenizer(self):
-        return self.trainer.processing_class
-
-    @property
-    def validation(self):
-        """The tokenised target/validation set (rows like the pool's; ``domain_id`` = subtask id),
-        or None when the data config names none (``data.validation``)."""
-        return getattr(self.trainer, "dataflex_validation", None)
-
     def require_validation(self, who: str):
         """:attr:`validation`, or a ConfigError telling the user to name one."""
-        from dataflex.config import ConfigError
-
         if self.validation is None or len(self.validation) == 0:
             raise ConfigError(
                 f"selector={who} needs a target/validation set: set data.validation=<registered dataset name(s)> "
@@ -179,14 +160,77 @@ class LossInputs:
         return objective * self.mean_scale
 
 
-class Component:
-    """Base of all components: a schedule plus checkpointable state."""
+#: the schedule of a component that never updates (it decides at the start only, or never)
+NEVER = Schedule()
 
-    def __init__(self, warmup_steps: int = 0, update_every: int = 0, num_updates: int = 0):
-        self.schedule = Schedule(warmup_steps, update_every, num_updates)
+
+@dataclass(kw_only=True, eq=False)
+class Component:
+    """Base of all components: declared settings, a schedule and checkpointable state.
+
+    Every subclass is made a keyword-only dataclass (no ``__init__`` to write): declare each config
+    key as an annotated attribute, with :func:`~dataflex.train.fields.param` for a range or a set of
+    choices; set up state that is not a setting in ``__post_init__`` (calling ``super().__post_init__()``
+    first). Values are checked against the declarations before anything else runs.
+    """
+
+    # -- capability flags: what a component does, declared by the class (never read off its methods) --
+    #: :meth:`training_loss` replaces the trainer's loss (weighters, DoReMi); at most one per run
+    owns_loss: ClassVar[bool] = False
+    #: :meth:`observe_batch` sees the per-sample losses of every training micro-batch (ODM)
+    observes_batches: ClassVar[bool] = False
+    #: reads the target/validation set (``ctx.require_validation``): a run without ``data.validation``
+    #: is refused before the model loads instead of at the first decision
+    needs_validation: ClassVar[bool] = False
+    #: decides what is sampled (:meth:`decide_initial`, :meth:`decide`, :meth:`apply`): selectors, mixers
+    decides: ClassVar[bool] = False
+    #: the per-domain training loss is logged every step while it runs (mixers)
+    logs_domain_losses: ClassVar[bool] = False
+    #: acts through updates (not through its first decision alone): a run in which it could never
+    #: update (``update_every=0``, ``warmup_steps >= max_steps``) is refused by :mod:`dataflex.preflight`
+    acts_through_updates: ClassVar[bool] = False
+    #: with ``warmup_steps=0`` its first decision is the method's own (one-shot NEAR/TSDS), not a warm-up
+    first_decision_is_own: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(kw_only=True, eq=False)(cls)
+        accept_config_keys(cls)
+
+    def __post_init__(self) -> None:
+        check_values(type(self), config_values(self))
+        coerce_floats(self)
+
+    @property
+    def schedule(self) -> Schedule:
+        """When the component updates (:class:`Scheduled` declares the keys; default: never)."""
+        return NEVER
+
+    # -- what the callback calls (the kinds define them) -------------------------------------------------
+    def is_due(self, global_step: int, updates_done: int, max_steps: int) -> bool:
+        """Whether a decision is due at the end of optimizer step ``global_step``."""
+        return self.decides and self.schedule.is_update_step(global_step, updates_done)
+
+    def decide_initial(self, ctx: UpdateContext) -> Any:
+        """The decision in force from the start of training (only called when :attr:`decides`)."""
+        return None
+
+    def decide(self, ctx: UpdateContext) -> Any:
+        """The decision of an update that :meth:`is_due`."""
+        raise NotImplementedError
+
+    def apply(self, decision: Any, ctx: UpdateContext, sink: DecisionSink) -> None:
+        """Put ``decision`` (the same on every rank) in force through ``sink``."""
+
+    def step_end(self, global_step: int) -> None:
+        """Called after every optimizer step (``global_step`` steps done), e.g. for a temperature schedule."""
+
+    def pop_stats(self) -> dict[str, float]:
+        """Statistics since the last call, logged with the training loss (empty: nothing to log)."""
+        return {}
 
     def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        """Called for every training micro-batch when a component overrides it.
+        """Called for every training micro-batch when the component :attr:`observes_batches`.
 
         Args:
             per_sample_losses: ``[b]`` token-mean NLL of this rank's samples, read off the training
@@ -194,9 +238,13 @@ class Component:
             batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
         """
 
+    def prepare_step(self, batches: list[dict[str, Any]], model: torch.nn.Module) -> None:
+        """Called with all micro-batches of an optimizer step before its first backward, for the
+        component that owns the loss (DoReMi moves α once per optimizer step from all of them)."""
+
     def training_loss(self, loss: LossInputs) -> torch.Tensor | None:
-        """The loss to back-propagate for this micro-batch, when the component owns it (weighters;
-        DoReMi's alpha-weighted proxy loss). Default None: the trainer's own loss.
+        """The loss to back-propagate for this micro-batch, when the component :attr:`owns_loss`
+        (weighters; DoReMi's alpha-weighted proxy loss).
 
         At most one component of a run may own the loss. The returned value replaces the model's
         loss on the trainer's scale: build it with :meth:`LossInputs.from_local_mean` (an objective
@@ -224,16 +272,41 @@ class Component:
         """Restore :meth:`state_dict` on resume."""
 
 
+class Scheduled(Component):
+    """The schedule keys, declared once for every component that updates during training.
+
+    Attributes:
+        warmup_steps: optimizer steps before the first update.
+        update_every: steps between updates (<= 0: never update after the decision at the start).
+        num_updates: number of updates (<= 0: until the end of training).
+    """
+
+    warmup_steps: int = param(0, ge=0)
+    update_every: int = 0
+    num_updates: int = 0
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.warmup_steps, self.update_every, self.num_updates)
+
+
+class DecisionSink(Protocol):
+    """Where decisions land (the DataFlexCallback): the sampler, the logs and the selection files."""
+
+    def set_indices(self, indices: torch.Tensor | None, ctx: UpdateContext,
+                    stats: Callable[[], dict[str, float]]) -> None: ...
+
+    def set_proportions(self, proportions: torch.Tensor, ctx: UpdateContext,
+                        stats: Callable[[], dict[str, float]]) -> None: ...
+
+
 class Selector(Component):
     """Chooses which pool samples train next (a LongTensor of pool indices).
 
-    Attributes:
-        needs_validation: True for a selector that reads the target/validation set
-            (``ctx.require_validation``); a run without ``data.validation`` is then refused before
-            the model loads instead of at the first update.
+    A selection is never made at the run's last step (nothing would train on it).
     """
 
-    needs_validation: bool = False
+    decides = True
 
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor | None:
         """Indices to train on before the first update (None: the whole pool)."""
@@ -243,9 +316,24 @@ class Selector(Component):
         """Indices for the next window."""
         raise NotImplementedError
 
+    def is_due(self, global_step: int, updates_done: int, max_steps: int) -> bool:
+        return selection_due(self.schedule, global_step, updates_done, max_steps)
+
+    def decide_initial(self, ctx: UpdateContext) -> torch.Tensor | None:
+        return self.initial_indices(ctx)
+
+    def decide(self, ctx: UpdateContext) -> torch.Tensor:
+        return self.select(ctx)
+
+    def apply(self, decision: torch.Tensor | None, ctx: UpdateContext, sink: DecisionSink) -> None:
+        sink.set_indices(decision, ctx, self.decision_stats)
+
 
 class Mixer(Component):
     """Sets the sampling proportions of the K domains (a FloatTensor on the simplex)."""
+
+    decides = True
+    logs_domain_losses = True
 
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         """Proportions before the first update."""
@@ -255,14 +343,18 @@ class Mixer(Component):
         """Proportions for the next window."""
         raise NotImplementedError
 
+    def decide_initial(self, ctx: UpdateContext) -> torch.Tensor:
+        return self.initial_proportions(ctx)
+
+    def decide(self, ctx: UpdateContext) -> torch.Tensor:
+        return self.update(ctx)
+
+    def apply(self, decision: torch.Tensor, ctx: UpdateContext, sink: DecisionSink) -> None:
+        sink.set_proportions(decision, ctx, self.decision_stats)
+
 
 class Weighter(Component):
     """Weights the per-sample losses of a batch (weights sum to 1 over the global batch), through
-    :meth:`Component.training_loss`."""
+    :meth:`Component.training_loss`; :meth:`Component.pop_stats` gives the weight statistics."""
 
-    def step_end(self, global_step: int) -> None:
-        """Called after every optimizer step (``global_step`` steps done), e.g. for a temperature schedule."""
-
-    def pop_stats(self) -> dict[str, float]:
-        """Weight statistics since the last call, logged with the training loss (empty: nothing to log)."""
-        return {}
+    owns_loss = True

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dataflex.config import ConfigError
+from dataflex.errors import ConfigError
 from dataflex.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 from dataflex.logs import ALL_RANKS, get_logger
 from dataflex.signals.distributed import all_ranks_true

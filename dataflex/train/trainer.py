@@ -1,7 +1,9 @@
 """The DataFlex layer over LLaMA-Factory's trainers.
 
-The mixin overrides ``get_train_dataloader`` and ``_get_train_sampler`` (decisions reach the data
-through the DynamicSampler, each row carrying its draw-time probability) and ``compute_loss``
+The mixin overrides four hooks of HF's Trainer: ``get_train_dataloader`` and ``_get_train_sampler``
+(decisions reach the data through the DynamicSampler, each row carrying its draw-time probability),
+``get_batch_samples`` (no step past ``max_steps`` on resume; the loss owner sees a whole optimizer
+step's micro-batches before its first backward) and ``compute_loss``
 (batches carry each sample's pool index, domain id and draw probabilities, which the model must not
 see; components that observe batches get the per-sample losses of the training forward's own
 logits; a NaN/inf loss stops the run or skips the micro-batch, see ``dataflex.train.nan``, before
@@ -15,10 +17,10 @@ from typing import Any
 
 import torch
 
-from dataflex.config import ConfigError
+from dataflex.errors import ConfigError
 from dataflex.signals.losses import per_sample_losses_from_logits, shifted_token_nll
 from dataflex.train.callback import DataFlexCallback
-from dataflex.train.components import LossInputs, Mixer, Selector
+from dataflex.train.components import LossInputs
 from dataflex.train.nan import NonFiniteGuard
 from dataflex.train.sampler import Draw, DynamicSampler
 
@@ -96,7 +98,7 @@ class DataFlexTrainerMixin:
     @property
     def dataflex_dynamic(self) -> bool:
         """True when a selector or a mixer decides what is sampled."""
-        return any(isinstance(c, (Selector, Mixer)) for c in self.dataflex_callback.components.values())
+        return any(c.decides for c in self.dataflex_callback.components.values())
 
     def dataflex_num_draws(self) -> int:
         """Draws of the whole run: every optimizer step on every rank."""
@@ -113,7 +115,7 @@ class DataFlexTrainerMixin:
         # a loss owner that needs the whole optimizer step before its first backward (DoReMi's
         # once-per-step α under gradient accumulation) sees the step's micro-batches here
         owner = self.dataflex_callback.loss_owner
-        if batches and hasattr(owner, "prepare_step"):
+        if batches and owner is not None:
             owner.prepare_step(batches, self.model)
         return batches, num_items
 

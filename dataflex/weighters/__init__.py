@@ -41,6 +41,7 @@ import torch
 
 from dataflex.signals import distributed
 from dataflex.train.components import LossInputs, Weighter
+from dataflex.train.fields import param
 
 REDUCTIONS = ("token", "sample")
 
@@ -76,17 +77,15 @@ class BatchWeighter(Weighter):
 
     Subclasses implement :meth:`batch_weights` (the pure decision over the global micro-batch).
 
-    Args:
+    Attributes:
         reduction: ``token`` (default; ``w = 1/B`` is exactly the trainer's loss) or ``sample``
             (the paper's ``world_size · Σ_local w_i·l_i``); see the module docstring.
-        warmup_steps: optimizer steps of warm-up (used by subclasses' schedules).
     """
 
-    def __init__(self, reduction: str = "token", warmup_steps: int = 0):
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        super().__init__(warmup_steps=warmup_steps)
-        self.reduction = reduction
+    reduction: str = param("token", choices=REDUCTIONS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.steps_done = 0  # optimizer steps finished (set by the callback after every step)
         self._reset_stats()
 

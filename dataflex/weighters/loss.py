@@ -29,6 +29,7 @@ import math
 import torch
 
 from dataflex.errors import ConfigError
+from dataflex.train.fields import param
 from dataflex.weighters import BatchWeighter
 
 STRATEGIES = ("linupper", "quadratic", "extremes", "uniform")
@@ -133,7 +134,7 @@ def scheduled_inverse_temperature(step: int, temperature: float, warmup_steps: i
 class LossWeighter(BatchWeighter):
     """Loss-based reweighting of every training micro-batch (Sow et al. 2025).
 
-    Args:
+    Attributes:
         strategy: ``linupper`` (up-weight high losses, flat above the midpoint), ``quadratic``
             (favour medium losses), ``extremes`` (favour both ends) or ``uniform``.
         delta: δ, half-width of the normalised loss range.
@@ -145,33 +146,25 @@ class LossWeighter(BatchWeighter):
         schedule: ``constant`` (default, the reference trainer's) or ``linear`` (the earlier ramp).
     """
 
-    def __init__(
-        self,
-        strategy: str = "linupper",
-        delta: float = 1.0,
-        temperature: float = 1.0,
-        start_temperature: float | None = None,
-        warmup_steps: int = 0,
-        reduction: str = "token",
-        # -- fidelity options (docs/ALGORITHMS.md "Weighters / loss") --
-        schedule: str = "constant",
-    ):
-        super().__init__(reduction=reduction, warmup_steps=warmup_steps)
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"weighter=loss: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}; "
-                              "set weighter.schedule=constant (uniform for warmup_steps, then r; the default)")
-        start_temperature = math.inf if start_temperature is None else float(start_temperature)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if not (math.isfinite(delta) and delta > 0):
-            raise ValueError(f"delta must be a finite number > 0, got {delta}")
-        if not (float(temperature) > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not (start_temperature > 0):
-            raise ValueError(f"start_temperature must be > 0 (null: infinite), got {start_temperature}")
-        self.strategy, self.delta = strategy, float(delta)
-        self.temperature, self.start_temperature = float(temperature), start_temperature
-        self.warmup_steps, self.schedule_name = int(warmup_steps), schedule
+    strategy: str = param("linupper", choices=STRATEGIES)
+    delta: float = 1.0
+    temperature: float = param(1.0, gt=0)
+    start_temperature: float | None = None
+    warmup_steps: int = param(0, ge=0)
+    # -- fidelity options (docs/ALGORITHMS.md "Weighters / loss") --
+    schedule_name: str = param("constant", key="schedule")  # the key `schedule` would hide Component.schedule
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule_name not in SCHEDULES:
+            raise ConfigError(f"weighter=loss: schedule must be one of {', '.join(SCHEDULES)}, "
+                              f"got {self.schedule_name!r}; set weighter.schedule=constant (uniform for "
+                              "warmup_steps, then r; the default)")
+        self.start_temperature = math.inf if self.start_temperature is None else float(self.start_temperature)
+        if not (math.isfinite(self.delta) and self.delta > 0):
+            raise ValueError(f"delta must be a finite number > 0, got {self.delta}")
+        if not (self.start_temperature > 0):
+            raise ValueError(f"start_temperature must be > 0 (null: infinite), got {self.start_temperature}")
 
     def current_temperature(self) -> float:
         """r in force for the step being trained (math.inf for uniform weights)."""

@@ -22,8 +22,5 @@ class UniformWeighter(BatchWeighter):
         reduction: ``token`` (default: exactly plain training) or ``sample``.
     """
 
-    def __init__(self, reduction: str = "token"):
-        super().__init__(reduction=reduction)
-
     def batch_weights(self, losses: torch.Tensor) -> torch.Tensor:
         return torch.full_like(losses, 1.0 / losses.numel(), dtype=torch.float64)

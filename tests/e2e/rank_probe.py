@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from hydra.experimental.callback import Callback
 
-import dataflex.config
-import dataflex.run
+import dataflex.train.build
 from dataflex.train.callback import DataFlexCallback
 
 DECISIONS = ("initial_indices", "select", "initial_proportions", "update", "batch_weights")
@@ -30,7 +29,7 @@ def recorded(kind, method, fn):
     return wrapper
 
 
-real_build = dataflex.config.build_component
+real_build = dataflex.train.build.build_component
 
 
 def build_component(kind, cfg):
@@ -69,8 +68,8 @@ def install(out_dir) -> None:
     """Record every decision of this process's components; at the end of training save them, the final
     DataFlex state and the trained weights to ``out_dir/rank<RANK>.pt``."""
     out = Path(out_dir)
-    dataflex.run.build_component = build_component
-    dataflex.config.build_component = build_component  # Run builds its components through preflight (imported here)
+    # Run builds its components through dataflex.preflight, which imports build_component from here when it runs
+    dataflex.train.build.build_component = build_component
     if os.environ.get("DATAFLEX_TEST_POISON"):  # "RANK:STEP"
         poison_logits(os.environ["DATAFLEX_TEST_POISON"])
 

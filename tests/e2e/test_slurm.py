@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataflex.train.components import Mixer
+from dataflex.train.components import Mixer, Scheduled
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -33,14 +33,14 @@ SMALL = ["model=tiny", "logger=jsonl", "data.max_samples=16", "data.cutoff_len=6
          "trainer.logging_steps=1", "eval.before=false", "eval.after=false"]
 
 
-class BlockingMixer(Mixer):
+class BlockingMixer(Scheduled, Mixer):
     """Test-only mixer: uniform proportions; inside a SLURM job, attempt r (SLURM_RESTART_COUNT) stops
     at optimizer step ``at_steps[r]``, writes ``<marker>.<r>`` (the job id) and waits there until the
     test preempts the job. Outside SLURM (and on later attempts) it never blocks."""
 
-    def __init__(self, marker: str, at_steps: list[int]):
-        super().__init__(warmup_steps=0, update_every=1)
-        self.marker, self.at_steps = marker, list(at_steps)
+    marker: str
+    at_steps: list[int]
+    update_every: int = 1
 
     def initial_proportions(self, ctx):
         return torch.full((ctx.sampler.num_domains,), 1.0 / ctx.sampler.num_domains)

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import torch
 
-from dataflex.train.components import Mixer, Selector, Weighter
+from dataflex.train.components import Mixer, Scheduled, Selector, Weighter
 
 
-class HalfPoolSelector(Selector):
+class HalfPoolSelector(Scheduled, Selector):
     """Test-only selector: every update keeps a seeded random half of the pool.
 
     It exercises the schedule -> decision -> sampler -> checkpoint path without any method logic.
     """
 
-    def __init__(self, warmup_steps=2, update_every=2, num_updates=0, seed=0):
-        super().__init__(warmup_steps, update_every, num_updates)
-        self.seed = seed
+    warmup_steps: int = 2
+    update_every: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
         self.history: list[list[int]] = []
 
     def select(self, ctx):
@@ -32,11 +35,10 @@ class HalfPoolSelector(Selector):
         self.history = state["history"]
 
 
-class RotatingMixer(Mixer):
+class RotatingMixer(Scheduled, Mixer):
     """Test-only mixer: puts most of the mass on domain (update_index mod K)."""
 
-    def __init__(self, warmup_steps=0, update_every=2, num_updates=0):
-        super().__init__(warmup_steps, update_every, num_updates)
+    update_every: int = 2
 
     def initial_proportions(self, ctx):
         k = int(ctx.domain_ids.max()) + 1
@@ -55,19 +57,18 @@ from dataflex.train.components import Component  # noqa: E402
 class BatchRecorder(Component):
     """Test-only observer: records what every training micro-batch showed it."""
 
-    def __init__(self):
-        super().__init__()
+    observes_batches = True
+
+    def __post_init__(self):
+        super().__post_init__()
         self.seen: list[tuple[list[float], list[int], list[int]]] = []
 
     def observe_batch(self, per_sample_losses, batch):
         self.seen.append((per_sample_losses.tolist(), batch["sample_index"].tolist(), batch["domain_id"].tolist()))
 
 
-class PlainLossWeighter(Weighter):
+class PlainLossWeighter(Scheduled, Weighter):
     """Test-only weighter that owns the loss and hands back exactly the trainer's own loss."""
-
-    def __init__(self, warmup_steps=0, update_every=0, num_updates=0):
-        super().__init__(warmup_steps, update_every, num_updates)
 
     def training_loss(self, loss):
         return loss.plain()
@@ -83,6 +84,8 @@ class MeanOfSamplesWeighter(PlainLossWeighter):
 class LossOwningMixer(RotatingMixer):
     """Test-only mixer that also owns the loss (to test that two loss owners are refused)."""
 
+    owns_loss = True
+
     def training_loss(self, loss):
         return loss.plain()
 
@@ -91,9 +94,10 @@ class NonFiniteWeighter(PlainLossWeighter):
     """Test-only weighter: returns the trainer's own loss, but NaN on its ``nan_step``-th micro-batch
     (optimizer step ``nan_step`` without gradient accumulation)."""
 
-    def __init__(self, nan_step=3, warmup_steps=0, update_every=0, num_updates=0):
-        super().__init__(warmup_steps, update_every, num_updates)
-        self.nan_step = nan_step
+    nan_step: int = 3
+
+    def __post_init__(self):
+        super().__post_init__()
         self.calls = 0
 
     def training_loss(self, loss):
@@ -102,14 +106,11 @@ class NonFiniteWeighter(PlainLossWeighter):
         return plain * float("nan") if self.calls == self.nan_step else plain
 
 
-class NeedsValidationSelector(Selector):
+class NeedsValidationSelector(Scheduled, Selector):
     """Test-only selector that declares it reads the target/validation set (as LESS, NICE, NEAR and
     TSDS do): a run without one is refused before the model loads."""
 
     needs_validation = True
-
-    def __init__(self, warmup_steps=0, update_every=0, num_updates=0):
-        super().__init__(warmup_steps, update_every, num_updates)
 
     def initial_indices(self, ctx):
         ctx.require_validation(getattr(self, "config_name", "needs_validation"))

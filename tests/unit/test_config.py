@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 
 import dataflex
 from dataflex.backend.llamafactory import build_hparams
-from dataflex.config import build_component
+from dataflex.train.build import build_component
 
 GROUPS = ["model", "data", "trainer", "selector", "mixer", "weighter", "logger", "experiment"]
 

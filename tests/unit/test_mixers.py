@@ -257,11 +257,11 @@ DOMAINS = ["d_code", "d_drama", "d_quotes"]
 def test_static_list_dict_and_size_default():
     ids = torch.tensor([0, 0, 0, 1, 2, 2])
     assert torch.allclose(
-        StaticMixer([2, 1, 1], domains=DOMAINS).initial_proportions(ctx_for(ids)),
+        StaticMixer(proportions=[2, 1, 1], domains=DOMAINS).initial_proportions(ctx_for(ids)),
         torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64),
     )
     by_name = StaticMixer(
-        {"d_code": 1, "drama": 3, "quotes": 0}, domains=DOMAINS
+        proportions={"d_code": 1, "drama": 3, "quotes": 0}, domains=DOMAINS
     ).initial_proportions(ctx_for(ids))
     assert torch.allclose(by_name, torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64))
     sizes = StaticMixer().initial_proportions(ctx_for(ids))
@@ -295,7 +295,7 @@ def test_static_validation_errors(kwargs, match):
 
 def test_static_mapping_needs_domain_names():
     with pytest.raises(ValueError, match="mixer.domains"):
-        StaticMixer({"code": 1})
+        StaticMixer(proportions={"code": 1})
 
 
 def test_static_reads_proportions_file(tmp_path):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dataflex.config import ConfigError, build_component, check_kwargs
+from dataflex.config import ConfigError
+from dataflex.train.build import build_component, check_kwargs
 from dataflex.train.components import Schedule
 
 

@@ -204,14 +204,14 @@ def test_e2e_static(tmp_path):
 
 def test_e2e_random(tmp_path):
     cfg, state = run_selection(tmp_path, ["selector=random", *SCHEDULE])
-    rounds = check_rounds(state)
+    rounds = check_rounds(state, tmp_path / "x")
     for r in rounds:
         assert r["indices"] == random_indices(256, 16, cfg.selector.seed, r["update_index"]).tolist()
 
 
 def test_e2e_loss(tmp_path):
     _, state = run_selection(tmp_path, ["selector=loss", *SCHEDULE])
-    rounds = check_rounds(state)
+    rounds = check_rounds(state, tmp_path / "x")
     scores = state["components"]["selector"]["last_scores"]
     assert scores["update_index"] == 1 and torch.equal(scores["candidates"], torch.arange(256))
     losses = scores["losses"]
@@ -223,7 +223,7 @@ def test_e2e_loss(tmp_path):
 
 def test_e2e_delta_loss(tmp_path):
     _, state = run_selection(tmp_path, ["selector=delta_loss", "selector.candidates=64", *SCHEDULE])
-    rounds = check_rounds(state)
+    rounds = check_rounds(state, tmp_path / "x")
     sel = state["components"]["selector"]
     l0 = sel["initial_losses"]
     assert l0.shape == (256,) and torch.isfinite(l0).all() and (l0 > 0).all()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dataflex.selectors import less as L
-from dataflex.selectors import less_offline as LO
+from dataflex.selectors.less import offline as LO
 from dataflex.signals import adam as A
 from dataflex.signals import features as SF
 from dataflex.signals.gradients import per_sample_gradients_loop, trainable_parameters
@@ -257,19 +257,19 @@ def test_validation_features_and_similarities_match_less_scores():
 
 def test_constructors_reject_bad_settings():
     with pytest.raises(ValueError, match="gradient_type"):
-        L.LessSelector(8, gradient_type="rmsprop")
+        L.LessSelector(budget=8, gradient_type="rmsprop")
     with pytest.raises(ValueError, match="proj_dim"):
-        L.LessSelector(8, proj_dim=0)
+        L.LessSelector(budget=8, proj_dim=0)
     with pytest.raises(ValueError, match="proj_kind"):
-        L.LessSelector(8, proj_kind="fourier")
+        L.LessSelector(budget=8, proj_kind="fourier")
     with pytest.raises(ValueError, match="projection_cache_mb"):
-        L.LessSelector(8, projection_cache_mb=-1)
+        L.LessSelector(budget=8, projection_cache_mb=-1)
     with pytest.raises(ValueError, match="checkpoint weights"):
-        LO.LessOfflineSelector(8, checkpoint_weights=[0.0, 0.0])
+        LO.LessOfflineSelector(budget=8, checkpoint_weights=[0.0, 0.0])
     with pytest.raises(ValueError, match="checkpoints"):
-        LO.LessOfflineSelector(8, checkpoints=[0])
+        LO.LessOfflineSelector(budget=8, checkpoints=[0])
     with pytest.raises(ValueError, match="checkpoint_weights for"):
-        LO.LessOfflineSelector(8, checkpoints=[1, 2], checkpoint_weights=[1.0])
+        LO.LessOfflineSelector(budget=8, checkpoints=[1, 2], checkpoint_weights=[1.0])
     with pytest.raises(ValueError, match="gradient_type"):
         SF.training_features(None, None, None, None, None, "newton")
 
@@ -308,7 +308,7 @@ def test_validation_subset_per_subtask_is_seeded_and_fixed():
     assert L.validation_subset(groups, 8, None, seed=5) is None
     assert L.validation_subset(None, 8, 3, seed=0).numel() == 3  # no subtasks: one
     with pytest.raises(ValueError, match="validation_per_subtask"):
-        L.LessSelector(8, validation_per_subtask=0)
+        L.LessSelector(budget=8, validation_per_subtask=0)
 
 
 # -- end to end on the tiny model ------------------------------------------------------------------
@@ -328,7 +328,8 @@ def test_e2e_less_online(tmp_path):
     steps = [*QUIET, "trainer.max_steps=7", "trainer.save_steps=6"]
     _, state = run_selection(tmp_path, [*LESS, *steps])
     assert all(math.isfinite(x) for x in losses(tmp_path / "x"))
-    rounds = check_rounds(state, steps=(0, 2, 4, 6))  # warm-up, then steps 2, 4, 6, each reaching the sampler
+    # warm-up, then steps 2, 4, 6, each reaching the sampler
+    rounds = check_rounds(state, tmp_path / "x", steps=(0, 2, 4, 6))
     scores = state["components"]["selector"]["last_scores"]
     cand, s = scores["candidates"], scores["scores"]
     assert scores["update_index"] == 2 and cand.numel() == 32 and torch.equal(cand, cand.unique())
@@ -444,7 +445,7 @@ def test_offline_recipe_end_to_end(tmp_path):
     state = torch.load(run_dir / "checkpoints" / "checkpoint-3" / "dataflex_state.pt", weights_only=False)
     sel = state["components"]["selector"]
     chosen = record["indices"]
-    assert len(set(chosen)) == 16 and sel["rounds"][0]["indices"] == chosen
+    assert len(set(chosen)) == 16 and state["sampler"]["history"][-1]["indices"].tolist() == chosen
     assert json.loads((run_dir / "selections" / "round_000.json").read_text())["indices"] == chosen
     scores, cand = sel["last_scores"]["scores"], sel["last_scores"]["candidates"]
     assert cand[SF.top_k_indices(scores, 16)].tolist() == chosen and torch.isfinite(scores).all()
@@ -500,7 +501,7 @@ def test_command_implies_the_experiment():
 
     out = subprocess.run([sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
                          capture_output=True, text=True, check=True).stdout
-    assert "_target_: dataflex.selectors.less_offline.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
+    assert "_target_: dataflex.selectors.less.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
 
 
 # -- subtasks from a column; validation rows without labels ---------------------------------------

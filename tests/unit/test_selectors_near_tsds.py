@@ -359,7 +359,7 @@ def test_tsds_selector_draws_from_p_seeded_by_round(monkeypatch):
     from dataflex.selectors.base import seeded_generator
 
     assert torch.equal(picked, draw(p, 50, True, seeded_generator(3, 1)))
-    assert selector.rounds[-1]["indices"] == picked.tolist() and selector.last_round["support"] == int((p > 0).sum())
+    assert selector.last_round["support"] == int((p > 0).sum())
     assert (p[picked] > 0).all()
     strict = TSDSSelector(budget=399, replacement=False, max_K=30, kde_K=12)
     monkeypatch.setattr(strict, "embeddings", lambda ctx: (candidates, queries))
@@ -375,7 +375,7 @@ def test_warmup_zero_makes_the_first_decision_the_selection(monkeypatch):
         monkeypatch.setattr(selector, "embeddings", lambda ctx: (candidates, queries))
         first = selector.initial_indices(FakeCtx(400, update_index=-1))
         assert torch.equal(first, near_indices(index, queries, 20)) == expect_near
-        assert selector.rounds[0]["update_index"] == -1 and len(first) == 20
+        assert len(first) == 20
 
 
 def test_queries_are_embedded_like_candidates(monkeypatch):
@@ -419,7 +419,7 @@ def test_selectors_refuse_bad_settings():
 def test_conf_documents_every_hyperparameter(name, cls):
     import inspect
 
-    from dataflex.config import build_component
+    from dataflex.train.build import build_component
 
     path = Path(__file__).parents[2] / "dataflex" / "conf" / "selector" / f"{name}.yaml"
     text = path.read_text()
@@ -454,13 +454,14 @@ def run_selector(tmp_path, overrides):
     metrics = run.fit()
     assert math.isfinite(metrics["final_train_loss"])
     state = torch.load(run_dir / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)
-    rounds = state["components"]["selector"]["rounds"]
+    from support.runs import saved_rounds
+
+    rounds = saved_rounds(run_dir)
     assert [r["update_index"] for r in rounds] == [-1, 0, 1]  # warm-up, then two update rounds
     assert [r["step"] for r in rounds] == [0, 2, 4] and state["updates_done"]["selector"] == 2
-    saved = [json.loads(p.read_text()) for p in sorted((run_dir / "selections").glob("round_*.json"))]
-    assert [s["round"] for s in saved] == [0, 1, 2]
-    for record, kept in zip(saved, rounds):
-        assert record["run_id"] == run.run_id and record["indices"] == kept["indices"] and record["selected"] == 16
+    assert [s["round"] for s in rounds] == [0, 1, 2]
+    for record in rounds:
+        assert record["run_id"] == run.run_id and record["selected"] == 16
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "selector/selected" in r] == [0, 2, 4]
     plans = [p["indices"].tolist() for p in state["sampler"]["history"]]
@@ -501,7 +502,9 @@ def test_e2e_tsds_one_shot_sentence(tmp_path):
     metrics = Run(compose_config(overrides), run_dir).fit()
     assert math.isfinite(metrics["final_train_loss"])
     state = torch.load(run_dir / "checkpoints" / "checkpoint-3" / "dataflex_state.pt", weights_only=False)
-    (decision,) = state["components"]["selector"]["rounds"]
+    from support.runs import saved_rounds
+
+    (decision,) = saved_rounds(run_dir)
     assert decision["update_index"] == -1 and len(decision["indices"]) == 32
     assert state["components"]["selector"]["last_round"]["update_index"] == -1
     assert [p.name for p in (run_dir / "selections").glob("round_*.json")] == ["round_000.json"]
@@ -520,7 +523,7 @@ def _near_tsds_on_two_ranks():
     for name, selector in (("near", NearSelector(budget=20)), ("tsds", TSDSSelector(budget=20, max_K=30, kde_K=10))):
         selector.embeddings = lambda ctx: (candidates, queries)
         picked = selector.select(ctx)
-        result[name] = {"picked": picked.tolist(), "rounds": selector.rounds, "last_round": selector.last_round}
+        result[name] = {"picked": picked.tolist(), "last_round": selector.last_round}
     # a bad setting found on rank 0 reaches every rank as the same error (no rank left waiting)
     strict = TSDSSelector(budget=299, replacement=False, max_K=30, kde_K=10)
     strict.embeddings = lambda ctx: (candidates, queries)
@@ -544,7 +547,6 @@ def test_two_processes_encode_sharded_and_keep_rank_zeros_decision():
         # each rank encoded every other text; gathered, they equal one process encoding them all
         assert torch.allclose(torch.tensor(res["encoded"]), alone, atol=1e-5)
         assert res["near"]["picked"] == near_indices(KnnIndex(candidates), queries, 20).tolist()
-        assert res["near"]["rounds"][0]["indices"] == res["near"]["picked"]
     assert results[0]["tsds"] == results[1]["tsds"]  # the same draw and summary on both ranks
     assert results[0]["error"] == results[1]["error"] and "needs 299 candidates with p > 0" in results[0]["error"]
     assert results[0]["tsds"]["last_round"]["support"] == int((tsds_probabilities(candidates, queries, max_K=30, kde_K=10) > 0).sum())

@@ -153,7 +153,8 @@ def test_paper_experiments_compose_and_their_components_build(name):
     """Every shipped paper setting composes, and its mixer accepts its keys (no model is loaded)."""
     from support.config import compose_config
 
-    from dataflex.config import build_component, to_dict
+    from dataflex.config import to_dict
+    from dataflex.train.build import build_component
 
     cfg = compose_config([f"experiment={name}"], tiny=False)
     assert cfg.model.name.startswith("qwen2_5") and cfg.trainer.stage == "pt" and cfg.trainer.bf16 is True
@@ -168,7 +169,8 @@ def test_less_mistral7b_composes_with_the_papers_recipe():
     from support.config import compose_config
 
     from dataflex.cli.less_offline import recipe_settings
-    from dataflex.config import build_component, to_dict
+    from dataflex.config import to_dict
+    from dataflex.train.build import build_component
 
     cfg = compose_config(["experiment=less_mistral7b"], tiny=False)
     assert cfg.model.name == "mistral7b" and cfg.data.name == "tulu_v2"

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 from support.distributed import run_distributed
 
-from dataflex.config import ConfigError, build_component
+from dataflex.config import ConfigError
+from dataflex.train.build import build_component
 from dataflex.train.components import LossInputs
 from dataflex.weighters import gather_global_batch, weight_entropy
 from dataflex.weighters.loss import (

@@ -1,16 +1,17 @@
-"""LESS (Xia et al. 2024): select the training samples whose (Adam-preconditioned) gradients point
-where the validation samples' gradients point (ALGORITHMS.md, less).
+"""LESS's scoring, shared by the online and the offline selector (ALGORITHMS.md, less).
 
-The scoring, each part usable on its own:
+Each part usable on its own:
 
 * the pure core :func:`less_scores` (tensors in, tensors out; the documented extension API), with
-  :func:`combine_subtask_similarities` and :func:`epoch_learning_rates` for the checkpoint weights;
+  :func:`combine_subtask_similarities` and :func:`epoch_learning_rates` for the checkpoint weights
+  (re-exported: they live in :mod:`dataflex.signals.features` and :mod:`dataflex.train.checkpoints`,
+  which offline NICE shares);
 * :func:`checkpoint_similarities`: one checkpoint's mean cosine of every candidate with every
   validation subtask, from the signals engine's feature passes
   (:func:`dataflex.signals.features.training_features`, :func:`~dataflex.signals.features.validation_features`);
-* the component :class:`LessSelector` (``selector=less``, online: every update, the current model
-  and optimizer state, one checkpoint) on :class:`LessComponent`, the base it shares with the
-  paper's offline recipe (:class:`dataflex.selectors.less_offline.LessOfflineSelector`).
+* :class:`LessComponent`, the selector base of :class:`~dataflex.selectors.less.online.LessSelector`
+  (``selector=less``) and :class:`~dataflex.selectors.less.offline.LessOfflineSelector`
+  (``selector=less_offline``): the feature settings, the seeded projector, the validation rows.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ import torch
 from torch import Tensor
 
 from dataflex.errors import ConfigError
-from dataflex.selectors.base import PoolLossSelector
-from dataflex.signals.features import (
+from dataflex.selectors.base import INITIAL, PoolLossSelector, seeded_generator
+from dataflex.signals.features import (  # noqa: F401  (checkpoint_weight_vector, combine_...: re-exported)
     GRADIENT_TYPES,
     NORM_EPS,
     as_checkpoints,
+    checkpoint_weight_vector,
+    combine_subtask_similarities,
     make_projector,
     normalize_features,
     subtask_centroids,
-    top_k_indices,
     training_features,
     validation_features,
 )
 from dataflex.signals.text import IGNORE_INDEX
+from dataflex.train.checkpoints import epoch_learning_rates  # noqa: F401  (re-exported: LESS's historical home)
 from dataflex.train.components import UpdateContext
 
 #: generator stream of the validation subset (stream 1 is the candidate subset's)
@@ -42,35 +45,6 @@ VALIDATION_STREAM = 2
 
 
 # ------------------------------------------------------------------------------------ pure cores
-def checkpoint_weight_vector(checkpoint_weights: Tensor | Sequence[float] | None, c: int) -> Tensor:
-    """``w_c`` normalised to sum 1 (float64; None: uniform over ``c`` checkpoints)."""
-    if checkpoint_weights is None:
-        return torch.full((c,), 1.0 / c, dtype=torch.float64)
-    w = torch.as_tensor(checkpoint_weights, dtype=torch.float64).flatten()
-    if w.numel() != c:
-        raise ValueError(f"got {w.numel()} checkpoint weights for {c} checkpoints")
-    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"checkpoint weights must be finite, >= 0 and not all 0, got {w.tolist()}")
-    return w / w.sum()
-
-
-def combine_subtask_similarities(
-    similarities: Tensor, checkpoint_weights: Tensor | Sequence[float] | None = None
-) -> Tensor:
-    """Score(z) = max_j Σ_c w_c · sim[c, z, j] from per-checkpoint subtask similarities ``[C, N, J]``
-    (or ``[N, J]`` for one checkpoint).
-
-    The weighted sum over checkpoints comes first, the max over subtasks last (ALGORITHMS.md).
-    """
-    sims = torch.as_tensor(similarities).double()
-    if sims.dim() == 2:
-        sims = sims.unsqueeze(0)
-    if sims.dim() != 3:
-        raise ValueError(f"similarities must be [N, J] or [C, N, J], got shape {tuple(sims.shape)}")
-    w = checkpoint_weight_vector(checkpoint_weights, sims.shape[0]).to(sims.device)
-    return torch.einsum("c,cnj->nj", w, sims).max(dim=-1).values
-
-
 def less_scores(
     train_features: Tensor,
     val_features: Tensor,
@@ -106,48 +80,6 @@ def less_scores(
         )
     sims = torch.einsum("cnd,cjd->cnj", train, centroids.to(train.device))
     return combine_subtask_similarities(sims, checkpoint_weights)
-
-
-def epoch_learning_rates(
-    log_history: Sequence[Mapping[str, Any]], checkpoint_steps: Sequence[int]
-) -> list[float]:
-    """The mean learning rate of the epoch ending at each checkpoint (the LESS checkpoint weights,
-    before normalisation).
-
-    The epoch ending at checkpoint ``c`` is the steps ``(previous checkpoint, c]`` (the first one
-    starts after step 0). transformers logs, at step s, the rate the optimizer used FOR step s; with
-    ``logging_steps=1`` (what the warm-up of :mod:`dataflex.cli.less_offline` uses) every step is
-    logged and this is the exact mean; otherwise it is the mean of the logged steps.
-
-    Args:
-        log_history: the trainer's ``log_history`` (``trainer_state.json``): dicts with ``step`` and,
-            on training logs, ``learning_rate``.
-        checkpoint_steps: increasing global steps of the checkpoints.
-
-    Returns:
-        One mean learning rate per checkpoint.
-
-    Raises:
-        ValueError: steps not increasing, or an epoch with no logged learning rate.
-    """
-    steps = [int(s) for s in checkpoint_steps]
-    if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
-        raise ValueError(f"checkpoint steps must be positive and increasing, got {steps}")
-    logged: dict[int, float] = {}
-    for record in log_history:
-        if "learning_rate" in record and "step" in record:
-            logged[int(record["step"])] = float(record["learning_rate"])
-    means, previous = [], 0
-    for step in steps:
-        window = [lr for s, lr in logged.items() if previous < s <= step]
-        if not window:
-            raise ValueError(
-                f"no learning rate was logged between step {previous} and checkpoint-{step}; "
-                "rerun the warm-up with trainer.logging_steps=1 or give selector.checkpoint_weights"
-            )
-        means.append(sum(window) / len(window))
-        previous = step
-    return means
 
 
 def _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask=None) -> None:
@@ -202,8 +134,6 @@ def validation_subset(groups: Tensor | None, size: int, per_subtask: int | None,
     """
     if per_subtask is None:
         return None
-    from dataflex.selectors.base import INITIAL, seeded_generator
-
     groups = torch.zeros(size, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
     order = torch.randperm(size, generator=seeded_generator(seed, INITIAL, VALIDATION_STREAM))
     kept = []
@@ -271,17 +201,21 @@ class LessComponent(PoolLossSelector):
 
     needs_validation = True
 
-    def __init__(self, budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
-                 proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
-                 subtask_column: str | None = None):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size)
-        _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask)
-        if subtask_column is not None and (not isinstance(subtask_column, str) or not subtask_column.strip()):
-            raise ConfigError(f"selector=less: subtask_column must be a column name or null, got {subtask_column!r}")
-        self.subtask_column = subtask_column
-        self.proj_dim, self.proj_kind, self.gradient_type = int(proj_dim), proj_kind, gradient_type
-        self.projection_cache_mb = projection_cache_mb
-        self.validation_per_subtask = validation_per_subtask
+    proj_dim: int = 8192
+    proj_kind: str = "rademacher"
+    gradient_type: str = "adam"
+    projection_cache_mb: float = 0
+    validation_per_subtask: int | None = None
+    # -- fidelity options (docs/ALGORITHMS.md "less") --
+    subtask_column: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_hyperparameters(self.proj_dim, self.proj_kind, self.gradient_type, self.projection_cache_mb,
+                               self.validation_per_subtask)
+        column = self.subtask_column
+        if column is not None and (not isinstance(column, str) or not column.strip()):
+            raise ConfigError(f"selector=less: subtask_column must be a column name or null, got {column!r}")
         self._projector = None
         self._labels_checked = False
         # the scores of the latest round only (a full history would grow the checkpoint every round)
@@ -318,66 +252,3 @@ class LessComponent(PoolLossSelector):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.last_scores = state.get("last_scores")
-
-
-class LessSelector(LessComponent):
-    """Online LESS (``selector=less``): every update, score (a candidate subset of) the pool by the
-    cosine of its Adam-preconditioned gradient features with the target set's gradient features,
-    under the current model and optimizer state, and keep the top k.
-
-    One checkpoint (now), so Score(z) = max_j mean_{z' in val_j} cos(Γ(z), ∇ℓ(z')); the subtasks
-    are the validation set's ``domain_id`` (one per name in ``data.validation``, or per value of
-    ``subtask_column``). Warm-up: a seeded
-    random subset of ``budget`` samples (the Adam state is empty before the first optimizer step),
-    so the first real selection happens after ``warmup_steps``. A round depends only on the model,
-    the optimizer state, the seed and the round index, so a resumed run selects what the
-    uninterrupted run selects.
-
-    Args:
-        proj_dim: d, the projected feature dimension.
-        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
-        gradient_type: ``adam`` (Γ) or ``sgd`` (the plain gradient) for the training features.
-        projection_cache_mb: keep up to this many MiB of the projection's random blocks between
-            batches and rounds (0: regenerate them every batch). Worth it for LoRA, whose
-            projection matrix (trainable parameters x d x 4 bytes) may be small enough to keep.
-        validation_per_subtask: score against at most this many rows of every validation subtask
-            (a seeded subset fixed for the run, as the paper's few-shot targets; None: all rows).
-        subtask_column: the subtasks are the values of this column of the one validation set (e.g.
-            ``subject`` for MMLU); None: one subtask per name in ``data.validation``.
-        batch_size: rows per batched forward/backward of the feature passes.
-        (others as :class:`~dataflex.selectors.base.PoolLossSelector`)
-    """
-
-    #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
-    legacy_unused = {"save_interval": "nothing is cached between rounds"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
-    acts_through_updates = True
-
-    def __init__(
-        self,
-        budget,
-        warmup_steps=0,
-        update_every=0,
-        num_updates=0,
-        seed=0,
-        candidates=None,
-        batch_size=16,
-        proj_dim: int = 8192,
-        proj_kind: str = "rademacher",
-        gradient_type: str = "adam",
-        projection_cache_mb: float = 0,
-        validation_per_subtask: int | None = None,
-        # -- fidelity options (docs/ALGORITHMS.md "less") --
-        subtask_column: str | None = None,
-    ):
-        super().__init__(budget, warmup_steps, update_every, num_updates, seed, candidates, batch_size,
-                         proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask,
-                         subtask_column=subtask_column)
-
-    def select(self, ctx: UpdateContext) -> torch.Tensor:
-        self.validation(ctx)  # a missing validation set fails before any pass
-        candidates = self.candidate_indices(ctx)
-        scores = combine_subtask_similarities(self.similarities(ctx, candidates))
-        local = top_k_indices(scores, self.k(ctx))
-        self.last_scores = {"update_index": ctx.update_index, "candidates": candidates, "scores": scores.float()}
-        return self.record(ctx, candidates[local])
