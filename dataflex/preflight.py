@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dataflex.errors import ConfigError
+from dataflex.train.targets import target_class
 
 #: trainer keys LLaMA-Factory / HF would turn into a traceback (or a silent default) after the model loads
 _POSITIVE_INTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps")
@@ -109,7 +110,7 @@ def check_schedules(cfg: Mapping[str, Any]) -> None:
     max_steps = (cfg.get("trainer") or {}).get("max_steps")
     for kind in ("selector", "mixer"):
         group = cfg.get(kind) or {}
-        cls = _component_class(group.get("_target_"))
+        cls = target_class(group.get("_target_"))
         if cls is None or not cls.acts_through_updates:
             continue
         name = f"{kind}={group.get('name', kind)}"
@@ -126,18 +127,6 @@ def check_schedules(cfg: Mapping[str, Any]) -> None:
                 f"{name} never updates: {kind}.warmup_steps={warmup} >= trainer.max_steps={max_steps}; "
                 f"lower {kind}.warmup_steps or raise trainer.max_steps"
             )
-
-
-def _component_class(target: str | None) -> type | None:
-    """The class a component group's ``_target_`` names (None when it names none or nothing
-    importable: building the component reports that in its own message)."""
-    import importlib
-
-    module, _, name = (target or "").rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name) if module else None
-    except (ImportError, AttributeError):
-        return None
 
 
 def check_validation(cfg: Mapping[str, Any], selector: Any) -> None:

@@ -81,8 +81,15 @@ class Run:
 
     # -- run directory ---------------------------------------------------------------------------
     def _check_run_dir(self) -> str | None:
-        """Refuse a directory holding a different run; return the checkpoint to resume, if any."""
+        """Refuse a directory holding a different run; return the checkpoint to resume, if any.
+        ``trainer.overwrite_output_dir: true`` (LLaMA-Factory's key) starts afresh instead, as
+        LLaMA-Factory does: the previous run's outputs are removed and nothing is resumed."""
         saved_path = self.run_dir / CONFIG_FILE
+        if (self.cfg.get("trainer") or {}).get("overwrite_output_dir"):
+            if is_main_process():
+                self._remove_previous_run()
+                atomic_write_text(saved_path, yaml.safe_dump(self.cfg, sort_keys=False))
+            return None
         identity = {k: self.cfg.get(k) for k in IDENTITY_KEYS}
         if saved_path.is_file():
             saved = yaml.safe_load(saved_path.read_text()) or {}
@@ -118,6 +125,23 @@ class Run:
                     "remove it or use a new directory (hydra.run.dir=...)"
                 )
         return resume_from
+
+    def _remove_previous_run(self) -> None:
+        """The files and folders a run writes here (nothing else in the directory is touched)."""
+        import shutil
+
+        removed = []
+        for name in (*PREVIOUS_RUN, CONFIG_FILE):
+            path = self.run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(name)
+        if removed:
+            log.info("overwrite_output_dir: removed the previous run's %s from %s", ", ".join(removed), self.run_dir)
 
     def _holds_results(self) -> bool:
         """True when the directory holds something a run produced to keep: a checkpoint or metrics."""
@@ -166,7 +190,12 @@ class Run:
             tracker.close()
 
     def _fit(self, tracker: Tracker, resume_from: str | None) -> dict[str, Any]:
-        from dataflex.backend.llamafactory import build, build_hparams, build_trainer, validation_names
+        from dataflex.backend.llamafactory import (
+            build,
+            build_hparams,
+            build_trainer,
+            validation_names,
+        )
         from dataflex.train.callback import DataFlexCallback
 
         start = time.time()
@@ -176,11 +205,12 @@ class Run:
                  f", {chosen}" if chosen else "")
         if resume_from:
             log.info("resuming from %s", resume_from)
-        # the target/validation set is only tokenised for the selectors that read it
-        validation = validation_names(self.cfg["data"]) if self.components["selector"] is not None else []
+        # the target/validation set is only tokenised for the selectors that read it, and for its eval loss
+        eval_cfg = self.cfg.get("eval") or {}
+        wanted = self.components["selector"] is not None or bool(eval_cfg.get("loss"))
+        validation = validation_names(self.cfg["data"]) if wanted else []
         column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column
         built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
-        eval_cfg = self.cfg.get("eval") or {}
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
         callback = DataFlexCallback(
@@ -233,10 +263,13 @@ class Run:
         if name == "eval_before" and cache.is_file():
             return json.loads(cache.read_text())
         spec = dict(self.cfg["data"].get("eval") or {})
-        spec.update({k: v for k, v in (self.cfg.get("eval") or {}).items() if k not in ("before", "after", "every_n_steps")})
+        eval_cfg = self.cfg.get("eval") or {}
+        spec.update({k: v for k, v in eval_cfg.items() if k not in ("before", "after", "every_n_steps", "loss")})
         model = built.model
         with full_parameters(model):
             results = run_eval_suite(model, built.tokenizer, built.template, spec, progress=is_main_process())
+            if eval_cfg.get("loss") and built.validation is not None:
+                results.update(validation_loss(built, int(eval_cfg.get("batch_size") or 16)))
         if is_main_process():
             if name != "eval":
                 atomic_write_json(cache, results)
@@ -257,6 +290,9 @@ class Run:
 
 
 LOCK_FILE = ".dataflex.lock"
+# what a run leaves in its directory besides CONFIG_FILE (removed by trainer.overwrite_output_dir: true)
+PREVIOUS_RUN = ("checkpoints", "model", "metrics.json", "metrics.jsonl", "eval_before.json", "eval_after.json",
+                "selections", "proportions.png", "doremi_weights.json", "data")
 
 
 @contextlib.contextmanager
@@ -299,6 +335,28 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:
             self.evaluate(state.global_step)
+
+
+def validation_loss(built, batch_size: int) -> dict[str, float]:
+    """LLaMA-Factory's ``eval_loss`` on its ``eval_dataset`` (here ``data.validation``): the token-mean loss
+    of the current model, ``loss``, and ``loss/<name>`` per set when there are several."""
+    import torch
+
+    from dataflex.signals.losses import per_token_losses
+    from dataflex.signals.pool import map_pool
+
+    def sums(model, batch):
+        nll = per_token_losses(model, batch)
+        return torch.stack([nll.sum(1), (batch["labels"][:, 1:] != -100).sum(1).float()], dim=1)
+
+    totals = map_pool(sums, built.model, built.validation, built.collator, batch_size=batch_size, desc="eval loss")
+    out = {"loss": float(totals[:, 0].sum() / totals[:, 1].sum().clamp(min=1))}
+    if len(built.validation_names) > 1:
+        ids = torch.as_tensor(built.validation["domain_id"])
+        for i, name in enumerate(built.validation_names):
+            part = totals[ids == i]
+            out[f"loss/{name}"] = float(part[:, 0].sum() / part[:, 1].sum().clamp(min=1))
+    return out
 
 
 def _last_logged_loss(trainer) -> float | None:

@@ -19,11 +19,21 @@ from datetime import datetime
 from pathlib import Path
 
 from dataflex.cli.run import fail
+from dataflex.config import to_dict
 from dataflex.launch import launch
 from dataflex.legacy import (  # noqa: F401  (the translator's names, re-exported for existing imports)
-    TRAIN_TYPES, Translation, compose, conf_file, read_legacy, render_value, translate, translate_file,
+    TRAIN_TYPES,
+    Translation,
+    compose,
+    conf_file,
+    read_legacy,
+    render_value,
+    translate,
+    translate_file,
 )
+from dataflex.legacy.translate import refusals
 from dataflex.logs import get_logger
+from dataflex.preflight import preflight
 
 VERSIONED = ("dataflex", "llamafactory", "torch", "transformers", "datasets", "peft", "trl", "accelerate",
              "deepspeed", "hydra-core")
@@ -43,8 +53,12 @@ def versions() -> dict[str, str]:
 
 
 def run_translation(translation: Translation) -> dict:
-    """Compose the translated overrides and run them as dataflex-run runs a job; return the metrics."""
+    """Compose the translated overrides and run them as dataflex-run runs a job; return the metrics.
+    A LLaMA-Factory fallback (``translation.llamafactory_args``) runs LLaMA-Factory's own workflow."""
+    if translation.llamafactory_args is not None:
+        return run_llamafactory(translation.llamafactory_args)
     cfg = compose(translation.overrides)
+    preflight(to_dict(cfg))  # a refused attempt writes nothing, so it claims no directory
     if translation.run_dir:
         run_dir = Path(translation.run_dir).expanduser().absolute()
     else:
@@ -53,6 +67,25 @@ def run_translation(translation: Translation) -> dict:
     (run_dir / "dataflex_run_command.sh").write_text(translation.command() + "\n")
     get_logger(__name__).info("%s", translation.command())
     return launch(cfg, run_dir, translation.run_name)
+
+
+def run_llamafactory(args: dict) -> dict:
+    """``llamafactory.train.tuner.run_exp`` on the YAML's arguments, as ``llamafactory-cli train`` runs them."""
+    from llamafactory.train.tuner import run_exp
+
+    from dataflex.errors import ConfigError
+
+    get_logger(__name__).info("LLaMA-Factory's own %s workflow: %s", args.get("stage"), args.get("output_dir"))
+    try:
+        run_exp(args=dict(args))
+    except ValueError as err:  # LLaMA-Factory's argument checks
+        raise ConfigError(f"LLaMA-Factory rejected the configuration: {str(err).splitlines()[0]}") from None
+    return {"stage": args.get("stage"), "output_dir": args.get("output_dir")}
+
+
+def for_legacy(message: str) -> str:
+    """A message in the legacy YAML's words: the run directory is its ``output_dir``."""
+    return message.replace("hydra.run.dir=... or output_dir=...", "output_dir=...").replace("hydra.run.dir=...", "output_dir=...")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train from a legacy YAML")
     migrate = commands.add_parser("migrate", help="print the equivalent dataflex-run command")
     for sub in (train, migrate):
-        sub.add_argument("config", help="a LLaMA-Factory / DataFlex training YAML")
+        sub.add_argument("config", nargs="?", help="a LLaMA-Factory / DataFlex training YAML")
         sub.add_argument("overrides", nargs="*", help="key=value: a YAML key, or a dataflex-run override")
     commands.add_parser("version", help="print the versions of the stack")
     return parser
@@ -83,16 +116,19 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in versions().items():
             print(f"{name:<14}{value}")
         return
+    if args.config is None:
+        fail(f"dataflex-cli {args.command} needs a training YAML: dataflex-cli {args.command} path/to/config.yaml")
     try:
         translation = translate_file(args.config, args.overrides)
         for note in translation.notes:
             print(f"dataflex: note: {note}", file=sys.stderr, flush=True)
         if args.command == "migrate":
+            refusals(translation)
             print(translation.command())
         else:
             run_translation(translation)
     except DataFlexError as err:
-        fail(str(err))
+        fail(for_legacy(str(err)))
 
 
 if __name__ == "__main__":

@@ -34,8 +34,20 @@ the shipped conf), ``components`` (the component's params, schedule, mixture and
 ``translate`` (the whole translation).
 """
 
-from dataflex.legacy.keys import DATAFLEX_KEYS, TRAIN_TYPES, check_keys, did_you_mean, read_legacy
-from dataflex.legacy.overrides import compose, conf_file, diff_overrides, group_options, render_value
+from dataflex.legacy.keys import (
+    DATAFLEX_KEYS,
+    TRAIN_TYPES,
+    check_keys,
+    did_you_mean,
+    read_legacy,
+)
+from dataflex.legacy.overrides import (
+    compose,
+    conf_file,
+    diff_overrides,
+    group_options,
+    render_value,
+)
 from dataflex.legacy.translate import Translation, translate, translate_file, validate
 
 __all__ = [

@@ -6,14 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra.utils
 import yaml
 
 from dataflex.errors import ConfigError
 from dataflex.legacy.keys import (
-    DATAFLEX_KEYS, SAMPLE_RULES, SCHEDULE, SECTIONS, UNUSED_EVERYWHERE, did_you_mean, llamafactory_default,
+    DATAFLEX_KEYS,
+    SAMPLE_RULES,
+    SCHEDULE,
+    SECTIONS,
+    UNUSED_EVERYWHERE,
+    did_you_mean,
+    llamafactory_default,
 )
 from dataflex.legacy.overrides import conf_file, group_options
+from dataflex.train.targets import target_class
+
 
 def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) -> tuple[str, dict]:
     """The component's option name and its params (``components_cfg_file``, then ``component_overrides``)."""
@@ -44,10 +51,17 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
             )
         params.update((entry or {}).get("params") or {})
     params.update(flex.get("component_overrides") or {})
+    rule = flex.get("mixture_sample_rule")
+    if kind == "mixer" and option not in ("static", "doremi") and rule in ("uniform", "stratified"):
+        # the original's mixture manager ignores a dynamic mixer's proportions under these rules
+        notes.append(f"mixture_sample_rule: {rule} keeps the mixture fixed in the original DataFlex (the {option} "
+                     "mixer's proportions are never used): mixer=static; mixture_sample_rule: mixture lets it move them")
+        return "static", {}
     declared = component_class(kind, option)
     renamed = getattr(declared, "legacy_keys", {})
     unused = {**UNUSED_EVERYWHERE, **getattr(declared, "legacy_unused", {})}
-    out = {}
+    implies = getattr(declared, "legacy_implies", {})
+    out: dict[str, Any] = {}
     for key, value in params.items():
         if key in unused:
             notes.append(f"{SECTIONS[kind]}.{option}.{key}: not used ({unused[key]})")
@@ -55,19 +69,29 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
             if flex.get(renamed[key]) is None:
                 flex[renamed[key]] = value
         else:
-            out[renamed.get(key, key)] = value
+            _set(out, renamed.get(key, key), value)
+    for key in params:  # an original param that also sets keys of its own (NICE's reward block: the judge reward)
+        for implied, value in implies.get(key, {}).items():
+            if implied not in params:
+                out.setdefault(implied, value)
     return option, out
+
+
+def _set(out: dict, dotted: str, value: Any) -> None:
+    """``out[a][b] = value`` for ``a.b`` (a component key that is a mapping, e.g. NICE's ``reward_kwargs``)."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        out = out.setdefault(part, {})
+    out[last] = value
 
 
 def component_class(kind: str, option: str) -> type | None:
     """The class ``conf/<kind>/<option>.yaml`` builds (its ``_target_``), None without one."""
     target = (yaml.safe_load(conf_file(kind, option).read_text()) or {}).get("_target_")
-    if target is None:
-        return None
-    try:
-        return hydra.utils.get_class(target)
-    except Exception as err:
-        raise ConfigError(f"{kind}={option}: cannot import _target_ '{target}' ({err})") from None
+    cls = target_class(target)
+    if target is not None and cls is None:
+        raise ConfigError(f"{kind}={option}: cannot import _target_ '{target}'; check conf/{kind}/{option}.yaml")
+    return cls
 
 
 def component_values(kind: str, option: str, base: dict, params: dict, flex: dict, trainer: dict, world: int,
@@ -110,9 +134,7 @@ def _mixture(option: str, base: dict, desired: dict, flex: dict, domains: list[s
         proportions = [float(p) for p in proportions]
         if len(proportions) != len(domains):
             raise ConfigError(f"init_mixture_proportions has {len(proportions)} entries but dataset names {len(domains)} domains")
-    if rule == "mixture" and proportions is None:
-        raise ConfigError("mixture_sample_rule: mixture needs init_mixture_proportions (one per dataset)")
-    if rule == "uniform":
+    if rule == "uniform" or (rule == "mixture" and proportions is None):  # the original: uniform without proportions
         proportions = [1.0] * len(domains)
     if option == "static":
         if rule is not None:  # stratified: the static mixer's default, proportional to domain sizes
@@ -122,11 +144,16 @@ def _mixture(option: str, base: dict, desired: dict, flex: dict, domains: list[s
         if proportions is not None or rule == "stratified":
             desired["initial_proportions"] = proportions
         return
+    if "initial" in base:  # the start before the first update (ODM: natural | uniform | weights; random: null | weights)
+        if proportions is not None:
+            equal = len(set(proportions)) == 1
+            desired["initial"] = ("uniform" if base["initial"] is not None else None) if equal else proportions
+        return
     if rule == "stratified" or (proportions is not None and len(set(proportions)) > 1):
         raise ConfigError(
-            f"mixer={option} starts from uniform proportions, so mixture_sample_rule: {rule} "
-            f"{proportions or ''} cannot be honoured; use equal init_mixture_proportions or "
-            "mixture_sample_rule: uniform, or static_mix: true for a fixed mixture"
+            f"mixer={option} samples every domain uniformly (its weights act on the loss), so "
+            f"mixture_sample_rule: {rule} {proportions or ''} cannot be honoured; use equal "
+            "init_mixture_proportions or mixture_sample_rule: uniform, or static_mix: true for a fixed mixture"
         )
 
 

@@ -24,6 +24,8 @@ TRAIN_TYPES = {
     "static": None, "static_full": None,
     "dynamic_select": "selector", "dynamic_mix": "mixer", "dynamic_weight": "weighter", "dynamic_weighting": "weighter",
 }
+# the LLaMA-Factory stages dataflex's Run trains (the others fall back to LLaMA-Factory's own workflow)
+DATAFLEX_STAGES = ("sft", "pt")
 SCHEDULE = {"warmup_step": "warmup_steps", "update_step": "update_every", "update_times": "num_updates"}
 SAMPLE_RULES = ("mixture", "stratified", "uniform")
 SECTIONS = {"selector": "selectors", "mixer": "mixers", "weighter": "weighters"}  # of components_cfg_file
@@ -75,6 +77,46 @@ def check_keys(legacy: dict[str, Any], where: str) -> None:
         )
 
 
+def _check_yaml(path: Path) -> None:
+    """The file is YAML holding a mapping of keys (one line naming the problem otherwise)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        hint = "; YAML indents with spaces, not tabs" if "\\t" in str(problem) or "\t" in str(problem) else ""
+        raise ConfigError(f"{path} is not valid YAML: {problem}{where}{hint}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} does not hold a mapping of keys (it holds {type(loaded).__name__} {str(loaded)[:40]!r}); "
+                          "a training YAML is `key: value` lines")
+
+
+def check_types(legacy: dict[str, Any]) -> None:
+    """The DataFlex keys' types (LLaMA-Factory checks its own keys): one line naming the key."""
+    ints = ("warmup_step", "update_step", "update_times", "train_step")
+    for key in ints:
+        value = legacy.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key} must be an int (a number of optimizer steps), got {value!r}")
+    if legacy.get("static_mix") is not None and not isinstance(legacy["static_mix"], bool):
+        raise ConfigError(f"static_mix must be true or false, got {legacy['static_mix']!r}")
+    proportions = legacy.get("init_mixture_proportions")
+    if proportions is not None and (not isinstance(proportions, list) or not all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in proportions)):
+        raise ConfigError(f"init_mixture_proportions must list one number >= 0 per dataset, got {proportions!r}")
+    for key in ("component_overrides",):
+        if legacy.get(key) is not None and not isinstance(legacy[key], dict):
+            raise ConfigError(f"{key} must be a mapping of the component's params, got {legacy[key]!r}")
+    for key in ("train_type", "component_name", "components_cfg_file", "mixture_sample_rule"):
+        if legacy.get(key) is not None and not isinstance(legacy[key], str):
+            raise ConfigError(f"{key} must be a string, got {legacy[key]!r}")
+
+
 def read_legacy(path: str | os.PathLike, args=()) -> tuple[dict[str, Any], list[str]]:
     """Load a legacy YAML with its command-line ``key=value`` args merged in.
 
@@ -88,8 +130,11 @@ def read_legacy(path: str | os.PathLike, args=()) -> tuple[dict[str, Any], list[
     from omegaconf.errors import OmegaConfBaseException
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the training YAML file in it (dataflex-cli train {path}/<name>.yaml)")
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
+    _check_yaml(path)
     yaml_args, passthrough = [], []
     for arg in args:
         key = arg.split("=", 1)[0]

@@ -49,8 +49,8 @@ def diff_overrides(prefix: str, base: dict, desired: dict, delete_missing: bool)
             out.extend(diff_overrides(path, base[key], value, delete_missing))
         elif value != base[key] or (type(value) is not type(base[key]) and base[key] is not None):
             out.append(f"{path}={render_value(value)}")  # 1 and 1.0 are equal but not the same setting
-    if delete_missing:
-        out.extend(f"~{prefix}.{key}" for key in base if key not in desired)
+    if delete_missing:  # a null key already means "unset" (the backend drops it), and Hydra cannot delete one
+        out.extend(f"~{prefix}.{key}" for key in base if key not in desired and base[key] is not None)
     return out
 
 

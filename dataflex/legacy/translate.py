@@ -11,11 +11,28 @@ from typing import Any
 from dataflex.errors import ConfigError
 from dataflex.legacy.components import component_params, component_values, run_length
 from dataflex.legacy.keys import (
-    DATA_KEYS, DATAFLEX_KEYS, EVAL_KEYS, GROUPS, MODEL_KEYS, OWNED_KEYS, TRAIN_TYPES, check_keys, did_you_mean,
-    llamafactory_default, read_legacy,
+    DATA_KEYS,
+    DATAFLEX_KEYS,
+    DATAFLEX_STAGES,
+    EVAL_KEYS,
+    GROUPS,
+    MODEL_KEYS,
+    OWNED_KEYS,
+    TRAIN_TYPES,
+    check_keys,
+    check_types,
+    did_you_mean,
+    llamafactory_default,
+    read_legacy,
 )
 from dataflex.legacy.overrides import (
-    compose, conf_file, diff_overrides, group_options, override_key, render_value, resolved,
+    compose,
+    conf_file,
+    diff_overrides,
+    group_options,
+    override_key,
+    render_value,
+    resolved,
 )
 from dataflex.train.build import build_component
 
@@ -50,15 +67,27 @@ class Translation:
         run_dir: the run directory (``output_dir``), or None for dataflex-run's default.
         run_name: the tracker run name (``run_name``, default the YAML's file name).
         notes: legacy settings that have no effect here, one line each.
+        llamafactory_args: for a stage dataflex's components do not train (dpo, rm, kto, ppo) with no
+            DataFlex method, the YAML's LLaMA-Factory arguments, run by LLaMA-Factory's own workflow
+            (``llamafactory.train.tuner.run_exp``) unchanged; None otherwise.
+        source, source_args: the YAML file and its command-line ``key=value`` args (``translate_file``).
     """
 
     overrides: list[str]
     run_dir: str | None
     run_name: str
     notes: list[str]
+    llamafactory_args: dict[str, Any] | None = None
+    source: str | None = None
+    source_args: list[str] = dataclasses.field(default_factory=list)
 
     def command(self) -> str:
-        """The equivalent ``dataflex-run`` command line (shell-quoted, one override a line)."""
+        """The equivalent ``dataflex-run`` command line (shell-quoted, one override a line), or for a
+        LLaMA-Factory fallback the ``llamafactory-cli train`` command that runs the same workflow."""
+        if self.llamafactory_args is not None:
+            source = self.source or "<this YAML>"
+            words = ["llamafactory-cli train", shlex.quote(source), *(shlex.quote(a) for a in self.source_args)]
+            return " \\\n    ".join(words)
         args = [*self.overrides, *([f"hydra.run.dir={render_value(self.run_dir)}"] if self.run_dir else [])]
         return " \\\n    ".join(["dataflex-run", *(shlex.quote(a) for a in args)])
 
@@ -81,6 +110,7 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     """
     env = os.environ if env is None else env
     check_keys(legacy, name)
+    check_types(legacy)
     trainer = dict(legacy)  # what is left after the pops: LLaMA-Factory training arguments, as they are
     flex, owned = _pop(trainer, DATAFLEX_KEYS), _pop(trainer, OWNED_KEYS)
     model_keys, data_keys, eval_keys = _pop(trainer, MODEL_KEYS), _pop(trainer, DATA_KEYS), _pop(trainer, EVAL_KEYS)
@@ -90,6 +120,15 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     if train_type not in TRAIN_TYPES:
         raise ConfigError(f"train_type: '{train_type}' is not one of {', '.join(TRAIN_TYPES)}{did_you_mean(train_type, TRAIN_TYPES)}")
     kind = TRAIN_TYPES[train_type]
+    stage = trainer.get("stage", llamafactory_default("stage"))
+    if stage not in DATAFLEX_STAGES:
+        if kind is not None:
+            raise ConfigError(
+                f"stage: {stage} with train_type: {train_type}: dataflex's selectors, mixers and weighters train "
+                f"stage {' or '.join(DATAFLEX_STAGES)} only; use train_type: static to run LLaMA-Factory's own "
+                f"{stage} training, or stage: sft / pt with this method"
+            )
+        return _fallback(legacy, flex, passthrough, name, stage)
     root, choices = _owned(owned, name, notes)
     if env.get("FORCE_TORCHRUN", "").lower() in ("1", "true"):
         root["nproc"] = int(env.get("NPROC_PER_NODE") or _device_count())
@@ -114,7 +153,8 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     values += diff_overrides("model", base["model"], model, delete_missing=custom_model)
     values += diff_overrides("data", base["data"], data, delete_missing=custom_data)
     values += diff_overrides("trainer", base["trainer"], trainer, delete_missing=True)
-    values += diff_overrides("eval", base["eval"], _evaluation(eval_keys, notes), delete_missing=False)
+    evaluation = _evaluation(eval_keys, notes, "eval_dataset" in data_keys, trainer.get("logging_steps"))
+    values += diff_overrides("eval", base["eval"], evaluation, delete_missing=False)
     if kind is not None:
         world = int(root.get("nproc", 1))
         desired = component_values(kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes)
@@ -130,6 +170,30 @@ def validate(overrides) -> None:
     cfg = compose(overrides)
     for kind in ("selector", "mixer", "weighter"):
         build_component(kind, cfg.get(kind))
+
+
+def refusals(translation: Translation) -> None:
+    """Every check the Run makes before any model loads (dataflex.preflight), but for the input files
+    an earlier step writes (DoReMi's reference model), which the Run checks when it starts: what
+    `dataflex-cli migrate` runs, so that it refuses what `train` refuses."""
+    from dataflex.preflight import preflight
+
+    if translation.llamafactory_args is None:
+        preflight(resolved(compose(translation.overrides)), check_inputs=False)
+
+
+def _fallback(legacy: dict, flex: dict, passthrough, name: str, stage: str) -> Translation:
+    """A stage dataflex's components do not train, with no DataFlex method: LLaMA-Factory's own workflow,
+    the YAML's LLaMA-Factory keys unchanged."""
+    notes = [(f"stage: {stage} runs LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
+              "its outputs are LLaMA-Factory's, in output_dir")]
+    ignored = sorted(set(flex) - {"train_type"})
+    if ignored:
+        notes.append(f"{', '.join(ignored)}: no effect with stage: {stage} (plain LLaMA-Factory training)")
+    if passthrough:
+        notes.append(f"{' '.join(passthrough)}: dataflex-run overrides, not used by LLaMA-Factory's {stage} workflow")
+    args = {k: v for k, v in legacy.items() if k not in DATAFLEX_KEYS}
+    return Translation([], legacy.get("output_dir"), str(legacy.get("run_name") or name), notes, llamafactory_args=args)
 
 
 def _owned(owned: dict, name: str, notes: list[str]) -> tuple[dict, dict]:
@@ -154,14 +218,17 @@ def _owned(owned: dict, name: str, notes: list[str]) -> tuple[dict, dict]:
     return root, choices
 
 
-def _evaluation(keys: dict, notes: list[str]) -> dict:
+def _evaluation(keys: dict, notes: list[str], eval_dataset: bool = False, logging_steps: Any = None) -> dict:
     """The ``eval`` group's values from LLaMA-Factory's evaluation keys (the others get a note unless
-    they hold LLaMA-Factory's default)."""
+    they hold LLaMA-Factory's default). ``eval_strategy: steps`` evaluates every ``eval_steps`` (else
+    ``logging_steps``, as transformers does), with an ``eval_dataset`` its loss, as LLaMA-Factory does."""
     values = {}
-    steps = keys.get("eval_steps")
+    steps = keys.get("eval_steps") or logging_steps or llamafactory_default("logging_steps")
     if keys.get("eval_strategy") == "steps" and isinstance(steps, int) and steps > 0:
         values["every_n_steps"] = steps
-        del keys["eval_strategy"], keys["eval_steps"]
+        if eval_dataset:
+            values["loss"] = True
+        keys.pop("eval_strategy"), keys.pop("eval_steps", None)
     if "per_device_eval_batch_size" in keys:
         values["batch_size"] = keys.pop("per_device_eval_batch_size")
     ignored = [k for k, v in keys.items() if v != llamafactory_default(k)]
@@ -213,8 +280,10 @@ def _data(keys: dict, stage: str, paths) -> tuple[str | None, dict, bool]:
         known = {*(cfg.get("domains") or []), *(cfg.get("registry") or {})}
         if set(names) <= known and (dataset_dir is None or _same_location(dataset_dir, cfg.get("dataset_dir"))):
             return option, {**cfg, **values}, False
-    folder = Path(dataset_dir or llamafactory_default("dataset_dir")).expanduser().absolute()
-    return None, {"name": "custom", "asset": None, "stage": stage, "dataset_dir": str(folder),
+    folder = dataset_dir or llamafactory_default("dataset_dir")
+    if not str(folder).startswith("REMOTE:"):  # LLaMA-Factory's hub-hosted dataset_info stays remote
+        folder = str(Path(folder).expanduser().absolute())
+    return None, {"name": "custom", "asset": None, "stage": stage, "dataset_dir": folder,
                   "validation": None, **values, "eval": None}, True
 
 def _device_count() -> int:
@@ -226,4 +295,6 @@ def _device_count() -> int:
 def translate_file(path: str | os.PathLike, args=()) -> Translation:
     """Read and translate a legacy YAML (with its command-line args)."""
     legacy, passthrough = read_legacy(path, list(args))
-    return translate(legacy, passthrough, name=Path(path).stem, base_dir=Path(path).parent)
+    translation = translate(legacy, passthrough, name=Path(path).stem, base_dir=Path(path).parent)
+    translation.source, translation.source_args = str(path), [a for a in args if a not in passthrough]
+    return translation

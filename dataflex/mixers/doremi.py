@@ -112,6 +112,11 @@ class DoReMiMixer(Mixer):
 
     owns_loss = True
 
+    #: the original DataFlex's params (used by dataflex-cli): its reference model, step size and smoothing,
+    #: and its clipping of the excess loss at 5
+    legacy_keys = {"reference_model_path": "reference_dir", "reweight_eta": "eta", "reweight_eps": "smoothing"}
+    legacy_defaults = {"clip": 5.0}
+
     reference_dir: str | None = None
     mode: str = param("proxy", choices=MODES)
     eta: float = 1.0

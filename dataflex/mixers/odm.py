@@ -10,7 +10,9 @@ Definitions (docs/ALGORITHMS.md, "odm"):
 - ``reward: importance`` (the paper): for every domain i present in the batches since the last
   update, R̂_i ← α·R̂_i + (1 − α)·L_i / π(i), and π_t(i) = (1 − K·ε_t)·softmax(ε_{t−1}·R̂)_i + ε_t;
 - ``reward: exp_loss`` (the reference code's SmoothedMeanWeightUpdater): R̂_i ← α·R̂_i + (1 − α)·exp(L_i)
-  (no importance weight) and the LINEAR policy π_t = (1 − K·ε_t)·R̂/ΣR̂ + ε_t.
+  (no importance weight) and the LINEAR policy π_t = (1 − K·ε_t)·R̂/ΣR̂ + ε_t;
+- the original DataFlex's options (``dataflex-cli`` sets its defaults): ``reward_scale`` s replaces L_i by
+  s·L_i, ``min_exploration`` m replaces ε_t by min{1/K, max{m, ε_t}}.
 """
 
 from __future__ import annotations
@@ -28,18 +30,18 @@ REWARDS = ("importance", "exp_loss")
 INITIAL = ("natural", "uniform")
 
 
-def exp3_epsilon(step: int, num_domains: int) -> float:
-    """ε_t = min{1/K, sqrt(ln K / (K·t))} for t >= 1, and ε_0 := 1/K (non-increasing in t)."""
+def exp3_epsilon(step: int, num_domains: int, floor: float = 0.0) -> float:
+    """ε_t = min{1/K, sqrt(ln K / (K·t))} for t >= 1, and ε_0 := 1/K (non-increasing in t); never below
+    ``floor`` (the original DataFlex's ``min_exploration_rate``; at most 1/K, the uniform policy)."""
     if num_domains < 1:
         raise ValueError(f"num_domains must be >= 1, got {num_domains}")
     if step <= 0:
         return 1.0 / num_domains
-    return min(
-        1.0 / num_domains, math.sqrt(math.log(num_domains) / (num_domains * step))
-    )
+    decayed = min(1.0 / num_domains, math.sqrt(math.log(num_domains) / (num_domains * step)))
+    return min(1.0 / num_domains, max(floor, decayed))
 
 
-def exp3_probabilities(rewards: torch.Tensor, step: int) -> torch.Tensor:
+def exp3_probabilities(rewards: torch.Tensor, step: int, floor: float = 0.0) -> torch.Tensor:
     """EXP3 sampling probabilities π_t from the smoothed rewards R̂.
 
     π_t(i) = (1 − K·ε_t)·softmax(ε_{t−1}·R̂)_i + ε_t, so π is on the simplex with π_i >= ε_t.
@@ -58,12 +60,12 @@ def exp3_probabilities(rewards: torch.Tensor, step: int) -> torch.Tensor:
     rewards = torch.as_tensor(rewards)
     r = rewards.to(torch.float64).flatten()
     k = r.numel()
-    eps_t, eps_prev = exp3_epsilon(step, k), exp3_epsilon(step - 1, k)
+    eps_t, eps_prev = exp3_epsilon(step, k, floor), exp3_epsilon(step - 1, k, floor)
     pi = (1.0 - k * eps_t) * torch.softmax(eps_prev * r, dim=0) + eps_t
     return pi.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-def linear_probabilities(rewards: torch.Tensor, step: int) -> torch.Tensor:
+def linear_probabilities(rewards: torch.Tensor, step: int, floor: float = 0.0) -> torch.Tensor:
     """The ``exp_loss`` policy (the reference code's SmoothedMeanWeightUpdater): π_t = (1 − K·ε_t)·R̂/ΣR̂ + ε_t.
 
     Args:
@@ -80,7 +82,7 @@ def linear_probabilities(rewards: torch.Tensor, step: int) -> torch.Tensor:
     if (r < 0).any():
         raise ValueError(f"exp_loss rewards must be >= 0, got {r.tolist()}")
     k = r.numel()
-    eps_t = exp3_epsilon(step, k)
+    eps_t = exp3_epsilon(step, k, floor)
     share = r / r.sum() if r.sum() > 0 else torch.full_like(r, 1.0 / k)
     pi = (1.0 - k * eps_t) * share + eps_t
     return pi.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
@@ -155,12 +157,18 @@ class ODMMixer(Scheduled, Mixer):
         warmup_steps, update_every, num_updates: the schedule (the paper updates after every step;
             before ``warmup_steps`` the initial proportions hold).
         initial: the proportions before the first update: ``natural`` (default: by domain size in the
-            pool) or ``uniform``.
+            pool), ``uniform``, or one weight per domain (normalised; the original DataFlex's
+            ``init_mixture_proportions``).
+        reward_scale: s, the loss is multiplied by s before it becomes a reward (the original
+            DataFlex's ``reward_scale``; 1: the paper).
+        min_exploration: a floor under ε_t (the original DataFlex's ``min_exploration_rate``; 0: the paper).
     """
 
     #: the original DataFlex's params: its start proportions are the DataFlex key init_mixture_proportions;
     #: its evaluation pass has no counterpart (used by dataflex-cli)
-    legacy_keys = {"initial_proportions": "init_mixture_proportions"}
+    legacy_keys = {"initial_proportions": "init_mixture_proportions", "min_exploration_rate": "min_exploration"}
+    #: the original's defaults: uniform start (without init_mixture_proportions), loss x 15, ε_t >= 0.03
+    legacy_defaults = {"initial": "uniform", "reward_scale": 15.0, "min_exploration": 0.03}
     legacy_unused = {"num_eval_samples": "rewards come from the training batches' own losses",
                      "eval_batch_size": "rewards come from the training batches' own losses"}
     acts_through_updates = True
@@ -170,13 +178,20 @@ class ODMMixer(Scheduled, Mixer):
     reward: str = param("importance", choices=REWARDS)
     update_every: int = 1
     # -- fidelity options (docs/ALGORITHMS.md "odm") --
-    initial: str = "natural"
+    initial: str | list[float] = "natural"
+    # -- original DataFlex options (its components.yaml's reward_scale and min_exploration_rate) --
+    reward_scale: float = param(1.0, gt=0)
+    min_exploration: float = param(0.0, ge=0, le=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.initial not in INITIAL:
-            raise ConfigError(f"mixer=odm: initial must be one of {', '.join(INITIAL)}, got {self.initial!r}; "
-                              "set mixer.initial=natural (by domain size, the default) or mixer.initial=uniform")
+        weights = isinstance(self.initial, (list, tuple))
+        if (not weights and self.initial not in INITIAL) or (weights and (
+                not self.initial or any(not isinstance(w, (int, float)) or w < 0 for w in self.initial)
+                or sum(self.initial) <= 0)):
+            raise ConfigError(f"mixer=odm: initial must be one of {', '.join(INITIAL)} or one weight >= 0 per domain, "
+                              f"got {self.initial!r}; set mixer.initial=natural (by domain size, the default), "
+                              "mixer.initial=uniform or mixer.initial=[w1,w2,...]")
         self.t = 0  # the global optimizer step of the last update (0: the initial proportions)
         self.rewards: torch.Tensor | None = None
         self.probabilities: torch.Tensor | None = None
@@ -195,7 +210,12 @@ class ODMMixer(Scheduled, Mixer):
         k = int(domain_ids.max()) + 1
         self.rewards = torch.zeros(k, dtype=torch.float64)
         self.t = 0
-        if self.initial == "natural":
+        if isinstance(self.initial, (list, tuple)):
+            if len(self.initial) != k:
+                raise ConfigError(f"mixer=odm: initial has {len(self.initial)} weights for {k} domains; give one per domain")
+            weights = torch.tensor([float(w) for w in self.initial], dtype=torch.float64)
+            self.probabilities = weights / weights.sum()
+        elif self.initial == "natural":
             sizes = torch.bincount(domain_ids, minlength=k).to(torch.float64)
             self.probabilities = sizes / sizes.sum()
         else:
@@ -229,11 +249,11 @@ class ODMMixer(Scheduled, Mixer):
         present = counts > 0
         domain_losses = sums / counts.clamp(min=1)
         drawn_under = self.draw_probabilities(counts, inv_prob_sums)
-        self.rewards = odm_update_rewards(self.rewards, domain_losses, drawn_under, present,
+        self.rewards = odm_update_rewards(self.rewards, self.reward_scale * domain_losses, drawn_under, present,
                                           alpha=self.alpha, reward=self.reward)
         self.t = max(int(ctx.global_step), 1)  # ε_t of the global optimizer step
         policy = linear_probabilities if self.reward == "exp_loss" else exp3_probabilities
-        self.probabilities = policy(self.rewards, self.t)
+        self.probabilities = policy(self.rewards, self.t, self.min_exploration)
         self.history.append({
             "global_step": ctx.global_step,
             "domain_losses": torch.where(present, domain_losses, torch.nan).tolist(),

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataflex.errors import ConfigError
 from dataflex.train.components import Mixer, Scheduled, UpdateContext
 from dataflex.train.fields import param
 
@@ -37,7 +38,7 @@ def dirichlet_draw(num_domains: int, seed: int, update_index: int) -> torch.Tens
 
 
 class RandomMixer(Scheduled, Mixer):
-    """Uniform proportions at the start, then a seeded Dirichlet(1) draw at every update.
+    """Uniform (or ``initial``) proportions at the start, then a seeded Dirichlet(1) draw at every update.
 
     The initial proportions are uniform (1/K each), not a draw, so the run starts unbiased and the
     ``u``-th update's draw depends only on (seed, u).
@@ -47,10 +48,15 @@ class RandomMixer(Scheduled, Mixer):
         warmup_steps: optimizer steps before the first update.
         update_every: steps between updates (<= 0: never update, stay uniform).
         num_updates: number of updates (<= 0: until the end of training).
+        initial: the proportions before the first update: null (uniform) or one weight per domain
+            (normalised; the original DataFlex's ``init_mixture_proportions``).
     """
 
     seed: int = param(0, ge=0)
     update_every: int = 10
+    # -- original DataFlex option (its init_mixture_proportions: the mixture before the first draw) --
+    initial: list[float] | None = param(None, check=lambda w: None if w and all(x >= 0 for x in w) and sum(w) > 0
+                                        else "must list one weight >= 0 per domain, not all 0")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,7 +75,12 @@ class RandomMixer(Scheduled, Mixer):
 
     def initial_proportions(self, ctx: UpdateContext) -> torch.Tensor:
         k = int(ctx.domain_ids.max()) + 1
-        return self._record(ctx, torch.full((k,), 1.0 / k, dtype=torch.float64))
+        if self.initial is None:
+            return self._record(ctx, torch.full((k,), 1.0 / k, dtype=torch.float64))
+        if len(self.initial) != k:
+            raise ConfigError(f"mixer=random: initial has {len(self.initial)} weights for {k} domains; give one per domain")
+        weights = torch.tensor([float(w) for w in self.initial], dtype=torch.float64)
+        return self._record(ctx, weights / weights.sum())
 
     def update(self, ctx: UpdateContext) -> torch.Tensor:
         k = int(ctx.domain_ids.max()) + 1

@@ -17,7 +17,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dataflex.cli import legacy
-from dataflex.cli.legacy import compose, conf_file, read_legacy, translate, translate_file
+from dataflex.cli.legacy import (
+    compose,
+    conf_file,
+    read_legacy,
+    translate,
+    translate_file,
+)
 from dataflex.config import ConfigError
 from dataflex.data.assets import asset_path
 
@@ -108,15 +114,17 @@ def test_dynamic_mixer_with_original_params():
     t = translate(sft(train_type="dynamic_mix", component_name="odm", component_overrides=params,
                       warmup_step=2, update_step=1, update_times=-1, train_step=12), name="odm", env={})
     values = [o for o in t.overrides if o.startswith(("mixer", "trainer.max_steps"))]
+    # the original's ODM: an equal start is uniform, the loss x 15 and an exploration floor of 0.03 (its defaults)
     assert values == ["mixer=odm", "trainer.max_steps=12", "mixer.alpha=0.8", "mixer.warmup_steps=2",
-                      "mixer.num_updates=-1"]
+                      "mixer.num_updates=-1", "mixer.initial=uniform", "mixer.reward_scale=15.0",
+                      "mixer.min_exploration=0.03"]
     assert t.notes == ["mixers.odm.num_eval_samples: not used (rewards come from the training batches' own losses)",
                        "warmup_step: 2 overrides mixers.odm.warmup_steps: 20"]
 
 
 def test_dynamic_mixer_refuses_unequal_start_it_cannot_honour():
-    with pytest.raises(ConfigError, match=r"mixer=odm starts from uniform proportions"):
-        translate(sft(train_type="dynamic_mix", component_name="odm", init_mixture_proportions=[0.9, 0.1]), env={})
+    with pytest.raises(ConfigError, match=r"mixer=doremi samples every domain uniformly"):
+        translate(sft(train_type="dynamic_mix", component_name="doremi", init_mixture_proportions=[0.9, 0.1]), env={})
     with pytest.raises(ConfigError, match=r"mixture_sample_rule: 'mixtures'.*did you mean 'mixture'"):
         translate(sft(train_type="dynamic_mix", component_name="odm", mixture_sample_rule="mixtures"), env={})
     with pytest.raises(ConfigError, match=r"init_mixture_proportions has 3 entries but dataset names 2 domains"):
@@ -162,7 +170,8 @@ def test_force_torchrun_sets_nproc_and_the_global_batch():
 def test_eval_keys_map_onto_dataflex_evaluation():
     t = translate(sft(eval_dataset="offline_sft_val_mcq", eval_strategy="steps", eval_steps=10, do_eval=False,
                       per_device_eval_batch_size=2, load_best_model_at_end=True), env={})
-    assert t.overrides[-2:] == ["eval.every_n_steps=10", "eval.batch_size=2"]
+    # with an eval_dataset, also its loss (LLaMA-Factory's eval_loss) at that cadence
+    assert t.overrides[-3:] == ["eval.every_n_steps=10", "eval.loss=true", "eval.batch_size=2"]
     assert len(t.notes) == 1 and t.notes[0].startswith("load_best_model_at_end: not used")
 
 

@@ -107,7 +107,19 @@ class NiceSelector(PoolLossSelector):
     """
 
     #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
-    legacy_unused = {"save_interval": "nothing is cached between rounds"}
+    #: the original DataFlex's params (used by dataflex-cli): its Monte-Carlo samples and sampling temperature,
+    #: and its reward-model block, which is the judge reward (dataflex.selectors.nice_judge)
+    legacy_keys = {
+        "mc_samples": "num_samples", "generation_temperature": "temperature",
+        "reward_model_backend": "reward_kwargs.backend", "reward_backend_params": "reward_kwargs.backend_params",
+        "reward_prompt_with_ref": "reward_kwargs.prompt_with_reference",
+        "reward_prompt_without_ref": "reward_kwargs.prompt_without_reference",
+    }
+    legacy_implies = {key: {"reward": "dataflex.selectors.nice_judge:JudgeReward"}
+                      for key in ("reward_model_backend", "reward_backend_params")}
+    legacy_unused = {"save_interval": "nothing is cached between rounds",
+                     "max_prompt_length": "the target prompts are the eval rows' prompts, already cut at cutoff_len",
+                     "prompt_template": "the target prompts are formatted by the model's chat template (template)"}
 
     needs_validation = True
 
@@ -181,7 +193,7 @@ class NiceSelector(PoolLossSelector):
         def compute() -> torch.Tensor:
             try:
                 return compute_rewards(self.reward_fn, prompts, responses, references)
-            except Exception as err:  # noqa: BLE001 - a user's reward: name it, whatever it raised
+            except Exception as err:
                 raise ConfigError(f"reward={self.reward_name}: {err}") from err
 
         return main_process_result(compute)

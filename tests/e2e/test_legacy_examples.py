@@ -1,0 +1,161 @@
+"""The original DataFlex's and LLaMA-Factory's own example YAMLs train end to end on the tiny model through
+`dataflex-cli train`, the files unchanged: only the substitutions of ``support.legacy.offline_args``
+(model path, dataset names, CPU-only switches, the run's size) are given, as command-line args."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from support.legacy import (
+    DATAFLEX,
+    LLAMAFACTORY,
+    copy_tree,
+    offline_args,
+    write_pairwise,
+)
+
+from dataflex.cli import legacy
+from dataflex.data.assets import asset_path
+
+
+def train(tmp_path, monkeypatch, repo: Path, example: str, *extra: str, dataset_dir=None) -> tuple[dict, Path]:
+    """``dataflex-cli train <example> <substitutions> <extra>`` from the copied repository's root:
+    (the run's metrics.json, its run directory)."""
+    root = copy_tree(tmp_path, repo) if not (tmp_path / repo.name).exists() else tmp_path / repo.name
+    monkeypatch.chdir(root)
+    args = [*offline_args(root / example, dataset_dir=dataset_dir, scale=True), *extra]
+    legacy.main(["train", example, *args])
+    run_dir = root / yaml.safe_load((root / example).read_text())["output_dir"]
+    return json.loads((run_dir / "metrics.json").read_text()), run_dir
+
+
+def logged(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_llamafactory_full_sft_example_trains(tmp_path, monkeypatch):
+    metrics, run_dir = train(tmp_path, monkeypatch, LLAMAFACTORY, "examples/train_full/qwen3_full_sft.yaml")
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())
+    assert saved["trainer"]["finetuning_type"] == "full"
+    assert (run_dir / "model" / "model.safetensors").is_file()  # the full model, not an adapter
+    assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [1, 2, 3, 4]
+
+
+# -- 2. the original DataFlex's examples of the methods dataflex has, with their components.yaml ------------
+
+
+@pytest.mark.slow
+def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, monkeypatch):
+    step1, ref_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_static_qwen_pt_full.yaml")
+    assert step1["global_step"] == 4
+    # the migrating user's one edit: step 2's reference_model_path is step 1's model (a path, as the original's)
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step2_dynamic_qwen_pt_full.yaml",
+                             f"component_overrides={{reference_model_path: {ref_dir / 'model'}}}")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
+    assert (saved["name"], saved["eta"], saved["smoothing"], saved["clip"]) == ("doremi", 0.1, 0.01, 5.0)
+    assert saved["reference_dir"] == str(ref_dir / "model")
+    assert any(k.startswith("mixer/") for r in logged(run_dir) for k in r)
+    assert metrics["global_step"] == 4
+
+
+def test_odm_example_with_the_original_components_yaml(tmp_path, monkeypatch):
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/odm_dynamic_qwen_pt_full.yaml")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
+    assert (saved["reward_scale"], saved["min_exploration"], saved["initial"]) == (15.0, 0.03, "uniform")
+    weights = [r for r in logged(run_dir) if any(k.startswith("mixer/") for k in r)]
+    assert weights and metrics["global_step"] >= 3
+
+
+@pytest.mark.slow
+def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
+    # the migrating user's edit: the reward model's path (the tiny model stands in for Llama-3.1-8B as the judge)
+    judge = f"selector.reward_kwargs.backend_params.local_vllm.hf_model_name_or_path={asset_path('tiny')}"
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/nice.yaml", judge,
+                             "selector.reward_kwargs.backend_params.local_vllm.vllm_max_tokens=4",
+                             "selector.max_new_tokens=8", "selector.val_prompts=2", "selector.proj_dim=64")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["selector"]
+    assert saved["reward"] == "dataflex.selectors.nice_judge:JudgeReward"
+    rounds = [r for r in logged(run_dir) if "selector/nice/reward_mean" in r]
+    assert rounds and all(0.0 <= r["selector/nice/reward_mean"] <= 1.0 for r in rounds)
+    assert metrics["global_step"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["examples/train_lora/weighters/loss.yaml", "examples/test/test_mix.yaml"])
+def test_weighter_and_mixer_examples(tmp_path, monkeypatch, example):
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, example)
+    kind = "weighter" if "weighters" in example else "mixer"
+    assert any(k.startswith(f"{kind}/") for r in logged(run_dir) for k in r)
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+
+
+# -- 3. eval_strategy: steps + eval_dataset: LLaMA-Factory's eval loss at the YAML's cadence -----------------
+
+
+@pytest.mark.slow
+def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
+    # the loss selector example: eval_dataset alpaca_zh_demo (here offline_sft_facts), eval_strategy steps
+    _, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/loss.yaml",
+                       "eval_steps=2", "per_device_eval_batch_size=8", "max_samples=24")
+    saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())
+    assert saved["eval"]["loss"] is True and saved["eval"]["every_n_steps"] == 2
+    assert saved["data"]["validation"] == "offline_sft_facts"
+    periodic = {r["step"]: r["eval/loss"] for r in logged(run_dir) if "eval/loss" in r}
+    assert sorted(periodic) == [2] and math.isfinite(periodic[2]) and periodic[2] > 0  # step 4, the last: eval_after
+    assert any(r.get("selector/selected") for r in logged(run_dir))  # still the selector's target set
+
+
+# -- 4. other stages: LLaMA-Factory's own workflow, unchanged ---------------------------------------------
+
+
+@pytest.mark.parametrize("example", ["qwen3_lora_dpo.yaml", pytest.param("qwen3_lora_reward.yaml", marks=pytest.mark.slow)])
+def test_pairwise_stage_runs_llamafactorys_own_workflow(tmp_path, monkeypatch, example):
+    data = write_pairwise(tmp_path / "pairwise")  # an offline pairwise set in LLaMA-Factory's ranking format
+    root = copy_tree(tmp_path, LLAMAFACTORY)
+    monkeypatch.chdir(root)
+    rel = f"examples/train_lora/{example}"
+    args = [a for a in offline_args(root / rel, dataset_dir=data, scale=True) if not a.startswith("eval.")]
+    legacy.main(["train", rel, *args])
+    out = root / yaml.safe_load((root / rel).read_text())["output_dir"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert (out / "adapter_model.safetensors").is_file()  # LLaMA-Factory's own output layout, not a dataflex run
+    assert not (out / "dataflex_config.yaml").exists()
+    losses = [r["loss"] for r in state["log_history"] if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+# -- 5. output directories ----------------------------------------------------------------------------------
+
+
+def test_overwrite_output_dir_starts_afresh_as_llamafactory_does(tmp_path, monkeypatch, capsys):
+    example = "examples/train_lora/qwen3_lora_sft.yaml"  # overwrite_output_dir: true
+    first, run_dir = train(tmp_path, monkeypatch, LLAMAFACTORY, example)
+    assert first["global_step"] == 4 and (run_dir / "checkpoints" / "checkpoint-4").is_dir()
+    # other settings into the same output_dir: trained afresh (not refused, not resumed)
+    second, _ = train(tmp_path, monkeypatch, LLAMAFACTORY, example, "max_steps=3", "learning_rate=2e-4")
+    assert second["global_step"] == 3
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-3"]
+    assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [1, 2, 3]
+    # without it, the directory holding another run is refused, naming the legacy YAML's output_dir
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train(tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false", "learning_rate=3e-4")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "holds another run" in err
+    assert "output_dir=..." in err and "hydra.run.dir" not in err
+
+
+def test_a_refused_attempt_does_not_claim_the_directory(tmp_path, monkeypatch, capsys):
+    example = "examples/train_full/qwen3_full_sft.yaml"
+    # refused by LLaMA-Factory's own argument check, after the run directory exists
+    with pytest.raises(SystemExit):
+        train(tmp_path, monkeypatch, LLAMAFACTORY, example, "lr_scheduler_type=no_such_schedule")
+    assert "no_such_schedule" in capsys.readouterr().err
+    metrics, _ = train(tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false")  # the corrected command
+    assert metrics["global_step"] == 4

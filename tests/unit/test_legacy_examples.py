@@ -1,0 +1,176 @@
+"""The original DataFlex's and LLaMA-Factory's own example YAMLs (tests/e2e/fixtures/legacy/), translated
+unchanged but for the offline substitutions of ``support.legacy.offline_args`` (no model loads here;
+tests/e2e/test_legacy_examples.py trains them)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from support.legacy import COMPONENTS, DATAFLEX, LLAMAFACTORY, offline_args
+
+from dataflex.backend.llamafactory import build_hparams
+from dataflex.config import ConfigError, to_dict
+from dataflex.data.assets import asset_path
+from dataflex.legacy import compose, conf_file, translate, translate_file
+from dataflex.legacy.components import component_class
+
+
+def translated(path, *extra, dataset_dir=None):
+    t = translate_file(path, [*offline_args(path, dataset_dir=dataset_dir), *extra])
+    return t, to_dict(compose(t.overrides))
+
+
+# -- 1. full-parameter SFT ---------------------------------------------------------------------------
+
+
+def test_full_sft_yaml_leaves_the_lora_keys_unset(tmp_path):
+    path = LLAMAFACTORY / "examples/train_full/qwen3_full_sft.yaml"
+    t, cfg = translated(path)
+    assert not any(o.startswith("~trainer.lora") for o in t.overrides), t.overrides
+    assert cfg["trainer"]["finetuning_type"] == "full" and cfg["trainer"]["lora_rank"] is None
+    hparams = build_hparams(cfg, tmp_path, None)
+    assert hparams["finetuning_type"] == "full"
+    assert not {"lora_rank", "lora_alpha", "lora_target"} & set(hparams)  # LLaMA-Factory's defaults apply
+    # the YAML's own keys reach LLaMA-Factory as they are
+    assert (hparams["learning_rate"], hparams["num_train_epochs"], hparams["lr_scheduler_type"]) == (1e-5, 3.0, "cosine")
+
+
+def test_null_keys_of_the_shipped_trainer_are_never_deleted():
+    from dataflex.legacy import diff_overrides
+
+    base = {"finetuning_type": "full", "lora_rank": None, "learning_rate": 1e-4}
+    assert diff_overrides("trainer", base, {"finetuning_type": "full"}, delete_missing=True) == ["~trainer.learning_rate"]
+
+
+# -- 2. every key of the original components.yaml for a method dataflex has ----------------------------
+
+ORIGINAL = yaml.safe_load(COMPONENTS.read_text())
+SECTION_KIND = {"selectors": ("selector", "dynamic_select"), "mixers": ("mixer", "dynamic_mix"),
+                "weighters": ("weighter", "dynamic_weight")}
+HAS = [(section, name) for section, entries in ORIGINAL.items() for name in entries
+       if conf_file(SECTION_KIND[section][0], name).is_file()]
+
+
+def original_yaml(section: str, name: str, **keys) -> dict:
+    kind, train_type = SECTION_KIND[section]
+    stage = {"stage": "pt", "finetuning_type": "full"} if kind == "mixer" else {"stage": "sft", "finetuning_type": "lora"}
+    domains = "offline_domains_code,offline_domains_drama" if kind == "mixer" else "offline_sft_definitions,offline_sft_facts"
+    return {"model_name_or_path": str(asset_path("tiny")), "template": "chatml", **stage, "dataset": domains,
+            "eval_dataset": "offline_sft_facts" if kind == "selector" else None, "train_type": train_type,
+            "component_name": name, "components_cfg_file": str(COMPONENTS), "warmup_step": 2, "update_step": 2,
+            "update_times": 1, **keys}
+
+
+def test_the_original_components_yaml_covers_the_methods_dataflex_has():
+    assert sorted(HAS) == sorted([
+        ("selectors", n) for n in ("nice", "less", "loss", "delta_loss", "tsds", "near", "random")
+    ] + [("mixers", n) for n in ("random", "doremi", "static", "odm")] + [("weighters", "loss")])
+
+
+@pytest.mark.parametrize("section, name", HAS, ids=lambda x: str(x))
+def test_every_original_param_is_accepted_and_lands_somewhere(section, name):
+    kind = SECTION_KIND[section][0]
+    legacy = {k: v for k, v in original_yaml(section, name).items() if v is not None}
+    t = translate(legacy, name="orig", env={})
+    cfg = to_dict(compose(t.overrides))
+    cls = component_class(kind, name)
+    renamed = getattr(cls, "legacy_keys", {})
+    for key, value in ORIGINAL[section][name]["params"].items():
+        target = renamed.get(key, key)
+        if any(note.startswith(f"{section}.{name}.{key}: not used (") for note in t.notes):
+            continue  # no counterpart: a note says why (the mapping table lists it)
+        if target in ("init_mixture_proportions",):
+            continue  # a DataFlex key: the mixer's start (tested below)
+        group = cfg[kind]
+        for part in target.split("."):
+            group = group[part]
+        assert group == value or (key == "warmup_steps" and group == 2), (key, target, group, value)
+
+
+def test_doremi_keys_are_its_reference_step_size_and_smoothing(tmp_path):
+    t = translate({**original_yaml("mixers", "doremi", eval_dataset=None),
+                   "component_overrides": {"reference_model_path": str(tmp_path)}}, name="d", env={})
+    mixer = to_dict(compose(t.overrides))["mixer"]
+    assert (mixer["reference_dir"], mixer["eta"], mixer["smoothing"], mixer["clip"]) == (str(tmp_path), 0.1, 0.01, 5.0)
+
+
+def test_odm_keys_with_the_original_defaults_and_start():
+    keys = original_yaml("mixers", "odm", eval_dataset=None)
+    mixer = to_dict(compose(translate(keys, name="o", env={}).overrides))["mixer"]
+    assert (mixer["reward_scale"], mixer["min_exploration"], mixer["alpha"]) == (15.0, 0.03, 0.9)
+    assert mixer["initial"] == "uniform"  # initial_proportions: [0.5, 0.5]
+    unequal = to_dict(compose(translate({**keys, "init_mixture_proportions": [0.7, 0.3]}, name="o", env={}).overrides))
+    assert unequal["mixer"]["initial"] == [0.7, 0.3]
+    # mixture_sample_rule: stratified/uniform fix the mixture in the original (its mixture manager ignores the mixer)
+    fixed = translate({**keys, "mixture_sample_rule": "stratified"}, name="o", env={})
+    assert "mixer=static" in fixed.overrides and "mixture_sample_rule: stratified keeps the mixture fixed" in fixed.notes[0]
+    assert to_dict(compose(fixed.overrides))["mixer"]["proportions"] is None  # by domain size
+
+
+def test_nice_reward_model_block_is_the_judge_reward():
+    t = translate({k: v for k, v in original_yaml("selectors", "nice").items() if v is not None}, name="n", env={})
+    selector = to_dict(compose(t.overrides))["selector"]
+    assert selector["reward"] == "dataflex.selectors.nice_judge:JudgeReward"
+    kwargs = selector["reward_kwargs"]
+    assert kwargs["backend"] == "local_vllm"
+    assert kwargs["backend_params"]["local_vllm"]["hf_model_name_or_path"] == "meta-llama/Llama-3.1-8B"
+    assert kwargs["backend_params"]["api"]["api_key"] == "DF_API_KEY"
+    assert (selector["num_samples"], selector["temperature"], selector["max_new_tokens"]) == (4, 0.7, 512)
+    assert any(n.startswith("selectors.nice.max_prompt_length: not used") for n in t.notes)
+    from dataflex.train.build import build_component
+
+    judge = build_component("selector", compose(t.overrides).selector).reward_fn  # nothing loads yet
+    assert judge.backend == "local_vllm" and judge.settings["vllm_max_tokens"] == 512
+
+
+def test_random_mixer_starts_from_the_original_proportions(monkeypatch):
+    monkeypatch.chdir(DATAFLEX)  # the examples name components_cfg_file from the repository's root
+    path = DATAFLEX / "examples/test/test_mix.yaml"
+    t = translate_file(path, offline_args(path))
+    assert to_dict(compose(t.overrides))["mixer"]["initial"] == [0.7, 0.3]
+
+
+# -- 4. stages other than sft/pt -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", ["qwen3_lora_dpo.yaml", "qwen3_lora_reward.yaml", "qwen3_lora_kto.yaml"])
+def test_other_stages_fall_back_to_llamafactory_unchanged(example, tmp_path):
+    path = LLAMAFACTORY / "examples/train_lora" / example
+    args = offline_args(path, dataset_dir=tmp_path)
+    t = translate_file(path, args)
+    original = yaml.safe_load(path.read_text())
+    substituted = {a.split("=", 1)[0] for a in args}
+    assert t.overrides == [] and t.llamafactory_args is not None
+    assert {k: v for k, v in t.llamafactory_args.items() if k not in substituted} == {
+        k: v for k, v in original.items() if k not in substituted}  # every other key exactly as the YAML has it
+    assert t.run_dir == original["output_dir"]
+    assert t.command().replace(" \\\n   ", "").startswith(f"llamafactory-cli train {path}")
+    assert t.notes[0].startswith(f"stage: {original['stage']} runs LLaMA-Factory's own workflow")
+
+
+def test_other_stage_with_a_dataflex_method_is_refused_naming_the_stages():
+    path = LLAMAFACTORY / "examples/train_lora/qwen3_lora_dpo.yaml"
+    with pytest.raises(ConfigError, match=r"^stage: dpo with train_type: dynamic_select: dataflex's selectors, "
+                                          r"mixers and weighters train stage sft or pt only; use train_type: static"):
+        translate_file(path, [*offline_args(path), "train_type=dynamic_select", "component_name=loss"])
+
+
+def test_remote_dataset_dir_stays_remote():
+    path = LLAMAFACTORY / "examples/train_lora/qwen3_lora_sft_ray.yaml"
+    t = translate_file(path, [f"model_name_or_path={asset_path('tiny')}", "template=chatml"])
+    assert to_dict(compose(t.overrides))["data"]["dataset_dir"] == "REMOTE:llamafactory/demo_data"
+
+
+def test_migrate_refuses_what_train_refuses(tmp_path, capsys):
+    from dataflex.cli import legacy
+
+    path = DATAFLEX / "examples/train_lora/selectors/loss.yaml"
+    args = [*offline_args(path), f"components_cfg_file={COMPONENTS}", "max_steps=5"]  # warmup_step 10 >= 5 steps
+    for command in ("migrate", "train"):
+        with pytest.raises(SystemExit) as exit_:
+            legacy.main([command, str(path), *args, f"output_dir={tmp_path / command}"])
+        assert exit_.value.code == 2
+        assert "selector=loss never updates: selector.warmup_steps=10 >= trainer.max_steps=5" in capsys.readouterr().err
+    assert not (tmp_path / "train").exists()  # refused before anything is written
+    legacy.main(["migrate", str(LLAMAFACTORY / "examples/train_lora/qwen3_lora_dpo.yaml")])
+    assert capsys.readouterr().out.startswith("llamafactory-cli train")
