@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load bench-scale clean help slurm-up slurm-down
+.PHONY: run test lint format test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load bench-scale clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -53,8 +53,17 @@ run: data
 	$(BIN)/dataflex-run
 
 # CI: everything but the long matrices (`slow`), plus the SLURM tests when the local cluster can start.
-test: data
+test: data lint
 	$(BIN)/pytest -q -m "not slow or slurm"
+
+# ruff: lint rules and the formatter's check (pyproject's [tool.ruff]); `make format` applies both fixes.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not slurm"

@@ -81,8 +81,13 @@ def reference_features(model, batch, dim: int, seed: int = 0, block_size: int = 
         rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(tensors, grads)]))
     stacked = torch.stack(rows)
     projector = BasicProjector(
-        grad_dim=stacked.shape[1], proj_dim=dim, seed=seed, proj_type=ProjectionType.rademacher,
-        device=torch.device("cpu"), block_size=block_size, dtype=torch.float32,
+        grad_dim=stacked.shape[1],
+        proj_dim=dim,
+        seed=seed,
+        proj_type=ProjectionType.rademacher,
+        device=torch.device("cpu"),
+        block_size=block_size,
+        dtype=torch.float32,
     )
     return projector.project(stacked, model_id=0) / dim**0.5  # TRAK leaves the 1/sqrt(d) scale out
 
@@ -205,31 +210,48 @@ def bench(name: str, args) -> list[dict]:
     add("train step (fwd+bwd, mean loss)", "step", lambda: train_step(model, batch))
     projectors = {k: Projector(args.dim, seed=0, kind=k) for k in args.kinds}
     for kind, proj in projectors.items():
-        add(f"dataflex {kind}", "features", lambda p=proj: project_per_sample_gradients(model, batch, p),
-            feats_of=lambda f: f)
-    add("dataflex per_sample_gradients", "grads", lambda: per_sample_gradients(model, batch),
-        grads_of=lambda g: g)
+        add(
+            f"dataflex {kind}",
+            "features",
+            lambda p=proj: project_per_sample_gradients(model, batch, p),
+            feats_of=lambda f: f,
+        )
+    add("dataflex per_sample_gradients", "grads", lambda: per_sample_gradients(model, batch), grads_of=lambda g: g)
     default = projectors[args.kinds[0]]
     if available("trak"):
-        add("reference (bs-1 + TRAK BasicProjector)", "features",
-            lambda: reference_features(model, batch, args.dim), feats_of=lambda f: f)
+        add(
+            "reference (bs-1 + TRAK BasicProjector)",
+            "features",
+            lambda: reference_features(model, batch, args.dim),
+            feats_of=lambda f: f,
+        )
     else:
         print("  traker not installed: reference row skipped (pip install -e '.[bench]')")
-    for label, cls, mod in (("opacus GradSampleModule", OpacusGrads, "opacus"),
-                            ("dattri-llm HookManager", DattriGrads, "dattri_llm")):
+    for label, cls, mod in (
+        ("opacus GradSampleModule", OpacusGrads, "opacus"),
+        ("dattri-llm HookManager", DattriGrads, "dattri_llm"),
+    ):
         if not available(mod):
             print(f"  {mod} not installed: {label} rows skipped (pip install -e '.[bench]')")
             continue
         engine = cls(model)
         try:
             add(label, "grads", lambda e=engine: e(batch), grads_of=lambda g: g)
-            add(f"{label} + dataflex {args.kinds[0]}", "features",
-                lambda e=engine: default.project(e(batch)), feats_of=lambda f: f)
+            add(
+                f"{label} + dataflex {args.kinds[0]}",
+                "features",
+                lambda e=engine: default.project(e(batch)),
+                feats_of=lambda f: f,
+            )
         finally:
             engine.close()
     if not args.no_loop:
-        add("loop (lower bound: regenerates R per sample)", "features",
-            lambda: project_per_sample_gradients_loop(model, batch, default), feats_of=lambda f: f)
+        add(
+            "loop (lower bound: regenerates R per sample)",
+            "features",
+            lambda: project_per_sample_gradients_loop(model, batch, default),
+            feats_of=lambda f: f,
+        )
     return rows
 
 
@@ -242,27 +264,36 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*", default=["sjlt", "rademacher"], help="the first is the ratios' base")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-loop", action="store_true", help="skip the (slow) lower-bound loop")
-    ap.add_argument("--cpu-ratios", action="store_true", help="ratios of CPU seconds (a machine shared with other jobs)")
+    ap.add_argument(
+        "--cpu-ratios", action="store_true", help="ratios of CPU seconds (a machine shared with other jobs)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.machine()}; batch {args.batch} x {args.seq} tokens, LoRA r=8 q/v, d = {args.dim}, "
-          f"median of {args.repeat}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"{platform.machine()}; batch {args.batch} x {args.seq} tokens, LoRA r=8 q/v, d = {args.dim}, "
+        f"median of {args.repeat}"
+    )
     for name in args.models:
         rows = bench(name, args)
         key = "cpu" if args.cpu_ratios else "s"
         base = next(r for r in rows if r["pipeline"] == f"dataflex {args.kinds[0]}")[key]
         gbase = next(r for r in rows if r["pipeline"] == "dataflex per_sample_gradients")[key]
         step = rows[0][key]
-        print(f"\n| {name} | what | s/batch | CPU-s | ratio ({key}) | vs train step | peak RSS MB | grad rel | cos err |")
+        print(
+            f"\n| {name} | what | s/batch | CPU-s | ratio ({key}) | vs train step | peak RSS MB | grad rel | cos err |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             ref = gbase if r["what"] == "grads" else base  # grads rows vs dataflex grads, features vs default
             rel = f"{r['grad_rel']:.1e}" if "grad_rel" in r else "-"
             cos = f"{r['cos_err']:.3f}" if "cos_err" in r else "-"
-            print(f"| {r['pipeline']} | {r['what']} | {r['s']:.2f} | {r['cpu']:.2f} | {r[key] / ref:.2f}x "
-                  f"| {r[key] / step:.2f}x "
-                  f"| {r['peak_mb']:.0f} | {rel} | {cos} |", flush=True)
+            print(
+                f"| {r['pipeline']} | {r['what']} | {r['s']:.2f} | {r['cpu']:.2f} | {r[key] / ref:.2f}x "
+                f"| {r[key] / step:.2f}x "
+                f"| {r['peak_mb']:.0f} | {rel} | {cos} |",
+                flush=True,
+            )
         print()
 
 

@@ -54,8 +54,15 @@ from dataflex.signals.losses import model_inputs, per_sample_losses
 from dataflex.signals.projection import Projector
 
 #: Llama shapes: SmolLM2-135M's, one layer stack of a 7B (Llama-2-7B widths, ``--layers`` layers), a tiny one.
-_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-         "vocab_size", "tie_word_embeddings")
+_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "tie_word_embeddings",
+)
 CONFIGS = {
     "smollm2": dict(zip(_KEYS, (576, 1536, 30, 9, 3, 49152, True), strict=True)),
     "7b-layers": dict(zip(_KEYS, (4096, 11008, 2, 32, 32, 32000, False), strict=True)),
@@ -112,8 +119,14 @@ def reference_shape(model, batch, dim: int, seed: int = 0, block: int = 128) -> 
         with torch.enable_grad():
             loss = per_sample_losses(model, single, grad=True)[0]
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float()
-                               for p, g in zip(tensors, grads, strict=True)]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).reshape(-1).float()
+                    for p, g in zip(tensors, grads, strict=True)
+                ]
+            )
+        )
     stacked = torch.stack(rows)
     out = torch.empty(stacked.shape[0], dim, device=stacked.device)
     gen = torch.Generator(device=stacked.device)
@@ -149,7 +162,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench-gpu")
     args = ap.parse_args(argv)
     device = args.device
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device.startswith("cuda") else "fp32")]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+    ]
     model, config = build(args.config, dtype, device, args.layers)
     batch = {k: v.to(device) for k, v in collate(make_rows(config.vocab_size, args.batch, args.seq, 0)).items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -187,8 +202,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append({"row": f"dataflex {kind}", "s": t, "cos_err": cosine_error(feats, exact_flat)})
     results.append({"row": "dataflex per-sample grads (unprojected)", "s": t_grads})
     t_ref, feats = timed(lambda: reference_shape(model, batch, args.dim))
-    results.append({"row": "reference shape (bs-1 + dense matrix per batch)", "s": t_ref,
-                    "cos_err": cosine_error(feats, exact_flat)})
+    results.append(
+        {
+            "row": "reference shape (bs-1 + dense matrix per batch)",
+            "s": t_ref,
+            "cos_err": cosine_error(feats, exact_flat),
+        }
+    )
 
     pool = make_rows(config.vocab_size, args.pool, args.seq, 1)
     val = make_rows(config.vocab_size, args.val, args.seq, 2)
@@ -197,8 +217,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def less_round():
         v = validation_features(model, val, collate, proj, batch_size=args.batch, desc="val")
         centroid = subtask_centroids(v, eps=1e-12).float()
-        scores = training_features(model, pool, collate, None, proj, "adam", args.batch, optimizer=optimizer,
-                                   reduce=lambda f: f @ centroid.T.to(f.device), desc="pool")
+        scores = training_features(
+            model,
+            pool,
+            collate,
+            None,
+            proj,
+            "adam",
+            args.batch,
+            optimizer=optimizer,
+            reduce=lambda f: f @ centroid.T.to(f.device),
+            desc="pool",
+        )
         return top_k_indices(scores.max(dim=1).values, max(1, len(pool) // 10))
 
     t_less, _ = timed(less_round)
@@ -208,10 +238,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r["vs_ref"] = r["s"] / t_ref
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
-    head = (f"device {device} ({name}), torch {torch.__version__}, {args.config} "
-            f"({config.num_hidden_layers} layers, hidden {config.hidden_size}) {str(dtype).removeprefix('torch.')}, "
-            f"LoRA r=8 q/v ({exact_flat.shape[1]:,} trainable), batch {args.batch} x {args.seq}, d = {args.dim}, "
-            f"median of {args.repeat}" + (f", peak GPU memory {peak:.1f} GiB" if peak is not None else ""))
+    head = (
+        f"device {device} ({name}), torch {torch.__version__}, {args.config} "
+        f"({config.num_hidden_layers} layers, hidden {config.hidden_size}) {str(dtype).removeprefix('torch.')}, "
+        f"LoRA r=8 q/v ({exact_flat.shape[1]:,} trainable), batch {args.batch} x {args.seq}, d = {args.dim}, "
+        f"median of {args.repeat}" + (f", peak GPU memory {peak:.1f} GiB" if peak is not None else "")
+    )
     lines = [head, "", "| row | s | vs train step | vs reference | cos err |", "|---|---|---|---|---|"]
     for r in results:
         cos = f"{r['cos_err']:.3f}" if "cos_err" in r else "-"

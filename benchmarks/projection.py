@@ -117,13 +117,17 @@ def main() -> None:
     pool = exact_grads(model, tokenize(tok, pool_rows, args.max_len), pad)
     val = exact_grads(model, tokenize(tok, val_rows, args.max_len), pad)
     nparams = sum(v[0].numel() for v in pool.values())
-    print(f"{args.model} LoRA: {nparams:,} trainable; exact gradients of {len(pool_rows)} pool + {len(val_rows)} "
-          f"validation rows in {time.perf_counter() - t0:.0f} s; d = {args.dim}, top {args.top:.0%}")
+    print(
+        f"{args.model} LoRA: {nparams:,} trainable; exact gradients of {len(pool_rows)} pool + {len(val_rows)} "
+        f"validation rows in {time.perf_counter() - t0:.0f} s; d = {args.dim}, top {args.top:.0%}"
+    )
     k = max(1, round(args.top * len(pool_rows)))
     is_def = torch.tensor([r.get("task") == "definitions" for r in pool_rows])
     adam0 = {n: adam_feature(g, torch.zeros(()), torch.zeros(())) for n, g in pool.items()}
-    flat = {key: torch.cat([g.reshape(g.shape[0], -1) for g in src.values()], 1) for key, src in
-            (("pool", pool), ("adam", adam0), ("val", val))}
+    flat = {
+        key: torch.cat([g.reshape(g.shape[0], -1) for g in src.values()], 1)
+        for key, src in (("pool", pool), ("adam", adam0), ("val", val))
+    }
     exact = {"sgd": scores(flat["pool"], flat["val"]), "adam": scores(flat["adam"], flat["val"])}
     results = {}
     kinds = KINDS if args.kinds is None else [(k.split(":")[0], int(k.split(":")[1])) for k in args.kinds]
@@ -141,22 +145,32 @@ def main() -> None:
         n_pool = len(pool_rows)
         feats = proj.project({n: torch.cat([pool[n], adam0[n], val[n]]) for n in pool})
         v = feats[2 * n_pool :]
-        results[(kind, seed)] = {"s": statistics.median(times), "sgd": scores(feats[:n_pool], v),
-                                 "adam": scores(feats[n_pool : 2 * n_pool], v)}
+        results[(kind, seed)] = {
+            "s": statistics.median(times),
+            "sgd": scores(feats[:n_pool], v),
+            "adam": scores(feats[n_pool : 2 * n_pool], v),
+        }
     base = results[("rademacher", 0)]
-    print(f"\n| kind (seed) | s / batch of 16 | vs dense | features | top-{k} overlap with dense seed 0 | "
-          "with exact | score corr. with exact | definitions in top-k |")
+    print(
+        f"\n| kind (seed) | s / batch of 16 | vs dense | features | top-{k} overlap with dense seed 0 | "
+        "with exact | score corr. with exact | definitions in top-k |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for ftype in ("sgd", "adam"):
         ex = top(exact[ftype], k)
-        print(f"| exact (unprojected) | - | - | {ftype} | {len(ex & top(base[ftype], k)) / k:.2f} | 1.00 | 1.000 | "
-              f"{is_def[list(ex)].float().mean():.2f} |")
+        print(
+            f"| exact (unprojected) | - | - | {ftype} | {len(ex & top(base[ftype], k)) / k:.2f} | 1.00 | 1.000 | "
+            f"{is_def[list(ex)].float().mean():.2f} |"
+        )
         for (kind, seed), r in results.items():
             sel = top(r[ftype], k)
             corr = torch.corrcoef(torch.stack([r[ftype], exact[ftype]]))[0, 1]
-            print(f"| {kind} ({seed}) | {r['s']:.3f} | {r['s'] / base['s']:.3f}x | {ftype} | "
-                  f"{len(sel & top(base[ftype], k)) / k:.2f} | {len(sel & ex) / k:.2f} | {corr:.3f} | "
-                  f"{is_def[list(sel)].float().mean():.2f} |", flush=True)
+            print(
+                f"| {kind} ({seed}) | {r['s']:.3f} | {r['s'] / base['s']:.3f}x | {ftype} | "
+                f"{len(sel & top(base[ftype], k)) / k:.2f} | {len(sel & ex) / k:.2f} | {corr:.3f} | "
+                f"{is_def[list(sel)].float().mean():.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -40,22 +40,34 @@ def rendezvous_args(cfg: Any, run_dir: Path) -> list[str]:
     master, port = cfg.get("master_addr"), int(cfg.get("master_port") or 29500)
     node_rank = int(cfg.get("node_rank") or 0)
     if not master:
-        raise ConfigError(f"nnodes={nnodes} needs master_addr=<address of the node with node_rank=0>, the same on "
-                          "every node (and the same hydra.run.dir on a shared file system)")
+        raise ConfigError(
+            f"nnodes={nnodes} needs master_addr=<address of the node with node_rank=0>, the same on "
+            "every node (and the same hydra.run.dir on a shared file system)"
+        )
     if not 0 <= node_rank < nnodes:
         raise ConfigError(f"node_rank must lie in [0, {nnodes}), got {node_rank}")
     try:
         socket.getaddrinfo(master, port)
     except OSError:
-        raise ConfigError(f"master_addr={master} does not resolve to an address; give the host name or IP of the node "
-                          "with node_rank=0") from None
+        raise ConfigError(
+            f"master_addr={master} does not resolve to an address; give the host name or IP of the node "
+            "with node_rank=0"
+        ) from None
     timeout = float(cfg.get("rdzv_timeout") or 300)
     if node_rank > 0 and not _wait_for(master, port, timeout):
-        raise ConfigError(f"cannot reach the master {master}:{port} within {timeout:.0f} s; start node_rank=0 first, "
-                          "check master_addr/master_port and that the port is open between the nodes")
+        raise ConfigError(
+            f"cannot reach the master {master}:{port} within {timeout:.0f} s; start node_rank=0 first, "
+            "check master_addr/master_port and that the port is open between the nodes"
+        )
     rdzv_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
-    return [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={master}:{port}", f"--rdzv-id={rdzv_id}", f"--rdzv-conf=join_timeout={int(timeout)}"]
+    return [
+        f"--nnodes={nnodes}",
+        f"--nproc_per_node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={master}:{port}",
+        f"--rdzv-id={rdzv_id}",
+        f"--rdzv-conf=join_timeout={int(timeout)}",
+    ]
 
 
 def _scontrol(*args: str) -> str:
@@ -104,12 +116,20 @@ def slurm_rank_env(cfg: Any, environ: dict[str, str]) -> dict[str, str] | None:
     per_node = ntasks // nnodes
     nproc = int(cfg.get("nproc", 1))
     if nproc != per_node:
-        raise ConfigError(f"the SLURM job runs {per_node} task(s) per node (hydra.launcher.tasks_per_node) but "
-                          f"nproc={nproc}; each task is one process: set nproc={per_node}")
+        raise ConfigError(
+            f"the SLURM job runs {per_node} task(s) per node (hydra.launcher.tasks_per_node) but "
+            f"nproc={nproc}; each task is one process: set nproc={per_node}"
+        )
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or "localhost"
     hosts = _scontrol("show", "hostnames", nodelist).split()
     master = node_address(hosts[0] if hosts else first_host(nodelist))
     port = int(cfg.get("master_port") or 29500) + int(environ.get("SLURM_JOB_ID", "0") or 0) % 1000
-    return {"MASTER_ADDR": master, "MASTER_PORT": str(port), "RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
-            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(per_node),
-            "GROUP_RANK": environ.get("SLURM_NODEID", "0")}
+    return {
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(port),
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(per_node),
+        "GROUP_RANK": environ.get("SLURM_NODEID", "0"),
+    }

@@ -79,8 +79,12 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
 def check_data_and_eval(data: Mapping[str, Any], eval_cfg: Mapping[str, Any]) -> None:
     max_samples = data.get("max_samples")
     if max_samples is not None:
-        _need(_is_int(max_samples) and max_samples >= 1, "data.max_samples", "an integer >= 1 or null (all rows)",
-              max_samples)
+        _need(
+            _is_int(max_samples) and max_samples >= 1,
+            "data.max_samples",
+            "an integer >= 1 or null (all rows)",
+            max_samples,
+        )
     for key in ("batch_size", "max_samples", "max_new_tokens", "block_size"):
         if eval_cfg.get(key) is not None:
             _need(_is_int(eval_cfg[key]) and eval_cfg[key] >= 1, f"eval.{key}", "an integer >= 1", eval_cfg[key])

@@ -37,7 +37,9 @@ def write_registry(data_cfg: dict, out_dir: Path) -> str:
     if source_dir:
         path = Path(source_dir) / "dataset_info.json"
         if not path.is_file():
-            raise ConfigError(f"data={data_cfg.get('name')}: no {path}; build the offline assets with `dataflex-data build`")
+            raise ConfigError(
+                f"data={data_cfg.get('name')}: no {path}; build the offline assets with `dataflex-data build`"
+            )
         for name, entry in json.loads(path.read_text()).items():
             entry = dict(entry)
             if "file_name" in entry:
@@ -47,8 +49,15 @@ def write_registry(data_cfg: dict, out_dir: Path) -> str:
     atomic_write_json(out_dir / "dataset_info.json", registry)
     split = out_dir / DOMAIN_SPLIT_FILE
     if data_cfg.get("domain_column"):  # read when the data is built (build()), not here: no data is read here
-        atomic_write_json(split, {"source": data_cfg.get("source"), "column": data_cfg["domain_column"],
-                                  "domains": list(data_cfg.get("domains") or []), "what": f"data={data_cfg.get('name')}"})
+        atomic_write_json(
+            split,
+            {
+                "source": data_cfg.get("source"),
+                "column": data_cfg["domain_column"],
+                "domains": list(data_cfg.get("domains") or []),
+                "what": f"data={data_cfg.get('name')}",
+            },
+        )
     else:
         split.unlink(missing_ok=True)
     return str(out_dir)
@@ -88,7 +97,9 @@ def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list
     source, column, what = spec["source"], spec["column"], spec.get("what", "data")
     if source not in registry:
         known = ", ".join(sorted(registry)) or "none"
-        raise ConfigError(f"{what}: source '{source}' (the dataset to split by {column}) is not registered; known: {known}")
+        raise ConfigError(
+            f"{what}: source '{source}' (the dataset to split by {column}) is not registered; known: {known}"
+        )
     wanted = [str(v) for v in (spec.get("domains") or [])]
     folder = out_dir / "domains"
     index_path = folder / "index.json"
@@ -107,7 +118,10 @@ def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list
                         value = str(value)
                         if value not in handles:
                             handles[value] = stack.enter_context(
-                                tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8"))
+                                tempfile.NamedTemporaryFile(
+                                    "w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8"
+                                )
+                            )
                         handles[value].write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 except BaseException:
                     for handle in handles.values():
@@ -127,13 +141,21 @@ def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list
     names = wanted or sorted(files)
     missing = [v for v in names if v not in files]
     if missing:
-        raise ConfigError(f"{what}: no row of '{source}' has {column} = {missing[0]!r}; values found: {', '.join(sorted(files)) or 'none'}")
+        raise ConfigError(
+            f"{what}: no row of '{source}' has {column} = {missing[0]!r}; values found: {', '.join(sorted(files)) or 'none'}"
+        )
     commas = [v for v in names if "," in v]
     if commas:
-        raise ConfigError(f"{what}: domain {commas[0]!r} contains a comma (LLaMA-Factory splits dataset names at commas); "
-                          "list the other values in data.domains to leave it out")
-    entry = {k: v for k, v in registry[source].items() if k not in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url",
-                                                                       "cloud_file_name", "subset", "split", "folder")}
+        raise ConfigError(
+            f"{what}: domain {commas[0]!r} contains a comma (LLaMA-Factory splits dataset names at commas); "
+            "list the other values in data.domains to leave it out"
+        )
+    entry = {
+        k: v
+        for k, v in registry[source].items()
+        if k
+        not in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name", "subset", "split", "folder")
+    }
     for value in names:
         if value in registry and registry[value].get("file_name") != files[value]:
             raise ConfigError(f"{what}: domain {value!r} clashes with a registered dataset of that name")
@@ -203,7 +225,9 @@ def _check_rows(name: str, path: Path, check_row) -> int:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as err:
-                raise ConfigError(f"dataset '{name}': {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+                raise ConfigError(
+                    f"dataset '{name}': {path} is not valid JSON (line {err.lineno}: {err.msg})"
+                ) from None
             for i, row in enumerate(data if isinstance(data, list) else [data]):
                 check_row(row, f"row {i}")
                 rows += 1
@@ -275,8 +299,9 @@ def with_pool_columns(parts: list):
     return pool.add_column("domain_id", domain_ids).add_column("sample_index", np.arange(len(pool), dtype=np.int64))
 
 
-def tokenise_column_domains(domains: PoolDomains, template, model_args, data_args, training_args, stage: str,
-                            tokenizer_module: dict):
+def tokenise_column_domains(
+    domains: PoolDomains, template, model_args, data_args, training_args, stage: str, tokenizer_module: dict
+):
     """Tokenise a column-defined split: each domain is a view of the source's rows (``select``, the
     first ``max_samples`` of the domain), aligned and tokenised by LLaMA-Factory's own steps for the
     source's registry entry (its ``columns``/``formatting``); ``datasets`` caches the results beside the
@@ -288,13 +313,20 @@ def tokenise_column_domains(domains: PoolDomains, template, model_args, data_arg
     attr = get_dataset_list([domains.source], data_args.dataset_dir)[0]
     parts = []
     for domain, name in enumerate(domains.names):
-        rows = np.flatnonzero(domains.ids == domain)[:data_args.max_samples or None]
+        rows = np.flatnonzero(domains.ids == domain)[: data_args.max_samples or None]
         local = not data_args.data_shared_file_system
         with training_args.main_process_first(desc=f"tokenise domain {name}", local=local):
             aligned = align_dataset(domains.dataset.select(rows), attr, data_args, training_args)
             try:
-                part = _get_preprocessed_dataset(aligned, data_args, training_args, stage, template,
-                                                 tokenizer_module["tokenizer"], tokenizer_module.get("processor"))
+                part = _get_preprocessed_dataset(
+                    aligned,
+                    data_args,
+                    training_args,
+                    stage,
+                    template,
+                    tokenizer_module["tokenizer"],
+                    tokenizer_module.get("processor"),
+                )
             except RuntimeError as err:  # LLaMA-Factory's "Cannot find valid samples"
                 raise ConfigError(f"domain '{name}' has no usable sample after tokenisation ({err})") from None
         parts.append(checked_part(part, name, "domain", stage, data_args))
@@ -311,8 +343,15 @@ def has_labelled_row(dataset) -> bool:
     return any(any(t != IGNORE_INDEX for t in row["labels"]) for row in dataset.select_columns(["labels"]))
 
 
-def build_pool(template, model_args, data_args, training_args, stage: str, tokenizer_module: dict,
-               domains: PoolDomains | None = None):
+def build_pool(
+    template,
+    model_args,
+    data_args,
+    training_args,
+    stage: str,
+    tokenizer_module: dict,
+    domains: PoolDomains | None = None,
+):
     """The training pool: every domain of ``domains`` (:func:`resolve_pool_domains` of ``data_args``
     when not given): registered datasets (:func:`tokenise`), a column-defined split
     (:func:`tokenise_column_domains`) or a tokenized pool (:func:`tokenized_pool`)."""
@@ -334,7 +373,9 @@ def build_validation(names, template, model_args, data_args, training_args, stag
         return None
     val_args = copy.copy(data_args)
     val_args.max_samples = None
-    return tokenise(names, template, model_args, val_args, training_args, stage, tokenizer_module, what="validation set")
+    return tokenise(
+        names, template, model_args, val_args, training_args, stage, tokenizer_module, what="validation set"
+    )
 
 
 def validation_names(data_cfg: dict) -> list[str]:
@@ -354,11 +395,16 @@ def resolve_validation_column(hparams: dict[str, Any], names: list[str], column:
     if not column:
         return names
     if len(names) != 1:
-        raise ConfigError(f"selector.subtask_column={column} splits ONE validation set into subtasks, but data.validation "
-                          f"names {len(names)} ({', '.join(names) or 'none'}); name one set, or set selector.subtask_column=null")
+        raise ConfigError(
+            f"selector.subtask_column={column} splits ONE validation set into subtasks, but data.validation "
+            f"names {len(names)} ({', '.join(names) or 'none'}); name one set, or set selector.subtask_column=null"
+        )
     registry_path = Path(hparams["dataset_dir"]) / "dataset_info.json"
     registry = json.loads(registry_path.read_text())
-    subtasks = split_by_column({"source": names[0], "column": column, "what": f"selector.subtask_column={column}"},
-                               registry, Path(hparams["dataset_dir"]) / "validation_subtasks")
+    subtasks = split_by_column(
+        {"source": names[0], "column": column, "what": f"selector.subtask_column={column}"},
+        registry,
+        Path(hparams["dataset_dir"]) / "validation_subtasks",
+    )
     atomic_write_json(registry_path, registry)
     return subtasks

@@ -19,8 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from dataflex.backend.datasets import (  # noqa: F401  (re-exported: their import path before the split)
-    DOMAIN_SPLIT_FILE, STAGES, build_pool, build_validation, check_dataset_file, check_datasets, has_labelled_row,
-    required_columns, resolve_validation_column, split_by_column, tokenise, validation_names, write_registry,
+    DOMAIN_SPLIT_FILE,
+    STAGES,
+    build_pool,
+    build_validation,
+    check_dataset_file,
+    check_datasets,
+    has_labelled_row,
+    required_columns,
+    resolve_validation_column,
+    split_by_column,
+    tokenise,
+    validation_names,
+    write_registry,
 )
 from dataflex.backend.pools import (
     check_tokenized_domains,
@@ -49,7 +60,9 @@ def build_hparams(cfg: dict, run_dir: Path, resume_from: str | None) -> dict[str
         domains = [str(data.get("source") or (domains[0] if len(domains) == 1 else data.get("name") or "tokenized"))]
     elif data.get("domain_column"):  # column-defined domains: one source dataset, split when it is built
         if not data.get("source"):
-            raise ConfigError(f"data={data.get('name')}: domain_column needs `source`, the registered dataset whose rows it splits")
+            raise ConfigError(
+                f"data={data.get('name')}: domain_column needs `source`, the registered dataset whose rows it splits"
+            )
         domains = [data["source"]]
     if not domains:
         raise ConfigError(f"data={data.get('name')}: `domains` lists no dataset")

@@ -71,9 +71,11 @@ def tokenized_path(data: dict) -> str | None:
 def check_tokenized_domains(data: dict) -> None:
     """A tokenized pool is one saved dataset: several domains come from a column of it."""
     if tokenized_path(data) and not data.get("domain_column") and len(data.get("domains") or []) > 1:
-        raise ConfigError(f"data.tokenized_path={tokenized_path(data)}: a tokenized pool is one saved dataset; its "
-                          "domains come from a column of its rows (set data.domain_column), not from several "
-                          "data.domains")
+        raise ConfigError(
+            f"data.tokenized_path={tokenized_path(data)}: a tokenized pool is one saved dataset; its "
+            "domains come from a column of its rows (set data.domain_column), not from several "
+            "data.domains"
+        )
 
 
 def check_tokenized_pool(data: dict) -> None:
@@ -101,9 +103,11 @@ def has_column(dataset, column: str) -> bool:
 
 
 def missing_column(dataset, column: str, what: str) -> ConfigError:
-    return ConfigError(f"{what}: the rows have no column {column} (data.domain_column); their columns: "
-                       f"{', '.join(dataset.column_names)}; add the column naming each row's domain, or set "
-                       "data.domain_column to one of these")
+    return ConfigError(
+        f"{what}: the rows have no column {column} (data.domain_column); their columns: "
+        f"{', '.join(dataset.column_names)}; add the column naming each row's domain, or set "
+        "data.domain_column to one of these"
+    )
 
 
 def column_values(dataset, column: str):
@@ -153,8 +157,9 @@ def read_domain_ids(dataset, column: str, what: str) -> tuple[np.ndarray, list[s
     return ids, distinct
 
 
-def domains_from_column(dataset, column: str, wanted: list[str], what: str,
-                        source: str) -> tuple[np.ndarray, list[str]]:
+def domains_from_column(
+    dataset, column: str, wanted: list[str], what: str, source: str
+) -> tuple[np.ndarray, list[str]]:
     """The domain id of every row (int64, position in the domain list; -1: left out) and the domain
     names: ``wanted`` in order, or every value found, sorted."""
     codes, values = read_domain_ids(dataset, column, what)
@@ -163,8 +168,9 @@ def domains_from_column(dataset, column: str, wanted: list[str], what: str,
     names = wanted or values
     missing = [v for v in names if v not in values]
     if missing:
-        raise ConfigError(f"{what}: no row of '{source}' has {column} = {missing[0]!r}; "
-                          f"values found: {', '.join(values)}")
+        raise ConfigError(
+            f"{what}: no row of '{source}' has {column} = {missing[0]!r}; values found: {', '.join(values)}"
+        )
     position = {name: i for i, name in enumerate(names)}
     lookup = np.array([position.get(v, -1) for v in values] + [-1], dtype=np.int64)  # code -1 -> the last: left out
     return lookup[codes], list(names)
@@ -178,8 +184,10 @@ def open_tokenized(path: str, what: str):
     from llamafactory.extras.misc import has_tokenized_data
 
     if not has_tokenized_data(path):
-        raise ConfigError(f"{what}: {path} holds no saved dataset; save the tokenized pool there with "
-                          "datasets' save_to_disk (input_ids, attention_mask and the domain column), or fix the path")
+        raise ConfigError(
+            f"{what}: {path} holds no saved dataset; save the tokenized pool there with "
+            "datasets' save_to_disk (input_ids, attention_mask and the domain column), or fix the path"
+        )
     try:
         module = get_dataset_module(load_from_disk(path))
     except (FileNotFoundError, ValueError) as err:
@@ -200,13 +208,18 @@ def load_raw(name: str, entry: dict):
         files = sorted(str(f) for f in path.iterdir() if f.is_file()) if path.is_dir() else [str(path)]
         kind = FILEEXT2TYPE.get(Path(files[0]).suffix.lstrip(".")) if files else None
         if kind is None:
-            raise ConfigError(f"dataset '{name}': cannot split {path} by a column "
-                              f"(file types: {', '.join(FILEEXT2TYPE)})")
+            raise ConfigError(
+                f"dataset '{name}': cannot split {path} by a column (file types: {', '.join(FILEEXT2TYPE)})"
+            )
         return load_dataset(kind, data_files=files, split="train")
     if "hf_hub_url" in entry:
         try:
-            return load_dataset(entry["hf_hub_url"], name=entry.get("subset"), data_dir=entry.get("folder"),
-                                split=entry.get("split", "train"))
+            return load_dataset(
+                entry["hf_hub_url"],
+                name=entry.get("subset"),
+                data_dir=entry.get("folder"),
+                split=entry.get("split", "train"),
+            )
         except Exception as err:  # noqa: BLE001 - offline without a cached copy, a wrong id, ...: one clear line
             raise ConfigError(
                 f"dataset '{name}': cannot load {entry['hf_hub_url']} to split it by column "
@@ -234,10 +247,12 @@ def resolve_pool_domains(dataset_dir: str, names: list[str], tokenized_path: str
         what = f"data.tokenized_path={tokenized_path}"
         dataset = open_tokenized(tokenized_path, what)
         if spec is None:
-            return PoolDomains(names=list(names), kind="tokenized", dataset=dataset,
-                               ids=np.zeros(len(dataset), dtype=np.int64))
-        ids, domain_names = domains_from_column(dataset, spec["column"], [str(v) for v in spec.get("domains") or []],
-                                                what, source=tokenized_path)
+            return PoolDomains(
+                names=list(names), kind="tokenized", dataset=dataset, ids=np.zeros(len(dataset), dtype=np.int64)
+            )
+        ids, domain_names = domains_from_column(
+            dataset, spec["column"], [str(v) for v in spec.get("domains") or []], what, source=tokenized_path
+        )
         return PoolDomains(names=domain_names, kind="tokenized", dataset=dataset, ids=ids, column=spec["column"])
     if spec is None:
         return PoolDomains(names=list(names))
@@ -245,13 +260,16 @@ def resolve_pool_domains(dataset_dir: str, names: list[str], tokenized_path: str
     registry = json.loads((Path(dataset_dir) / "dataset_info.json").read_text())
     if source not in registry:
         known = ", ".join(sorted(registry)) or "none"
-        raise ConfigError(f"{what}: source '{source}' (the dataset to split by {spec['column']}) is not registered; "
-                          f"known: {known}")
+        raise ConfigError(
+            f"{what}: source '{source}' (the dataset to split by {spec['column']}) is not registered; known: {known}"
+        )
     dataset = load_raw(source, registry[source])
-    ids, domain_names = domains_from_column(dataset, spec["column"], [str(v) for v in spec.get("domains") or []],
-                                            what, source=source)
-    return PoolDomains(names=domain_names, kind="column", dataset=dataset, ids=ids, source=source,
-                       column=spec["column"])
+    ids, domain_names = domains_from_column(
+        dataset, spec["column"], [str(v) for v in spec.get("domains") or []], what, source=source
+    )
+    return PoolDomains(
+        names=domain_names, kind="column", dataset=dataset, ids=ids, source=source, column=spec["column"]
+    )
 
 
 def cap_per_domain(ids: np.ndarray, cap: int | None) -> np.ndarray:

@@ -76,7 +76,11 @@ def recipe_settings(cfg: dict[str, Any]) -> dict[str, Any]:
 def global_batch(cfg: dict[str, Any]) -> int:
     """Samples per optimizer step over all processes."""
     trainer = cfg["trainer"]
-    return int(trainer.get("per_device_train_batch_size", 8)) * int(trainer.get("gradient_accumulation_steps", 1)) * int(cfg.get("nproc", 1))
+    return (
+        int(trainer.get("per_device_train_batch_size", 8))
+        * int(trainer.get("gradient_accumulation_steps", 1))
+        * int(cfg.get("nproc", 1))
+    )
 
 
 def pool_size(cfg: dict[str, Any], scratch: Path) -> int:
@@ -113,7 +117,12 @@ def warmup_config(cfg: dict[str, Any], pool: int) -> dict[str, Any]:
         save_only_model=False,  # the Adam state is part of the feature
         logging_steps=1,  # the exact mean learning rate of every epoch
     )
-    warm["selector"] = {"_target_": "dataflex.selectors.random.RandomSelector", "name": "random", "budget": k, "seed": cfg["seed"]}
+    warm["selector"] = {
+        "_target_": "dataflex.selectors.random.RandomSelector",
+        "name": "random",
+        "budget": k,
+        "seed": cfg["seed"],
+    }
     warm["mixer"] = {"name": "none"}
     warm["eval"] = {**(cfg.get("eval") or {}), "before": False, "after": False, "every_n_steps": 0}
     return warm

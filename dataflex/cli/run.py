@@ -1,11 +1,11 @@
 """`dataflex-run`: compose the Hydra config and run it.
 
-    dataflex-run                                   # the embedded offline default (LoRA SFT of smollm2_135m)
-    dataflex-run model=tiny                        # seconds, for tests
-    dataflex-run model=tiny trainer=pt_full data=offline_domains
-    dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
-    dataflex-run nproc=8 nnodes=2 master_addr=node01 hydra.run.dir=/shared/runs/x   # on each of 2 nodes
-    dataflex-run --cfg job model=mistral7b         # print the composed config
+dataflex-run                                   # the embedded offline default (LoRA SFT of smollm2_135m)
+dataflex-run model=tiny                        # seconds, for tests
+dataflex-run model=tiny trainer=pt_full data=offline_domains
+dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
+dataflex-run nproc=8 nnodes=2 master_addr=node01 hydra.run.dir=/shared/runs/x   # on each of 2 nodes
+dataflex-run --cfg job model=mistral7b         # print the composed config
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ def model_path_overrides(argv: list[str]) -> list[str]:
             continue
         path = Path(value).expanduser().resolve()
         if not path.is_dir():
-            raise ConfigError(f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
-                 "or the directory of a local model (its config.json, weights and tokenizer)")
+            raise ConfigError(
+                f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
+                "or the directory of a local model (its config.json, weights and tokenizer)"
+            )
         out += ["model=path", f"model.name_or_path={path}", f"model.name={path}"]
     return out
 

@@ -265,9 +265,11 @@ class EmbeddingSelector(BudgetSelector):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.query not in QUERIES:
-            raise ConfigError(f"selector={self.method}: query must be one of {', '.join(QUERIES)}, "
-                              f"got {self.query!r}; set selector.query=example (the whole validation example, "
-                              "the default) or prompt")
+            raise ConfigError(
+                f"selector={self.method}: query must be one of {', '.join(QUERIES)}, "
+                f"got {self.query!r}; set selector.query=example (the whole validation example, "
+                "the default) or prompt"
+            )
         self._memo: dict[str, Any] = {}  # sentence embeddings and index: in memory only, never checkpointed
         self.last_round: dict[str, Any] | None = None  # a small summary of the last decision (checkpointed)
 
@@ -330,8 +332,9 @@ class EmbeddingSelector(BudgetSelector):
                 ctx.model, ctx.pool, ctx.collator, self.batch_size, f"{self.name} pool embeddings"
             )
             if self.query == "example":  # the whole rows, exactly as the candidates
-                queries = model_pool_embeddings(ctx.model, validation, ctx.collator, self.batch_size,
-                                                f"{self.name} query embeddings")
+                queries = model_pool_embeddings(
+                    ctx.model, validation, ctx.collator, self.batch_size, f"{self.name} query embeddings"
+                )
             else:
                 queries = model_prompt_embeddings(
                     ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings"
@@ -391,7 +394,10 @@ class WarmupRecipe:
         found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
         weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
         results = for_each_warmup_checkpoint(
-            ctx.model, found, lambda _step, _path, adam: score(adam),
-            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
+            ctx.model,
+            found,
+            lambda _step, _path, adam: score(adam),
+            optimizer=ctx.optimizer,
+            adam=self.gradient_type == "adam",
         )
         return found, weights, results

@@ -60,9 +60,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------- public API
-def per_sample_gradients(
-    model: nn.Module, batch: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
+def per_sample_gradients(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The gradient of each sample's ℓ_i w.r.t. every trainable parameter, computed batched.
 
     Equal (to float rounding) to :func:`per_sample_gradients_loop`, padded batches included.
@@ -79,10 +77,7 @@ def per_sample_gradients(
     """
     params = trainable_parameters(model)
     b = batch["input_ids"].shape[0]
-    out = {
-        n: torch.zeros(b, *p.shape, dtype=torch.float32, device=p.device)
-        for n, p in params.items()
-    }
+    out = {n: torch.zeros(b, *p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
 
     def sink(piece: Piece) -> None:
         name, g, offset = piece
@@ -93,9 +88,7 @@ def per_sample_gradients(
     return out
 
 
-def per_sample_gradients_loop(
-    model: nn.Module, batch: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
+def per_sample_gradients_loop(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Reference: one batch-size-1 forward/backward per sample, padding stripped.
 
     Args:
@@ -196,9 +189,7 @@ def project_per_sample_gradients(
     return feats
 
 
-def project_per_sample_gradients_loop(
-    model: nn.Module, batch: Mapping[str, Tensor], projector
-) -> Tensor:
+def project_per_sample_gradients_loop(model: nn.Module, batch: Mapping[str, Tensor], projector) -> Tensor:
     """Baseline: per sample, forward, backward, flatten and project (the original LESS recipe).
 
     Args:

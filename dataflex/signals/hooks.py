@@ -47,9 +47,7 @@ def _row_step(row_elems: int, chunk_size: int, align: int | None) -> int:
     """Rows per chunk: <= chunk_size elements, a multiple of the projector block when possible."""
     rows = max(1, chunk_size // max(1, row_elems))
     if align:
-        step = align // math.gcd(
-            align, row_elems
-        )  # smallest row count whose size is a multiple of align
+        step = align // math.gcd(align, row_elems)  # smallest row count whose size is a multiple of align
         if rows >= step:
             rows = rows // step * step
     return rows
@@ -94,9 +92,7 @@ def _embedding_pieces(
     g = g.reshape(b, -1, hidden).float()
     if module.padding_idx is not None:
         # nn.Embedding never sends gradient to its padding row.
-        g = torch.where(
-            (ids == module.padding_idx).unsqueeze(-1), torch.zeros((), dtype=g.dtype), g
-        )
+        g = torch.where((ids == module.padding_idx).unsqueeze(-1), torch.zeros((), dtype=g.dtype), g)
     step = _row_step(hidden, chunk_size, align)
     for r0 in range(0, vocab, step):
         r1 = min(vocab, r0 + step)
@@ -109,9 +105,7 @@ def _embedding_pieces(
         yield names["weight"], out, r0 * hidden
 
 
-def _generic_pieces(
-    names: dict[str, str], module: nn.Module, args: tuple, g: Tensor
-) -> Iterator[Piece]:
+def _generic_pieces(names: dict[str, str], module: nn.Module, args: tuple, g: Tensor) -> Iterator[Piece]:
     """Per-sample grads of a module's direct parameters by a module-local vmap(vjp)."""
     from torch.func import functional_call, vjp, vmap
 
@@ -120,10 +114,7 @@ def _generic_pieces(
     batched = [isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == b for a in args]
 
     def one(sample_args: tuple, gi: Tensor) -> dict[str, Tensor]:
-        full = tuple(
-            a.unsqueeze(0) if bt else a
-            for a, bt in zip(sample_args, batched, strict=True)
-        )
+        full = tuple(a.unsqueeze(0) if bt else a for a, bt in zip(sample_args, batched, strict=True))
         _, fn = vjp(lambda p: functional_call(module, p, full), params)
         return fn(gi.unsqueeze(0))[0]
 
@@ -134,9 +125,7 @@ def _generic_pieces(
         except Exception:  # noqa: BLE001 - a module vmap cannot trace: exact per-sample loop instead
             per = [
                 one(
-                    tuple(
-                        a[i] if bt else a for a, bt in zip(args, batched, strict=True)
-                    ),
+                    tuple(a[i] if bt else a for a, bt in zip(args, batched, strict=True)),
                     g[i],
                 )
                 for i in range(b)
@@ -176,15 +165,11 @@ def run_hooked(
         def on_grad(args: tuple, g: Tensor) -> None:
             g = _token_mask(g, mask)
             if isinstance(module, nn.Linear):
-                pieces = _linear_pieces(
-                    names, module, _token_mask(args[0], mask), g, chunk_size, align
-                )
+                pieces = _linear_pieces(names, module, _token_mask(args[0], mask), g, chunk_size, align)
             elif isinstance(module, nn.Embedding):
                 pieces = _embedding_pieces(names, module, args[0], g, chunk_size, align)
             else:
-                masked = tuple(
-                    _token_mask(a, mask) if isinstance(a, Tensor) else a for a in args
-                )
+                masked = tuple(_token_mask(a, mask) if isinstance(a, Tensor) else a for a in args)
                 recording[0] = False
                 try:
                     pieces = list(_generic_pieces(names, module, masked, g))

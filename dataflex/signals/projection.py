@@ -131,21 +131,11 @@ class Projector:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"Projector dim must be a positive int, got {dim!r}")
         if kind not in KINDS:
-            raise ValueError(
-                f"unknown projection kind {kind!r}; expected one of {', '.join(KINDS)}"
-            )
-        if (
-            isinstance(block_size, bool)
-            or not isinstance(block_size, int)
-            or block_size <= 0
-        ):
-            raise ValueError(
-                f"Projector block_size must be a positive int, got {block_size!r}"
-            )
+            raise ValueError(f"unknown projection kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"Projector block_size must be a positive int, got {block_size!r}")
         if not (0.0 < float(density) <= 1.0):
-            raise ValueError(
-                f"sparse projection density must be in (0, 1], got {density!r}"
-            )
+            raise ValueError(f"sparse projection density must be in (0, 1], got {density!r}")
         if kind == "sjlt" and (isinstance(nnz, bool) or not isinstance(nnz, int) or not 1 <= nnz <= dim):
             raise ValueError(f"sjlt nnz must be an int in [1, dim={dim}], got {nnz!r}")
         if kind == "sjlt" and dim > 2**24:
@@ -158,19 +148,20 @@ class Projector:
         self.block_size = block_size
         self.density = float(density)
         self.nnz = int(nnz)
-        self.generator_device = (
-            None if generator_device is None else torch.device(generator_device)
-        )
+        self.generator_device = None if generator_device is None else torch.device(generator_device)
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[str, int, str], Tensor] = OrderedDict()
         self._cached = 0
 
     def __repr__(self) -> str:
-        extra = f", density={self.density:g}" if self.kind == "sparse" else f", nnz={self.nnz}" if self.kind == "sjlt" else ""
-        return (
-            f"Projector(dim={self.dim}, seed={self.seed}, kind={self.kind!r}, "
-            f"block_size={self.block_size}{extra})"
+        extra = (
+            f", density={self.density:g}"
+            if self.kind == "sparse"
+            else f", nnz={self.nnz}"
+            if self.kind == "sjlt"
+            else ""
         )
+        return f"Projector(dim={self.dim}, seed={self.seed}, kind={self.kind!r}, block_size={self.block_size}{extra})"
 
     # ------------------------------------------------------------------ blocks
     def _prefix_rows(self, rows: int, device: torch.device) -> int:
@@ -184,7 +175,9 @@ class Projector:
         """
         if device.type != "cpu" or rows >= self.block_size:
             return self.block_size
-        if self.kind == "gaussian" and (rows * self.dim % 16 or self.block_size * self.dim % 16 or rows * self.dim < 16):
+        if self.kind == "gaussian" and (
+            rows * self.dim % 16 or self.block_size * self.dim % 16 or rows * self.dim < 16
+        ):
             return self.block_size
         return rows
 
@@ -208,9 +201,7 @@ class Projector:
             # One random byte gives 8 signs: ~2x faster than one randint draw per entry on CPU.
             n = shape[0] * self.dim
             nbytes = (n + 7) // 8
-            words = torch.randint(
-                0, 256, (nbytes,), generator=gen, device=device, dtype=torch.uint8
-            )
+            words = torch.randint(0, 256, (nbytes,), generator=gen, device=device, dtype=torch.uint8)
             shifts = torch.arange(8, device=device, dtype=torch.uint8)
             bits = ((words.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:n]
             return bits.to(torch.float32).mul_(2.0).sub_(1.0).reshape(shape)
@@ -248,9 +239,7 @@ class Projector:
                     self._cached -= old.numel() * old.element_size()
         return rows
 
-    def matrix_rows(
-        self, name: str, start: int, stop: int, device: str | torch.device = "cpu"
-    ) -> Tensor:
+    def matrix_rows(self, name: str, start: int, stop: int, device: str | torch.device = "cpu") -> Tensor:
         """Rows ``[start, stop)`` of parameter ``name``'s scaled projection matrix (for tests/debugging).
 
         Args:
@@ -282,9 +271,7 @@ class Projector:
         return torch.zeros(rows.shape[0], self.dim, device=rows.device).scatter_add_(1, positions, values)
 
     # ----------------------------------------------------------------- project
-    def project(
-        self, grads: Mapping[str, Tensor], offsets: Mapping[str, int] | None = None
-    ) -> Tensor:
+    def project(self, grads: Mapping[str, Tensor], offsets: Mapping[str, int] | None = None) -> Tensor:
         """Project per-sample gradients to ``[B, dim]``.
 
         Args:
@@ -311,32 +298,20 @@ class Projector:
         device: torch.device | None = None
         for name, g in grads.items():
             if not isinstance(g, Tensor):
-                raise TypeError(
-                    f"gradient {name!r} is not a tensor: {type(g).__name__}"
-                )
+                raise TypeError(f"gradient {name!r} is not a tensor: {type(g).__name__}")
             if g.dim() < 1:
-                raise ValueError(
-                    f"gradient {name!r} needs a leading batch dimension, got a 0-d tensor"
-                )
+                raise ValueError(f"gradient {name!r} needs a leading batch dimension, got a 0-d tensor")
             if not (g.is_floating_point()):
-                raise ValueError(
-                    f"gradient {name!r} must be a float tensor, got {g.dtype}"
-                )
+                raise ValueError(f"gradient {name!r} must be a float tensor, got {g.dtype}")
             if batch is None:
                 batch, device = g.shape[0], g.device
             elif g.shape[0] != batch:
-                raise ValueError(
-                    f"mismatched batch sizes: {name!r} has {g.shape[0]} rows, expected {batch}"
-                )
+                raise ValueError(f"mismatched batch sizes: {name!r} has {g.shape[0]} rows, expected {batch}")
             elif g.device != device:
-                raise ValueError(
-                    f"gradients on different devices: {name!r} on {g.device}, expected {device}"
-                )
+                raise ValueError(f"gradients on different devices: {name!r} on {g.device}, expected {device}")
             off = offsets.get(name, 0)
             if isinstance(off, bool) or not isinstance(off, int) or off < 0:
-                raise ValueError(
-                    f"offset of {name!r} must be a non-negative int, got {off!r}"
-                )
+                raise ValueError(f"offset of {name!r} must be a non-negative int, got {off!r}")
         assert batch is not None and device is not None
         out = torch.zeros(batch, self.dim, dtype=torch.float32, device=device)
         # sjlt accumulates into out^T: each scattered source row is one contiguous [B] vector (same sums in

@@ -286,9 +286,7 @@ def checkpoint_adam_state(
 
 
 # -- a warm-up run's checkpoints, as the offline selectors (LESS, NICE) read them --------------------
-def epoch_learning_rates(
-    log_history: Sequence[Mapping[str, Any]], checkpoint_steps: Sequence[int]
-) -> list[float]:
+def epoch_learning_rates(log_history: Sequence[Mapping[str, Any]], checkpoint_steps: Sequence[int]) -> list[float]:
     """The mean learning rate of the epoch ending at each checkpoint (the checkpoint weights of
     offline LESS and NICE, before normalisation).
 
@@ -342,12 +340,18 @@ def check_checkpoint_choice(
     if checkpoint_weights is not None:
         checkpoint_weight_vector(checkpoint_weights, len(list(checkpoint_weights)))  # finite, >= 0, not all 0
         if checkpoints is not None and len(list(checkpoint_weights)) != len(list(checkpoints)):
-            raise ValueError(f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints")
-    return (None if checkpoints is None else sorted(int(s) for s in checkpoints),
-            None if checkpoint_weights is None else [float(w) for w in checkpoint_weights])
+            raise ValueError(
+                f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints"
+            )
+    return (
+        None if checkpoints is None else sorted(int(s) for s in checkpoints),
+        None if checkpoint_weights is None else [float(w) for w in checkpoint_weights],
+    )
 
 
-def warmup_checkpoint_weights(found: Sequence[tuple[int, Path]], explicit: Sequence[float] | None = None) -> list[float]:
+def warmup_checkpoint_weights(
+    found: Sequence[tuple[int, Path]], explicit: Sequence[float] | None = None
+) -> list[float]:
     """``w_c`` (before normalisation) of the warm-up checkpoints ``found``: ``explicit`` when given,
     else :func:`epoch_learning_rates` from the last checkpoint's ``trainer_state.json``."""
     if explicit is not None:

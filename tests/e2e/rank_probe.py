@@ -26,6 +26,7 @@ def recorded(kind, method, fn):
         kept = value.detach().cpu().clone() if torch.is_tensor(value) else value
         records.append({"kind": kind, "method": method, "step": getattr(ctx, "global_step", None), "value": kept})
         return value
+
     return wrapper
 
 
@@ -53,8 +54,12 @@ def poison_logits(spec: str) -> None:
 
         def hook(module, inputs, output):
             step = trainer.state.global_step + 1
-            if module.training and torch.is_grad_enabled() and step == poison_step \
-                    and int(os.environ.get("RANK", "0")) == poison_rank:
+            if (
+                module.training
+                and torch.is_grad_enabled()
+                and step == poison_step
+                and int(os.environ.get("RANK", "0")) == poison_rank
+            ):
                 return output * float("nan")
             return output
 
@@ -78,8 +83,16 @@ def install(out_dir) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         model = self.trainer.model
         trained = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save({"records": records, "state": self.state_dict(), "world": world, "trained": trained,
-                    "skipped": list(self.trainer.dataflex_nonfinite.skipped)}, out / f"rank{rank}.pt")
+        torch.save(
+            {
+                "records": records,
+                "state": self.state_dict(),
+                "world": world,
+                "trained": trained,
+                "skipped": list(self.trainer.dataflex_nonfinite.skipped),
+            },
+            out / f"rank{rank}.pt",
+        )
 
     DataFlexCallback.on_train_end = on_train_end
 

@@ -23,11 +23,22 @@ def always_one(prompts, responses, references):
 
 # 256 pool rows, warm-up on 5% = 12 of them, global batch 4: 3 steps an epoch, 2 epochs = checkpoints
 # 3 and 6; then the top 16 of 48 candidates for 1 epoch over them (4 steps).
-OFFLINE = ["experiment=nice_offline", "less_offline.warmup_epochs=2", "less_offline.train_epochs=1",
-           "selector.budget=16", "selector.candidates=48", "selector.val_prompts=4", "selector.num_samples=2",
-           "selector.max_new_tokens=6", "selector.proj_dim=64", "selector.batch_size=8",
-           "selector.reward=test_nice_offline.always_one", "trainer.warmup_steps=0",
-           "eval.before=false", "eval.after=false"]
+OFFLINE = [
+    "experiment=nice_offline",
+    "less_offline.warmup_epochs=2",
+    "less_offline.train_epochs=1",
+    "selector.budget=16",
+    "selector.candidates=48",
+    "selector.val_prompts=4",
+    "selector.num_samples=2",
+    "selector.max_new_tokens=6",
+    "selector.proj_dim=64",
+    "selector.batch_size=8",
+    "selector.reward=test_nice_offline.always_one",
+    "trainer.warmup_steps=0",
+    "eval.before=false",
+    "eval.after=false",
+]
 
 
 @pytest.mark.slow

@@ -126,8 +126,15 @@ def test_two_nodes_decide_the_same_and_as_one_process(tmp_path):
     for node_rank in (0, 1):  # node 1 waits in rendezvous_args until node 0's store answers
         with open_dict(cfg):
             cfg.node_rank = node_rank
-        command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg, run_dir), str(PROBE),
-                   str(run_dir), "nodes"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            *rendezvous_args(cfg, run_dir),
+            str(PROBE),
+            str(run_dir),
+            "nodes",
+        ]
         assert "--standalone" not in command and "--nnodes=2" in command
         agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     for agent in agents:

@@ -28,12 +28,32 @@ def registry_for(path: Path) -> dict:
 
 def column_config(tmp_path, overrides=(), domains=None):
     """A 4-step pt run on the tiny model over ``tmp_path/mixed.jsonl`` (written anew), split by ``meta.src``."""
-    cfg = to_dict(compose_config(["data=offline_domains", "trainer=pt_full", "eval.before=false", "eval.after=false",
-                                  "trainer.max_steps=4", "trainer.per_device_train_batch_size=4", *overrides]))
-    cfg["data"] = {"name": "mixed", "asset": None, "stage": "pt", "dataset_dir": None,
-                   "registry": registry_for(write_source(tmp_path / "mixed.jsonl")),
-                   "source": "mixed", "domain_column": "meta.src", "domains": domains,
-                   "cutoff_len": 32, "max_samples": None, "eval": {}}
+    cfg = to_dict(
+        compose_config(
+            [
+                "data=offline_domains",
+                "trainer=pt_full",
+                "eval.before=false",
+                "eval.after=false",
+                "trainer.max_steps=4",
+                "trainer.per_device_train_batch_size=4",
+                *overrides,
+            ]
+        )
+    )
+    cfg["data"] = {
+        "name": "mixed",
+        "asset": None,
+        "stage": "pt",
+        "dataset_dir": None,
+        "registry": registry_for(write_source(tmp_path / "mixed.jsonl")),
+        "source": "mixed",
+        "domain_column": "meta.src",
+        "domains": domains,
+        "cutoff_len": 32,
+        "max_samples": None,
+        "eval": {},
+    }
     if cfg["mixer"].get("domains") is not None or "domains" in cfg["mixer"]:
         cfg["mixer"]["domains"] = domains  # what ${data.domains} interpolates to
     return cfg

@@ -23,9 +23,14 @@ ODM = ["mixer=odm"]
 
 def probe_env(extra_env: dict | None = None) -> dict[str, str]:
     """The environment of a probed run: CPU DeepSpeed, offline, one thread, the tests' packages importable."""
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-            **(extra_env or {})}
+    return {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
+    }
 
 
 def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_env: dict | None = None) -> list[dict]:
@@ -37,8 +42,16 @@ def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_en
     with open_dict(cfg):
         cfg.nproc = nproc
     (run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(PROBE), str(run_dir), name]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(PROBE),
+        str(run_dir),
+        name,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=probe_env(extra_env), timeout=3000)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     ranks = [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
@@ -49,7 +62,11 @@ def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_en
 def max_diff(a, b) -> float:
     """Largest absolute difference between nested structures (inf when their shapes differ)."""
     if isinstance(a, dict):
-        return max((max_diff(a[k], b[k]) for k in a), default=0.0) if isinstance(b, dict) and a.keys() == b.keys() else math.inf
+        return (
+            max((max_diff(a[k], b[k]) for k in a), default=0.0)
+            if isinstance(b, dict) and a.keys() == b.keys()
+            else math.inf
+        )
     if isinstance(a, (list, tuple)):
         ok = isinstance(b, (list, tuple)) and len(a) == len(b)
         return max((max_diff(x, y) for x, y in zip(a, b)), default=0.0) if ok else math.inf

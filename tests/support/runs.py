@@ -33,8 +33,11 @@ def same_state(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_state, a, b))
     if torch.is_tensor(a):
-        return (torch.is_tensor(b) and a.shape == b.shape
-                and torch.allclose(a.double(), b.double(), atol=1e-6, equal_nan=True))
+        return (
+            torch.is_tensor(b)
+            and a.shape == b.shape
+            and torch.allclose(a.double(), b.double(), atol=1e-6, equal_nan=True)
+        )
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))  # NaN marks "absent" in recorded histories
     return a == b

@@ -18,7 +18,9 @@ from dataflex.config import ConfigError, to_dict
 def test_split_keeps_all_fields_orders_and_reuses(tmp_path):
     source = write_source(tmp_path / "mixed.jsonl")
     registry = registry_for(source)
-    names = split_by_column({"source": "mixed", "column": "meta.src", "domains": ["c", "a"]}, registry, tmp_path / "out")
+    names = split_by_column(
+        {"source": "mixed", "column": "meta.src", "domains": ["c", "a"]}, registry, tmp_path / "out"
+    )
     assert names == ["c", "a"] and registry["c"]["columns"] == {"prompt": "text"}
     rows = [json.loads(line) for line in Path(registry["c"]["file_name"]).read_text().splitlines()]
     assert len(rows) == 6 and all(r["meta"]["src"] == "c" and r["text"].startswith("charlie") for r in rows)
@@ -30,11 +32,17 @@ def test_split_keeps_all_fields_orders_and_reuses(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "domains").iterdir()} == before
 
 
-@pytest.mark.parametrize("spec, match", [
-    ({"source": "mixed", "column": "meta.src", "domains": ["a", "z"]}, r"no row of 'mixed' has meta.src = 'z'; values found: a, b, c"),
-    ({"source": "other", "column": "meta.src"}, "source 'other'.*is not registered"),
-    ({"source": "mixed", "column": "meta.missing"}, "no row of .mixed. has a value in column meta.missing"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (
+            {"source": "mixed", "column": "meta.src", "domains": ["a", "z"]},
+            r"no row of 'mixed' has meta.src = 'z'; values found: a, b, c",
+        ),
+        ({"source": "other", "column": "meta.src"}, "source 'other'.*is not registered"),
+        ({"source": "mixed", "column": "meta.missing"}, "no row of .mixed. has a value in column meta.missing"),
+    ],
+)
 def test_split_errors_name_the_fix(tmp_path, spec, match):
     registry = registry_for(write_source(tmp_path / "mixed.jsonl"))
     with pytest.raises(ConfigError, match=match):
@@ -78,4 +86,6 @@ def test_e2e_listed_values_choose_and_order_the_domains(tmp_path):
     metrics = Run(cfg, tmp_path / "run").fit()
     assert metrics["domains"] == ["c", "a"]
     state = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "dataflex_state.pt", weights_only=False)
-    torch.testing.assert_close(state["sampler"]["history"][-1]["proportions"], torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        state["sampler"]["history"][-1]["proportions"], torch.tensor([1.0, 0.0], dtype=torch.float64)
+    )

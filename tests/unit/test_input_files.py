@@ -39,4 +39,6 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "report")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write the report to" in err[0] and "choose a writable directory with --out" in err[0]
+    assert (
+        len(err) == 1 and "cannot write the report to" in err[0] and "choose a writable directory with --out" in err[0]
+    )

@@ -30,8 +30,19 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def base_config(overrides=()):
-    return to_dict(compose_config(["data=offline_domains", "trainer=pt_full", "eval.before=false", "eval.after=false",
-                                  "trainer.max_steps=4", "trainer.per_device_train_batch_size=4", *overrides]))
+    return to_dict(
+        compose_config(
+            [
+                "data=offline_domains",
+                "trainer=pt_full",
+                "eval.before=false",
+                "eval.after=false",
+                "trainer.max_steps=4",
+                "trainer.per_device_train_batch_size=4",
+                *overrides,
+            ]
+        )
+    )
 
 
 def save_tokenized(path: Path, model_path: str, column: str = "source", per_domain: int = 7) -> None:
@@ -54,9 +65,19 @@ def tokenized_config(tmp_path, overrides=(), domains=None, column="source"):
     path = tmp_path / "tokenized"
     if not path.exists():
         save_tokenized(path, cfg["model"]["name_or_path"], column="source")
-    cfg["data"] = {"name": "tokenized_pool", "asset": None, "stage": "pt", "dataset_dir": None, "registry": {},
-                   "tokenized_path": str(path), "domain_column": column, "domains": domains,
-                   "cutoff_len": 32, "max_samples": None, "eval": {}}
+    cfg["data"] = {
+        "name": "tokenized_pool",
+        "asset": None,
+        "stage": "pt",
+        "dataset_dir": None,
+        "registry": {},
+        "tokenized_path": str(path),
+        "domain_column": column,
+        "domains": domains,
+        "cutoff_len": 32,
+        "max_samples": None,
+        "eval": {},
+    }
     if "domains" in cfg["mixer"]:
         cfg["mixer"]["domains"] = domains  # what ${data.domains} interpolates to
     return cfg
@@ -78,7 +99,11 @@ def test_tokenized_pool_is_mapped_and_split_by_its_column(tmp_path):
     first = {v: [i for i, r in enumerate(rows) if r["source"] == v][:5] for v in ("charlie", "alpha")}
     kept = [rows[i] for i in sorted(first["charlie"] + first["alpha"])]  # the saved order, not regrouped
     assert len(built.pool) == 10 and sorted(built.pool.column_names) == [
-        "attention_mask", "domain_id", "input_ids", "sample_index"]
+        "attention_mask",
+        "domain_id",
+        "input_ids",
+        "sample_index",
+    ]
     for position, (row, original) in enumerate(zip(built.pool, kept)):
         assert row["sample_index"] == position and row["input_ids"] == original["input_ids"]
         assert built.domain_names[row["domain_id"]] == original["source"]
@@ -124,27 +149,42 @@ def test_read_domain_ids_by_fingerprint(tmp_path, cache_dir):
     """The cache is per (fingerprint, column): another column is read anew; values need not be strings."""
     from datasets import Dataset
 
-    data = Dataset.from_dict({"x": [1, 2, 3, 4], "group": [3, 1, None, 3],
-                              "meta": [{"s": "q"}, {"s": "p"}, {"s": None}, {}]})
+    data = Dataset.from_dict(
+        {"x": [1, 2, 3, 4], "group": [3, 1, None, 3], "meta": [{"s": "q"}, {"s": "p"}, {"s": None}, {}]}
+    )
     ids, values = pools.read_domain_ids(data, "group", "test")
     assert values == ["1", "3"] and ids.tolist() == [1, 0, -1, 1]
     ids, values = pools.read_domain_ids(data, "meta.s", "test")
     assert values == ["p", "q"] and ids.tolist() == [1, 0, -1, -1]
     assert len(list(cache_dir.iterdir())) == 2
-    with pytest.raises(ConfigError, match=r"test: the rows have no column meta.t \(data.domain_column\); "
-                                          r"their columns: x, group, meta"):
+    with pytest.raises(
+        ConfigError,
+        match=r"test: the rows have no column meta.t \(data.domain_column\); "
+        r"their columns: x, group, meta",
+    ):
         pools.read_domain_ids(data, "meta.t", "test")
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"domain_column": "domain"},
-     (r"^data.tokenized_path=.*tokenized: the rows have no column domain \(data.domain_column\); "
-      r"their columns: input_ids, attention_mask, source; add the column")),
-    ({"tokenized_path": "/nonexistent/pool"},
-     r"^data.tokenized_path=/nonexistent/pool: /nonexistent/pool holds no saved dataset"),
-    ({"domain_column": None, "domains": ["a", "b"]},
-     r"a tokenized pool is one saved dataset; its domains come from a column"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            {"domain_column": "domain"},
+            (
+                r"^data.tokenized_path=.*tokenized: the rows have no column domain \(data.domain_column\); "
+                r"their columns: input_ids, attention_mask, source; add the column"
+            ),
+        ),
+        (
+            {"tokenized_path": "/nonexistent/pool"},
+            r"^data.tokenized_path=/nonexistent/pool: /nonexistent/pool holds no saved dataset",
+        ),
+        (
+            {"domain_column": None, "domains": ["a", "b"]},
+            r"a tokenized pool is one saved dataset; its domains come from a column",
+        ),
+    ],
+)
 def test_bad_tokenized_pool_is_one_line_before_the_model_loads(tmp_path, monkeypatch, change, match):
     """Refused by the preflight, in one line: no model loaded, nothing written in the run directory."""
     import llamafactory.model

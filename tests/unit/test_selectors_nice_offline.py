@@ -19,13 +19,20 @@ from dataflex.train import checkpoints as CK
 from dataflex.train.components import UpdateContext
 
 # two checkpoints, three candidates, two subtasks
-SIMS = torch.tensor([
-    [[0.5, -0.2], [0.1, 0.4], [-0.3, 0.0]],   # checkpoint at step 2
-    [[0.1, 0.3], [0.2, -0.6], [0.9, 0.1]],    # checkpoint at step 4
-], dtype=torch.float64)
+SIMS = torch.tensor(
+    [
+        [[0.5, -0.2], [0.1, 0.4], [-0.3, 0.0]],  # checkpoint at step 2
+        [[0.1, 0.3], [0.2, -0.6], [0.9, 0.1]],  # checkpoint at step 4
+    ],
+    dtype=torch.float64,
+)
 # trainer_state.json's log: lr 3e-4, 1e-4 over the first epoch (steps 1-2), 5e-5, 5e-5 over the second
-LOG = [{"step": 1, "learning_rate": 3e-4, "loss": 1.0}, {"step": 2, "learning_rate": 1e-4, "loss": 1.0},
-       {"step": 3, "learning_rate": 5e-5, "loss": 1.0}, {"step": 4, "learning_rate": 5e-5, "loss": 1.0}]
+LOG = [
+    {"step": 1, "learning_rate": 3e-4, "loss": 1.0},
+    {"step": 2, "learning_rate": 1e-4, "loss": 1.0},
+    {"step": 3, "learning_rate": 5e-5, "loss": 1.0},
+    {"step": 4, "learning_rate": 5e-5, "loss": 1.0},
+]
 
 
 def expected_scores() -> list[float]:
@@ -67,7 +74,9 @@ def test_warmup_helpers(tmp_path):
         CK.warmup_checkpoint_weights(found[:1], [1, 3])
 
     own = model.weight.detach().clone()
-    seen = CK.for_each_warmup_checkpoint(model, found, lambda step, path, adam: (step, float(model.weight[0, 0].detach()), adam))
+    seen = CK.for_each_warmup_checkpoint(
+        model, found, lambda step, path, adam: (step, float(model.weight[0, 0].detach()), adam)
+    )
     assert seen == [(2, 1.0, None), (4, 2.0, None)]
     assert torch.equal(model.weight, own)  # the model's own weights are back
 

@@ -19,8 +19,28 @@ def load_bench():
 
 def test_gpu_benchmark_runs_on_cpu_and_writes_its_table(tmp_path):
     bench = load_bench()
-    rows = bench.main(["--device", "cpu", "--config", "tiny", "--batch", "3", "--seq", "16", "--dim", "64",
-                       "--pool", "4", "--val", "2", "--repeat", "1", "--out", str(tmp_path)])
+    rows = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--config",
+            "tiny",
+            "--batch",
+            "3",
+            "--seq",
+            "16",
+            "--dim",
+            "64",
+            "--pool",
+            "4",
+            "--val",
+            "2",
+            "--repeat",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     names = [r["row"] for r in rows]
     assert names[0].startswith("train step") and any(n.startswith("reference shape") for n in names)
     assert {"dataflex sjlt", "dataflex rademacher"} <= set(names) and names[-1].startswith("less round")
@@ -46,6 +66,8 @@ def test_reference_shape_is_the_dense_projection_of_the_loop_gradients():
     gen, cols = torch.Generator(), []
     for k, start in enumerate(range(0, 200, 128)):
         gen.manual_seed(1000 * k)
-        cols.append(torch.empty(flat.shape[1], 128).bernoulli_(0.5, generator=gen).mul_(2).sub_(1)[:, : min(128, 200 - start)])
+        cols.append(
+            torch.empty(flat.shape[1], 128).bernoulli_(0.5, generator=gen).mul_(2).sub_(1)[:, : min(128, 200 - start)]
+        )
     expected = flat @ torch.cat(cols, 1) / 200**0.5
     torch.testing.assert_close(feats, expected, rtol=1e-4, atol=1e-6)

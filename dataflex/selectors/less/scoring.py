@@ -82,11 +82,15 @@ def less_scores(
     return combine_subtask_similarities(sims, checkpoint_weights)
 
 
-def _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask=None) -> None:
+def _check_hyperparameters(
+    proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask=None
+) -> None:
     from dataflex.signals.projection import KINDS
 
     if validation_per_subtask is not None and (
-        isinstance(validation_per_subtask, bool) or not isinstance(validation_per_subtask, int) or validation_per_subtask < 1
+        isinstance(validation_per_subtask, bool)
+        or not isinstance(validation_per_subtask, int)
+        or validation_per_subtask < 1
     ):
         raise ValueError(f"validation_per_subtask must be a positive int or null, got {validation_per_subtask!r}")
 
@@ -96,7 +100,11 @@ def _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_
         raise ValueError(f"proj_kind must be one of {KINDS}, got {proj_kind!r}")
     if gradient_type not in GRADIENT_TYPES:
         raise ValueError(f"gradient_type must be one of {GRADIENT_TYPES}, got {gradient_type!r}")
-    if isinstance(projection_cache_mb, bool) or not isinstance(projection_cache_mb, (int, float)) or projection_cache_mb < 0:
+    if (
+        isinstance(projection_cache_mb, bool)
+        or not isinstance(projection_cache_mb, (int, float))
+        or projection_cache_mb < 0
+    ):
         raise ValueError(f"projection_cache_mb must be a number >= 0, got {projection_cache_mb!r}")
 
 
@@ -183,8 +191,16 @@ def checkpoint_similarities(
         return features.double() @ centroids.to(features.device).T
 
     return training_features(
-        model, pool, collator, candidates, projector, gradient_type, batch_size,
-        optimizer=optimizer, adam=adam, reduce=against_centroids,
+        model,
+        pool,
+        collator,
+        candidates,
+        projector,
+        gradient_type,
+        batch_size,
+        optimizer=optimizer,
+        adam=adam,
+        reduce=against_centroids,
     )
 
 
@@ -211,8 +227,9 @@ class LessComponent(PoolLossSelector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_hyperparameters(self.proj_dim, self.proj_kind, self.gradient_type, self.projection_cache_mb,
-                               self.validation_per_subtask)
+        _check_hyperparameters(
+            self.proj_dim, self.proj_kind, self.gradient_type, self.projection_cache_mb, self.validation_per_subtask
+        )
         column = self.subtask_column
         if column is not None and (not isinstance(column, str) or not column.strip()):
             raise ConfigError(f"selector=less: subtask_column must be a column name or null, got {column!r}")
@@ -242,8 +259,17 @@ class LessComponent(PoolLossSelector):
         """``[n, J]``: :func:`checkpoint_similarities` under the model as it is now."""
         validation, rows = self.validation(ctx)
         return checkpoint_similarities(
-            ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
-            validation=validation, validation_indices=rows, optimizer=ctx.optimizer, adam=adam,
+            ctx.model,
+            ctx.pool,
+            ctx.collator,
+            candidates,
+            self.projector,
+            self.gradient_type,
+            self.batch_size,
+            validation=validation,
+            validation_indices=rows,
+            optimizer=ctx.optimizer,
+            adam=adam,
         )
 
     def state_dict(self) -> dict[str, Any]:

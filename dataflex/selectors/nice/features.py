@@ -42,7 +42,9 @@ def reinforce_features(features: torch.Tensor, rewards: torch.Tensor, num_tokens
         )
     weight = rewards.double() * num_tokens.double()
     # rows with weight 0 never reach the sum (0 * NaN would still be NaN)
-    terms = torch.where(weight[..., None] != 0, weight[..., None] * features.double(), torch.zeros((), dtype=torch.float64))
+    terms = torch.where(
+        weight[..., None] != 0, weight[..., None] * features.double(), torch.zeros((), dtype=torch.float64)
+    )
     return (terms.sum(1) / max(1, features.shape[1])).float()
 
 
@@ -106,6 +108,14 @@ def nice_validation_features(
     needed = torch.nonzero(weight != 0).flatten()
     if needed.numel():
         fn = partial(project_per_sample_gradients, projector=projector)
-        features[needed] = map_pool(fn, model, rows, RowCollator(pad_id), indices=needed, batch_size=batch_size, desc="NICE validation gradients")
+        features[needed] = map_pool(
+            fn,
+            model,
+            rows,
+            RowCollator(pad_id),
+            indices=needed,
+            batch_size=batch_size,
+            desc="NICE validation gradients",
+        )
     g = reinforce_features(features.reshape(p, m, -1), rewards, num_tokens)
     return normalize_features(g)

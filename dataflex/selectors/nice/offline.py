@@ -56,7 +56,8 @@ class NiceOfflineSelector(WarmupRecipe, NiceSelector):
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
         candidates = self.candidate_indices(ctx)
         found, weights, rounds = self.over_warmup_checkpoints(
-            ctx, "python -m dataflex.cli.less_offline experiment=nice_offline",
+            ctx,
+            "python -m dataflex.cli.less_offline experiment=nice_offline",
             lambda adam: self.similarities(ctx, candidates, adam=adam),
         )
         scores = combine_subtask_similarities(torch.stack([sims for sims, _, _ in rounds]), weights)
@@ -73,17 +74,20 @@ class NiceOfflineSelector(WarmupRecipe, NiceSelector):
             "checkpoint_weights": checkpoint_weight_vector(weights, len(found)).tolist(),
         }
         if ctx.run_dir is not None and is_main_process():
-            atomic_write_json(Path(ctx.run_dir) / OFFLINE_RECORD, {
-                "warmup_dir": str(self.warmup_dir),
-                "checkpoints": [str(p) for _, p in found],
-                "checkpoint_steps": self.last_scores["checkpoint_steps"],
-                "checkpoint_weights": self.last_scores["checkpoint_weights"],
-                "reward_mean": rewards.flatten(1).mean(1).tolist(),
-                "candidates": int(candidates.numel()),
-                "k": int(chosen.numel()),
-                "indices": chosen.tolist(),
-                "scores": scores[local].tolist(),
-            })
+            atomic_write_json(
+                Path(ctx.run_dir) / OFFLINE_RECORD,
+                {
+                    "warmup_dir": str(self.warmup_dir),
+                    "checkpoints": [str(p) for _, p in found],
+                    "checkpoint_steps": self.last_scores["checkpoint_steps"],
+                    "checkpoint_weights": self.last_scores["checkpoint_weights"],
+                    "reward_mean": rewards.flatten(1).mean(1).tolist(),
+                    "candidates": int(candidates.numel()),
+                    "k": int(chosen.numel()),
+                    "indices": chosen.tolist(),
+                    "scores": scores[local].tolist(),
+                },
+            )
         return self.record(ctx, chosen)
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:  # never scheduled: update_every is 0

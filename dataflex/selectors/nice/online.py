@@ -110,16 +110,22 @@ class NiceSelector(PoolLossSelector):
     #: the original DataFlex's params (used by dataflex-cli): its Monte-Carlo samples and sampling temperature,
     #: and its reward-model block, which is the judge reward (dataflex.selectors.nice_judge)
     legacy_keys = {
-        "mc_samples": "num_samples", "generation_temperature": "temperature",
-        "reward_model_backend": "reward_kwargs.backend", "reward_backend_params": "reward_kwargs.backend_params",
+        "mc_samples": "num_samples",
+        "generation_temperature": "temperature",
+        "reward_model_backend": "reward_kwargs.backend",
+        "reward_backend_params": "reward_kwargs.backend_params",
         "reward_prompt_with_ref": "reward_kwargs.prompt_with_reference",
         "reward_prompt_without_ref": "reward_kwargs.prompt_without_reference",
     }
-    legacy_implies = {key: {"reward": "dataflex.selectors.nice_judge:JudgeReward"}
-                      for key in ("reward_model_backend", "reward_backend_params")}
-    legacy_unused = {"save_interval": "nothing is cached between rounds",
-                     "max_prompt_length": "the target prompts are the eval rows' prompts, already cut at cutoff_len",
-                     "prompt_template": "the target prompts are formatted by the model's chat template (template)"}
+    legacy_implies = {
+        key: {"reward": "dataflex.selectors.nice_judge:JudgeReward"}
+        for key in ("reward_model_backend", "reward_backend_params")
+    }
+    legacy_unused = {
+        "save_interval": "nothing is cached between rounds",
+        "max_prompt_length": "the target prompts are the eval rows' prompts, already cut at cutoff_len",
+        "prompt_template": "the target prompts are formatted by the model's chat template (template)",
+    }
 
     needs_validation = True
 
@@ -188,8 +194,11 @@ class NiceSelector(PoolLossSelector):
         )
         return broadcast_object(groups)
 
-    def rewards(self, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]) -> torch.Tensor:
+    def rewards(
+        self, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]
+    ) -> torch.Tensor:
         """``[P, M]`` rewards, computed on rank 0 and broadcast (an error there is raised on every rank)."""
+
         def compute() -> torch.Tensor:
             try:
                 return compute_rewards(self.reward_fn, prompts, responses, references)
@@ -223,8 +232,16 @@ class NiceSelector(PoolLossSelector):
         if centroids.abs().sum() == 0:  # no reward anywhere: every cosine is 0, no pass needed
             return torch.zeros(candidates.numel(), centroids.shape[0], dtype=torch.float64), rewards, val_idx
         sims = training_features(
-            ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
-            optimizer=ctx.optimizer, adam=adam, reduce=lambda f: f.double() @ centroids.to(f.device).T,
+            ctx.model,
+            ctx.pool,
+            ctx.collator,
+            candidates,
+            self.projector,
+            self.gradient_type,
+            self.batch_size,
+            optimizer=ctx.optimizer,
+            adam=adam,
+            reduce=lambda f: f.double() @ centroids.to(f.device).T,
             desc="NICE training features",
         )
         return sims.double().reshape(candidates.numel(), -1), rewards, val_idx
@@ -249,8 +266,10 @@ class NiceSelector(PoolLossSelector):
         if self.last_scores is None:
             return {}
         rewards = self.last_scores["rewards"]
-        return {"selector/nice/reward_mean": float(rewards.mean()),
-                "selector/nice/rewarded_prompts": float((rewards != 0).any(dim=-1).float().mean())}
+        return {
+            "selector/nice/reward_mean": float(rewards.mean()),
+            "selector/nice/rewarded_prompts": float((rewards != 0).any(dim=-1).float().mean()),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "last_scores": self.last_scores}
