@@ -9,20 +9,15 @@ shares LESS's component base); the warm-up's checkpoints are read through :mod:`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from dataflex.selectors.base import WarmupRecipe
 from dataflex.selectors.less.scoring import LessComponent
-from dataflex.signals.distributed import is_main_process
+from dataflex.selectors.offline_base import WarmupRecipe
 from dataflex.signals.features import (
-    checkpoint_weight_vector,
     combine_subtask_similarities,
     top_k_indices,
 )
 from dataflex.train.components import UpdateContext
-from dataflex.utils import atomic_write_json
 
 #: What the offline selector writes into the run directory (besides selections/round_000.json).
 OFFLINE_RECORD = "less_offline.json"
@@ -61,29 +56,4 @@ class LessOfflineSelector(WarmupRecipe, LessComponent):
         )
         scores = combine_subtask_similarities(torch.stack(sims), weights)
         local = top_k_indices(scores, self.k(ctx))
-        chosen = candidates[local]
-        self.last_scores = {
-            "update_index": ctx.update_index,
-            "candidates": candidates,
-            "scores": scores.float(),
-            "checkpoint_steps": [s for s, _ in found],
-            "checkpoint_weights": checkpoint_weight_vector(weights, len(found)).tolist(),
-        }
-        if ctx.run_dir is not None and is_main_process():
-            atomic_write_json(
-                Path(ctx.run_dir) / OFFLINE_RECORD,
-                {
-                    "warmup_dir": str(self.warmup_dir),
-                    "checkpoints": [str(p) for _, p in found],
-                    "checkpoint_steps": self.last_scores["checkpoint_steps"],
-                    "checkpoint_weights": self.last_scores["checkpoint_weights"],
-                    "candidates": int(candidates.numel()),
-                    "k": int(chosen.numel()),
-                    "indices": chosen.tolist(),
-                    "scores": scores[local].tolist(),
-                },
-            )
-        return self.record(ctx, chosen)
-
-    def select(self, ctx: UpdateContext) -> torch.Tensor:  # never scheduled: update_every is 0
-        raise RuntimeError("offline LESS selects once, before training")
+        return self.keep_decision(ctx, OFFLINE_RECORD, found, weights, candidates, scores, local)

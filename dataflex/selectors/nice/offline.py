@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from dataflex.selectors.base import (
-    WarmupRecipe,
     seeded_generator,
 )
 from dataflex.selectors.nice.online import NiceSelector
-from dataflex.signals.distributed import (
-    is_main_process,
-)
+from dataflex.selectors.offline_base import WarmupRecipe
 from dataflex.signals.features import (
-    checkpoint_weight_vector,
     combine_subtask_similarities,
     top_k_indices,
 )
 from dataflex.train.components import UpdateContext
-from dataflex.utils import atomic_write_json
 
 #: what the offline selector writes into the run directory (besides selections/round_000.json)
 OFFLINE_RECORD = "nice_offline.json"
@@ -62,33 +55,15 @@ class NiceOfflineSelector(WarmupRecipe, NiceSelector):
         )
         scores = combine_subtask_similarities(torch.stack([sims for sims, _, _ in rounds]), weights)
         local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
-        chosen = candidates[local]
         rewards = torch.stack([r.float() for _, r, _ in rounds])  # [C, P, M]
-        self.last_scores = {
-            "update_index": ctx.update_index,
-            "candidates": candidates,
-            "scores": scores.float(),
-            "validation_indices": rounds[0][2],
-            "rewards": rewards,
-            "checkpoint_steps": [s for s, _ in found],
-            "checkpoint_weights": checkpoint_weight_vector(weights, len(found)).tolist(),
-        }
-        if ctx.run_dir is not None and is_main_process():
-            atomic_write_json(
-                Path(ctx.run_dir) / OFFLINE_RECORD,
-                {
-                    "warmup_dir": str(self.warmup_dir),
-                    "checkpoints": [str(p) for _, p in found],
-                    "checkpoint_steps": self.last_scores["checkpoint_steps"],
-                    "checkpoint_weights": self.last_scores["checkpoint_weights"],
-                    "reward_mean": rewards.flatten(1).mean(1).tolist(),
-                    "candidates": int(candidates.numel()),
-                    "k": int(chosen.numel()),
-                    "indices": chosen.tolist(),
-                    "scores": scores[local].tolist(),
-                },
-            )
-        return self.record(ctx, chosen)
-
-    def select(self, ctx: UpdateContext) -> torch.Tensor:  # never scheduled: update_every is 0
-        raise RuntimeError("offline NICE selects once, before training")
+        return self.keep_decision(
+            ctx,
+            OFFLINE_RECORD,
+            found,
+            weights,
+            candidates,
+            scores,
+            local,
+            state={"validation_indices": rounds[0][2], "rewards": rewards},
+            record={"reward_mean": rewards.flatten(1).mean(1).tolist()},
+        )
