@@ -84,12 +84,27 @@ def model_path_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+def check_output_dirs(argv: list[str], environ: dict[str, str]) -> None:
+    """The directories Hydra creates before any of our code runs (``DATAFLEX_OUTPUTS``, ``hydra.run.dir=``,
+    ``hydra.sweep.dir=``) must be creatable: one line naming the one that is not, instead of Hydra's traceback."""
+    given = [("DATAFLEX_OUTPUTS", environ["DATAFLEX_OUTPUTS"])] if environ.get("DATAFLEX_OUTPUTS") else []
+    given += [tuple(a.split("=", 1)) for a in argv if a.split("=", 1)[0] in ("hydra.run.dir", "hydra.sweep.dir")]
+    for key, value in given:
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{key}={value}: {existing} is a file, not a directory; use another directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={value}: {existing} is not writable; use a writable directory")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_resolvers()
     try:
         sys.argv[1:] = model_path_overrides(sys.argv[1:])
+        check_output_dirs(sys.argv[1:], dict(os.environ))
     except DataFlexError as err:
         fail(str(err))
     _hydra_main()
