@@ -85,17 +85,26 @@ def main() -> None:
     torch.manual_seed(0)
 
     common = [
-        f"model={args.model}", f"data.max_samples={args.max_samples}", f"trainer.max_steps={args.steps}",
-        f"trainer.per_device_train_batch_size={args.batch_size}", "trainer.save_steps=100000",
-        "trainer.logging_steps=1", "eval.before=false", "eval.after=false", "logger=none",
-        f"selector.budget={args.budget}", f"selector.warmup_steps={args.update_every}",
+        f"model={args.model}",
+        f"data.max_samples={args.max_samples}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.per_device_train_batch_size={args.batch_size}",
+        "trainer.save_steps=100000",
+        "trainer.logging_steps=1",
+        "eval.before=false",
+        "eval.after=false",
+        "logger=none",
+        f"selector.budget={args.budget}",
+        f"selector.warmup_steps={args.update_every}",
         f"selector.update_every={args.update_every}",
     ]
     configs = [
         ("random (baseline)", ["selector=random"]),
         ("less d=8192 (defaults)", ["selector=less"]),
-        (f"less d={args.cheap_dim} cache {args.cache_mb}MB", ["selector=less", f"selector.proj_dim={args.cheap_dim}",
-                                                              f"selector.projection_cache_mb={args.cache_mb}"]),
+        (
+            f"less d={args.cheap_dim} cache {args.cache_mb}MB",
+            ["selector=less", f"selector.proj_dim={args.cheap_dim}", f"selector.projection_cache_mb={args.cache_mb}"],
+        ),
     ]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,11 +118,15 @@ def main() -> None:
 
     base = results["random (baseline)"]["step_s"]
     print()
-    print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), model={args.model}, pool={4 * args.max_samples} rows, "
-          f"{args.steps} steps, batch {args.batch_size}, a round every {args.update_every} steps")
-    header = (f"{'configuration':34} | {'s/step':>7} {'vs base':>7} | {'rounds':>6} {'s/round':>8} | {'own step':>8} "
-              f"{'vs own':>6} | vs own at update_every = 50, 200")
+    print(
+        f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), model={args.model}, pool={4 * args.max_samples} rows, "
+        f"{args.steps} steps, batch {args.batch_size}, a round every {args.update_every} steps"
+    )
+    header = (
+        f"{'configuration':34} | {'s/step':>7} {'vs base':>7} | {'rounds':>6} {'s/round':>8} | {'own step':>8} "
+        f"{'vs own':>6} | vs own at update_every = 50, 200"
+    )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
@@ -122,12 +135,16 @@ def main() -> None:
         # the same run's training steps without its rounds: timed under the same load as the rounds
         own = max(r["step_s"] - sum(rounds) / r["steps"], 1e-9)
         longer = ", ".join(f"{1 + per_round / (u * own):.2f}x" for u in (50, 200)) if "less" in name else "-"
-        print(f"{name:34} | {r['step_s']:7.3f} {r['step_s'] / base:6.2f}x | {len(rounds):6d} {per_round:8.2f} | "
-              f"{own:8.3f} {r['step_s'] / own:5.2f}x | {longer}")
+        print(
+            f"{name:34} | {r['step_s']:7.3f} {r['step_s'] / base:6.2f}x | {len(rounds):6d} {per_round:8.2f} | "
+            f"{own:8.3f} {r['step_s'] / own:5.2f}x | {longer}"
+        )
     less = results["less d=8192 (defaults)"]
     own = less["step_s"] - sum(less["rounds"]) / less["steps"]
-    print(f"\namortised cost of online LESS (defaults) per training step, a round every {args.update_every} steps: "
-          f"{less['step_s'] / base:.2f}x the baseline run's step, {less['step_s'] / own:.2f}x its own plain steps")
+    print(
+        f"\namortised cost of online LESS (defaults) per training step, a round every {args.update_every} steps: "
+        f"{less['step_s'] / base:.2f}x the baseline run's step, {less['step_s'] / own:.2f}x its own plain steps"
+    )
     assert math.isfinite(less["step_s"])
 
 

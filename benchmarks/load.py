@@ -57,21 +57,41 @@ def command(run_dir: Path, data: list[str], selector: bool) -> list[str]:
     script = Path(sys.executable).parent / "dataflex-run"
     head = [str(script)] if script.is_file() else [sys.executable, "-m", "dataflex.cli.run"]
     args = [
-        "model=tiny", *data, "data.validation=null", "data.max_samples=null", "data.cutoff_len=64",
-        "trainer.max_steps=4", "trainer.per_device_train_batch_size=8", "+trainer.save_strategy=no",
-        "eval.before=false", "eval.after=false", f"hydra.run.dir={run_dir}",
+        "model=tiny",
+        *data,
+        "data.validation=null",
+        "data.max_samples=null",
+        "data.cutoff_len=64",
+        "trainer.max_steps=4",
+        "trainer.per_device_train_batch_size=8",
+        "+trainer.save_strategy=no",
+        "eval.before=false",
+        "eval.after=false",
+        f"hydra.run.dir={run_dir}",
     ]
     if selector:  # one round at step 1 over the whole pool, keeping 1% of it
-        args += ["selector=loss", "selector.budget=0.01", "selector.warmup_steps=1", "selector.update_every=1",
-                 "selector.num_updates=1", f"selector.batch_size={SCORE_BATCH}"]
+        args += [
+            "selector=loss",
+            "selector.budget=0.01",
+            "selector.warmup_steps=1",
+            "selector.update_every=1",
+            "selector.num_updates=1",
+            f"selector.batch_size={SCORE_BATCH}",
+        ]
     return [*head, *args]
 
 
 def measure(cmd: list[str], run_dir: Path) -> dict:
     """Run ``cmd``; its peak RSS (this process alone, from ``wait4``), wall time and output."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_CACHE": str(run_dir / "hf_cache")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_CACHE": str(run_dir / "hf_cache"),
+    }
     log = run_dir / "output.log"
     start = time.time()
     with open(log, "w") as out:
@@ -83,8 +103,13 @@ def measure(cmd: list[str], run_dir: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}:\n{text[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_s": round(wall, 1),
-            "train_runtime_s": metrics["train"].get("train_runtime"), "pool_size": metrics["pool_size"], "output": text}
+    return {
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(wall, 1),
+        "train_runtime_s": metrics["train"].get("train_runtime"),
+        "pool_size": metrics["pool_size"],
+        "output": text,
+    }
 
 
 def run_size(size: int, workdir: Path, keep: bool = False) -> dict:
@@ -127,10 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         for name in ("plain", "selector"):
             m = r[name]
-            note = "" if name == "plain" else (
-                f"scored {r['scored']} of {r['pool_size']} samples, "
-                f"kept {r['selected']}; RSS x{r['rss_ratio']}, wall x{r['wall_ratio']} vs plain")
-            print(f"{r['pool_size']:>8} {name:>9} {m['peak_rss_mb']:>11} {m['wall_s']:>7} {m['train_runtime_s']:>8}  {note}", flush=True)
+            note = (
+                ""
+                if name == "plain"
+                else (
+                    f"scored {r['scored']} of {r['pool_size']} samples, "
+                    f"kept {r['selected']}; RSS x{r['rss_ratio']}, wall x{r['wall_ratio']} vs plain"
+                )
+            )
+            print(
+                f"{r['pool_size']:>8} {name:>9} {m['peak_rss_mb']:>11} {m['wall_s']:>7} {m['train_runtime_s']:>8}  {note}",
+                flush=True,
+            )
     if len(results) > 1:
         a, b = results[0], results[-1]
         growth = b["selector"]["peak_rss_mb"] / a["selector"]["peak_rss_mb"]

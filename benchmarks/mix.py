@@ -84,8 +84,16 @@ def small_model(out_dir: Path, tiny_dir: Path) -> Path:
         if f.is_file() and f.name not in ("model.safetensors", "config.json", "MANIFEST.json"):
             shutil.copy(f, path / f.name)
     config = AutoConfig.from_pretrained(tiny_dir)
-    config.update({"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6,
-                   "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 32})
+    config.update(
+        {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "head_dim": 32,
+        }
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     return path
@@ -107,8 +115,12 @@ def time_arm(arm: str, base: list[str], model_dir: Path, run_dir: Path, steps: i
     import dataflex.backend.llamafactory as backend
     from dataflex.run import Run
 
-    extra = {"none": [], "static": ["mixer=static"], "odm": ["mixer=odm"],
-             "doremi": ["mixer=doremi", f"mixer.reference_dir={model_dir}"]}[arm]
+    extra = {
+        "none": [],
+        "static": ["mixer=static"],
+        "odm": ["mixer=odm"],
+        "doremi": ["mixer=doremi", f"mixer.reference_dir={model_dir}"],
+    }[arm]
     cfg = compose([*base, f"trainer.max_steps={steps}", *extra])
     timer = StepTimer()
     original = backend.build_trainer
@@ -136,10 +148,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="per-device batch (packed blocks of --seq tokens)")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--max-samples", type=int, default=200, help="documents per domain")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's); 1 makes the CPU time a clean measure of work on a shared machine")
-    ap.add_argument("--no-gradient-checkpointing", action="store_true",
-                    help="turn off LLaMA-Factory's default gradient checkpointing (a step is then 1 forward + backward, not 2)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 makes the CPU time a clean measure of work on a shared machine",
+    )
+    ap.add_argument(
+        "--no-gradient-checkpointing",
+        action="store_true",
+        help="turn off LLaMA-Factory's default gradient checkpointing (a step is then 1 forward + backward, not 2)",
+    )
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 timed steps, 1 round")
     ap.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     args = ap.parse_args()
@@ -157,12 +176,22 @@ def main() -> None:
     model_dir = asset_path("tiny") if args.model == "tiny" else small_model(out, asset_path("tiny"))
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
+    params = sum(
+        p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters()
+    )
     base = [
-        "model=tiny", f"model.name_or_path={model_dir}", "data=offline_domains", "trainer=pt_full",
-        f"data.max_samples={args.max_samples}", f"data.cutoff_len={args.seq}",
-        f"trainer.per_device_train_batch_size={args.batch}", "trainer.save_steps=1000000",
-        "trainer.warmup_steps=0", "+trainer.disable_tqdm=true", "eval.before=false", "eval.after=false",
+        "model=tiny",
+        f"model.name_or_path={model_dir}",
+        "data=offline_domains",
+        "trainer=pt_full",
+        f"data.max_samples={args.max_samples}",
+        f"data.cutoff_len={args.seq}",
+        f"trainer.per_device_train_batch_size={args.batch}",
+        "trainer.save_steps=1000000",
+        "trainer.warmup_steps=0",
+        "+trainer.disable_tqdm=true",
+        "eval.before=false",
+        "eval.after=false",
         "logger=jsonl",
     ]
     if args.no_gradient_checkpointing:
@@ -171,35 +200,51 @@ def main() -> None:
     wall: dict[str, list[float]] = {arm: [] for arm in args.arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in args.arms}
     for r in range(args.rounds):
-        order = args.arms[r % len(args.arms):] + args.arms[: r % len(args.arms)]
+        order = args.arms[r % len(args.arms) :] + args.arms[: r % len(args.arms)]
         for arm in order:
-            t = time_arm(arm, base, model_dir, out / f"{arm}-{r}", steps)[args.warmup:]
+            t = time_arm(arm, base, model_dir, out / f"{arm}-{r}", steps)[args.warmup :]
             wall[arm] += [w for w, _ in t]
             cpu[arm] += [c for _, c in t]
-            print(f"[bench-mix] round {r + 1}/{args.rounds} {arm:>6}: median {statistics.median(w for w, _ in t) * 1e3:7.1f} ms/step "
-                  f"(CPU {statistics.median(c for _, c in t) * 1e3:7.1f} ms)", flush=True)
+            print(
+                f"[bench-mix] round {r + 1}/{args.rounds} {arm:>6}: median {statistics.median(w for w, _ in t) * 1e3:7.1f} ms/step "
+                f"(CPU {statistics.median(c for _, c in t) * 1e3:7.1f} ms)",
+                flush=True,
+            )
     if not args.out:
         shutil.rmtree(out, ignore_errors=True)
 
     print()
-    print(f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
-    print(f"model {args.model} ({params:,} parameters), batch {args.batch} x {args.seq} tokens, "
-          f"{args.rounds} rounds x {args.steps} timed steps per arm (first {args.warmup} of each run dropped), "
-          f"gradient checkpointing {'off' if args.no_gradient_checkpointing else 'on (the default)'}")
+    print(
+        f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"model {args.model} ({params:,} parameters), batch {args.batch} x {args.seq} tokens, "
+        f"{args.rounds} rounds x {args.steps} timed steps per arm (first {args.warmup} of each run dropped), "
+        f"gradient checkpointing {'off' if args.no_gradient_checkpointing else 'on (the default)'}"
+    )
     print()
-    print(f"{'mixer':>8} | {'wall ms':>8} {'p10':>7} {'p90':>7} {'ratio':>7} | {'CPU ms':>8} {'p10':>7} {'p90':>7} {'ratio':>7}")
+    print(
+        f"{'mixer':>8} | {'wall ms':>8} {'p10':>7} {'p90':>7} {'ratio':>7} | {'CPU ms':>8} {'p10':>7} {'p90':>7} {'ratio':>7}"
+    )
     print("-" * 80)
     for arm in args.arms:
         row = f"{arm:>8} |"
         for times in (wall, cpu):
             t = sorted(times[arm])
-            q = lambda f: t[min(len(t) - 1, int(f * len(t)))]  # noqa: B023
+
+            def q(f):
+                return t[min(len(t) - 1, int(f * len(t)))]  # noqa: B023
+
             median = statistics.median(t)
-            row += (f" {median * 1e3:8.1f} {q(0.1) * 1e3:7.1f} {q(0.9) * 1e3:7.1f} "
-                    f"{median / statistics.median(times['none']):6.3f}x |")
+            row += (
+                f" {median * 1e3:8.1f} {q(0.1) * 1e3:7.1f} {q(0.9) * 1e3:7.1f} "
+                f"{median / statistics.median(times['none']):6.3f}x |"
+            )
         print(row.rstrip(" |"))
-    print("(medians over the timed steps; ratio = the arm's median over none's median; CPU = this process, all threads)")
+    print(
+        "(medians over the timed steps; ratio = the arm's median over none's median; CPU = this process, all threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -57,18 +57,24 @@ from dataflex.signals.knn import EXACT_MAX, KnnIndex
 DIM = 384
 
 
-def synthetic(n: int, centers: torch.Tensor, which: torch.Tensor | None, g: torch.Generator, noise: float = 0.8) -> torch.Tensor:
+def synthetic(
+    n: int, centers: torch.Tensor, which: torch.Tensor | None, g: torch.Generator, noise: float = 0.8
+) -> torch.Tensor:
     """``n`` unit vectors around ``centers`` (those listed in ``which``, or all), built in chunks."""
     out = torch.empty(n, centers.shape[1])
     pool = torch.arange(len(centers)) if which is None else which
     for s in range(0, n, 65536):
         m = min(65536, n - s)
         c = pool[torch.randint(len(pool), (m,), generator=g)]
-        out[s : s + m] = F.normalize(centers[c] + noise * torch.randn(m, centers.shape[1], generator=g) / centers.shape[1] ** 0.5, dim=1)
+        out[s : s + m] = F.normalize(
+            centers[c] + noise * torch.randn(m, centers.shape[1], generator=g) / centers.shape[1] ** 0.5, dim=1
+        )
     return out
 
 
-def brute_topk(queries: torch.Tensor, pool: torch.Tensor, k: int, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+def brute_topk(
+    queries: torch.Tensor, pool: torch.Tensor, k: int, chunk: int = 16384
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k cosine (unit rows) by chunked matmul, merging running top-k lists."""
     best_s = torch.full((len(queries), 0), -math.inf)
     best_i = torch.zeros((len(queries), 0), dtype=torch.long)
@@ -151,7 +157,8 @@ def kind(index: KnnIndex) -> str:
 
 def growth(sizes: list[int], times: list[float]) -> str:
     return "  ".join(
-        f"{a // 1000}k->{b // 1000}k: N^{math.log(tb / ta) / math.log(b / a):.2f}" for a, b, ta, tb in zip(sizes, sizes[1:], times, times[1:])
+        f"{a // 1000}k->{b // 1000}k: N^{math.log(tb / ta) / math.log(b / a):.2f}"
+        for a, b, ta, tb in zip(sizes, sizes[1:], times, times[1:])
     )
 
 
@@ -163,15 +170,23 @@ def main() -> None:
     ap.add_argument("--query-clusters", type=int, default=50)
     ap.add_argument("--budget", type=float, default=0.1, help="k as a fraction of the pool")
     ap.add_argument("--near-exact-max", type=int, default=EXACT_MAX, help="NEAR's exact_max (its selector default)")
-    ap.add_argument("--tsds-exact-max", type=int, default=TSDS_EXACT_MAX, help="TSDS's exact_max (its selector default)")
+    ap.add_argument(
+        "--tsds-exact-max", type=int, default=TSDS_EXACT_MAX, help="TSDS's exact_max (its selector default)"
+    )
     ap.add_argument("--nlist-factor", type=float, default=None, help="IVF cells per sqrt(N) (default: KnnIndex's)")
     ap.add_argument("--nprobe", type=int, default=None, help="IVF cells scanned per query (default: KnnIndex's)")
-    ap.add_argument("--baseline-full-max", type=int, default=20_000, help="largest N whose exact TSDS baseline runs in full")
-    ap.add_argument("--kde-sample", type=int, default=4000, help="reached candidates the exact KDE is timed on above it")
+    ap.add_argument(
+        "--baseline-full-max", type=int, default=20_000, help="largest N whose exact TSDS baseline runs in full"
+    )
+    ap.add_argument(
+        "--kde-sample", type=int, default=4000, help="reached candidates the exact KDE is timed on above it"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     g = torch.Generator().manual_seed(args.seed)
     centers = F.normalize(torch.randn(args.clusters, DIM, generator=g), dim=1)
@@ -249,8 +264,12 @@ def main() -> None:
         f"{'index':>9} {'p+draw':>6} {'TSDS':>6} {'(cpu)':>7} {'exact':>7} {'(cpu)':>8} {'ratio':>6} {'(cpu)':>7}"
     )
     print()
-    print(f"queries {args.queries}, budget {args.budget:g} of the pool, dim {DIM}, exact_max NEAR {args.near_exact_max:,} TSDS {args.tsds_exact_max:,}")
-    print("times in seconds: wall (this process's CPU seconds, all threads); ratio = baseline / project, of wall (of CPU);")
+    print(
+        f"queries {args.queries}, budget {args.budget:g} of the pool, dim {DIM}, exact_max NEAR {args.near_exact_max:,} TSDS {args.tsds_exact_max:,}"
+    )
+    print(
+        "times in seconds: wall (this process's CPU seconds, all threads); ratio = baseline / project, of wall (of CPU);"
+    )
     print("~ = the exact KDE timed on a sample of the candidates and scaled to all of them")
     print(header)
     print("-" * len(header))

@@ -111,15 +111,11 @@ def load(name: str, mode: str):
 
     from dataflex.data.assets import asset_path
 
-    model = AutoModelForCausalLM.from_pretrained(
-        asset_path(name), dtype=torch.float32
-    ).eval()
+    model = AutoModelForCausalLM.from_pretrained(asset_path(name), dtype=torch.float32).eval()
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(
-            model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
-        )
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
         torch.manual_seed(0)
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -142,45 +138,28 @@ def bench(name: str, mode: str, args) -> dict:
         model(**model_inputs(subset(batch, 2)))
     row["train_step_s"], _ = timed(lambda: train_step(model, batch), args.repeat)
     with PeakRSS() as mem:
-        row["engine_s"], feats = timed(
-            lambda: project_per_sample_gradients(model, batch, proj), args.repeat
-        )
+        row["engine_s"], feats = timed(lambda: project_per_sample_gradients(model, batch, proj), args.repeat)
     row["engine_peak_mb"] = mem.peak / 2**20
-    loop_n = (
-        args.batch
-        if (mode == "lora" or name == "tiny")
-        else min(args.loop_n, args.batch)
-    )
+    loop_n = args.batch if (mode == "lora" or name == "tiny") else min(args.loop_n, args.batch)
     row["loop_n"] = loop_n
-    t_loop, feats_loop = timed(
-        lambda: project_per_sample_gradients_loop(model, subset(batch, loop_n), proj)
-    )
+    t_loop, feats_loop = timed(lambda: project_per_sample_gradients_loop(model, subset(batch, loop_n), proj))
     row["loop_s"] = t_loop * args.batch / loop_n
     row["max_abs_diff"] = (feats[:loop_n] - feats_loop).abs().max().item()
     row["feat_scale"] = feats.abs().max().item()
-    if (
-        mode == "lora" or name == "tiny"
-    ):  # the unprojected dict holds B x all trainable params
-        row["grads_engine_s"], _ = timed(
-            lambda: per_sample_gradients(model, batch), args.repeat
-        )
+    if mode == "lora" or name == "tiny":  # the unprojected dict holds B x all trainable params
+        row["grads_engine_s"], _ = timed(lambda: per_sample_gradients(model, batch), args.repeat)
         row["grads_loop_s"], _ = timed(lambda: per_sample_gradients_loop(model, batch))
     # model + Adam footprint: params, grads, exp_avg, exp_avg_sq (fp32)
     row["model_opt_mb"] = (
         sum(p.numel() * p.element_size() for p in model.parameters())
-        + 3
-        * sum(
-            p.numel() * p.element_size() for p in trainable_parameters(model).values()
-        )
+        + 3 * sum(p.numel() * p.element_size() for p in trainable_parameters(model).values())
     ) / 2**20
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="tiny only, batch 4, 64 tokens"
-    )
+    ap.add_argument("--quick", action="store_true", help="tiny only, batch 4, 64 tokens")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--modes", nargs="*", default=["lora", "full"])
     ap.add_argument("--batch", type=int, default=16)
@@ -205,12 +184,8 @@ def main() -> None:
         args.models = args.models or ["tiny"]
     models = args.models or ["tiny", "smollm2_135m"]
     torch.manual_seed(0)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.machine()}"
-    )
-    print(
-        f"batch {args.batch}, seq {args.seq}; times in seconds (best of {args.repeat})\n"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.machine()}")
+    print(f"batch {args.batch}, seq {args.seq}; times in seconds (best of {args.repeat})\n")
     hdr = (
         f"{'model':<13}{'mode':<5}{'params':>11}{'dim':>6} | {'engine':>8}{'loop':>9}{'speedup':>8} | "
         f"{'grads':>7}{'g-loop':>8}{'speedup':>8} | {'train':>7}{'eng/trn':>8} | {'peakMB':>8}{'mdl+opt':>8}{'ratio':>6} | maxdiff"
@@ -221,16 +196,8 @@ def main() -> None:
         for mode in args.modes:
             r = bench(name, mode, args)
             ge, gl = r.get("grads_engine_s"), r.get("grads_loop_s")
-            g = (
-                f"{ge:7.2f}{gl:8.2f}{gl / ge:7.1f}x"
-                if ge
-                else f"{'-':>7}{'-':>8}{'-':>8}"
-            )
-            loop_note = (
-                ""
-                if r["loop_n"] == args.batch
-                else f" (loop timed on {r['loop_n']}, scaled)"
-            )
+            g = f"{ge:7.2f}{gl:8.2f}{gl / ge:7.1f}x" if ge else f"{'-':>7}{'-':>8}{'-':>8}"
+            loop_note = "" if r["loop_n"] == args.batch else f" (loop timed on {r['loop_n']}, scaled)"
             print(
                 f"{r['model']:<13}{r['mode']:<5}{r['trainable']:>11,}{r['dim']:>6} | {r['engine_s']:8.2f}{r['loop_s']:9.2f}"
                 f"{r['loop_s'] / r['engine_s']:7.1f}x | {g} | {r['train_step_s']:7.2f}{r['engine_s'] / r['train_step_s']:7.2f}x | "

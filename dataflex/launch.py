@@ -28,16 +28,25 @@ log = get_logger(__name__)
 
 def needs_torchrun(cfg: Any) -> bool:
     """Several processes or nodes, or DeepSpeed (LLaMA-Factory only runs DeepSpeed distributed)."""
-    return (int(cfg.get("nproc", 1) or 1) > 1 or int(cfg.get("nnodes", 1) or 1) > 1
-            or bool((cfg.get("trainer") or {}).get("deepspeed")))
+    return (
+        int(cfg.get("nproc", 1) or 1) > 1
+        or int(cfg.get("nnodes", 1) or 1) > 1
+        or bool((cfg.get("trainer") or {}).get("deepspeed"))
+    )
 
 
 def torchrun_command(cfg: Any, run_dir: Path, run_name: str) -> list[str]:
     """The torchrun command line that starts this node's workers (``--standalone`` on one node, a
     c10d rendezvous across ``nnodes``: :func:`dataflex.nodes.rendezvous_args`)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg, run_dir),
-        "-m", "dataflex.cli.worker", str(run_dir), run_name,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous_args(cfg, run_dir),
+        "-m",
+        "dataflex.cli.worker",
+        str(run_dir),
+        run_name,
     ]
 
 

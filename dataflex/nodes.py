@@ -40,22 +40,50 @@ def rendezvous_args(cfg: Any, run_dir: Path) -> list[str]:
     master, port = cfg.get("master_addr"), int(cfg.get("master_port") or 29500)
     node_rank = int(cfg.get("node_rank") or 0)
     if not master:
-        raise ConfigError(f"nnodes={nnodes} needs master_addr=<address of the node with node_rank=0>, the same on "
-                          "every node (and the same hydra.run.dir on a shared file system)")
+        raise ConfigError(
+            f"nnodes={nnodes} needs master_addr=<address of the node with node_rank=0>, the same on "
+            "every node (and the same hydra.run.dir on a shared file system)"
+        )
     if not 0 <= node_rank < nnodes:
         raise ConfigError(f"node_rank must lie in [0, {nnodes}), got {node_rank}")
     try:
         socket.getaddrinfo(master, port)
     except OSError:
-        raise ConfigError(f"master_addr={master} does not resolve to an address; give the host name or IP of the node "
-                          "with node_rank=0") from None
+        raise ConfigError(
+            f"master_addr={master} does not resolve to an address; give the host name or IP of the node "
+            "with node_rank=0"
+        ) from None
     timeout = float(cfg.get("rdzv_timeout") or 300)
     if node_rank > 0 and not _wait_for(master, port, timeout):
-        raise ConfigError(f"cannot reach the master {master}:{port} within {timeout:.0f} s; start node_rank=0 first, "
-                          "check master_addr/master_port and that the port is open between the nodes")
+        raise ConfigError(
+            f"cannot reach the master {master}:{port} within {timeout:.0f} s; start node_rank=0 first, "
+            "check master_addr/master_port and that the port is open between the nodes"
+        )
     rdzv_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
-    return [f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={master}:{port}", f"--rdzv-id={rdzv_id}", f"--rdzv-conf=join_timeout={int(timeout)}"]
+    return [
+        f"--nnodes={nnodes}",
+        f"--nproc_per_node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={master}:{port}",
+        f"--rdzv-id={rdzv_id}",
+        f"--rdzv-conf=join_timeout={int(timeout)}",
+    ]
+
+
+def _scontrol(*args: str) -> str:
+    """``scontrol ARGS``'s output, or "" where scontrol is missing or fails."""
+    try:
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def node_address(node: str) -> str:
+    """The address the other tasks reach SLURM node ``node`` at: its NodeAddr (``scontrol show node``),
+    which a cluster sets where node names are not host names; the name itself otherwise."""
+    fields = dict(f.split("=", 1) for f in _scontrol("show", "node", "-o", node).split() if "=" in f)
+    address = fields.get("NodeAddr")
+    return address if address and address != "(null)" else node
 
 
 def first_host(nodelist: str) -> str:
@@ -78,7 +106,7 @@ def slurm_rank_env(cfg: Any, environ: dict[str, str]) -> dict[str, str] | None:
     """The torch.distributed environment of one task of a multi-task SLURM job (``hydra.launcher.nodes=N
     hydra.launcher.tasks_per_node=G``: srun starts every rank, no torchrun), or None outside one.
 
-    The master is the first host of ``SLURM_JOB_NODELIST``; ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` come
+    The master is the first host of ``SLURM_JOB_NODELIST`` (at its NodeAddr); ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` come
     from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``. Each task is one process, so ``nproc`` must
     equal the tasks per node."""
     ntasks = int(environ.get("SLURM_NTASKS", "1") or 1)
@@ -88,16 +116,20 @@ def slurm_rank_env(cfg: Any, environ: dict[str, str]) -> dict[str, str] | None:
     per_node = ntasks // nnodes
     nproc = int(cfg.get("nproc", 1))
     if nproc != per_node:
-        raise ConfigError(f"the SLURM job runs {per_node} task(s) per node (hydra.launcher.tasks_per_node) but "
-                          f"nproc={nproc}; each task is one process: set nproc={per_node}")
+        raise ConfigError(
+            f"the SLURM job runs {per_node} task(s) per node (hydra.launcher.tasks_per_node) but "
+            f"nproc={nproc}; each task is one process: set nproc={per_node}"
+        )
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or "localhost"
-    try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        hosts = []
-    master = hosts[0] if hosts else first_host(nodelist)
+    hosts = _scontrol("show", "hostnames", nodelist).split()
+    master = node_address(hosts[0] if hosts else first_host(nodelist))
     port = int(cfg.get("master_port") or 29500) + int(environ.get("SLURM_JOB_ID", "0") or 0) % 1000
-    return {"MASTER_ADDR": master, "MASTER_PORT": str(port), "RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
-            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(per_node),
-            "GROUP_RANK": environ.get("SLURM_NODEID", "0")}
+    return {
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(port),
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(per_node),
+        "GROUP_RANK": environ.get("SLURM_NODEID", "0"),
+    }

@@ -79,8 +79,12 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
 def check_data_and_eval(data: Mapping[str, Any], eval_cfg: Mapping[str, Any]) -> None:
     max_samples = data.get("max_samples")
     if max_samples is not None:
-        _need(_is_int(max_samples) and max_samples >= 1, "data.max_samples", "an integer >= 1 or null (all rows)",
-              max_samples)
+        _need(
+            _is_int(max_samples) and max_samples >= 1,
+            "data.max_samples",
+            "an integer >= 1 or null (all rows)",
+            max_samples,
+        )
     for key in ("batch_size", "max_samples", "max_new_tokens", "block_size"):
         if eval_cfg.get(key) is not None:
             _need(_is_int(eval_cfg[key]) and eval_cfg[key] >= 1, f"eval.{key}", "an integer >= 1", eval_cfg[key])
@@ -158,17 +162,21 @@ def preflight(cfg: Mapping[str, Any], check_inputs: bool = True) -> dict[str, An
     """Every check above, in the order a user fixes them, with the components built (their keys
     and types checked) before their schedules; raises the first :class:`ConfigError`.
 
-    ``check_inputs=False`` skips the components' :meth:`check_before_start` (the files an earlier
-    step writes: a dry run of a chained study checks its later phases before those files exist).
+    ``check_inputs=False`` skips the components' :meth:`check_before_start` and the tokenized pool's
+    check (the files an earlier step writes: a dry run of a chained study checks its later phases
+    before those files exist).
 
     Returns:
         ``{"selector" | "mixer" | "weighter": component or None}``.
     """
+    from dataflex.backend.pools import check_tokenized_pool
     from dataflex.train.build import build_component
 
     check_run_keys(cfg)
     check_trainer(cfg.get("trainer") or {})
     check_data_and_eval(cfg.get("data") or {}, cfg.get("eval") or {})
+    if check_inputs:
+        check_tokenized_pool(cfg.get("data") or {})  # the saved pool and its domain column, before a model loads
     components = {kind: build_component(kind, cfg.get(kind)) for kind in ("selector", "mixer", "weighter")}
     check_schedules(cfg)
     check_validation(cfg, components["selector"])

@@ -67,8 +67,11 @@ class Run:
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.components = preflight(self.cfg)
-        owners = [f"{kind}={self.cfg[kind].get('name', kind)}" for kind, c in self.components.items()
-                  if c is not None and c.owns_loss]
+        owners = [
+            f"{kind}={self.cfg[kind].get('name', kind)}"
+            for kind, c in self.components.items()
+            if c is not None and c.owns_loss
+        ]
         if len(owners) > 1:
             raise ConfigError(f"{' and '.join(owners)} both replace the training loss; a run can use only one of them")
         self.nonfinite_loss = nonfinite_policy(self.cfg.get("nonfinite_loss"), self.cfg.get("trainer"))
@@ -97,8 +100,10 @@ class Run:
             diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             if diff and not self._holds_results():
                 # an attempt that failed before its first checkpoint does not claim the directory
-                log.info("%s holds a failed start with other settings and no checkpoint; starting this run there",
-                         self.run_dir)
+                log.info(
+                    "%s holds a failed start with other settings and no checkpoint; starting this run there",
+                    self.run_dir,
+                )
                 if is_main_process():
                     for stale in ("eval_before.json", "metrics.jsonl"):
                         (self.run_dir / stale).unlink(missing_ok=True)
@@ -160,8 +165,11 @@ class Run:
             return None
         if f"checkpoint-{metrics.get('global_step')}" != Path(resume_from).name:
             return None
-        log.info("run already finished: %s (its numbers are kept; delete that file to evaluate again, or use a "
-                 "new directory to train again)", path)
+        log.info(
+            "run already finished: %s (its numbers are kept; delete that file to evaluate again, or use a "
+            "new directory to train again)",
+            path,
+        )
         return metrics
 
     # -- the run ---------------------------------------------------------------------------------
@@ -172,8 +180,10 @@ class Run:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file of that name, a read-only parent
-            raise ConfigError(f"cannot create the run directory {self.run_dir} ({e.strerror}); use a writable "
-                              "directory (hydra.run.dir=... or output_dir=...)") from None
+            raise ConfigError(
+                f"cannot create the run directory {self.run_dir} ({e.strerror}); use a writable "
+                "directory (hydra.run.dir=... or output_dir=...)"
+            ) from None
         with run_dir_lock(self.run_dir) if is_main_process() else contextlib.nullcontext():
             return self._fit_locked(ensure)
 
@@ -183,7 +193,11 @@ class Run:
         finished = self._finished(resume_from)
         if finished is not None:
             return finished
-        tracker = build_tracker(self.cfg.get("logger"), self.run_dir, self.run_name, self.cfg) if is_main_process() else Tracker()
+        tracker = (
+            build_tracker(self.cfg.get("logger"), self.run_dir, self.run_name, self.cfg)
+            if is_main_process()
+            else Tracker()
+        )
         try:
             return self._fit(tracker, resume_from)
         finally:
@@ -199,10 +213,18 @@ class Run:
         from dataflex.train.callback import DataFlexCallback
 
         start = time.time()
-        chosen = ", ".join(f"{kind}={(self.cfg.get(kind) or {}).get('name')}" for kind, c in self.components.items() if c)
-        log.info("run %s: model=%s data=%s trainer=%s steps %s%s", self.run_name, self.cfg["model"].get("name"),
-                 self.cfg["data"].get("name"), self.cfg["trainer"].get("stage"), self.cfg["trainer"].get("max_steps"),
-                 f", {chosen}" if chosen else "")
+        chosen = ", ".join(
+            f"{kind}={(self.cfg.get(kind) or {}).get('name')}" for kind, c in self.components.items() if c
+        )
+        log.info(
+            "run %s: model=%s data=%s trainer=%s steps %s%s",
+            self.run_name,
+            self.cfg["model"].get("name"),
+            self.cfg["data"].get("name"),
+            self.cfg["trainer"].get("stage"),
+            self.cfg["trainer"].get("max_steps"),
+            f", {chosen}" if chosen else "",
+        )
         if resume_from:
             log.info("resuming from %s", resume_from)
         # the target/validation set is only tokenised for the selectors that read it, and for its eval loss
@@ -279,8 +301,10 @@ class Run:
     def _print_summary(self, before: dict, after: dict, metrics: dict) -> None:
         from dataflex.eval import format_table
 
-        lines = [f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
-                 f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})"]
+        lines = [
+            f"dataflex run '{self.run_name}' finished in {metrics['wall_time_s']:.0f}s "
+            f"({metrics['global_step']} steps, final train loss {metrics['final_train_loss']})"
+        ]
         if before or after:
             lines.append(format_table(before, after))
         lines.append(f"outputs: {self.run_dir}")
@@ -291,8 +315,18 @@ class Run:
 
 LOCK_FILE = ".dataflex.lock"
 # what a run leaves in its directory besides CONFIG_FILE (removed by trainer.overwrite_output_dir: true)
-PREVIOUS_RUN = ("checkpoints", "model", "metrics.json", "metrics.jsonl", "eval_before.json", "eval_after.json",
-                "selections", "proportions.png", "doremi_weights.json", "data")
+PREVIOUS_RUN = (
+    "checkpoints",
+    "model",
+    "metrics.json",
+    "metrics.jsonl",
+    "eval_before.json",
+    "eval_after.json",
+    "selections",
+    "proportions.png",
+    "doremi_weights.json",
+    "data",
+)
 
 
 @contextlib.contextmanager
@@ -307,16 +341,20 @@ def run_dir_lock(run_dir: Path):
     try:
         handle = path.open("a+")
     except OSError as e:
-        raise ConfigError(f"cannot write in the run directory {run_dir} ({e.strerror}); use a writable directory "
-                          "(hydra.run.dir=... or output_dir=...)") from None
+        raise ConfigError(
+            f"cannot write in the run directory {run_dir} ({e.strerror}); use a writable directory "
+            "(hydra.run.dir=... or output_dir=...)"
+        ) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise ConfigError(f"run directory {run_dir} is in use by a run still going ({holder}); wait for it to "
-                              "finish or use a new directory (hydra.run.dir=...)") from None
+            raise ConfigError(
+                f"run directory {run_dir} is in use by a run still going ({holder}); wait for it to "
+                "finish or use a new directory (hydra.run.dir=...)"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")

@@ -180,8 +180,10 @@ def build_tracker(logger_cfg: dict | None, run_dir: Path, run_name: str, config:
         raise ConfigError(f"logger: _target_ '{target_path}' is not a dataflex.tracking.Tracker")
     expected = target.kind if target is not None else "none"
     if kind is not None and kind != expected:
-        raise ConfigError(f"logger.kind is {kind!r} but the logger's _target_ is a {expected} tracker; "
-                          f"choose the logger with logger={kind}")
+        raise ConfigError(
+            f"logger.kind is {kind!r} but the logger's _target_ is a {expected} tracker; "
+            f"choose the logger with logger={kind}"
+        )
     if target is None or target is JSONLTracker:
         return MultiTracker(trackers)
     params = inspect.signature(target).parameters

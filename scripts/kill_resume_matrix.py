@@ -83,15 +83,22 @@ CASES: dict[str, Case] = {
     "selector=loss": Case(LOSS, ["selector/loss.yaml"]),
     "mixer=odm": Case([*PT, *ODM], ["mixer/odm.yaml"]),
     "selector=less": Case(
-        ["selector=less", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=4",
-         "selector.proj_dim=512", "selector.validation_per_subtask=16"],
+        [
+            "selector=less",
+            "selector.budget=16",
+            "selector.warmup_steps=2",
+            "selector.update_every=4",
+            "selector.proj_dim=512",
+            "selector.validation_per_subtask=16",
+        ],
         ["selector/less.yaml"],
     ),
     # DoReMi step 2: the proxy beside a frozen reference (here the untrained tiny model itself)
     "mixer=doremi (step 2)": Case([*PT, "mixer=doremi", "mixer.reference_dir={tiny}"], ["mixer/doremi.yaml"]),
     "weighter=loss": Case(WEIGHTER, ["weighter/loss.yaml"]),
-    "selector+mixer+weighter": Case([*PT, *LOSS, *ODM, *WEIGHTER],
-                                    ["selector/loss.yaml", "mixer/odm.yaml", "weighter/loss.yaml"]),
+    "selector+mixer+weighter": Case(
+        [*PT, *LOSS, *ODM, *WEIGHTER], ["selector/loss.yaml", "mixer/odm.yaml", "weighter/loss.yaml"]
+    ),
 }
 
 
@@ -115,8 +122,13 @@ def command(name: str, run_dir: Path) -> list[str]:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
-               DS_ACCELERATOR=env.get("DS_ACCELERATOR", "cpu"))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="offline",
+        TOKENIZERS_PARALLELISM="false",
+        DS_ACCELERATOR=env.get("DS_ACCELERATOR", "cpu"),
+    )
     env.setdefault("OMP_NUM_THREADS", "1")  # the same thread count (and reduction order) for every run
     env.pop("HYDRA_FULL_ERROR", None)
     return env
@@ -192,7 +204,9 @@ def run_and_kill(cmd: list[str], run_dir: Path, kill_step: int, delay: float, lo
             time.sleep(0.01)
         code = proc.wait()
     if code != -signal.SIGKILL:
-        raise RuntimeError(f"the run ended with {code} before it was killed at step {kill_step}:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"the run ended with {code} before it was killed at step {kill_step}:\n{log.read_text()[-3000:]}"
+        )
     return {"logged_step_at_kill": last_step(run_dir), "checkpoints_at_kill": complete_checkpoints(run_dir)}
 
 
@@ -237,7 +251,10 @@ def compare(straight: Path, resumed: Path) -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {}
-    rounds = lambda d: {p.name: json.loads(p.read_text()) for p in sorted((d / "selections").glob("round_*.json"))}
+
+    def rounds(d):
+        return {p.name: json.loads(p.read_text()) for p in sorted((d / "selections").glob("round_*.json"))}
+
     ra, rb = rounds(straight), rounds(resumed)
     out["selection_rounds"] = len(ra)
     out["selections_equal"] = ra == rb
@@ -253,10 +270,13 @@ def compare(straight: Path, resumed: Path) -> dict[str, Any]:
     out["global_step"] = (ma["global_step"], mb["global_step"])
     weights = [d / "doremi_weights.json" for d in (straight, resumed)]
     if weights[0].is_file() or weights[1].is_file():
-        out["doremi_weights_max_diff"] = (_max_diff(*(json.loads(w.read_text()) for w in weights))
-                                          if all(w.is_file() for w in weights) else math.inf)
+        out["doremi_weights_max_diff"] = (
+            _max_diff(*(json.loads(w.read_text()) for w in weights)) if all(w.is_file() for w in weights) else math.inf
+        )
     final = f"checkpoint-{MAX_STEPS}"
-    sa, sb = (torch.load(d / "checkpoints" / final / "dataflex_state.pt", weights_only=False) for d in (straight, resumed))
+    sa, sb = (
+        torch.load(d / "checkpoints" / final / "dataflex_state.pt", weights_only=False) for d in (straight, resumed)
+    )
     out["dataflex_state_max_diff"] = _max_diff(sa, sb)
     out["model_max_diff"] = _max_diff(_model_tensors(straight), _model_tensors(resumed))
     return out
@@ -268,8 +288,14 @@ def problems(result: dict[str, Any]) -> list[str]:
     c = result["compare"]
     if not c["selections_equal"]:
         bad.append("selections differ")
-    for key in ("proportions_max_diff", "losses_max_diff", "final_loss_diff", "doremi_weights_max_diff",
-                "dataflex_state_max_diff", "model_max_diff"):
+    for key in (
+        "proportions_max_diff",
+        "losses_max_diff",
+        "final_loss_diff",
+        "doremi_weights_max_diff",
+        "dataflex_state_max_diff",
+        "model_max_diff",
+    ):
         if key in c and not c[key] <= TOLERANCE:
             bad.append(f"{key} = {c[key]} > {TOLERANCE}")
     if c["global_step"] != (MAX_STEPS, MAX_STEPS):
@@ -317,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every started run is killed on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    wanted = [n for n in CASES if not args.cases or any(n.startswith(c) or n.split("=")[-1].startswith(c) for c in args.cases)]
+    wanted = [
+        n for n in CASES if not args.cases or any(n.startswith(c) or n.split("=")[-1].startswith(c) for c in args.cases)
+    ]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kill_resume_"))
     results, failed = [], 0
     print(f"{'case':26} {'killed at':>9} {'resumed from':>12} {'rounds':>6} {'props':>5} {'max |diff|':>10}  verdict")
@@ -340,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = max(v for k, v in c.items() if k.endswith("diff"))
         verdict = "same" if not r["problems"] else "; ".join(r["problems"])
         failed += bool(r["problems"])
-        print(f"{name:26} {'step ' + str(r['logged_step_at_kill']):>9} {str(r['resumed_from']):>12} "
-              f"{c['selection_rounds']:>6} {c['proportion_records']:>5} {diff:>10.2g}  {verdict}")
+        print(
+            f"{name:26} {'step ' + str(r['logged_step_at_kill']):>9} {str(r['resumed_from']):>12} "
+            f"{c['selection_rounds']:>6} {c['proportion_records']:>5} {diff:>10.2g}  {verdict}"
+        )
         results.append(r)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -89,8 +89,11 @@ STUDIES = {
     ),
     "selection": Study(
         name="selection",
-        phases=(Phase("selection", ("static", "random", "loss", "delta_loss", "less", "nice", "near", "tsds",
-                                    "loss_weighter")),),
+        phases=(
+            Phase(
+                "selection", ("static", "random", "loss", "delta_loss", "less", "nice", "near", "tsds", "loss_weighter")
+            ),
+        ),
         seeds="1,2,3",
         primary="mcq/definitions/accuracy",
         metrics=("mcq/definitions/accuracy", "em/arithmetic", "em/facts"),
@@ -139,7 +142,9 @@ def split_args(argv: list[str], study: Study) -> tuple[list[str] | None, list[st
         else:
             rest.append(item)
     if any(o.split("=", 1)[0].lstrip("+~") == "experiment" for o in rest):
-        raise engine.SweepError("the study chooses the experiments itself; pick arms with --arms A,B instead of experiment=...")
+        raise engine.SweepError(
+            "the study chooses the experiments itself; pick arms with --arms A,B instead of experiment=..."
+        )
     return arms, rest
 
 
@@ -173,8 +178,15 @@ def plan(study: Study, argv: list[str], script: str | None = None) -> list[Phase
         chosen = [a for a in phase.arms if arms is None or a in arms]
         if not chosen:
             continue
-        sweep = PhaseSweep(f"paper_small_{study.name}", "experiment", [study.experiment(a) for a in chosen], [],
-                           study.seeds, user, script or f"paper_small_{study.name}.sh")
+        sweep = PhaseSweep(
+            f"paper_small_{study.name}",
+            "experiment",
+            [study.experiment(a) for a in chosen],
+            [],
+            study.seeds,
+            user,
+            script or f"paper_small_{study.name}.sh",
+        )
         sweep.phase, sweep.study_argv = phase.name, list(argv)
         sweeps.append(sweep)
     return sweeps
@@ -182,8 +194,16 @@ def plan(study: Study, argv: list[str], script: str | None = None) -> list[Phase
 
 def report(study: Study, root: Path) -> int:
     """``dataflex-report`` over the study directory: report.md and the plots, in the study directory."""
-    command = [sys.executable, "-m", "dataflex.cli.report", str(root), "--metric", study.primary,
-               "--metrics", ",".join(study.metrics)]
+    command = [
+        sys.executable,
+        "-m",
+        "dataflex.cli.report",
+        str(root),
+        "--metric",
+        study.primary,
+        "--metrics",
+        ",".join(study.metrics),
+    ]
     print(f"[paper_small] {' '.join(command[2:])}", flush=True)
     return subprocess.call(command)
 
@@ -201,7 +221,7 @@ def _manifests(root: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         for launch in [*manifest.get("earlier_launches", []), manifest]:
-            launches.append({"phase": manifest.get("phase", path.stem[len("manifest_"):]), **launch})
+            launches.append({"phase": manifest.get("phase", path.stem[len("manifest_") :]), **launch})
     return launches
 
 
@@ -211,14 +231,19 @@ def producing_launches(root: Path, launches: list[dict]) -> list[dict]:
     rerun of a finished run writes nothing, so it never counts)."""
     from datetime import datetime
 
-    created = [datetime.fromisoformat(launch["created"]).timestamp() if launch.get("created") else None
-               for launch in launches]
+    created = [
+        datetime.fromisoformat(launch["created"]).timestamp() if launch.get("created") else None for launch in launches
+    ]
     produced = set()
     for final in sorted(root.glob("experiment=*/seed=*/metrics.json")):
         job, written = final.parent.relative_to(root).as_posix(), final.stat().st_mtime
-        before = [(created[index], index) for index, launch in enumerate(launches)
-                  if created[index] is not None and created[index] <= written
-                  and any(j.get("dir") == job for j in launch.get("jobs") or [])]
+        before = [
+            (created[index], index)
+            for index, launch in enumerate(launches)
+            if created[index] is not None
+            and created[index] <= written
+            and any(j.get("dir") == job for j in launch.get("jobs") or [])
+        ]
         if before:
             produced.add(max(before)[1])
     return [launches[index] for index in sorted(produced)]
@@ -234,8 +259,12 @@ def _doremi_weights(root: Path, study: Study) -> list[str]:
     if not rows:
         return []
     domains = list(rows[0][1])
-    lines = ["DoReMi step 2's averaged domain weights (`doremi_weights.json`, the final arm's static mixture):", "",
-             "| proxy | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines = [
+        "DoReMi step 2's averaged domain weights (`doremi_weights.json`, the final arm's static mixture):",
+        "",
+        "| proxy | " + " | ".join(domains) + " |",
+        "|---" * (len(domains) + 1) + "|",
+    ]
     lines += [f"| {seed} | " + " | ".join(f"{w[d]:.3f}" for d in domains) + " |" for seed, w in rows]
     return lines + [""]
 
@@ -296,8 +325,10 @@ def compute_line(root: Path) -> str:
     if not walls:
         return ""
     total = sum(walls) / 60
-    return (f"Compute: {len(walls)} finished runs, {total:.0f} minutes of job wall time in all "
-            f"(about {total / 2:.0f} minutes on 2 cores at two jobs at a time).")
+    return (
+        f"Compute: {len(walls)} finished runs, {total:.0f} minutes of job wall time in all "
+        f"(about {total / 2:.0f} minutes on 2 cores at two jobs at a time)."
+    )
 
 
 def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path) -> str:
@@ -305,11 +336,21 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
     goes between the study's markers in docs/results.md (the table, the plots, the provenance)."""
     if not root.is_dir():
         return f"Not run yet: no `{root}`.\n"
-    command = [sys.executable, "-m", "dataflex.cli.report", str(root), "--out", str(out_dir), "--metric", study.primary,
-               "--metrics", ",".join(study.metrics)]
+    command = [
+        sys.executable,
+        "-m",
+        "dataflex.cli.report",
+        str(root),
+        "--out",
+        str(out_dir),
+        "--metric",
+        study.primary,
+        "--metrics",
+        ",".join(study.metrics),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:  # e.g. no run has finished yet: the plain report lists the unfinished ones
-        command = command[:command.index("--metric")]
+        command = command[: command.index("--metric")]
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return f"`dataflex-report` failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}\n"
@@ -321,25 +362,37 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
         (out_dir / "report_proportions.png").unlink(missing_ok=True)
         text = "\n".join(line for line in text.splitlines() if not line.startswith("![proportions]"))
         if plot_mixture(study, root, out_dir / "proportions.png"):
-            text += f"\n![proportions](proportions.png)\n"
-    text = text.replace("](report_", f"]({rel.as_posix()}/report_").replace("](proportions.png", f"]({rel.as_posix()}/proportions.png")
+            text += "\n![proportions](proportions.png)\n"
+    text = text.replace("](report_", f"]({rel.as_posix()}/report_").replace(
+        "](proportions.png", f"]({rel.as_posix()}/proportions.png"
+    )
     text = text.replace(str(repo) + "/", "")
     # arms are named by their experiment file: show the arm's own name (paper_small_<study>_<arm> -> <arm>)
-    lines = [line.replace(f"experiment={study.prefix}_", "") if line.startswith("| ") else line
-             for line in text.splitlines() if not line.startswith("# Comparison")]
+    lines = [
+        line.replace(f"experiment={study.prefix}_", "") if line.startswith("| ") else line
+        for line in text.splitlines()
+        if not line.startswith("# Comparison")
+    ]
     launches = _manifests(root)
     produced = producing_launches(root, launches)
-    commits = sorted({(launch.get("commit") or "?")[:10] + (" (dirty tree)" if launch.get("dirty") else "")
-                      for launch in produced})
+    commits = sorted(
+        {(launch.get("commit") or "?")[:10] + (" (dirty tree)" if launch.get("dirty") else "") for launch in produced}
+    )
     seeds = sorted({str(job["seed"]) for launch in launches for job in launch.get("jobs") or []})
-    provenance = ["", f"Generated by `dataflex-report {root.relative_to(repo) if root.is_relative_to(repo) else root} "
-                      f"--metric {study.primary} --metrics {','.join(study.metrics)}` "
-                      f"(through `python sweeps/paper_small.py results`).",
-                  f"Launches recorded: {len(launches)}, of which {len(produced)} produced the finished runs here, "
-                  f"at commits {', '.join(commits) or 'none recorded'}; seeds launched: {','.join(seeds) or 'none'}. "
-                  f"{compute_line(root)} The commands of those launches:", ""]
+    provenance = [
+        "",
+        f"Generated by `dataflex-report {root.relative_to(repo) if root.is_relative_to(repo) else root} "
+        f"--metric {study.primary} --metrics {','.join(study.metrics)}` "
+        f"(through `python sweeps/paper_small.py results`).",
+        f"Launches recorded: {len(launches)}, of which {len(produced)} produced the finished runs here, "
+        f"at commits {', '.join(commits) or 'none recorded'}; seeds launched: {','.join(seeds) or 'none'}. "
+        f"{compute_line(root)} The commands of those launches:",
+        "",
+    ]
     provenance += sorted({f"    {launch.get('command')}" for launch in produced if launch.get("command")})
-    return "\n".join([*lines, "", *(_doremi_weights(root, study) if study.name == "mixture" else []), *provenance]) + "\n"
+    return (
+        "\n".join([*lines, "", *(_doremi_weights(root, study) if study.name == "mixture" else []), *provenance]) + "\n"
+    )
 
 
 def results(argv: list[str]) -> int:
@@ -347,8 +400,11 @@ def results(argv: list[str]) -> int:
     directories; the prose around the markers is kept."""
     parser = argparse.ArgumentParser(prog="paper_small.py results", description=results.__doc__)
     parser.add_argument("--doc", default=str(HERE.parent / "docs" / "results.md"))
-    parser.add_argument("--outputs", default=os.environ.get("DATAFLEX_OUTPUTS", "outputs"),
-                        help="the output root holding paper_small/<study> (default: $DATAFLEX_OUTPUTS or outputs)")
+    parser.add_argument(
+        "--outputs",
+        default=os.environ.get("DATAFLEX_OUTPUTS", "outputs"),
+        help="the output root holding paper_small/<study> (default: $DATAFLEX_OUTPUTS or outputs)",
+    )
     args = parser.parse_args(argv)
     doc, repo = Path(args.doc).resolve(), HERE.parent
     text = doc.read_text() if doc.is_file() else ""
@@ -372,12 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["results"]:
         return results(argv[1:])
-    parser = argparse.ArgumentParser(description="run one study of the small-scale reproduction (docs/results.md); "
-                                     "`results` regenerates the tables of docs/results.md")
+    parser = argparse.ArgumentParser(
+        description="run one study of the small-scale reproduction (docs/results.md); "
+        "`results` regenerates the tables of docs/results.md"
+    )
     parser.add_argument("study", choices=sorted(STUDIES))
     parser.add_argument("--script", default=None)
     split = argv.index("--") if "--" in argv else len(argv)
-    spec, user = parser.parse_args(argv[:split]), argv[split + 1:]
+    spec, user = parser.parse_args(argv[:split]), argv[split + 1 :]
     study = STUDIES[spec.study]
     for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(key, value)
@@ -394,8 +452,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.script or study.prefix}: error: {err}", file=sys.stderr)
             return 2
         if code != 0:
-            print(f"[paper_small] phase {sweep.phase} failed (exit {code}); later phases not started. Rerun the same "
-                  f"command to resume.", file=sys.stderr)
+            print(
+                f"[paper_small] phase {sweep.phase} failed (exit {code}); later phases not started. Rerun the same "
+                f"command to resume.",
+                file=sys.stderr,
+            )
             return code
     if sweeps and not sweeps[0].args.dry_run and "--no-report" not in user:
         return report(study, sweeps[0].sweep_dir)

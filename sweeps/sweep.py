@@ -44,8 +44,18 @@ from pathlib import Path
 
 LAUNCHERS = ("local", "slurm")
 # keys that never name an arm (besides the settings all jobs share)
-ALWAYS_EXCLUDED = ["seed", "nproc", "run_name", "paths.output_root", "logger", "logger.group", "logger.project",
-                   "logger.entity", "logger.mode", "trainer.include_num_input_tokens_seen"]
+ALWAYS_EXCLUDED = [
+    "seed",
+    "nproc",
+    "run_name",
+    "paths.output_root",
+    "logger",
+    "logger.group",
+    "logger.project",
+    "logger.entity",
+    "logger.mode",
+    "trainer.include_num_input_tokens_seen",
+]
 USAGE = "usage: {script} [local|slurm] [--dry-run] [--parallel N] [--no-report] [override ...]"
 
 
@@ -57,7 +67,9 @@ def conf_dir() -> Path:
     """dataflex's Hydra config root, found without importing the package."""
     spec = importlib.util.find_spec("dataflex")
     if spec is None or not spec.submodule_search_locations:
-        raise SweepError("the dataflex package is not importable by this Python; run `make setup` or set DATAFLEX_PYTHON")
+        raise SweepError(
+            "the dataflex package is not importable by this Python; run `make setup` or set DATAFLEX_PYTHON"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "conf"
 
 
@@ -125,8 +137,16 @@ class Sweep:
         script: the script's name, for messages and the manifest.
     """
 
-    def __init__(self, name: str, axis: str, methods: list[str], base: list[str], seeds: str,
-                 user: list[str], script: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        axis: str,
+        methods: list[str],
+        base: list[str],
+        seeds: str,
+        user: list[str],
+        script: str | None = None,
+    ):
         self.name, self.axis, self.script = name, axis, script or name
         self.args = split_user_args(user, self.script)
         self.user_argv = list(user)
@@ -139,8 +159,10 @@ class Sweep:
             self.methods = [m for m in methods if m in options]
             self.skipped = [m for m in methods if m not in options]
             if not self.methods:
-                raise SweepError(f"none of the {axis}s {methods} has a config in {conf_dir() / axis}; "
-                                 f"available: {', '.join(options)}")
+                raise SweepError(
+                    f"none of the {axis}s {methods} has a config in {conf_dir() / axis}; "
+                    f"available: {', '.join(options)}"
+                )
         task: list[str] = [o for o in base if o.split("=", 1)[0].lstrip("+~") not in user_keys]
         if self.methods is not None:
             task.append(f"{axis}={','.join(self.methods)}")
@@ -214,8 +236,15 @@ class Sweep:
         # the tracker's run name: the job's overrides (a run_name=... of the user's stands)
         given = any(o.split("=", 1)[0].lstrip("+") == "run_name" for o in self.task_overrides)
         run_name = [] if given else ['run_name="${hydra:job.override_dirname},seed=${seed}"']
-        return [sys.executable, "-m", "dataflex.cli.run", "--multirun", *self.task_overrides, *run_name,
-                *self.hydra_overrides()]
+        return [
+            sys.executable,
+            "-m",
+            "dataflex.cli.run",
+            "--multirun",
+            *self.task_overrides,
+            *run_name,
+            *self.hydra_overrides(),
+        ]
 
     # -- checks, manifest, launch ----------------------------------------------------------------
     def validate(self, jobs: list[dict]) -> None:
@@ -236,8 +265,14 @@ class Sweep:
             with initialize_config_module(config_module="dataflex.conf", version_base="1.3"):
                 compose(config_name="train", overrides=shared)
         except HydraException as err:
-            inside = [o.input_line for o in parsed if not o.is_sweep_override() and not o.input_line.startswith("+")
-                      and o.key_or_group.split(".", 1)[0] in swept and "." in o.key_or_group]
+            inside = [
+                o.input_line
+                for o in parsed
+                if not o.is_sweep_override()
+                and not o.input_line.startswith("+")
+                and o.key_or_group.split(".", 1)[0] in swept
+                and "." in o.key_or_group
+            ]
             hint = f"; write {inside[0]} as ++{inside[0]} (a key of a swept group)" if inside else ""
             raise SweepError(f"{str(err).splitlines()[0]}{hint}") from None
         seen = set()
@@ -297,8 +332,10 @@ class Sweep:
 
     def run(self) -> int:
         if self.args.launcher == "slurm" and not self.args.dry_run and shutil.which("sbatch") is None:
-            raise SweepError("the slurm launcher needs sbatch on PATH: run on a SLURM login node, or start the local "
-                             "test cluster (make slurm-up; eval \"$(bash scripts/slurm.sh env)\")")
+            raise SweepError(
+                "the slurm launcher needs sbatch on PATH: run on a SLURM login node, or start the local "
+                'test cluster (make slurm-up; eval "$(bash scripts/slurm.sh env)")'
+            )
         jobs = self.jobs()
         self.print_plan(jobs)
         self.validate(jobs)
@@ -313,8 +350,10 @@ class Sweep:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
         code = subprocess.call(self.command(), env=env)
         if code != 0:
-            print(f"[sweep] dataflex-run exited with {code}; rerun the same command to resume the unfinished jobs",
-                  file=sys.stderr)
+            print(
+                f"[sweep] dataflex-run exited with {code}; rerun the same command to resume the unfinished jobs",
+                file=sys.stderr,
+            )
             return code
         if not self.args.no_report:
             report = [sys.executable, "-m", "dataflex.cli.report", str(self.sweep_dir)]
@@ -324,8 +363,10 @@ class Sweep:
         offline = sorted([*self.sweep_dir.glob("*/*/wandb/offline-run-*"), *self.sweep_dir.glob("wandb/offline-run-*")])
         if offline:
             where = shlex.quote(str(self.sweep_dir))
-            print(f"[sweep] W&B runs are offline ({len(offline)}); to upload: "
-                  f"wandb sync {where}/*/*/wandb/offline-run-* {where}/wandb/offline-run-*")
+            print(
+                f"[sweep] W&B runs are offline ({len(offline)}); to upload: "
+                f"wandb sync {where}/*/*/wandb/offline-run-* {where}/wandb/offline-run-*"
+            )
         return code
 
 
@@ -347,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", default=None)
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
-    spec, user = parser.parse_args(argv[:split]), argv[split + 1:]
+    spec, user = parser.parse_args(argv[:split]), argv[split + 1 :]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

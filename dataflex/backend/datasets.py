@@ -10,11 +10,19 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from dataflex.backend.pools import (
+    DOMAIN_SPLIT_FILE,
+    PoolDomains,
+    load_raw,
+    resolve_pool_domains,
+    tokenized_pool,
+)
 from dataflex.config import ConfigError
 from dataflex.utils import atomic_write_json
 
 STAGES = ("sft", "pt")
-DOMAIN_SPLIT_FILE = "dataflex_domain_split.json"  # beside dataset_info.json: a column-defined split to make
 
 
 def write_registry(data_cfg: dict, out_dir: Path) -> str:
@@ -29,7 +37,9 @@ def write_registry(data_cfg: dict, out_dir: Path) -> str:
     if source_dir:
         path = Path(source_dir) / "dataset_info.json"
         if not path.is_file():
-            raise ConfigError(f"data={data_cfg.get('name')}: no {path}; build the offline assets with `dataflex-data build`")
+            raise ConfigError(
+                f"data={data_cfg.get('name')}: no {path}; build the offline assets with `dataflex-data build`"
+            )
         for name, entry in json.loads(path.read_text()).items():
             entry = dict(entry)
             if "file_name" in entry:
@@ -38,9 +48,16 @@ def write_registry(data_cfg: dict, out_dir: Path) -> str:
     registry.update(data_cfg.get("registry") or {})
     atomic_write_json(out_dir / "dataset_info.json", registry)
     split = out_dir / DOMAIN_SPLIT_FILE
-    if data_cfg.get("domain_column"):  # made when the data is built (build()), not here: no data is read here
-        atomic_write_json(split, {"source": data_cfg["source"], "column": data_cfg["domain_column"],
-                                  "domains": list(data_cfg.get("domains") or []), "what": f"data={data_cfg.get('name')}"})
+    if data_cfg.get("domain_column"):  # read when the data is built (build()), not here: no data is read here
+        atomic_write_json(
+            split,
+            {
+                "source": data_cfg.get("source"),
+                "column": data_cfg["domain_column"],
+                "domains": list(data_cfg.get("domains") or []),
+                "what": f"data={data_cfg.get('name')}",
+            },
+        )
     else:
         split.unlink(missing_ok=True)
     return str(out_dir)
@@ -56,33 +73,11 @@ def _column_value(row: dict, column: str):
     return value
 
 
-def _load_raw(name: str, entry: dict):
-    """The rows of a registry entry as stored (every column kept), through ``datasets``."""
-    from datasets import load_dataset
-    from llamafactory.extras.constants import FILEEXT2TYPE
-
-    if "file_name" in entry:
-        path = Path(entry["file_name"])
-        files = sorted(str(f) for f in path.iterdir() if f.is_file()) if path.is_dir() else [str(path)]
-        kind = FILEEXT2TYPE.get(Path(files[0]).suffix.lstrip(".")) if files else None
-        if kind is None:
-            raise ConfigError(f"dataset '{name}': cannot split {path} by a column (file types: {', '.join(FILEEXT2TYPE)})")
-        return load_dataset(kind, data_files=files, split="train")
-    if "hf_hub_url" in entry:
-        try:
-            return load_dataset(entry["hf_hub_url"], name=entry.get("subset"), data_dir=entry.get("folder"),
-                                split=entry.get("split", "train"))
-        except Exception as err:  # noqa: BLE001 - offline without a cached copy, a wrong id, ...: one clear line
-            raise ConfigError(
-                f"dataset '{name}': cannot load {entry['hf_hub_url']} to split it by column ({str(err).splitlines()[0]}); "
-                "set HF_HUB_OFFLINE=0 where the hub is reachable, or point the entry at a local file"
-            ) from None
-    raise ConfigError(f"dataset '{name}': only local files and hf_hub_url entries can be split by a column")
-
-
 def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list[str]:
-    """Column-defined domains: split the dataset ``spec["source"]`` into one local dataset per value
-    of ``spec["column"]`` and register each under its value's name.
+    """Split the dataset ``spec["source"]`` into one local dataset per value of ``spec["column"]`` and
+    register each under its value's name. Used for a validation set's subtasks from a column (small
+    sets, :func:`resolve_validation_column`); the training pool's column-defined domains are views of
+    the source's rows instead (:mod:`dataflex.backend.pools`), never a copy.
 
     ``spec["domains"]`` lists the values to keep, in order (each becomes one domain); empty: every
     value found, sorted. Rows keep all their fields (the entry's ``columns`` mapping still applies);
@@ -102,7 +97,9 @@ def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list
     source, column, what = spec["source"], spec["column"], spec.get("what", "data")
     if source not in registry:
         known = ", ".join(sorted(registry)) or "none"
-        raise ConfigError(f"{what}: source '{source}' (the dataset to split by {column}) is not registered; known: {known}")
+        raise ConfigError(
+            f"{what}: source '{source}' (the dataset to split by {column}) is not registered; known: {known}"
+        )
     wanted = [str(v) for v in (spec.get("domains") or [])]
     folder = out_dir / "domains"
     index_path = folder / "index.json"
@@ -114,14 +111,17 @@ def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list
             handles: dict[str, Any] = {}
             with contextlib.ExitStack() as stack:  # every temp file closed on the way out
                 try:
-                    for row in _load_raw(source, registry[source]):
+                    for row in load_raw(source, registry[source]):
                         value = _column_value(row, column)
                         if value is None:
                             continue
                         value = str(value)
                         if value not in handles:
                             handles[value] = stack.enter_context(
-                                tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8"))
+                                tempfile.NamedTemporaryFile(
+                                    "w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8"
+                                )
+                            )
                         handles[value].write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 except BaseException:
                     for handle in handles.values():
@@ -141,31 +141,26 @@ def split_by_column(spec: dict, registry: dict[str, Any], out_dir: Path) -> list
     names = wanted or sorted(files)
     missing = [v for v in names if v not in files]
     if missing:
-        raise ConfigError(f"{what}: no row of '{source}' has {column} = {missing[0]!r}; values found: {', '.join(sorted(files)) or 'none'}")
+        raise ConfigError(
+            f"{what}: no row of '{source}' has {column} = {missing[0]!r}; values found: {', '.join(sorted(files)) or 'none'}"
+        )
     commas = [v for v in names if "," in v]
     if commas:
-        raise ConfigError(f"{what}: domain {commas[0]!r} contains a comma (LLaMA-Factory splits dataset names at commas); "
-                          "list the other values in data.domains to leave it out")
-    entry = {k: v for k, v in registry[source].items() if k not in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url",
-                                                                       "cloud_file_name", "subset", "split", "folder")}
+        raise ConfigError(
+            f"{what}: domain {commas[0]!r} contains a comma (LLaMA-Factory splits dataset names at commas); "
+            "list the other values in data.domains to leave it out"
+        )
+    entry = {
+        k: v
+        for k, v in registry[source].items()
+        if k
+        not in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name", "subset", "split", "folder")
+    }
     for value in names:
         if value in registry and registry[value].get("file_name") != files[value]:
             raise ConfigError(f"{what}: domain {value!r} clashes with a registered dataset of that name")
         registry[value] = {**entry, "file_name": files[value]}
     return names
-
-
-def resolve_column_domains(hparams: dict[str, Any]) -> dict[str, Any]:
-    """``hparams`` with a column-defined split made (:func:`split_by_column`): ``dataset`` becomes
-    the domains' names and the registry gains their entries. Unchanged without a split."""
-    spec_path = Path(hparams["dataset_dir"]) / DOMAIN_SPLIT_FILE
-    if not spec_path.is_file():
-        return hparams
-    registry_path = Path(hparams["dataset_dir"]) / "dataset_info.json"
-    registry = json.loads(registry_path.read_text())
-    names = split_by_column(json.loads(spec_path.read_text()), registry, Path(hparams["dataset_dir"]))
-    atomic_write_json(registry_path, registry)
-    return {**hparams, "dataset": ",".join(names)}
 
 
 def required_columns(entry: dict) -> list[str]:
@@ -230,7 +225,9 @@ def _check_rows(name: str, path: Path, check_row) -> int:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as err:
-                raise ConfigError(f"dataset '{name}': {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+                raise ConfigError(
+                    f"dataset '{name}': {path} is not valid JSON (line {err.lineno}: {err.msg})"
+                ) from None
             for i, row in enumerate(data if isinstance(data, list) else [data]):
                 check_row(row, f"row {i}")
                 rows += 1
@@ -265,28 +262,75 @@ def tokenise(names, template, model_args, data_args, training_args, stage: str, 
     knows where it came from; rows get ``domain_id`` (the position of their dataset in ``names``)
     and ``sample_index`` (their row in the result).
     """
-    from datasets import concatenate_datasets
     from llamafactory.data import get_dataset
 
     parts = []
-    for domain_id, name in enumerate(names):
+    for name in names:
         domain_args = copy.copy(data_args)
         domain_args.dataset = [name]
+        domain_args.tokenized_path = None  # a tokenized pool is read by tokenized_pool, never through these sets
         try:
             part = get_dataset(template, model_args, domain_args, training_args, stage=stage, **tokenizer_module)
         except RuntimeError as err:  # LLaMA-Factory's "Cannot find valid samples"
             raise ConfigError(f"{what} '{name}' has no usable sample after tokenisation ({err})") from None
-        part = part["train_dataset"]
-        if len(part) == 0:
-            raise ConfigError(f"{what} '{name}' has no usable sample after tokenisation; check its file and cutoff_len")
-        if stage == "sft" and not has_labelled_row(part):
-            raise ConfigError(
-                f"{what} '{name}' has no usable sample after tokenisation: no row keeps a response token within "
-                f"cutoff_len={data_args.cutoff_len}; raise data.cutoff_len or check the responses"
-            )
-        parts.append(part.add_column("domain_id", [domain_id] * len(part)))
+        parts.append(checked_part(part["train_dataset"], name, what, stage, data_args))
+    return with_pool_columns(parts)
+
+
+def checked_part(part, name: str, what: str, stage: str, data_args):
+    """``part`` (one domain, tokenised), refused when it holds no usable sample."""
+    if len(part) == 0:
+        raise ConfigError(f"{what} '{name}' has no usable sample after tokenisation; check its file and cutoff_len")
+    if stage == "sft" and not has_labelled_row(part):
+        raise ConfigError(
+            f"{what} '{name}' has no usable sample after tokenisation: no row keeps a response token within "
+            f"cutoff_len={data_args.cutoff_len}; raise data.cutoff_len or check the responses"
+        )
+    return part
+
+
+def with_pool_columns(parts: list):
+    """The parts concatenated, each row with ``domain_id`` (its part) and ``sample_index`` (its row),
+    added as Arrow arrays."""
+    from datasets import concatenate_datasets
+
     pool = concatenate_datasets(parts)
-    return pool.add_column("sample_index", list(range(len(pool))))
+    domain_ids = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p) for p in parts])
+    return pool.add_column("domain_id", domain_ids).add_column("sample_index", np.arange(len(pool), dtype=np.int64))
+
+
+def tokenise_column_domains(
+    domains: PoolDomains, template, model_args, data_args, training_args, stage: str, tokenizer_module: dict
+):
+    """Tokenise a column-defined split: each domain is a view of the source's rows (``select``, the
+    first ``max_samples`` of the domain), aligned and tokenised by LLaMA-Factory's own steps for the
+    source's registry entry (its ``columns``/``formatting``); ``datasets`` caches the results beside the
+    source's Arrow cache, shared by every run. Packing (pt) never crosses domains."""
+    from llamafactory.data.converter import align_dataset
+    from llamafactory.data.loader import _get_preprocessed_dataset
+    from llamafactory.data.parser import get_dataset_list
+
+    attr = get_dataset_list([domains.source], data_args.dataset_dir)[0]
+    parts = []
+    for domain, name in enumerate(domains.names):
+        rows = np.flatnonzero(domains.ids == domain)[: data_args.max_samples or None]
+        local = not data_args.data_shared_file_system
+        with training_args.main_process_first(desc=f"tokenise domain {name}", local=local):
+            aligned = align_dataset(domains.dataset.select(rows), attr, data_args, training_args)
+            try:
+                part = _get_preprocessed_dataset(
+                    aligned,
+                    data_args,
+                    training_args,
+                    stage,
+                    template,
+                    tokenizer_module["tokenizer"],
+                    tokenizer_module.get("processor"),
+                )
+            except RuntimeError as err:  # LLaMA-Factory's "Cannot find valid samples"
+                raise ConfigError(f"domain '{name}' has no usable sample after tokenisation ({err})") from None
+        parts.append(checked_part(part, name, "domain", stage, data_args))
+    return with_pool_columns(parts)
 
 
 def has_labelled_row(dataset) -> bool:
@@ -299,9 +343,25 @@ def has_labelled_row(dataset) -> bool:
     return any(any(t != IGNORE_INDEX for t in row["labels"]) for row in dataset.select_columns(["labels"]))
 
 
-def build_pool(template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):
-    """The training pool: every domain of ``data_args.dataset`` (see :func:`tokenise`)."""
-    return tokenise(data_args.dataset, template, model_args, data_args, training_args, stage, tokenizer_module)
+def build_pool(
+    template,
+    model_args,
+    data_args,
+    training_args,
+    stage: str,
+    tokenizer_module: dict,
+    domains: PoolDomains | None = None,
+):
+    """The training pool: every domain of ``domains`` (:func:`resolve_pool_domains` of ``data_args``
+    when not given): registered datasets (:func:`tokenise`), a column-defined split
+    (:func:`tokenise_column_domains`) or a tokenized pool (:func:`tokenized_pool`)."""
+    if domains is None:
+        domains = resolve_pool_domains(data_args.dataset_dir, list(data_args.dataset), data_args.tokenized_path)
+    if domains.kind == "tokenized":
+        return tokenized_pool(domains, data_args.max_samples)
+    if domains.kind == "column":
+        return tokenise_column_domains(domains, template, model_args, data_args, training_args, stage, tokenizer_module)
+    return tokenise(domains.names, template, model_args, data_args, training_args, stage, tokenizer_module)
 
 
 def build_validation(names, template, model_args, data_args, training_args, stage: str, tokenizer_module: dict):
@@ -313,7 +373,9 @@ def build_validation(names, template, model_args, data_args, training_args, stag
         return None
     val_args = copy.copy(data_args)
     val_args.max_samples = None
-    return tokenise(names, template, model_args, val_args, training_args, stage, tokenizer_module, what="validation set")
+    return tokenise(
+        names, template, model_args, val_args, training_args, stage, tokenizer_module, what="validation set"
+    )
 
 
 def validation_names(data_cfg: dict) -> list[str]:
@@ -333,11 +395,16 @@ def resolve_validation_column(hparams: dict[str, Any], names: list[str], column:
     if not column:
         return names
     if len(names) != 1:
-        raise ConfigError(f"selector.subtask_column={column} splits ONE validation set into subtasks, but data.validation "
-                          f"names {len(names)} ({', '.join(names) or 'none'}); name one set, or set selector.subtask_column=null")
+        raise ConfigError(
+            f"selector.subtask_column={column} splits ONE validation set into subtasks, but data.validation "
+            f"names {len(names)} ({', '.join(names) or 'none'}); name one set, or set selector.subtask_column=null"
+        )
     registry_path = Path(hparams["dataset_dir"]) / "dataset_info.json"
     registry = json.loads(registry_path.read_text())
-    subtasks = split_by_column({"source": names[0], "column": column, "what": f"selector.subtask_column={column}"},
-                               registry, Path(hparams["dataset_dir"]) / "validation_subtasks")
+    subtasks = split_by_column(
+        {"source": names[0], "column": column, "what": f"selector.subtask_column={column}"},
+        registry,
+        Path(hparams["dataset_dir"]) / "validation_subtasks",
+    )
     atomic_write_json(registry_path, registry)
     return subtasks

@@ -19,9 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from dataflex.backend.datasets import (  # noqa: F401  (re-exported: their import path before the split)
-    DOMAIN_SPLIT_FILE, STAGES, build_pool, build_validation, check_dataset_file, check_datasets, has_labelled_row,
-    required_columns, resolve_column_domains, resolve_validation_column, split_by_column, tokenise, validation_names,
+    DOMAIN_SPLIT_FILE,
+    STAGES,
+    build_pool,
+    build_validation,
+    check_dataset_file,
+    check_datasets,
+    has_labelled_row,
+    required_columns,
+    resolve_validation_column,
+    split_by_column,
+    tokenise,
+    validation_names,
     write_registry,
+)
+from dataflex.backend.pools import (
+    check_tokenized_domains,
+    pool_domain_ids,
+    resolve_pool_domains,
+    tokenized_path,
 )
 from dataflex.config import ConfigError
 
@@ -38,9 +54,15 @@ def build_hparams(cfg: dict, run_dir: Path, resume_from: str | None) -> dict[str
             f"pick a {data['stage']} trainer (e.g. trainer={'pt_full' if data['stage'] == 'pt' else 'sft_lora'})"
         )
     domains = list(data.get("domains") or [])
-    if data.get("domain_column"):  # column-defined domains: one source dataset, split when it is built
+    tokenized = tokenized_path(data)
+    if tokenized:  # LLaMA-Factory needs a dataset name to train; the pool is the saved one
+        check_tokenized_domains(data)
+        domains = [str(data.get("source") or (domains[0] if len(domains) == 1 else data.get("name") or "tokenized"))]
+    elif data.get("domain_column"):  # column-defined domains: one source dataset, split when it is built
         if not data.get("source"):
-            raise ConfigError(f"data={data.get('name')}: domain_column needs `source`, the registered dataset whose rows it splits")
+            raise ConfigError(
+                f"data={data.get('name')}: domain_column needs `source`, the registered dataset whose rows it splits"
+            )
         domains = [data["source"]]
     if not domains:
         raise ConfigError(f"data={data.get('name')}: `domains` lists no dataset")
@@ -54,6 +76,7 @@ def build_hparams(cfg: dict, run_dir: Path, resume_from: str | None) -> dict[str
         "cutoff_len": data.get("cutoff_len", 512),
         "max_samples": data.get("max_samples"),
         "overwrite_cache": False,
+        "tokenized_path": tokenized,
         **(data.get("args") or {}),
         **trainer,
         "do_train": True,
@@ -124,9 +147,11 @@ def build(hparams: dict[str, Any], validation: list[str] | None = None, validati
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.model import load_model, load_tokenizer
 
-    hparams = resolve_column_domains(hparams)
     validation = resolve_validation_column(hparams, list(validation or []), validation_column)
-    check_datasets([*hparams["dataset"].split(","), *(validation or [])], hparams["dataset_dir"])
+    # the pool's domains (a domain column read once, cached) before any model or tokenizer loads
+    domains = resolve_pool_domains(hparams["dataset_dir"], hparams["dataset"].split(","), hparams.get("tokenized_path"))
+    sources = [] if domains.kind == "tokenized" else [domains.source] if domains.kind == "column" else domains.names
+    check_datasets([*sources, *(validation or [])], hparams["dataset_dir"])
     model_args, data_args, training_args, finetuning_args, _ = parse_hparams(hparams)
     try:
         tokenizer_module = load_tokenizer(model_args)
@@ -138,7 +163,7 @@ def build(hparams: dict[str, Any], validation: list[str] | None = None, validati
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     stage = finetuning_args.stage
-    pool = build_pool(template, model_args, data_args, training_args, stage, tokenizer_module)
+    pool = build_pool(template, model_args, data_args, training_args, stage, tokenizer_module, domains)
     val = build_validation(validation or [], template, model_args, data_args, training_args, stage, tokenizer_module)
     resolve_max_steps(training_args, len(pool))
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
@@ -151,7 +176,7 @@ def build(hparams: dict[str, Any], validation: list[str] | None = None, validati
         tokenizer=tokenizer,
         template=template,
         pool=pool,
-        domain_names=list(data_args.dataset),
+        domain_names=list(domains.names),
         validation=val,
         validation_names=list(validation or []),
         model=model,
@@ -195,7 +220,7 @@ def build_trainer(built: Built, callback, extra_callbacks: list | None = None) -
         train_dataset=built.pool,
         dataflex_callback=callback,
         callbacks=extra_callbacks,
-        dataflex_domain_ids=built.pool["domain_id"],
+        dataflex_domain_ids=pool_domain_ids(built.pool),
         dataflex_validation=built.validation,
         dataflex_template=built.template if built.finetuning_args.stage != "pt" else None,
         **built.tokenizer_module,

@@ -35,8 +35,18 @@ from dataflex.legacy.translate import refusals
 from dataflex.logs import get_logger
 from dataflex.preflight import preflight
 
-VERSIONED = ("dataflex", "llamafactory", "torch", "transformers", "datasets", "peft", "trl", "accelerate",
-             "deepspeed", "hydra-core")
+VERSIONED = (
+    "dataflex",
+    "llamafactory",
+    "torch",
+    "transformers",
+    "datasets",
+    "peft",
+    "trl",
+    "accelerate",
+    "deepspeed",
+    "hydra-core",
+)
 
 
 def versions() -> dict[str, str]:
@@ -85,7 +95,9 @@ def run_llamafactory(args: dict) -> dict:
 
 def for_legacy(message: str) -> str:
     """A message in the legacy YAML's words: the run directory is its ``output_dir``."""
-    return message.replace("hydra.run.dir=... or output_dir=...", "output_dir=...").replace("hydra.run.dir=...", "output_dir=...")
+    return message.replace("hydra.run.dir=... or output_dir=...", "output_dir=...").replace(
+        "hydra.run.dir=...", "output_dir=..."
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +107,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dataflex-cli", description="Run original DataFlex / LLaMA-Factory training YAML with dataflex.")
+    parser = _Parser(
+        prog="dataflex-cli", description="Run original DataFlex / LLaMA-Factory training YAML with dataflex."
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train from a legacy YAML")
     migrate = commands.add_parser("migrate", help="print the equivalent dataflex-run command")

@@ -19,16 +19,30 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dataflex-report", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="dataflex-report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep directories or run directories")
     parser.add_argument("--out", default=None, help="where report.md and the plots go (default: the first DIR)")
-    parser.add_argument("--metric", default=None, help="the eval metric that picks the best row "
-                        "(default: ppl/avg, else the first accuracy, else the first exact match)")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="the eval metric that picks the best row "
+        "(default: ppl/avg, else the first accuracy, else the first exact match)",
+    )
     parser.add_argument("--metrics", default=None, help="comma-separated eval metrics for the table (default: all)")
-    parser.add_argument("--wandb", nargs="?", const="", default=None, metavar="GROUP",
-                        help="also log the table and plots to W&B as a `report` run in GROUP (default: the first "
-                             "DIR's name, a sweep's W&B group); offline without an API key")
+    parser.add_argument(
+        "--wandb",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="GROUP",
+        help="also log the table and plots to W&B as a `report` run in GROUP (default: the first "
+        "DIR's name, a sweep's W&B group); offline without an API key",
+    )
     parser.add_argument("--wandb-project", default="dataflex", help="W&B project for --wandb (default: dataflex)")
     args = parser.parse_args(argv)
 
@@ -42,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # --out not writable: a file in the way, a read-only directory, a full disk
         where = err.filename or args.out or args.dirs[0]
-        print(f"dataflex-report: error: cannot write the report to {where} ({err.strerror}); "
-              "choose a writable directory with --out", file=sys.stderr)
+        print(
+            f"dataflex-report: error: cannot write the report to {where} ({err.strerror}); "
+            "choose a writable directory with --out",
+            file=sys.stderr,
+        )
         return 2
     print(report.table or "No run has finished yet.")
     unfinished = [r for r in report.runs if not r.finished]

@@ -1,11 +1,11 @@
 """`dataflex-run`: compose the Hydra config and run it.
 
-    dataflex-run                                   # the embedded offline default (LoRA SFT of smollm2_135m)
-    dataflex-run model=tiny                        # seconds, for tests
-    dataflex-run model=tiny trainer=pt_full data=offline_domains
-    dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
-    dataflex-run nproc=8 nnodes=2 master_addr=node01 hydra.run.dir=/shared/runs/x   # on each of 2 nodes
-    dataflex-run --cfg job model=mistral7b         # print the composed config
+dataflex-run                                   # the embedded offline default (LoRA SFT of smollm2_135m)
+dataflex-run model=tiny                        # seconds, for tests
+dataflex-run model=tiny trainer=pt_full data=offline_domains
+dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
+dataflex-run nproc=8 nnodes=2 master_addr=node01 hydra.run.dir=/shared/runs/x   # on each of 2 nodes
+dataflex-run --cfg job model=mistral7b         # print the composed config
 """
 
 from __future__ import annotations
@@ -76,10 +76,26 @@ def model_path_overrides(argv: list[str]) -> list[str]:
             continue
         path = Path(value).expanduser().resolve()
         if not path.is_dir():
-            raise ConfigError(f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
-                 "or the directory of a local model (its config.json, weights and tokenizer)")
+            raise ConfigError(
+                f"model={value}: no such model directory; use a model config name (dataflex/conf/model/) "
+                "or the directory of a local model (its config.json, weights and tokenizer)"
+            )
         out += ["model=path", f"model.name_or_path={path}", f"model.name={path}"]
     return out
+
+
+def check_output_dirs(argv: list[str], environ: dict[str, str]) -> None:
+    """The directories Hydra creates before any of our code runs (``DATAFLEX_OUTPUTS``, ``hydra.run.dir=``,
+    ``hydra.sweep.dir=``) must be creatable: one line naming the one that is not, instead of Hydra's traceback."""
+    given = [("DATAFLEX_OUTPUTS", environ["DATAFLEX_OUTPUTS"])] if environ.get("DATAFLEX_OUTPUTS") else []
+    given += [tuple(a.split("=", 1)) for a in argv if a.split("=", 1)[0] in ("hydra.run.dir", "hydra.sweep.dir")]
+    for key, value in given:
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{key}={value}: {existing} is a file, not a directory; use another directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={value}: {existing} is not writable; use a writable directory")
 
 
 def main() -> None:
@@ -88,6 +104,7 @@ def main() -> None:
     register_resolvers()
     try:
         sys.argv[1:] = model_path_overrides(sys.argv[1:])
+        check_output_dirs(sys.argv[1:], dict(os.environ))
     except DataFlexError as err:
         fail(str(err))
     _hydra_main()

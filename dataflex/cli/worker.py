@@ -1,6 +1,6 @@
 """One process of a multi-process run (started by `dataflex-run nproc=N` through torchrun).
 
-    python -m torch.distributed.run --standalone --nproc_per_node=N -m dataflex.cli.worker RUN_DIR RUN_NAME
+python -m torch.distributed.run --standalone --nproc_per_node=N -m dataflex.cli.worker RUN_DIR RUN_NAME
 """
 
 from __future__ import annotations

@@ -51,6 +51,18 @@ from dataflex.legacy.overrides import (
 from dataflex.legacy.translate import Translation, translate, translate_file, validate
 
 __all__ = [
-    "DATAFLEX_KEYS", "TRAIN_TYPES", "Translation", "check_keys", "compose", "conf_file", "did_you_mean",
-    "diff_overrides", "group_options", "read_legacy", "render_value", "translate", "translate_file", "validate",
+    "DATAFLEX_KEYS",
+    "TRAIN_TYPES",
+    "Translation",
+    "check_keys",
+    "compose",
+    "conf_file",
+    "did_you_mean",
+    "diff_overrides",
+    "group_options",
+    "read_legacy",
+    "render_value",
+    "translate",
+    "translate_file",
+    "validate",
 ]

@@ -54,8 +54,10 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
     rule = flex.get("mixture_sample_rule")
     if kind == "mixer" and option not in ("static", "doremi") and rule in ("uniform", "stratified"):
         # the original's mixture manager ignores a dynamic mixer's proportions under these rules
-        notes.append(f"mixture_sample_rule: {rule} keeps the mixture fixed in the original DataFlex (the {option} "
-                     "mixer's proportions are never used): mixer=static; mixture_sample_rule: mixture lets it move them")
+        notes.append(
+            f"mixture_sample_rule: {rule} keeps the mixture fixed in the original DataFlex (the {option} "
+            "mixer's proportions are never used): mixer=static; mixture_sample_rule: mixture lets it move them"
+        )
         return "static", {}
     declared = component_class(kind, option)
     renamed = getattr(declared, "legacy_keys", {})
@@ -94,8 +96,17 @@ def component_class(kind: str, option: str) -> type | None:
     return cls
 
 
-def component_values(kind: str, option: str, base: dict, params: dict, flex: dict, trainer: dict, world: int,
-                      domains: list[str], notes: list[str]) -> dict:
+def component_values(
+    kind: str,
+    option: str,
+    base: dict,
+    params: dict,
+    flex: dict,
+    trainer: dict,
+    world: int,
+    domains: list[str],
+    notes: list[str],
+) -> dict:
     """The component group's values: its conf, its params, then the DataFlex schedule and mixture keys."""
     desired = {**base, **params}
     for legacy_key, key in SCHEDULE.items():
@@ -129,11 +140,15 @@ def _mixture(option: str, base: dict, desired: dict, flex: dict, domains: list[s
     proportions = flex.get("init_mixture_proportions")  # also an original param declared as this key (ODM's)
     rule = flex.get("mixture_sample_rule") or ("mixture" if proportions is not None else None)
     if rule is not None and rule not in SAMPLE_RULES:
-        raise ConfigError(f"mixture_sample_rule: '{rule}' is not one of {', '.join(SAMPLE_RULES)}{did_you_mean(rule, SAMPLE_RULES)}")
+        raise ConfigError(
+            f"mixture_sample_rule: '{rule}' is not one of {', '.join(SAMPLE_RULES)}{did_you_mean(rule, SAMPLE_RULES)}"
+        )
     if proportions is not None:
         proportions = [float(p) for p in proportions]
         if len(proportions) != len(domains):
-            raise ConfigError(f"init_mixture_proportions has {len(proportions)} entries but dataset names {len(domains)} domains")
+            raise ConfigError(
+                f"init_mixture_proportions has {len(proportions)} entries but dataset names {len(domains)} domains"
+            )
     if rule == "uniform" or (rule == "mixture" and proportions is None):  # the original: uniform without proportions
         proportions = [1.0] * len(domains)
     if option == "static":
@@ -144,7 +159,9 @@ def _mixture(option: str, base: dict, desired: dict, flex: dict, domains: list[s
         if proportions is not None or rule == "stratified":
             desired["initial_proportions"] = proportions
         return
-    if "initial" in base:  # the start before the first update (ODM: natural | uniform | weights; random: null | weights)
+    if (
+        "initial" in base
+    ):  # the start before the first update (ODM: natural | uniform | weights; random: null | weights)
         if proportions is not None:
             equal = len(set(proportions)) == 1
             desired["initial"] = ("uniform" if base["initial"] is not None else None) if equal else proportions

@@ -15,14 +15,27 @@ from dataflex.errors import ConfigError
 
 # The original DataFlex's own keys (its DynamicFinetuningArguments and data arguments).
 DATAFLEX_KEYS = (
-    "train_type", "component_name", "components_cfg_file", "component_overrides", "warmup_step",
-    "update_step", "update_times", "train_step", "static_mix", "mixture_sample_rule", "init_mixture_proportions",
+    "train_type",
+    "component_name",
+    "components_cfg_file",
+    "component_overrides",
+    "warmup_step",
+    "update_step",
+    "update_times",
+    "train_step",
+    "static_mix",
+    "mixture_sample_rule",
+    "init_mixture_proportions",
 )
 # train_type -> the config group component_name picks (None: plain LLaMA-Factory training).
 # static_full and dynamic_weighting are spellings the original also uses.
 TRAIN_TYPES = {
-    "static": None, "static_full": None,
-    "dynamic_select": "selector", "dynamic_mix": "mixer", "dynamic_weight": "weighter", "dynamic_weighting": "weighter",
+    "static": None,
+    "static_full": None,
+    "dynamic_select": "selector",
+    "dynamic_mix": "mixer",
+    "dynamic_weight": "weighter",
+    "dynamic_weighting": "weighter",
 }
 # the LLaMA-Factory stages dataflex's Run trains (the others fall back to LLaMA-Factory's own workflow)
 DATAFLEX_STAGES = ("sft", "pt")
@@ -38,13 +51,24 @@ MODEL_KEYS = ("model_name_or_path", "template", "trust_remote_code")
 DATA_KEYS = ("dataset", "dataset_dir", "cutoff_len", "max_samples", "eval_dataset")
 # LLaMA-Factory's evaluation during training: dataflex evaluates its own held-out sets (the `eval` group).
 EVAL_KEYS = (
-    "eval_strategy", "eval_steps", "per_device_eval_batch_size", "do_eval", "val_size", "eval_on_start",
-    "eval_delay", "eval_accumulation_steps", "load_best_model_at_end", "metric_for_best_model",
-    "greater_is_better", "early_stopping_steps", "compute_accuracy",
+    "eval_strategy",
+    "eval_steps",
+    "per_device_eval_batch_size",
+    "do_eval",
+    "val_size",
+    "eval_on_start",
+    "eval_delay",
+    "eval_accumulation_steps",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "greater_is_better",
+    "early_stopping_steps",
+    "compute_accuracy",
 )
 GROUPS = ("model", "data", "trainer", "selector", "mixer", "weighter", "logger")
 # Top-level names of the dataflex config: `name=value` on the command line is then a dataflex-run override.
 DATAFLEX_ROOT = (*GROUPS, "paths", "eval", "experiment", "local", "nproc", "hydra")
+
 
 def did_you_mean(word: Any, options) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``options``, or an empty string."""
@@ -92,8 +116,10 @@ def _check_yaml(path: Path) -> None:
         hint = "; YAML indents with spaces, not tabs" if "\\t" in str(problem) or "\t" in str(problem) else ""
         raise ConfigError(f"{path} is not valid YAML: {problem}{where}{hint}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} does not hold a mapping of keys (it holds {type(loaded).__name__} {str(loaded)[:40]!r}); "
-                          "a training YAML is `key: value` lines")
+        raise ConfigError(
+            f"{path} does not hold a mapping of keys (it holds {type(loaded).__name__} {str(loaded)[:40]!r}); "
+            "a training YAML is `key: value` lines"
+        )
 
 
 def check_types(legacy: dict[str, Any]) -> None:
@@ -106,8 +132,10 @@ def check_types(legacy: dict[str, Any]) -> None:
     if legacy.get("static_mix") is not None and not isinstance(legacy["static_mix"], bool):
         raise ConfigError(f"static_mix must be true or false, got {legacy['static_mix']!r}")
     proportions = legacy.get("init_mixture_proportions")
-    if proportions is not None and (not isinstance(proportions, list) or not all(
-            isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in proportions)):
+    if proportions is not None and (
+        not isinstance(proportions, list)
+        or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in proportions)
+    ):
         raise ConfigError(f"init_mixture_proportions must list one number >= 0 per dataset, got {proportions!r}")
     for key in ("component_overrides",):
         if legacy.get(key) is not None and not isinstance(legacy[key], dict):
@@ -131,7 +159,9 @@ def read_legacy(path: str | os.PathLike, args=()) -> tuple[dict[str, Any], list[
 
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{path} is a directory; give the training YAML file in it (dataflex-cli train {path}/<name>.yaml)")
+        raise ConfigError(
+            f"{path} is a directory; give the training YAML file in it (dataflex-cli train {path}/<name>.yaml)"
+        )
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
     _check_yaml(path)

@@ -92,8 +92,13 @@ class Translation:
         return " \\\n    ".join(["dataflex-run", *(shlex.quote(a) for a in args)])
 
 
-def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base_dir: str | os.PathLike = ".",
-              env: dict[str, str] | None = None) -> Translation:
+def translate(
+    legacy: dict[str, Any],
+    passthrough=(),
+    name: str = "legacy",
+    base_dir: str | os.PathLike = ".",
+    env: dict[str, str] | None = None,
+) -> Translation:
     """Translate a legacy YAML's keys into dataflex-run overrides (see :mod:`dataflex.legacy`).
 
     Args:
@@ -118,7 +123,9 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
 
     train_type = flex.setdefault("train_type", "static")
     if train_type not in TRAIN_TYPES:
-        raise ConfigError(f"train_type: '{train_type}' is not one of {', '.join(TRAIN_TYPES)}{did_you_mean(train_type, TRAIN_TYPES)}")
+        raise ConfigError(
+            f"train_type: '{train_type}' is not one of {', '.join(TRAIN_TYPES)}{did_you_mean(train_type, TRAIN_TYPES)}"
+        )
     kind = TRAIN_TYPES[train_type]
     stage = trainer.get("stage", llamafactory_default("stage"))
     if stage not in DATAFLEX_STAGES:
@@ -137,11 +144,19 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     choices["model"], model, custom_model = _model(model_keys, paths)
     trainer.setdefault("stage", llamafactory_default("stage"))
     choices["data"], data, custom_data = _data(data_keys, trainer["stage"], paths)
-    choices["trainer"] = "pt_full" if trainer["stage"] == "pt" else "sft_full" if trainer.get("finetuning_type") == "full" else "sft_lora"
+    choices["trainer"] = (
+        "pt_full"
+        if trainer["stage"] == "pt"
+        else "sft_full"
+        if trainer.get("finetuning_type") == "full"
+        else "sft_lora"
+    )
     if kind is None:
         ignored = sorted(set(flex) - {"train_type", "components_cfg_file"})
         if ignored:
-            notes.append(f"{', '.join(ignored)}: no effect with train_type: {train_type} (plain LLaMA-Factory training)")
+            notes.append(
+                f"{', '.join(ignored)}: no effect with train_type: {train_type} (plain LLaMA-Factory training)"
+            )
         params = {}
     else:
         choices[kind], params = component_params(kind, flex, Path(base_dir), notes)
@@ -157,7 +172,9 @@ def translate(legacy: dict[str, Any], passthrough=(), name: str = "legacy", base
     values += diff_overrides("eval", base["eval"], evaluation, delete_missing=False)
     if kind is not None:
         world = int(root.get("nproc", 1))
-        desired = component_values(kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes)
+        desired = component_values(
+            kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes
+        )
         values += diff_overrides(kind, base[kind], desired, delete_missing=False)
     given = {override_key(o) for o in passthrough}
     overrides = [o for o in selected + values if override_key(o) not in given] + list(passthrough)
@@ -185,8 +202,12 @@ def refusals(translation: Translation) -> None:
 def _fallback(legacy: dict, flex: dict, passthrough, name: str, stage: str) -> Translation:
     """A stage dataflex's components do not train, with no DataFlex method: LLaMA-Factory's own workflow,
     the YAML's LLaMA-Factory keys unchanged."""
-    notes = [(f"stage: {stage} runs LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
-              "its outputs are LLaMA-Factory's, in output_dir")]
+    notes = [
+        (
+            f"stage: {stage} runs LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
+            "its outputs are LLaMA-Factory's, in output_dir"
+        )
+    ]
     ignored = sorted(set(flex) - {"train_type"})
     if ignored:
         notes.append(f"{', '.join(ignored)}: no effect with stage: {stage} (plain LLaMA-Factory training)")
@@ -258,8 +279,17 @@ def _model(keys: dict, paths) -> tuple[str | None, dict, bool]:
         cfg = _shipped("model", option, paths)
         if nop == option or _same_location(nop, cfg.get("name_or_path")):
             return option, {**cfg, **extra}, False
-    return None, {"name": Path(str(nop)).name or str(nop), "asset": None, "name_or_path": nop,
-                  "template": keys.get("template"), **extra}, True
+    return (
+        None,
+        {
+            "name": Path(str(nop)).name or str(nop),
+            "asset": None,
+            "name_or_path": nop,
+            "template": keys.get("template"),
+            **extra,
+        },
+        True,
+    )
 
 
 def _data(keys: dict, stage: str, paths) -> tuple[str | None, dict, bool]:
@@ -283,8 +313,20 @@ def _data(keys: dict, stage: str, paths) -> tuple[str | None, dict, bool]:
     folder = dataset_dir or llamafactory_default("dataset_dir")
     if not str(folder).startswith("REMOTE:"):  # LLaMA-Factory's hub-hosted dataset_info stays remote
         folder = str(Path(folder).expanduser().absolute())
-    return None, {"name": "custom", "asset": None, "stage": stage, "dataset_dir": folder,
-                  "validation": None, **values, "eval": None}, True
+    return (
+        None,
+        {
+            "name": "custom",
+            "asset": None,
+            "stage": stage,
+            "dataset_dir": folder,
+            "validation": None,
+            **values,
+            "eval": None,
+        },
+        True,
+    )
+
 
 def _device_count() -> int:
     import torch

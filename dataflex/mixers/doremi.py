@@ -133,11 +133,16 @@ class DoReMiMixer(Mixer):
         super().__post_init__()
         if not (self.eta >= 0 and self.eta != float("inf")):
             raise ValueError(f"eta must be finite and >= 0, got {self.eta}")
-        for key, value, allowed in (("absent", self.absent, ABSENT_RULES), ("update", self.update_rule, UPDATES),
-                                    ("proxy_loss", self.proxy_loss, PROXY_LOSSES)):
+        for key, value, allowed in (
+            ("absent", self.absent, ABSENT_RULES),
+            ("update", self.update_rule, UPDATES),
+            ("proxy_loss", self.proxy_loss, PROXY_LOSSES),
+        ):
             if value not in allowed:
-                raise ConfigError(f"mixer=doremi: {key} must be one of {', '.join(allowed)}, got {value!r}; "
-                                  f"set mixer.{key}={allowed[0]} (the default)")
+                raise ConfigError(
+                    f"mixer=doremi: {key} must be one of {', '.join(allowed)}, got {value!r}; "
+                    f"set mixer.{key}={allowed[0]} (the default)"
+                )
         self.domains = list(self.domains) if self.domains else None
         self.alpha: torch.Tensor | None = None  # α_t, float64 [K]
         self.alpha_mean: torch.Tensor | None = None  # ᾱ over α_1..α_t
@@ -195,13 +200,15 @@ class DoReMiMixer(Mixer):
         if ctx.run_dir is not None:
             self.run_dir = ctx.run_dir
         excess = self.window_excess / self.window_updates if self.window_updates else None
-        self.history.append({
-            "global_step": ctx.global_step,
-            "alpha_updates": self.alpha_updates,
-            "alpha": self.alpha.tolist(),
-            "alpha_mean": None if self.alpha_mean is None else self.alpha_mean.tolist(),
-            "excess": None if excess is None else excess.tolist(),
-        })
+        self.history.append(
+            {
+                "global_step": ctx.global_step,
+                "alpha_updates": self.alpha_updates,
+                "alpha": self.alpha.tolist(),
+                "alpha_mean": None if self.alpha_mean is None else self.alpha_mean.tolist(),
+                "excess": None if excess is None else excess.tolist(),
+            }
+        )
         self.window_excess, self.window_updates = torch.zeros_like(self.alpha), 0
         self.write_weights()
         return self._proportions()
@@ -280,7 +287,9 @@ class DoReMiMixer(Mixer):
         model.eval()
         try:
             for batch in batches:
-                inputs = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items() if key not in META_KEYS}
+                inputs = {
+                    key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items() if key not in META_KEYS
+                }
                 with torch.no_grad():
                     out = model(**{key: v for key, v in inputs.items() if key != "labels"}, use_cache=False)
                     logits = out.logits if hasattr(out, "logits") else out[0]
@@ -345,8 +354,10 @@ class DoReMiMixer(Mixer):
         per_step = self.update_rule == "step"
         if per_step and loss.grad_accum_steps > 1:
             if self._step_counts is None:
-                raise RuntimeError("mixer=doremi update=step with gradient accumulation: the trainer did not call "
-                                   "prepare_step with the step's micro-batches")
+                raise RuntimeError(
+                    "mixer=doremi update=step with gradient accumulation: the trainer did not call "
+                    "prepare_step with the step's micro-batches"
+                )
             counts = self._step_counts
         else:
             ref_losses, vocab = self.reference_token_losses(loss)

@@ -50,15 +50,11 @@ def doremi_update(
     excess = torch.as_tensor(excess_loss, dtype=torch.float64).flatten()
     alpha = weights.to(torch.float64).flatten()
     if alpha.numel() != excess.numel():
-        raise ValueError(
-            f"got {alpha.numel()} weights and {excess.numel()} excess losses"
-        )
+        raise ValueError(f"got {alpha.numel()} weights and {excess.numel()} excess losses")
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing must lie in [0, 1], got {smoothing}")
     if (alpha < 0).any() or not torch.isfinite(alpha).all() or alpha.sum() <= 0:
-        raise ValueError(
-            f"weights must be finite, >= 0 and not all 0, got {alpha.tolist()}"
-        )
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {alpha.tolist()}")
     if clip is not None:
         excess = excess.clamp(-clip, clip)
     k = alpha.numel()
@@ -96,12 +92,8 @@ def domain_excess_loss(
     losses = torch.as_tensor(token_losses)
     ref = torch.as_tensor(ref_token_losses)
     if losses.shape != ref.shape:
-        raise ValueError(
-            f"token_losses {tuple(losses.shape)} and ref_token_losses {tuple(ref.shape)} differ"
-        )
-    domains = torch.as_tensor(
-        token_domains, dtype=torch.long, device=losses.device
-    ).expand_as(losses)
+        raise ValueError(f"token_losses {tuple(losses.shape)} and ref_token_losses {tuple(ref.shape)} differ")
+    domains = torch.as_tensor(token_domains, dtype=torch.long, device=losses.device).expand_as(losses)
     sums, counts = domain_token_sums((losses - ref).clamp_min(0), domains, num_domains, mask)
     dtype = losses.dtype if losses.is_floating_point() else torch.float32
     # Absent domains: 0/1 = 0 (no NaN from 0/0); carry_absent replaces them by the last observed λ.
@@ -177,9 +169,7 @@ def doremi_proxy_loss(
     return (weights * sums / counts.clamp_min(1)).sum().to(token_losses.dtype)
 
 
-def running_mean(
-    mean: torch.Tensor | None, value: torch.Tensor, count: int
-) -> torch.Tensor:
+def running_mean(mean: torch.Tensor | None, value: torch.Tensor, count: int) -> torch.Tensor:
     """Incremental mean: the mean of ``count`` values so far updated with one more ``value``.
 
     DoReMi's output ᾱ = mean_t α_t is kept this way so the whole history need not be stored.
@@ -200,7 +190,9 @@ def running_mean(
     return mean + (value - mean) / (count + 1)
 
 
-def carry_absent(excess: torch.Tensor, counts: torch.Tensor, last: torch.Tensor | None, rule: str = "last") -> torch.Tensor:
+def carry_absent(
+    excess: torch.Tensor, counts: torch.Tensor, last: torch.Tensor | None, rule: str = "last"
+) -> torch.Tensor:
     """λ with the ``absent`` rule applied to the domains without a counted token.
 
     ``rule="last"`` (the default; the reference code's ``perdomain_scores``): an absent domain keeps

@@ -54,9 +54,7 @@ def exp3_probabilities(rewards: torch.Tensor, step: int, floor: float = 0.0) -> 
         π_t, shape [K], in the rewards' floating dtype (computed in float64).
     """
     if step < 1:
-        raise ValueError(
-            f"step must be >= 1 (ε_0 is only used as ε_{{t-1}} at t = 1), got {step}"
-        )
+        raise ValueError(f"step must be >= 1 (ε_0 is only used as ε_{{t-1}} at t = 1), got {step}")
     rewards = torch.as_tensor(rewards)
     r = rewards.to(torch.float64).flatten()
     k = r.numel()
@@ -124,9 +122,7 @@ def odm_update_rewards(
     pi = torch.as_tensor(probabilities, dtype=torch.float64).flatten()
     present = torch.as_tensor(present, dtype=torch.bool).flatten()
     if not (r.numel() == losses.numel() == pi.numel() == present.numel()):
-        raise ValueError(
-            "rewards, domain_losses, probabilities and present must all have K entries"
-        )
+        raise ValueError("rewards, domain_losses, probabilities and present must all have K entries")
     if reward == "exp_loss":
         observed = losses.exp()
     else:
@@ -169,8 +165,10 @@ class ODMMixer(Scheduled, Mixer):
     legacy_keys = {"initial_proportions": "init_mixture_proportions", "min_exploration_rate": "min_exploration"}
     #: the original's defaults: uniform start (without init_mixture_proportions), loss x 15, ε_t >= 0.03
     legacy_defaults = {"initial": "uniform", "reward_scale": 15.0, "min_exploration": 0.03}
-    legacy_unused = {"num_eval_samples": "rewards come from the training batches' own losses",
-                     "eval_batch_size": "rewards come from the training batches' own losses"}
+    legacy_unused = {
+        "num_eval_samples": "rewards come from the training batches' own losses",
+        "eval_batch_size": "rewards come from the training batches' own losses",
+    }
     acts_through_updates = True
     observes_batches = True
 
@@ -186,12 +184,19 @@ class ODMMixer(Scheduled, Mixer):
     def __post_init__(self) -> None:
         super().__post_init__()
         weights = isinstance(self.initial, (list, tuple))
-        if (not weights and self.initial not in INITIAL) or (weights and (
-                not self.initial or any(not isinstance(w, (int, float)) or w < 0 for w in self.initial)
-                or sum(self.initial) <= 0)):
-            raise ConfigError(f"mixer=odm: initial must be one of {', '.join(INITIAL)} or one weight >= 0 per domain, "
-                              f"got {self.initial!r}; set mixer.initial=natural (by domain size, the default), "
-                              "mixer.initial=uniform or mixer.initial=[w1,w2,...]")
+        if (not weights and self.initial not in INITIAL) or (
+            weights
+            and (
+                not self.initial
+                or any(not isinstance(w, (int, float)) or w < 0 for w in self.initial)
+                or sum(self.initial) <= 0
+            )
+        ):
+            raise ConfigError(
+                f"mixer=odm: initial must be one of {', '.join(INITIAL)} or one weight >= 0 per domain, "
+                f"got {self.initial!r}; set mixer.initial=natural (by domain size, the default), "
+                "mixer.initial=uniform or mixer.initial=[w1,w2,...]"
+            )
         self.t = 0  # the global optimizer step of the last update (0: the initial proportions)
         self.rewards: torch.Tensor | None = None
         self.probabilities: torch.Tensor | None = None
@@ -212,7 +217,9 @@ class ODMMixer(Scheduled, Mixer):
         self.t = 0
         if isinstance(self.initial, (list, tuple)):
             if len(self.initial) != k:
-                raise ConfigError(f"mixer=odm: initial has {len(self.initial)} weights for {k} domains; give one per domain")
+                raise ConfigError(
+                    f"mixer=odm: initial has {len(self.initial)} weights for {k} domains; give one per domain"
+                )
             weights = torch.tensor([float(w) for w in self.initial], dtype=torch.float64)
             self.probabilities = weights / weights.sum()
         elif self.initial == "natural":
@@ -249,16 +256,19 @@ class ODMMixer(Scheduled, Mixer):
         present = counts > 0
         domain_losses = sums / counts.clamp(min=1)
         drawn_under = self.draw_probabilities(counts, inv_prob_sums)
-        self.rewards = odm_update_rewards(self.rewards, self.reward_scale * domain_losses, drawn_under, present,
-                                          alpha=self.alpha, reward=self.reward)
+        self.rewards = odm_update_rewards(
+            self.rewards, self.reward_scale * domain_losses, drawn_under, present, alpha=self.alpha, reward=self.reward
+        )
         self.t = max(int(ctx.global_step), 1)  # ε_t of the global optimizer step
         policy = linear_probabilities if self.reward == "exp_loss" else exp3_probabilities
         self.probabilities = policy(self.rewards, self.t, self.min_exploration)
-        self.history.append({
-            "global_step": ctx.global_step,
-            "domain_losses": torch.where(present, domain_losses, torch.nan).tolist(),
-            "probabilities": self.probabilities.tolist(),
-        })
+        self.history.append(
+            {
+                "global_step": ctx.global_step,
+                "domain_losses": torch.where(present, domain_losses, torch.nan).tolist(),
+                "probabilities": self.probabilities.tolist(),
+            }
+        )
         self._reset_window(self.rewards.numel())
         return self.probabilities.clone()
 

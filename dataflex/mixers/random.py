@@ -25,15 +25,11 @@ def dirichlet_draw(num_domains: int, seed: int, update_index: int) -> torch.Tens
     if num_domains < 1:
         raise ValueError(f"num_domains must be >= 1, got {num_domains}")
     if seed < 0 or update_index < 0:
-        raise ValueError(
-            f"seed and update_index must be >= 0, got {seed}, {update_index}"
-        )
+        raise ValueError(f"seed and update_index must be >= 0, got {seed}, {update_index}")
     state = np.random.SeedSequence([seed, update_index]).generate_state(2, np.uint32)
     generator = torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
     # Dirichlet(1) = i.i.d. Exp(1) draws normalised (torch's Dirichlet takes no generator).
-    draws = torch.empty(num_domains, dtype=torch.float64).exponential_(
-        generator=generator
-    )
+    draws = torch.empty(num_domains, dtype=torch.float64).exponential_(generator=generator)
     return draws / draws.sum()
 
 
@@ -55,8 +51,12 @@ class RandomMixer(Scheduled, Mixer):
     seed: int = param(0, ge=0)
     update_every: int = 10
     # -- original DataFlex option (its init_mixture_proportions: the mixture before the first draw) --
-    initial: list[float] | None = param(None, check=lambda w: None if w and all(x >= 0 for x in w) and sum(w) > 0
-                                        else "must list one weight >= 0 per domain, not all 0")
+    initial: list[float] | None = param(
+        None,
+        check=lambda w: (
+            None if w and all(x >= 0 for x in w) and sum(w) > 0 else "must list one weight >= 0 per domain, not all 0"
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,7 +78,9 @@ class RandomMixer(Scheduled, Mixer):
         if self.initial is None:
             return self._record(ctx, torch.full((k,), 1.0 / k, dtype=torch.float64))
         if len(self.initial) != k:
-            raise ConfigError(f"mixer=random: initial has {len(self.initial)} weights for {k} domains; give one per domain")
+            raise ConfigError(
+                f"mixer=random: initial has {len(self.initial)} weights for {k} domains; give one per domain"
+            )
         weights = torch.tensor([float(w) for w in self.initial], dtype=torch.float64)
         return self._record(ctx, weights / weights.sum())
 
@@ -91,7 +93,5 @@ class RandomMixer(Scheduled, Mixer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed", self.seed) != self.seed:
-            raise ValueError(
-                f"mixer=random: checkpoint was drawn with seed {state['seed']}, this run has {self.seed}"
-            )
+            raise ValueError(f"mixer=random: checkpoint was drawn with seed {state['seed']}, this run has {self.seed}")
         self.history = [dict(h) for h in state.get("history", [])]

@@ -30,9 +30,7 @@ def _resolve_name(key: str, domains: Sequence[str]) -> int:
     if len(matches) == 1:
         return matches[0]
     why = "matches several domains" if matches else "is not a domain"
-    raise ConfigError(
-        f"mixer=static: proportion key {key!r} {why}; the domains are {list(domains)}"
-    )
+    raise ConfigError(f"mixer=static: proportion key {key!r} {why}; the domains are {list(domains)}")
 
 
 def proportions_from_config(
@@ -68,13 +66,9 @@ def proportions_from_config(
             )
     tensor = torch.tensor(weights, dtype=torch.float64)
     if tensor.numel() == 0:
-        raise ConfigError(
-            "mixer=static: proportions are empty; give one weight per domain"
-        )
+        raise ConfigError("mixer=static: proportions are empty; give one weight per domain")
     if not torch.isfinite(tensor).all() or (tensor < 0).any():
-        raise ConfigError(
-            f"mixer=static: proportions must be finite and >= 0, got {weights}"
-        )
+        raise ConfigError(f"mixer=static: proportions must be finite and >= 0, got {weights}")
     if tensor.sum() <= 0:
         raise ConfigError(
             f"mixer=static: proportions are all 0, got {weights}; give at least one domain a positive weight"
@@ -103,15 +97,11 @@ class StaticMixer(Mixer):
     def __post_init__(self) -> None:
         super().__post_init__()  # no schedule: never updates
         if self.proportions is not None and self.proportions_file is not None:
-            raise ValueError(
-                "mixer=static: set either proportions or proportions_file, not both"
-            )
+            raise ValueError("mixer=static: set either proportions or proportions_file, not both")
         self.domains = list(self.domains) if self.domains else None
         # Validate config-given proportions now: a wrong length fails before any model loads.
         self.proportions = (
-            proportions_from_config(self.proportions, self.domains)
-            if self.proportions is not None
-            else None
+            proportions_from_config(self.proportions, self.domains) if self.proportions is not None else None
         )
 
     def check_before_start(self) -> None:
@@ -132,12 +122,8 @@ class StaticMixer(Mixer):
             domains = self.domains or getattr(ctx, "domain_names", None)  # e.g. a column-defined split
             self.proportions = proportions_from_config(json.loads(path.read_text()), domains)
         if self.proportions is None:
-            num_domains = (
-                len(self.domains) if self.domains else int(ctx.domain_ids.max()) + 1
-            )
-            counts = torch.bincount(ctx.domain_ids, minlength=num_domains).to(
-                torch.float64
-            )
+            num_domains = len(self.domains) if self.domains else int(ctx.domain_ids.max()) + 1
+            counts = torch.bincount(ctx.domain_ids, minlength=num_domains).to(torch.float64)
             self.proportions = counts / counts.sum()
         return self.proportions.clone()
 
@@ -146,11 +132,7 @@ class StaticMixer(Mixer):
         return self.initial_proportions(ctx)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "proportions": None
-            if self.proportions is None
-            else self.proportions.tolist()
-        }
+        return {"proportions": None if self.proportions is None else self.proportions.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("proportions") is not None:

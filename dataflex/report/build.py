@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from dataflex.report.plots import plot_arm_proportions, plot_losses, plot_metric, plot_selection_overlap
 from dataflex.report.runs import RunRecord, find_runs, load_run
@@ -23,7 +23,9 @@ class Report:
     path: Path | None = None
 
 
-def build_report(paths: Iterable[str | os.PathLike], metric: str | None = None, metrics: list[str] | None = None) -> Report:
+def build_report(
+    paths: Iterable[str | os.PathLike], metric: str | None = None, metrics: list[str] | None = None
+) -> Report:
     """Read every run under ``paths`` and build the table (no files written)."""
     from dataflex.config import ConfigError
 
@@ -47,10 +49,12 @@ def build_report(paths: Iterable[str | os.PathLike], metric: str | None = None, 
         lines += [table, ""]
         if metric:
             direction = "lower" if lower_is_better(metric) else "higher"
-            lines.append(f"{BEST_MARK} best mean `{metric}` ({direction} is better). Values are the mean ± sample "
-                         f"standard deviation over seeds of the evaluation after training; tokens are training "
-                         f"tokens per run (≤: an upper bound, steps × global batch × cutoff_len); wall time per run, of "
-                         f"the attempt that finished it (a resumed run counts from its resume).")
+            lines.append(
+                f"{BEST_MARK} best mean `{metric}` ({direction} is better). Values are the mean ± sample "
+                f"standard deviation over seeds of the evaluation after training; tokens are training "
+                f"tokens per run (≤: an upper bound, steps × global batch × cutoff_len); wall time per run, of "
+                f"the attempt that finished it (a resumed run counts from its resume)."
+            )
     else:
         lines.append("No run has finished yet.")
     if unfinished:
@@ -60,8 +64,12 @@ def build_report(paths: Iterable[str | os.PathLike], metric: str | None = None, 
     return Report(arms=arms, runs=runs, metric=metric, table=table if arms else "", markdown=markdown, plots={})
 
 
-def write_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike | None = None,
-                 metric: str | None = None, metrics: list[str] | None = None) -> Report:
+def write_report(
+    paths: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    metric: str | None = None,
+    metrics: list[str] | None = None,
+) -> Report:
     """Write ``report.md`` and the plots (``report_metric.png``, ``report_loss.png``, ``report_proportions.png`` for
     mixers, ``report_selection_overlap.png`` for selectors) into ``out_dir`` (default: the first
     path), and return the report."""
@@ -86,8 +94,9 @@ def write_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike 
     return report
 
 
-def log_to_wandb(report: Report, group: str, project: str = "dataflex", entity: str | None = None,
-                 mode: str | None = None) -> Path:
+def log_to_wandb(
+    report: Report, group: str, project: str = "dataflex", entity: str | None = None, mode: str | None = None
+) -> Path:
     """Log the comparison table (and the plots) to W&B as one ``report`` run in ``group`` (a sweep's
     runs share that group). Offline, under ``<report dir>/wandb``, when no API key is configured.
     Returns the W&B run's directory."""
@@ -99,18 +108,48 @@ def log_to_wandb(report: Report, group: str, project: str = "dataflex", entity: 
     out = report.path.parent if report.path is not None else Path.cwd()
     metrics = sorted({m for a in report.arms for m in a.stats})
     best = best_arm(report.arms, report.metric)
-    columns = ["arm", "method", "seeds", *[f"{m} mean" for m in metrics], *[f"{m} std" for m in metrics],
-               "tokens", "wall_time_s", "best"]
+    columns = [
+        "arm",
+        "method",
+        "seeds",
+        *[f"{m} mean" for m in metrics],
+        *[f"{m} std" for m in metrics],
+        "tokens",
+        "wall_time_s",
+        "best",
+    ]
     rows = []
     for arm in report.arms:
         stats = [arm.stats.get(m, (None, None)) for m in metrics]
-        rows.append([arm.name, arm.method, ",".join(map(str, arm.seeds)), *[s[0] for s in stats], *[s[1] for s in stats],
-                     arm.tokens, arm.wall_time_s, arm is best])
-    run = wandb.init(project=project, entity=entity, group=group, name=f"{group}/report", job_type="report",
-                     dir=str(out), mode=mode, config={"metric": report.metric, "runs": len(report.runs)})
+        rows.append(
+            [
+                arm.name,
+                arm.method,
+                ",".join(map(str, arm.seeds)),
+                *[s[0] for s in stats],
+                *[s[1] for s in stats],
+                arm.tokens,
+                arm.wall_time_s,
+                arm is best,
+            ]
+        )
+    run = wandb.init(
+        project=project,
+        entity=entity,
+        group=group,
+        name=f"{group}/report",
+        job_type="report",
+        dir=str(out),
+        mode=mode,
+        config={"metric": report.metric, "runs": len(report.runs)},
+    )
     try:
-        run.log({"report/table": wandb.Table(columns=columns, data=rows),
-                 **{f"report/{name}": wandb.Image(str(path)) for name, path in report.plots.items()}})
+        run.log(
+            {
+                "report/table": wandb.Table(columns=columns, data=rows),
+                **{f"report/{name}": wandb.Image(str(path)) for name, path in report.plots.items()},
+            }
+        )
         if best is not None:
             run.summary.update({"best_arm": best.name, "metric": report.metric})
         return Path(run.dir).parent

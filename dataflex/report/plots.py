@@ -9,8 +9,9 @@ from dataflex.report.runs import proportions_by_step, read_metrics
 from dataflex.report.tables import Arm, lower_is_better
 
 
-def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: bool = True,
-               end: int | None = None) -> None:
+def _stackplot(
+    axes, by_step: dict[int, dict[str, float]], title: str, legend: bool = True, end: int | None = None
+) -> None:
     """Proportions as a step function: a decision holds until the next one, the last one until
     ``end`` (the run's last step), so a single decision (a static mixer) still shows."""
     steps = sorted(by_step)
@@ -20,8 +21,13 @@ def _stackplot(axes, by_step: dict[int, dict[str, float]], title: str, legend: b
     domains = list(by_step[steps[0]])
     # a step function: a decision holds until the next one
     axes.stackplot(steps, [[by_step[s].get(d, 0.0) for s in steps] for d in domains], labels=domains, step="post")
-    axes.set(xlabel="optimizer step", ylabel="sampling proportion", ylim=(0, 1),
-             xlim=(steps[0], max(steps[-1], steps[0] + 1)), title=title)
+    axes.set(
+        xlabel="optimizer step",
+        ylabel="sampling proportion",
+        ylim=(0, 1),
+        xlim=(steps[0], max(steps[-1], steps[0] + 1)),
+        title=title,
+    )
     if legend:
         axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
@@ -93,7 +99,9 @@ def plot_metric(arms: list[Arm], metric: str | None, path: Path) -> Path | None:
         mean, std = arm.stats[metric]
         axes.errorbar([mean], [y], xerr=[[std or 0.0], [std or 0.0]], fmt="|", color="black", markersize=14, capsize=4)
         spread = [0.0] if len(values) == 1 else [0.3 * (i / (len(values) - 1) - 0.5) for i in range(len(values))]
-        axes.scatter(values, [y + dy for dy in spread], color="C0", alpha=0.7, s=22, zorder=3)  # equal values stay apart
+        axes.scatter(
+            values, [y + dy for dy in spread], color="C0", alpha=0.7, s=22, zorder=3
+        )  # equal values stay apart
     axes.set_yticks(range(len(rows)), _short_names([arm.name for arm, _ in rows]), fontsize=8)
     direction = "lower" if lower_is_better(metric) else "higher"
     axes.set(xlabel=f"{metric} ({direction} is better)", title=f"{metric}: each seed (dots), mean ± std (bars)")
@@ -157,7 +165,11 @@ def plot_selection_overlap(arms: list[Arm], path: Path) -> Path | None:
     for (_, mean), label in zip(rows, _short_names([name for name, _ in rows])):
         steps = sorted(mean)
         axes.plot(steps, [mean[s] for s in steps], marker="o", label=label)
-    axes.set(xlabel="optimizer step of the selection round", ylabel="overlap with the previous selection", ylim=(0, 1.05),
-             title="Selection overlap across rounds (mean over seeds)")
+    axes.set(
+        xlabel="optimizer step of the selection round",
+        ylabel="overlap with the previous selection",
+        ylim=(0, 1.05),
+        title="Selection overlap across rounds (mean over seeds)",
+    )
     axes.legend(fontsize=8)
     return _save(figure, path)

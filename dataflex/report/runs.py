@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PREFIX = "mixer/proportion/"
 OVERLAP = "selector/overlap"
@@ -41,7 +42,7 @@ def proportions_by_step(records: list[dict], prefix: str = PREFIX) -> dict[int, 
     ``prefix`` picks another per-domain series (DoReMi's ``mixer/doremi/alpha/``)."""
     by_step: dict[int, dict[str, float]] = {}
     for record in records:
-        values = {k[len(prefix):]: float(v) for k, v in record.items() if k.startswith(prefix)}
+        values = {k[len(prefix) :]: float(v) for k, v in record.items() if k.startswith(prefix)}
         if values and record.get("step") is not None:
             by_step[int(record["step"])] = values
     return by_step
@@ -129,8 +130,12 @@ def _estimated_tokens(config: dict, steps: int | None) -> int | None:
     """An upper bound when the run did not count its tokens: steps x global batch x cutoff_len."""
     trainer, data = config.get("trainer") or {}, config.get("data") or {}
     try:
-        per_step = (int(trainer.get("per_device_train_batch_size", 1)) * int(trainer.get("gradient_accumulation_steps", 1))
-                    * int(config.get("nproc", 1) or 1) * int(data["cutoff_len"]))
+        per_step = (
+            int(trainer.get("per_device_train_batch_size", 1))
+            * int(trainer.get("gradient_accumulation_steps", 1))
+            * int(config.get("nproc", 1) or 1)
+            * int(data["cutoff_len"])
+        )
     except (KeyError, TypeError, ValueError):
         return None
     return per_step * steps if steps is not None else None
@@ -151,15 +156,24 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
     else:  # unfinished: whatever eval_after it logged (none, usually)
         evals = {}
         for record in records:
-            evals.update({k[len("eval_after/"):]: v for k, v in record.items() if k.startswith("eval_after/")})
+            evals.update({k[len("eval_after/") :]: v for k, v in record.items() if k.startswith("eval_after/")})
     losses = _series(records, "train/loss")
     steps = final.get("global_step", max(losses) if losses else None)
     counted = _series(records, TOKENS)
     tokens = int(counted[max(counted)]) if counted else _estimated_tokens(config, steps)
     arm, seed = arm_and_seed(run_dir, config)
     return RunRecord(
-        run_dir=run_dir, arm=arm, seed=seed, method=method_of(config), finished=bool(final),
+        run_dir=run_dir,
+        arm=arm,
+        seed=seed,
+        method=method_of(config),
+        finished=bool(final),
         eval={k: float(v) for k, v in evals.items() if isinstance(v, (int, float))},
-        tokens=tokens, tokens_exact=bool(counted), wall_time_s=final.get("wall_time_s"), global_step=steps,
-        losses=losses, proportions=proportions_by_step(records), overlap=_series(records, OVERLAP),
+        tokens=tokens,
+        tokens_exact=bool(counted),
+        wall_time_s=final.get("wall_time_s"),
+        global_step=steps,
+        losses=losses,
+        proportions=proportions_by_step(records),
+        overlap=_series(records, OVERLAP),
     )

@@ -65,12 +65,18 @@ def summarize(runs: list[RunRecord]) -> list[Arm]:
         stats = {m: mean_std([r.eval[m] for r in members if m in r.eval]) for m in metrics}
         tokens = [r.tokens for r in members if r.tokens is not None]
         walls = [r.wall_time_s for r in members if r.wall_time_s is not None]
-        arms.append(Arm(
-            name=name, method=" / ".join(sorted({r.method for r in members})), seeds=[r.seed for r in members],
-            stats=stats, tokens=sum(tokens) / len(tokens) if tokens else None,
-            tokens_exact=all(r.tokens_exact for r in members), wall_time_s=sum(walls) / len(walls) if walls else None,
-            runs=members,
-        ))
+        arms.append(
+            Arm(
+                name=name,
+                method=" / ".join(sorted({r.method for r in members})),
+                seeds=[r.seed for r in members],
+                stats=stats,
+                tokens=sum(tokens) / len(tokens) if tokens else None,
+                tokens_exact=all(r.tokens_exact for r in members),
+                wall_time_s=sum(walls) / len(walls) if walls else None,
+                runs=members,
+            )
+        )
     return arms
 
 
@@ -119,7 +125,13 @@ def markdown_table(arms: list[Arm], metric: str | None = None, metrics: list[str
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for arm in arms:
         name = f"**{arm.name}** {BEST_MARK}" if any(arm is m for m in marked) else arm.name
-        cells = [name, arm.method, ",".join(str(s) for s in arm.seeds),
-                 *[_fmt_stat(arm.stats.get(m)) for m in metrics], _fmt_tokens(arm), _fmt_wall(arm.wall_time_s)]
+        cells = [
+            name,
+            arm.method,
+            ",".join(str(s) for s in arm.seeds),
+            *[_fmt_stat(arm.stats.get(m)) for m in metrics],
+            _fmt_tokens(arm),
+            _fmt_wall(arm.wall_time_s),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

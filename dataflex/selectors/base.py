@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dataflex.errors import ConfigError
+from dataflex.signals.knn import EXACT_MAX, KnnIndex
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
 from dataflex.train.components import Scheduled, Selector, UpdateContext
@@ -174,7 +175,6 @@ class PoolLossSelector(BudgetSelector):
 
 
 # -- embedding selectors (NEAR, TSDS) ------------------------------------------------------------------
-from dataflex.signals.knn import EXACT_MAX, KnnIndex  # noqa: E402
 
 EMBEDDINGS = ("sentence", "model")
 QUERIES = ("example", "prompt")  # what a query embeds: the whole validation example, or its prompt
@@ -257,9 +257,11 @@ class EmbeddingSelector(BudgetSelector):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.query not in QUERIES:
-            raise ConfigError(f"selector={self.method}: query must be one of {', '.join(QUERIES)}, "
-                              f"got {self.query!r}; set selector.query=example (the whole validation example, "
-                              "the default) or prompt")
+            raise ConfigError(
+                f"selector={self.method}: query must be one of {', '.join(QUERIES)}, "
+                f"got {self.query!r}; set selector.query=example (the whole validation example, "
+                "the default) or prompt"
+            )
         self._memo: dict[str, Any] = {}  # sentence embeddings and index: in memory only, never checkpointed
         self.last_round: dict[str, Any] | None = None  # a small summary of the last decision (checkpointed)
 
@@ -322,8 +324,9 @@ class EmbeddingSelector(BudgetSelector):
                 ctx.model, ctx.pool, ctx.collator, self.batch_size, f"{self.name} pool embeddings"
             )
             if self.query == "example":  # the whole rows, exactly as the candidates
-                queries = model_pool_embeddings(ctx.model, validation, ctx.collator, self.batch_size,
-                                                f"{self.name} query embeddings")
+                queries = model_pool_embeddings(
+                    ctx.model, validation, ctx.collator, self.batch_size, f"{self.name} query embeddings"
+                )
             else:
                 queries = model_prompt_embeddings(
                     ctx.model, validation, ctx.tokenizer, self.batch_size, f"{self.name} prompt embeddings"

@@ -54,7 +54,9 @@ def window_bounds(delta: torch.Tensor, update_index: int, num_updates: int, wind
     return order, start, end
 
 
-def delta_loss_probabilities(delta: torch.Tensor, update_index: int, num_updates: int, window: float = 0.2) -> torch.Tensor:
+def delta_loss_probabilities(
+    delta: torch.Tensor, update_index: int, num_updates: int, window: float = 0.2
+) -> torch.Tensor:
     """The pure core: sampling probabilities over the N samples (float64, sums to 1).
 
     Weight 1 inside :func:`window_bounds`' window, 0.025 outside, normalised. An empty window
@@ -119,7 +121,9 @@ class DeltaLossSelector(PoolLossSelector):
         delta = self.initial_losses[candidates] - self.pool_losses(ctx, candidates)
         num_updates = self.total_updates(ctx)
         p = delta_loss_probabilities(delta, ctx.update_index, num_updates, self.window)
-        local = torch.multinomial(p, self.k(ctx), replacement=False, generator=seeded_generator(self.seed, ctx.update_index))
+        local = torch.multinomial(
+            p, self.k(ctx), replacement=False, generator=seeded_generator(self.seed, ctx.update_index)
+        )
         self.last_scores = {
             "update_index": ctx.update_index,
             "num_updates": num_updates,

@@ -45,7 +45,9 @@ def round_robin(neighbors: torch.Tensor, k: int) -> torch.Tensor:
     positions = torch.arange(flat.numel())
     # the first position at which each distinct candidate appears; taking them in that order is the
     # round robin with duplicates skipped
-    first = torch.full((distinct.numel(),), flat.numel(), dtype=torch.long).scatter_reduce(0, inverse, positions, "amin")
+    first = torch.full((distinct.numel(),), flat.numel(), dtype=torch.long).scatter_reduce(
+        0, inverse, positions, "amin"
+    )
     return flat[torch.sort(first).values[:k]]
 
 
@@ -91,7 +93,9 @@ class NearSelector(EmbeddingSelector):
 
     method = "near"
 
-    def choose(self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+    def choose(
+        self, ctx: UpdateContext, candidates: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, dict | None]:
         info: dict[str, Any] = {}
         picked = near_indices(self.index(candidates), queries, self.k(ctx), info)
         return picked, {"update_index": ctx.update_index, **info}

@@ -43,12 +43,28 @@ log = get_logger(__name__)
 
 BACKENDS = ("local_vllm", "api")
 LOCAL_KEYS = {
-    "hf_model_name_or_path": None, "hf_cache_dir": None, "hf_local_dir": None, "vllm_tensor_parallel_size": 1,
-    "vllm_temperature": 0.0, "vllm_top_p": 0.9, "vllm_max_tokens": 512, "vllm_top_k": 40,
-    "vllm_repetition_penalty": 1.0, "vllm_seed": None, "vllm_max_model_len": None, "vllm_gpu_memory_utilization": 0.9,
+    "hf_model_name_or_path": None,
+    "hf_cache_dir": None,
+    "hf_local_dir": None,
+    "vllm_tensor_parallel_size": 1,
+    "vllm_temperature": 0.0,
+    "vllm_top_p": 0.9,
+    "vllm_max_tokens": 512,
+    "vllm_top_k": 40,
+    "vllm_repetition_penalty": 1.0,
+    "vllm_seed": None,
+    "vllm_max_model_len": None,
+    "vllm_gpu_memory_utilization": 0.9,
 }
-API_KEYS = {"api_url": None, "api_key": None, "model_name": "gpt-4o", "max_workers": 8, "max_retries": 5,
-            "temperature": 0.0, "request_timeout": 60}
+API_KEYS = {
+    "api_url": None,
+    "api_key": None,
+    "model_name": "gpt-4o",
+    "max_workers": 8,
+    "max_retries": 5,
+    "temperature": 0.0,
+    "request_timeout": 60,
+}
 SYSTEM_PROMPT = "You judge answers. Reply with one number between 0 and 1 and nothing else."
 PROMPT_WITH_REFERENCE = (
     "Rate the candidate answer to the instruction against the reference answer, from 0.0 (wrong, unhelpful "
@@ -76,11 +92,15 @@ def parse_score(text: str) -> float:
 def _settings(backend: str, params: dict[str, Any], known: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"reward backend {backend}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        raise ConfigError(
+            f"reward backend {backend}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}"
+        )
     settings = {**known, **params}
     missing = [k for k in required if not settings.get(k)]
     if missing:
-        raise ConfigError(f"reward backend {backend} needs {' and '.join(missing)} in backend_params (reward_backend_params)")
+        raise ConfigError(
+            f"reward backend {backend} needs {' and '.join(missing)} in backend_params (reward_backend_params)"
+        )
     return settings
 
 
@@ -95,26 +115,43 @@ class JudgeReward:
         batch_size: prompts per local ``generate`` call (transformers only).
     """
 
-    def __init__(self, backend: str = "local_vllm", backend_params: dict[str, Any] | None = None,
-                 system_prompt: str = SYSTEM_PROMPT, prompt_with_reference: str = PROMPT_WITH_REFERENCE,
-                 prompt_without_reference: str = PROMPT_WITHOUT_REFERENCE, batch_size: int = 16):
+    def __init__(
+        self,
+        backend: str = "local_vllm",
+        backend_params: dict[str, Any] | None = None,
+        system_prompt: str = SYSTEM_PROMPT,
+        prompt_with_reference: str = PROMPT_WITH_REFERENCE,
+        prompt_without_reference: str = PROMPT_WITHOUT_REFERENCE,
+        batch_size: int = 16,
+    ):
         backend = str(backend or "local_vllm").lower()
         if backend not in BACKENDS:
             raise ConfigError(f"reward backend '{backend}' is not one of {', '.join(BACKENDS)}")
         raw = dict(backend_params or {})
-        params = dict(raw[backend]) if isinstance(raw.get(backend), dict) else {k: v for k, v in raw.items() if k not in BACKENDS}
+        params = (
+            dict(raw[backend])
+            if isinstance(raw.get(backend), dict)
+            else {k: v for k, v in raw.items() if k not in BACKENDS}
+        )
         if backend == "local_vllm":
             self.settings = _settings(backend, params, LOCAL_KEYS, ("hf_model_name_or_path",))
         else:
             self.settings = _settings(backend, params, API_KEYS, ("api_url", "api_key"))
         self.backend, self.batch_size = backend, int(batch_size)
         self.system_prompt, self.with_reference, self.without_reference = (
-            system_prompt, prompt_with_reference, prompt_without_reference)
+            system_prompt,
+            prompt_with_reference,
+            prompt_without_reference,
+        )
         self._local: Any = None  # (kind, model, tokenizer or sampling params), loaded at the first call
 
     def judge_prompt(self, prompt: str, response: str, reference: str) -> str:
-        fields = {"instruction": prompt.strip(), "input": "No additional input.",  # the original's {input}
-                  "prediction": response.strip() or "No response.", "reference": (reference or "").strip()}
+        fields = {
+            "instruction": prompt.strip(),
+            "input": "No additional input.",  # the original's {input}
+            "prediction": response.strip() or "No response.",
+            "reference": (reference or "").strip(),
+        }
         return (self.with_reference if fields["reference"] else self.without_reference).format(**fields)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[float]:
@@ -131,10 +168,19 @@ class JudgeReward:
 
     def _post(self, text: str) -> str:
         s = self.settings
-        body = json.dumps({"model": s["model_name"], "temperature": s["temperature"], "messages": [
-            {"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}]}).encode()
-        request = urllib.request.Request(s["api_url"], data=body, method="POST", headers={
-            "Authorization": f"Bearer {self._api_key()}", "Content-Type": "application/json"})
+        body = json.dumps(
+            {
+                "model": s["model_name"],
+                "temperature": s["temperature"],
+                "messages": [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}],
+            }
+        ).encode()
+        request = urllib.request.Request(
+            s["api_url"],
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {self._api_key()}", "Content-Type": "application/json"},
+        )
         for attempt in range(max(1, int(s["max_retries"]))):
             try:
                 with urllib.request.urlopen(request, timeout=float(s["request_timeout"])) as reply:
@@ -142,7 +188,7 @@ class JudgeReward:
             except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
                 log.warning("reward API request %d failed: %s", attempt + 1, err)
                 if attempt + 1 < int(s["max_retries"]):
-                    time.sleep(min(2.0 ** attempt, 8.0))
+                    time.sleep(min(2.0**attempt, 8.0))
         return ""  # no score: reward 0, as the original
 
     def _ask_api(self, texts: list[str]) -> list[str]:
@@ -165,10 +211,21 @@ class JudgeReward:
             model = AutoModelForCausalLM.from_pretrained(path, cache_dir=s["hf_cache_dir"]).eval()
             self._local = ("transformers", model, tokenizer)
             return
-        llm = LLM(model=path, tensor_parallel_size=s["vllm_tensor_parallel_size"], max_model_len=s["vllm_max_model_len"],
-                  gpu_memory_utilization=s["vllm_gpu_memory_utilization"], download_dir=s["hf_cache_dir"])
-        sampling = SamplingParams(temperature=s["vllm_temperature"], top_p=s["vllm_top_p"], max_tokens=s["vllm_max_tokens"],
-                                  top_k=s["vllm_top_k"], repetition_penalty=s["vllm_repetition_penalty"], seed=s["vllm_seed"])
+        llm = LLM(
+            model=path,
+            tensor_parallel_size=s["vllm_tensor_parallel_size"],
+            max_model_len=s["vllm_max_model_len"],
+            gpu_memory_utilization=s["vllm_gpu_memory_utilization"],
+            download_dir=s["hf_cache_dir"],
+        )
+        sampling = SamplingParams(
+            temperature=s["vllm_temperature"],
+            top_p=s["vllm_top_p"],
+            max_tokens=s["vllm_max_tokens"],
+            top_k=s["vllm_top_k"],
+            repetition_penalty=s["vllm_repetition_penalty"],
+            seed=s["vllm_seed"],
+        )
         self._local = ("vllm", llm, sampling)
 
     def _ask_local(self, texts: list[str]) -> list[str]:
@@ -185,20 +242,31 @@ class JudgeReward:
 
         s = self.settings
         sample = float(s["vllm_temperature"]) > 0
-        options: dict[str, Any] = {"max_new_tokens": int(s["vllm_max_tokens"]), "do_sample": sample,
-                                   "repetition_penalty": float(s["vllm_repetition_penalty"]),
-                                   "pad_token_id": tokenizer.pad_token_id}
+        options: dict[str, Any] = {
+            "max_new_tokens": int(s["vllm_max_tokens"]),
+            "do_sample": sample,
+            "repetition_penalty": float(s["vllm_repetition_penalty"]),
+            "pad_token_id": tokenizer.pad_token_id,
+        }
         if sample:
-            options.update(temperature=float(s["vllm_temperature"]), top_p=float(s["vllm_top_p"]),
-                           top_k=max(int(s["vllm_top_k"]), 0))
+            options.update(
+                temperature=float(s["vllm_temperature"]),
+                top_p=float(s["vllm_top_p"]),
+                top_k=max(int(s["vllm_top_k"]), 0),
+            )
         limit = s["vllm_max_model_len"]
         out: list[str] = []
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if s["vllm_seed"] is not None:
                 torch.manual_seed(int(s["vllm_seed"]))
             for start in range(0, len(texts), self.batch_size):
-                batch = tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                  truncation=limit is not None, max_length=limit)
+                batch = tokenizer(
+                    texts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=limit is not None,
+                    max_length=limit,
+                )
                 ids = model.generate(**batch, **options)
-                out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         return out

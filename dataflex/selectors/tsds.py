@@ -71,7 +71,9 @@ class TransportPlan(NamedTuple):
     stopped: bool
 
 
-def transport_mass(distances: torch.Tensor, densities: torch.Tensor, alpha: float = 0.5, C: float = 5.0) -> TransportPlan:
+def transport_mass(
+    distances: torch.Tensor, densities: torch.Tensor, alpha: float = 0.5, C: float = 5.0
+) -> TransportPlan:
     """The TSDS closed form for queries with known neighbour distances and densities.
 
     Args:
@@ -87,7 +89,9 @@ def transport_mass(distances: torch.Tensor, densities: torch.Tensor, alpha: floa
     d = torch.as_tensor(distances, dtype=torch.float64)
     rho = torch.as_tensor(densities, dtype=torch.float64)
     if d.ndim != 2 or d.shape != rho.shape or d.numel() == 0:
-        raise ValueError(f"distances and densities must be the same non-empty [M, K] shape, got {tuple(d.shape)}, {tuple(rho.shape)}")
+        raise ValueError(
+            f"distances and densities must be the same non-empty [M, K] shape, got {tuple(d.shape)}, {tuple(rho.shape)}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if not C > 0:

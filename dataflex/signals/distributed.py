@@ -145,9 +145,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return buf.to(tensor.device)
 
 
-def gather_by_index(
-    values: torch.Tensor, indices: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_by_index(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather per-sample values from all ranks, sorted by dataset index, duplicates dropped.
 
     Ranks may hold different numbers of samples (each rank's block is padded to the maximum count for the
@@ -167,9 +165,7 @@ def gather_by_index(
     """
     indices = torch.as_tensor(indices).reshape(-1).long()
     if values.shape[0] != indices.shape[0]:
-        raise ValueError(
-            f"values has {values.shape[0]} rows but indices has {indices.shape[0]}"
-        )
+        raise ValueError(f"values has {values.shape[0]} rows but indices has {indices.shape[0]}")
     if is_distributed():
         dev = _comm_device()
         n = torch.tensor([values.shape[0]], dtype=torch.long, device=dev)

@@ -52,9 +52,7 @@ def _decoder_of(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 @torch.no_grad()
-def mean_pooled_hidden_states(
-    model: torch.nn.Module, batch: Mapping[str, torch.Tensor]
-) -> torch.Tensor:
+def mean_pooled_hidden_states(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Mean over attention-mask tokens of the last hidden state of a causal LM, per sample.
 
     Runs the transformer body only (no lm head) when the model exposes `get_decoder()` (also through a
@@ -144,16 +142,12 @@ class SentenceEncoder:
         self.path = path
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(
-            str(path), local_files_only=True, dtype=dtype
-        )
+        self.model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=dtype)
         self.model.to(self.device).eval()
         self.max_length = int(max_length or _max_seq_length(path) or 256)
 
     @torch.no_grad()
-    def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
-    ) -> torch.Tensor:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """Embed texts: mean pooling over real tokens, then L2 normalisation.
 
         Texts are processed longest first (less padding) and returned in input order; padding does not
@@ -173,9 +167,7 @@ class SentenceEncoder:
             return out
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         starts = range(0, len(texts), batch_size)
-        for start in tqdm(
-            starts, desc="sentence-embed", disable=not progress, leave=False
-        ):
+        for start in tqdm(starts, desc="sentence-embed", disable=not progress, leave=False):
             idx = order[start : start + batch_size]
             enc = self.tokenizer(
                 [texts[i] for i in idx],

@@ -44,9 +44,7 @@ def generation_prompt_ids(tokenizer: Any, template: Any, instruction: str) -> li
 
 def _rng_devices(device: torch.device) -> list[int]:
     if device.type == "cuda":
-        return [
-            device.index if device.index is not None else torch.cuda.current_device()
-        ]
+        return [device.index if device.index is not None else torch.cuda.current_device()]
     return []
 
 
@@ -109,9 +107,7 @@ def sample_generations(
             starts = range(0, len(prompts), batch_size)
             for start in tqdm(starts, desc="sample", disable=not progress, leave=False):
                 seqs = [
-                    generation_prompt_ids(tokenizer, template, p)
-                    if isinstance(p, str)
-                    else [int(t) for t in p]
+                    generation_prompt_ids(tokenizer, template, p) if isinstance(p, str) else [int(t) for t in p]
                     for p in prompts[start : start + batch_size]
                 ]
                 ids, mask, _ = pad_batch(seqs, pad_id, "left", device)
@@ -133,9 +129,7 @@ def sample_generations(
                 for i, prompt_ids in enumerate(seqs):
                     group = []
                     for row in rows[i * num_samples : (i + 1) * num_samples]:
-                        cut = next(
-                            (k for k, t in enumerate(row) if t in stop_ids), None
-                        )
+                        cut = next((k for k, t in enumerate(row) if t in stop_ids), None)
                         body = row if cut is None else row[:cut]
                         group.append(
                             SampledResponse(

@@ -70,8 +70,9 @@ def shifted_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     safe = torch.where(valid, shift_labels, torch.zeros_like(shift_labels))
     # flattened to [B*(T-1), V] as the trainer's own loss does: the class dimension contiguous
     # (cross_entropy over a transposed [B, V, T-1] view is several times slower on CPU)
-    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), safe.reshape(-1),
-                          reduction="none").view_as(safe)
+    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), safe.reshape(-1), reduction="none").view_as(
+        safe
+    )
     nll = torch.where(valid, nll, torch.zeros_like(nll))
     return nll, valid
 
@@ -81,9 +82,7 @@ def _forward_logits(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tens
     return out.logits if hasattr(out, "logits") else out[0]
 
 
-def per_token_losses(
-    model: torch.nn.Module, batch: Mapping[str, Tensor], *, grad: bool = False
-) -> Tensor:
+def per_token_losses(model: torch.nn.Module, batch: Mapping[str, Tensor], *, grad: bool = False) -> Tensor:
     """The NLL of every predicted position, in one batched forward.
 
     Alignment: entry ``[i, t]`` is ``-log p(labels[i, t + 1] | input_ids[i, :t + 1])``, i.e. the
@@ -107,9 +106,7 @@ def per_token_losses(
     return nll
 
 
-def per_sample_losses(
-    model: torch.nn.Module, batch: Mapping[str, Tensor], *, grad: bool = False
-) -> Tensor:
+def per_sample_losses(model: torch.nn.Module, batch: Mapping[str, Tensor], *, grad: bool = False) -> Tensor:
     """ℓ_i: the token-mean NLL of each sample over its label tokens, in one batched forward.
 
     Equal (to float rounding) to running each sample alone without padding, whatever the padding

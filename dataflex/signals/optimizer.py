@@ -63,11 +63,7 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     parameters, not through its `.optimizer`.
     """
     seen = set()
-    while (
-        hasattr(optimizer, "optimizer")
-        and id(optimizer) not in seen
-        and not _is_deepspeed_optimizer(optimizer)
-    ):
+    while hasattr(optimizer, "optimizer") and id(optimizer) not in seen and not _is_deepspeed_optimizer(optimizer):
         seen.add(id(optimizer))
         inner = optimizer.optimizer
         if inner is None or inner is optimizer:
@@ -109,9 +105,7 @@ def _torch_state(optimizer: Any, name: str, param: torch.nn.Parameter) -> AdamSh
     return AdamShard(m, v, 0, param.numel(), param.shape)
 
 
-def _zero3_shard(
-    name: str, param: torch.nn.Parameter, full: bool, has_state: bool
-) -> AdamShard:
+def _zero3_shard(name: str, param: torch.nn.Parameter, full: bool, has_state: bool) -> AdamShard:
     from deepspeed.utils import (
         safe_get_full_optimizer_state,
         safe_get_local_optimizer_state,
@@ -128,9 +122,7 @@ def _zero3_shard(
             dtype=torch.float32,
             device=param.ds_tensor.device,
         )
-        return AdamShard(
-            zeros, zeros.clone(), 0 if full else offset, total if full else valid, shape
-        )
+        return AdamShard(zeros, zeros.clone(), 0 if full else offset, total if full else valid, shape)
     if full:
         m = safe_get_full_optimizer_state(param, "exp_avg")
         v = safe_get_full_optimizer_state(param, "exp_avg_sq")
@@ -140,9 +132,7 @@ def _zero3_shard(
     return AdamShard(m.reshape(-1), v.reshape(-1), offset, valid, shape)
 
 
-def _zero12_shard(
-    name: str, param: torch.nn.Parameter, full: bool, has_state: bool
-) -> AdamShard:
+def _zero12_shard(name: str, param: torch.nn.Parameter, full: bool, has_state: bool) -> AdamShard:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     mapping = param._hp_mapping
@@ -151,9 +141,7 @@ def _zero12_shard(
             zeros = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
             return AdamShard(zeros, zeros.clone(), 0, param.numel(), param.shape)
         address = mapping.lp_fragment_address if mapping is not None else None
-        zeros = torch.zeros(
-            address.numel if address else 0, dtype=torch.float32, device=param.device
-        )
+        zeros = torch.zeros(address.numel if address else 0, dtype=torch.float32, device=param.device)
         return AdamShard(
             zeros,
             zeros.clone(),
@@ -165,9 +153,7 @@ def _zero12_shard(
         m = safe_get_full_optimizer_state(param, "exp_avg")
         v = safe_get_full_optimizer_state(param, "exp_avg_sq")
         return AdamShard(m, v, 0, param.numel(), param.shape)
-    if (
-        mapping is None
-    ):  # this rank's optimizer partition holds no part of the parameter
+    if mapping is None:  # this rank's optimizer partition holds no part of the parameter
         empty = torch.zeros(0, dtype=torch.float32, device=param.device)
         return AdamShard(empty, empty.clone(), 0, 0, param.shape)
     m = mapping.get_hp_fragment("exp_avg")
@@ -204,9 +190,7 @@ def _dp_rank(param: torch.nn.Parameter) -> int:
     return dist.get_rank(group=group) if group is not None else dist.get_rank()
 
 
-def adam_state_shards(
-    optimizer: Any, model: torch.nn.Module, full: bool = False
-) -> dict[str, AdamShard]:
+def adam_state_shards(optimizer: Any, model: torch.nn.Module, full: bool = False) -> dict[str, AdamShard]:
     """Adam state of every trainable parameter, as shards with their offsets.
 
     Args:
@@ -229,9 +213,7 @@ def adam_state_shards(
     for name, param in _trainable(model):
         kind = _zero_kind(param)
         if kind is not None and zero_state is None:
-            zero_opt = (
-                getattr(param, "_z3_optimizer", None) if kind == "zero3" else None
-            )
+            zero_opt = getattr(param, "_z3_optimizer", None) if kind == "zero3" else None
             zero_state = _zero_has_state(zero_opt if zero_opt is not None else inner)
         if kind == "zero3":
             out[name] = _zero3_shard(name, param, full, bool(zero_state))
@@ -259,7 +241,4 @@ def adam_state(
     Returns:
         `{name: (exp_avg, exp_avg_sq)}`; zeros before the first optimizer step.
     """
-    return {
-        n: (s.exp_avg, s.exp_avg_sq)
-        for n, s in adam_state_shards(optimizer, model, full=full).items()
-    }
+    return {n: (s.exp_avg, s.exp_avg_sq) for n, s in adam_state_shards(optimizer, model, full=full).items()}

@@ -42,10 +42,11 @@ CUDA-generated matrix differ. Pass ``generator_device="cpu"`` to get device-inde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -53,6 +54,22 @@ from torch import Tensor
 KINDS = ("rademacher", "gaussian", "sparse", "sjlt")
 
 _SEED_MASK = (1 << 63) - 1
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run a CPU scatter single-threaded: torch parallelises ``index_add_`` per index (a tiny
+    ``[B]`` row each), which costs far more than it saves; on a CPU shared with other jobs measured
+    ~1 ms per 4,096-row block on one thread against 40-200 ms on two. No-op off the CPU."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def block_seed(seed: int, kind: str, name: str, block: int) -> int:
@@ -114,21 +131,11 @@ class Projector:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"Projector dim must be a positive int, got {dim!r}")
         if kind not in KINDS:
-            raise ValueError(
-                f"unknown projection kind {kind!r}; expected one of {', '.join(KINDS)}"
-            )
-        if (
-            isinstance(block_size, bool)
-            or not isinstance(block_size, int)
-            or block_size <= 0
-        ):
-            raise ValueError(
-                f"Projector block_size must be a positive int, got {block_size!r}"
-            )
+            raise ValueError(f"unknown projection kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"Projector block_size must be a positive int, got {block_size!r}")
         if not (0.0 < float(density) <= 1.0):
-            raise ValueError(
-                f"sparse projection density must be in (0, 1], got {density!r}"
-            )
+            raise ValueError(f"sparse projection density must be in (0, 1], got {density!r}")
         if kind == "sjlt" and (isinstance(nnz, bool) or not isinstance(nnz, int) or not 1 <= nnz <= dim):
             raise ValueError(f"sjlt nnz must be an int in [1, dim={dim}], got {nnz!r}")
         if kind == "sjlt" and dim > 2**24:
@@ -141,19 +148,20 @@ class Projector:
         self.block_size = block_size
         self.density = float(density)
         self.nnz = int(nnz)
-        self.generator_device = (
-            None if generator_device is None else torch.device(generator_device)
-        )
+        self.generator_device = None if generator_device is None else torch.device(generator_device)
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[str, int, str], Tensor] = OrderedDict()
         self._cached = 0
 
     def __repr__(self) -> str:
-        extra = f", density={self.density:g}" if self.kind == "sparse" else f", nnz={self.nnz}" if self.kind == "sjlt" else ""
-        return (
-            f"Projector(dim={self.dim}, seed={self.seed}, kind={self.kind!r}, "
-            f"block_size={self.block_size}{extra})"
+        extra = (
+            f", density={self.density:g}"
+            if self.kind == "sparse"
+            else f", nnz={self.nnz}"
+            if self.kind == "sjlt"
+            else ""
         )
+        return f"Projector(dim={self.dim}, seed={self.seed}, kind={self.kind!r}, block_size={self.block_size}{extra})"
 
     # ------------------------------------------------------------------ blocks
     def _prefix_rows(self, rows: int, device: torch.device) -> int:
@@ -167,7 +175,9 @@ class Projector:
         """
         if device.type != "cpu" or rows >= self.block_size:
             return self.block_size
-        if self.kind == "gaussian" and (rows * self.dim % 16 or self.block_size * self.dim % 16 or rows * self.dim < 16):
+        if self.kind == "gaussian" and (
+            rows * self.dim % 16 or self.block_size * self.dim % 16 or rows * self.dim < 16
+        ):
             return self.block_size
         return rows
 
@@ -191,9 +201,7 @@ class Projector:
             # One random byte gives 8 signs: ~2x faster than one randint draw per entry on CPU.
             n = shape[0] * self.dim
             nbytes = (n + 7) // 8
-            words = torch.randint(
-                0, 256, (nbytes,), generator=gen, device=device, dtype=torch.uint8
-            )
+            words = torch.randint(0, 256, (nbytes,), generator=gen, device=device, dtype=torch.uint8)
             shifts = torch.arange(8, device=device, dtype=torch.uint8)
             bits = ((words.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:n]
             return bits.to(torch.float32).mul_(2.0).sub_(1.0).reshape(shape)
@@ -231,9 +239,7 @@ class Projector:
                     self._cached -= old.numel() * old.element_size()
         return rows
 
-    def matrix_rows(
-        self, name: str, start: int, stop: int, device: str | torch.device = "cpu"
-    ) -> Tensor:
+    def matrix_rows(self, name: str, start: int, stop: int, device: str | torch.device = "cpu") -> Tensor:
         """Rows ``[start, stop)`` of parameter ``name``'s scaled projection matrix (for tests/debugging).
 
         Args:
@@ -265,9 +271,7 @@ class Projector:
         return torch.zeros(rows.shape[0], self.dim, device=rows.device).scatter_add_(1, positions, values)
 
     # ----------------------------------------------------------------- project
-    def project(
-        self, grads: Mapping[str, Tensor], offsets: Mapping[str, int] | None = None
-    ) -> Tensor:
+    def project(self, grads: Mapping[str, Tensor], offsets: Mapping[str, int] | None = None) -> Tensor:
         """Project per-sample gradients to ``[B, dim]``.
 
         Args:
@@ -294,34 +298,25 @@ class Projector:
         device: torch.device | None = None
         for name, g in grads.items():
             if not isinstance(g, Tensor):
-                raise TypeError(
-                    f"gradient {name!r} is not a tensor: {type(g).__name__}"
-                )
+                raise TypeError(f"gradient {name!r} is not a tensor: {type(g).__name__}")
             if g.dim() < 1:
-                raise ValueError(
-                    f"gradient {name!r} needs a leading batch dimension, got a 0-d tensor"
-                )
+                raise ValueError(f"gradient {name!r} needs a leading batch dimension, got a 0-d tensor")
             if not (g.is_floating_point()):
-                raise ValueError(
-                    f"gradient {name!r} must be a float tensor, got {g.dtype}"
-                )
+                raise ValueError(f"gradient {name!r} must be a float tensor, got {g.dtype}")
             if batch is None:
                 batch, device = g.shape[0], g.device
             elif g.shape[0] != batch:
-                raise ValueError(
-                    f"mismatched batch sizes: {name!r} has {g.shape[0]} rows, expected {batch}"
-                )
+                raise ValueError(f"mismatched batch sizes: {name!r} has {g.shape[0]} rows, expected {batch}")
             elif g.device != device:
-                raise ValueError(
-                    f"gradients on different devices: {name!r} on {g.device}, expected {device}"
-                )
+                raise ValueError(f"gradients on different devices: {name!r} on {g.device}, expected {device}")
             off = offsets.get(name, 0)
             if isinstance(off, bool) or not isinstance(off, int) or off < 0:
-                raise ValueError(
-                    f"offset of {name!r} must be a non-negative int, got {off!r}"
-                )
+                raise ValueError(f"offset of {name!r} must be a non-negative int, got {off!r}")
         assert batch is not None and device is not None
         out = torch.zeros(batch, self.dim, dtype=torch.float32, device=device)
+        # sjlt accumulates into out^T: each scattered source row is one contiguous [B] vector (same sums in
+        # the same order as scattering into columns of out, and many times faster on a busy multi-thread CPU).
+        out_t = torch.zeros(self.dim, batch, dtype=torch.float32, device=device) if self.kind == "sjlt" else None
         bs = self.block_size
         # Sorted names: the float summation order (hence the exact bits) does not depend on dict order.
         for name in sorted(grads):
@@ -335,11 +330,15 @@ class Projector:
                 lo, hi = max(start, k * bs), min(stop, (k + 1) * bs)
                 rows = self._block(name, k, device, hi - k * bs)[lo - k * bs : hi - k * bs]
                 x = flat[:, lo - start : hi - start].to(torch.float32)
-                if self.kind == "sjlt":  # out[:, pos[j, c]] += x[:, j] * val[j, c]
+                if out_t is not None:  # out[:, pos[j, c]] += x[:, j] * val[j, c]
                     positions, values = rows[:, : self.nnz].long(), rows[:, self.nnz :]
-                    out.index_add_(1, positions.reshape(-1), (x.unsqueeze(-1) * values).reshape(batch, -1))
+                    with _one_cpu_thread(device):
+                        src = (x.T.unsqueeze(1) * values.unsqueeze(-1)).reshape(-1, batch)  # [n * nnz, B]
+                        out_t.index_add_(0, positions.reshape(-1), src)
                 else:
                     out.addmm_(x, rows)
+        if out_t is not None:
+            out.copy_(out_t.T)
         return out.mul_(1.0 / math.sqrt(self.dim))
 
     __call__ = project

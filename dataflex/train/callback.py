@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 SELECTIONS_DIR = "selections"
 
 
-def selection_stats(indices: torch.Tensor, previous: torch.Tensor | None, domain_ids: torch.Tensor, names: list[str]) -> dict[str, float]:
+def selection_stats(
+    indices: torch.Tensor, previous: torch.Tensor | None, domain_ids: torch.Tensor, names: list[str]
+) -> dict[str, float]:
     """What is logged for one selection round.
 
     ``selector/selected``: indices chosen (with repeats, as drawn); ``selector/unique``: distinct
@@ -64,7 +66,10 @@ class DomainLossTracker:
         """``train/domain_loss/<name>`` for every domain seen since the last call (every rank must
         call: the sums are reduced over ranks); the accumulators restart."""
         if self.sums is None:  # no batch seen (yet) on this rank
-            self.sums, self.counts = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
+            self.sums, self.counts = (
+                torch.zeros(len(names), dtype=torch.float64),
+                torch.zeros(len(names), dtype=torch.float64),
+            )
         totals = all_reduce_sum(torch.cat([self.sums, self.counts]))
         k = self.sums.numel()
         sums, counts = totals[:k], totals[k:]
@@ -193,8 +198,9 @@ class DataFlexCallback(TrainerCallback):
         if extra:
             self.tracker.log(extra, step=ctx.global_step)
 
-    def _record_selection(self, indices: torch.Tensor, previous, step: int, update_index: int,
-                          extra: dict[str, float] | None = None) -> None:
+    def _record_selection(
+        self, indices: torch.Tensor, previous, step: int, update_index: int, extra: dict[str, float] | None = None
+    ) -> None:
         """Log a selection round (with the selector's ``extra`` decision statistics) and save it as
         ``selections/round_NNN.json`` (rank 0)."""
         indices = torch.as_tensor(indices, dtype=torch.long)
@@ -249,8 +255,9 @@ class DataFlexCallback(TrainerCallback):
         # statistics since the previous log (the weighters'), on every rank (identical weights), logged by rank 0
         stats = {k: v for c in self.components.values() for k, v in c.pop_stats().items()}
         if logs and state.is_world_process_zero:
-            self.tracker.log({**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **stats},
-                             step=state.global_step)
+            self.tracker.log(
+                {**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **stats}, step=state.global_step
+            )
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

@@ -11,9 +11,9 @@ checked before anything is built); the schedule keys are declared once by :class
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -293,11 +293,13 @@ class Scheduled(Component):
 class DecisionSink(Protocol):
     """Where decisions land (the DataFlexCallback): the sampler, the logs and the selection files."""
 
-    def set_indices(self, indices: torch.Tensor | None, ctx: UpdateContext,
-                    stats: Callable[[], dict[str, float]]) -> None: ...
+    def set_indices(
+        self, indices: torch.Tensor | None, ctx: UpdateContext, stats: Callable[[], dict[str, float]]
+    ) -> None: ...
 
-    def set_proportions(self, proportions: torch.Tensor, ctx: UpdateContext,
-                        stats: Callable[[], dict[str, float]]) -> None: ...
+    def set_proportions(
+        self, proportions: torch.Tensor, ctx: UpdateContext, stats: Callable[[], dict[str, float]]
+    ) -> None: ...
 
 
 class Selector(Component):

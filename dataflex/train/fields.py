@@ -54,8 +54,11 @@ def param(
         key: the config (and keyword) name when it differs from the attribute's, e.g. a key that
             would hide a method of the component (DoReMi's ``update`` is the attribute ``update_rule``).
     """
-    metadata = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, check=check,
-                                      expects=expects, key=key).items() if v is not None}
+    metadata = {
+        k: v
+        for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, check=check, expects=expects, key=key).items()
+        if v is not None
+    }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -199,8 +202,10 @@ def _out_of_range(value: Any, meta: Mapping[str, Any]) -> bool:
     if not isinstance(value, _NUMERIC) or isinstance(value, bool):
         return False
     return not (
-        ("ge" not in meta or value >= meta["ge"]) and ("gt" not in meta or value > meta["gt"])
-        and ("le" not in meta or value <= meta["le"]) and ("lt" not in meta or value < meta["lt"])
+        ("ge" not in meta or value >= meta["ge"])
+        and ("gt" not in meta or value > meta["gt"])
+        and ("le" not in meta or value <= meta["le"])
+        and ("lt" not in meta or value < meta["lt"])
     )
 
 
@@ -212,7 +217,7 @@ def expected(tp: Any, bounds: str, choices: bool = False) -> str:
         text = bounds
     else:
         rest = [a for a in typing.get_args(tp) if a is not type(None)] if optional else [tp]
-        base = describe_type(rest[0] if len(rest) == 1 else typing.Union[tuple(rest)])
+        base = describe_type(rest[0] if len(rest) == 1 else typing.Union[tuple(rest)])  # noqa: UP007 (built at runtime)
         text = f"{base} {bounds}".strip()
     return f"{text} or null" if optional else text
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-from dataflex.errors import ConfigError
-from dataflex.errors import NonFiniteLossError  # noqa: F401  (re-exported)
+from dataflex.errors import (
+    ConfigError,
+    NonFiniteLossError,  # noqa: F401  (re-exported)
+)
 from dataflex.logs import ALL_RANKS, get_logger
 from dataflex.signals.distributed import all_ranks_true
 
@@ -136,7 +138,7 @@ class NonFiniteGuard:
         local = _finite(loss) and _finite(per_sample)
         # under skip every rank skips together: a rank that skipped alone would leave the others
         # waiting in a component's collective (a weighter's gather)
-        if (all_ranks_true(local) if self.policy == "skip" else local):
+        if all_ranks_true(local) if self.policy == "skip" else local:
             return None
         if local:
             return self._skip(step, batch, model, f"{what} is not finite on another rank at step {step}")

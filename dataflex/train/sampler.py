@@ -80,8 +80,12 @@ class Plan:
     selection: int = 0
 
     def to_dict(self) -> dict:
-        return {"start": self.start, "indices": self.indices, "proportions": self.proportions,
-                "selection": self.selection}
+        return {
+            "start": self.start,
+            "indices": self.indices,
+            "proportions": self.proportions,
+            "selection": self.selection,
+        }
 
 
 class DynamicSampler(Sampler[int]):
@@ -100,8 +104,9 @@ class DynamicSampler(Sampler[int]):
         batch_size: draws per optimizer step over all ranks (where resume states are kept).
     """
 
-    def __init__(self, domain_ids: Sequence[int] | torch.Tensor | np.ndarray, num_draws: int, seed: int = 0,
-                 batch_size: int = 1):
+    def __init__(
+        self, domain_ids: Sequence[int] | torch.Tensor | np.ndarray, num_draws: int, seed: int = 0, batch_size: int = 1
+    ):
         ids = domain_ids.numpy() if isinstance(domain_ids, torch.Tensor) else np.asarray(domain_ids)
         if ids.size == 0:
             raise ValueError("DynamicSampler needs a non-empty pool")
@@ -236,8 +241,10 @@ class DynamicSampler(Sampler[int]):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != 2:
-            raise ValueError("sampler state from an older dataflex (a replayed plan history); resume it with that "
-                             "version or start the run again")
+            raise ValueError(
+                "sampler state from an older dataflex (a replayed plan history); resume it with that "
+                "version or start the run again"
+            )
         if state["seed"] != self.seed or state["num_draws"] != self.num_draws:
             raise ValueError(
                 f"sampler state is for seed={state['seed']}, num_draws={state['num_draws']}; "
@@ -286,14 +293,14 @@ class _Streams:
         s, k = self.s, self.s.num_domains
         if plan.selection != self.selection:  # a new selection: new groups, its streams start afresh
             if plan.indices is None:
-                groups = [s._order[s._offsets[d]:s._offsets[d + 1]] for d in range(k)]
+                groups = [s._order[s._offsets[d] : s._offsets[d + 1]] for d in range(k)]
             else:
                 members = plan.indices.numpy()
                 member_domains = s._ids[members]
                 small = member_domains.astype(np.int16) if k < 2**15 else member_domains  # radix sort: O(k)
                 by_domain = members[np.argsort(small, kind="stable")]
                 offsets = np.concatenate([[0], np.cumsum(np.bincount(member_domains, minlength=k))])
-                groups = [by_domain[offsets[d]:offsets[d + 1]] for d in range(k)]
+                groups = [by_domain[offsets[d] : offsets[d + 1]] for d in range(k)]
             self.groups, self.sizes = groups, [int(g.size) for g in groups]
             self.sizes.append(sum(self.sizes))
             self.selection = plan.selection

@@ -40,7 +40,8 @@ class MetaCollator:
         features = [dict(f) for f in features]
         meta = {
             k: torch.tensor([f.pop(k) for f in features], dtype=torch.float64 if k in FLOAT_META_KEYS else torch.long)
-            for k in META_KEYS if k in features[0]
+            for k in META_KEYS
+            if k in features[0]
         }
         batch = self.base(features)
         batch.update(meta)
@@ -83,8 +84,15 @@ class DataFlexTrainerMixin:
         dataflex_template: the LLaMA-Factory template of the run (None for the pt stage).
     """
 
-    def __init__(self, *args, dataflex_callback: DataFlexCallback, dataflex_domain_ids, dataflex_validation=None,
-                 dataflex_template=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        dataflex_callback: DataFlexCallback,
+        dataflex_domain_ids,
+        dataflex_validation=None,
+        dataflex_template=None,
+        **kwargs,
+    ):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         super().__init__(*args, callbacks=[*callbacks, dataflex_callback], **kwargs)
         self.dataflex_callback = dataflex_callback
@@ -129,16 +137,24 @@ class DataFlexTrainerMixin:
             return super().get_train_dataloader()
         # the rows carry their draw-time probability (DrawDataset); batches are skipped on resume by
         # HF's skip_first_batches, which the sampler's placeholders line up with
-        return self._get_dataloader(dataset=DrawDataset(self.train_dataset), description="Training",
-                                    batch_size=self._train_batch_size, sampler_fn=self._get_train_sampler,
-                                    is_training=True)
+        return self._get_dataloader(
+            dataset=DrawDataset(self.train_dataset),
+            description="Training",
+            batch_size=self._train_batch_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
 
     def _get_train_sampler(self, *args, **kwargs):
         if not self.dataflex_dynamic:
             return super()._get_train_sampler(*args, **kwargs)  # plain training stays exactly plain
         if self.dataflex_sampler is None:
-            self.dataflex_sampler = DynamicSampler(self.dataflex_domain_ids, self.dataflex_num_draws(), self.args.seed,
-                                                   batch_size=self.dataflex_batch_draws())
+            self.dataflex_sampler = DynamicSampler(
+                self.dataflex_domain_ids,
+                self.dataflex_num_draws(),
+                self.args.seed,
+                batch_size=self.dataflex_batch_draws(),
+            )
             self.dataflex_sampler.skip_resumed = not self.args.ignore_data_skip
         return self.dataflex_sampler
 
@@ -149,7 +165,9 @@ class DataFlexTrainerMixin:
         owner = callback.loss_owner
         guard, step = self.dataflex_nonfinite, self.state.global_step + 1
         if not callback.observers and owner is None:
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
             skip = guard.check(result[0] if return_outputs else result, step, meta, model)
             if skip is None:
                 return result
@@ -162,7 +180,11 @@ class DataFlexTrainerMixin:
                 f"{callback.describe(owner or callback.observers[0])} needs per-sample losses, but the training forward "
                 "returned no logits (a fused loss kernel such as the Liger kernel); set model.enable_liger_kernel=false"
             )
-        loss_inputs = self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch) if owner is not None else None
+        loss_inputs = (
+            self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch)
+            if owner is not None
+            else None
+        )
         if not callback.observers:
             per_sample = None
         elif loss_inputs is not None:  # the owner's per-token losses hold them already: no second pass over the logits
@@ -191,7 +213,9 @@ class DataFlexTrainerMixin:
                 "be combined with a LLaMA-Factory custom loss (use_dft_loss, use_asft_loss, ...); turn that loss off"
             )
         token_losses, token_mask = shifted_token_nll(logits, labels)
-        grad_accum = int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps)
+        grad_accum = int(
+            getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        )
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
             token_scale = processes / num_items_in_batch

@@ -102,9 +102,7 @@ class BatchWeighter(Weighter):
     # -- the loss ----------------------------------------------------------------------------------
     def training_loss(self, loss: LossInputs) -> torch.Tensor:
         per_sample = loss.sample_losses()
-        local = torch.stack(
-            [per_sample.detach().double().cpu(), (loss.token_mask.sum(-1) > 0).double().cpu()], dim=1
-        )
+        local = torch.stack([per_sample.detach().double().cpu(), (loss.token_mask.sum(-1) > 0).double().cpu()], dim=1)
         gathered, offset = gather_global_batch(local)
         losses, valid = gathered[:, 0], (gathered[:, 1] > 0) & torch.isfinite(gathered[:, 0])
         weights = torch.zeros_like(losses)
@@ -112,7 +110,7 @@ class BatchWeighter(Weighter):
         if n_valid:
             weights[valid] = self.batch_weights(losses[valid])
             self._record(weights[valid])
-        local_weights = weights[offset: offset + per_sample.shape[0]]
+        local_weights = weights[offset : offset + per_sample.shape[0]]
         dtype, device = loss.token_losses.dtype, loss.token_losses.device
         if self.reduction == "token":
             # B·w_i is exactly 1.0 in float32 for w = 1/B, so uniform weights reproduce plain() bit for bit.

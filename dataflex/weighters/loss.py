@@ -117,8 +117,9 @@ def inverse_temperature(step: int, temperature: float, warmup_steps: int, start_
     return start + (target - start) * max(step, 0) / warmup_steps
 
 
-def scheduled_inverse_temperature(step: int, temperature: float, warmup_steps: int, schedule: str = "constant",
-                                  start_temperature: float = math.inf) -> float:
+def scheduled_inverse_temperature(
+    step: int, temperature: float, warmup_steps: int, schedule: str = "constant", start_temperature: float = math.inf
+) -> float:
     """1/r for the step trained after ``step`` optimizer steps done.
 
     ``constant``: 0 (r = ∞, exactly uniform weights) while ``step < warmup_steps``, then 1/temperature.
@@ -157,9 +158,11 @@ class LossWeighter(BatchWeighter):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.schedule_name not in SCHEDULES:
-            raise ConfigError(f"weighter=loss: schedule must be one of {', '.join(SCHEDULES)}, "
-                              f"got {self.schedule_name!r}; set weighter.schedule=constant (uniform for "
-                              "warmup_steps, then r; the default)")
+            raise ConfigError(
+                f"weighter=loss: schedule must be one of {', '.join(SCHEDULES)}, "
+                f"got {self.schedule_name!r}; set weighter.schedule=constant (uniform for "
+                "warmup_steps, then r; the default)"
+            )
         self.start_temperature = math.inf if self.start_temperature is None else float(self.start_temperature)
         if not (math.isfinite(self.delta) and self.delta > 0):
             raise ValueError(f"delta must be a finite number > 0, got {self.delta}")
@@ -168,8 +171,9 @@ class LossWeighter(BatchWeighter):
 
     def current_temperature(self) -> float:
         """r in force for the step being trained (math.inf for uniform weights)."""
-        beta = scheduled_inverse_temperature(self.steps_done, self.temperature, self.warmup_steps, self.schedule_name,
-                                             self.start_temperature)
+        beta = scheduled_inverse_temperature(
+            self.steps_done, self.temperature, self.warmup_steps, self.schedule_name, self.start_temperature
+        )
         return math.inf if beta <= 0 else 1.0 / beta
 
     def batch_weights(self, losses: torch.Tensor) -> torch.Tensor:

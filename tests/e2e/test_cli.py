@@ -48,8 +48,18 @@ def test_stage_mismatch_says_which_trainer_to_pick(tmp_path):
 
 
 def test_seed_multirun_through_the_local_launcher_gives_each_job_its_own_dir(tmp_path):
-    result = run("-m", "hydra/launcher=local", "seed=1,2", "model=tiny", "trainer.max_steps=2", "eval.before=false",
-                 "eval.after=false", "data.max_samples=16", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    result = run(
+        "-m",
+        "hydra/launcher=local",
+        "seed=1,2",
+        "model=tiny",
+        "trainer.max_steps=2",
+        "eval.before=false",
+        "eval.after=false",
+        "data.max_samples=16",
+        f"paths.output_root={tmp_path}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     finished = sorted(p.parent.name for p in tmp_path.glob("multirun/*/*/metrics.json"))
     assert len(finished) == 2 and "seed=1" in finished[0] and "seed=2" in finished[1]
@@ -65,13 +75,30 @@ def test_run_log_keeps_the_runs_own_lines_and_its_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     bin_ = Path(sys.executable).parent / "dataflex-run"
-    ok = subprocess.run([str(bin_), "model=tiny", "data.max_samples=16", "trainer.max_steps=1", "eval.before=false",
-                         "eval.after=false", f"hydra.run.dir={tmp_path / 'ok'}"], capture_output=True, text=True,
-                        cwd=tmp_path, env=env)
+    ok = subprocess.run(
+        [
+            str(bin_),
+            "model=tiny",
+            "data.max_samples=16",
+            "trainer.max_steps=1",
+            "eval.before=false",
+            "eval.after=false",
+            f"hydra.run.dir={tmp_path / 'ok'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     log = (tmp_path / "ok" / "run.log").read_text()
     assert "[dataflex.run][INFO] - run " in log and "finished in" in log and "outputs: " in log, log
-    bad = subprocess.run([str(bin_), "model=tiny", "trainer.max_steps=0", f"hydra.run.dir={tmp_path / 'bad'}"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    bad = subprocess.run(
+        [str(bin_), "model=tiny", "trainer.max_steps=0", f"hydra.run.dir={tmp_path / 'bad'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert bad.returncode == 2
     assert "error: trainer.max_steps must be an integer >= 1" in (tmp_path / "bad" / "run.log").read_text()

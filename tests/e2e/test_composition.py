@@ -25,8 +25,13 @@ from dataflex.run import Run
 
 # offline_sft, one domain per task (4 domains); 16 samples per domain, no evaluation
 BASE = ["data.max_samples=16", "eval.before=false", "eval.after=false", "trainer.max_steps=4", "trainer.save_steps=4"]
-LOSS_SELECTOR = ["selector=loss", "selector.budget=12", "selector.warmup_steps=2", "selector.update_every=2",
-                 "selector.batch_size=32"]
+LOSS_SELECTOR = [
+    "selector=loss",
+    "selector.budget=12",
+    "selector.warmup_steps=2",
+    "selector.update_every=2",
+    "selector.batch_size=32",
+]
 RANDOM_SELECTOR = ["selector=random", "selector.budget=12", "selector.warmup_steps=2", "selector.update_every=2"]
 ODM = ["mixer=odm"]
 STATIC = ["mixer=static", "mixer.proportions=[1,1,0,0]"]
@@ -131,10 +136,23 @@ def test_all_three(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_command_line_runs_all_three(tmp_path):
     run_dir = tmp_path / "cli"
-    command = [str(Path(sys.executable).parent / "dataflex-run"), "model=tiny", "selector=loss", "mixer=odm",
-               "weighter=loss", "selector.budget=12", "selector.warmup_steps=2", "selector.update_every=2",
-               "weighter.warmup_steps=2", "trainer.max_steps=4", "trainer.per_device_train_batch_size=4",
-               "data.max_samples=16", "eval.before=false", "eval.after=false", f"hydra.run.dir={run_dir}"]
+    command = [
+        str(Path(sys.executable).parent / "dataflex-run"),
+        "model=tiny",
+        "selector=loss",
+        "mixer=odm",
+        "weighter=loss",
+        "selector.budget=12",
+        "selector.warmup_steps=2",
+        "selector.update_every=2",
+        "weighter.warmup_steps=2",
+        "trainer.max_steps=4",
+        "trainer.per_device_train_batch_size=4",
+        "data.max_samples=16",
+        "eval.before=false",
+        "eval.after=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     logged = records(run_dir)

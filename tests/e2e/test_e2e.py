@@ -100,12 +100,18 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, comp
 
     full_losses = losses(straight)
     assert len(full_losses) == 8 and losses(resumed) == pytest.approx(full_losses, abs=1e-6)
-    state = lambda d: torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+
+    def state(d):
+        return torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+
     a, b = state(straight), state(resumed)
     assert a["updates_done"] == b["updates_done"]
     assert same_state(a["components"], b["components"])
     if components:  # plain training keeps LLaMA-Factory's own sampler (and its own resume)
-        starts = lambda state: [p["start"] for p in state["sampler"]["history"]]
+
+        def starts(state):
+            return [p["start"] for p in state["sampler"]["history"]]
+
         assert len(starts(a)) > 1 and starts(a) == starts(b)
     else:
         assert a["sampler"] is None and b["sampler"] is None
@@ -123,8 +129,13 @@ def test_dynamic_selection_reaches_the_batches(tmp_path, monkeypatch):
         return original(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(DataFlexTrainerMixin, "compute_loss", spy)
-    overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8",
-                 "+selector._target_=support.components.HalfPoolSelector", "+selector.update_every=100"]
+    overrides = [
+        "eval.before=false",
+        "eval.after=false",
+        "trainer.max_steps=8",
+        "+selector._target_=support.components.HalfPoolSelector",
+        "+selector.update_every=100",
+    ]
     fit(tmp_path, "dyn", overrides)
     state = torch.load(tmp_path / "dyn" / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)
     selected = set(state["components"]["selector"]["history"][0])
@@ -176,9 +187,19 @@ def test_two_processes_deepspeed_zero3(tmp_path):
     import sys
 
     run_dir = tmp_path / "z3"
-    command = [str(Path(sys.executable).parent / "dataflex-run"), "model=tiny", "trainer=deepspeed_z3", "nproc=2",
-               "trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_train_batch_size=2",
-               "data.max_samples=32", "eval.max_samples=8", "eval.max_new_tokens=4", f"hydra.run.dir={run_dir}"]
+    command = [
+        str(Path(sys.executable).parent / "dataflex-run"),
+        "model=tiny",
+        "trainer=deepspeed_z3",
+        "nproc=2",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.per_device_train_batch_size=2",
+        "data.max_samples=32",
+        "eval.max_samples=8",
+        "eval.max_new_tokens=4",
+        f"hydra.run.dir={run_dir}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -235,8 +256,11 @@ def test_batch_observers_see_every_micro_batch_without_changing_training(tmp_pat
 
 
 def test_mixer_runs_log_named_proportions_and_plot_them(tmp_path):
-    _, run_dir = fit(tmp_path, "mix", [*PT, "mixer=random", "mixer.update_every=2", "eval.before=false",
-                                       "eval.after=false", "trainer.max_steps=6"])
+    _, run_dir = fit(
+        tmp_path,
+        "mix",
+        [*PT, "mixer=random", "mixer.update_every=2", "eval.before=false", "eval.after=false", "trainer.max_steps=6"],
+    )
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "mixer/proportion/offline_domains_code" in r]
     assert [r["step"] for r in logged] == [0, 2, 4, 6]

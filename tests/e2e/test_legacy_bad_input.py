@@ -16,27 +16,42 @@ BIN = Path(sys.executable).parent
 
 
 def base(tmp_path, **keys) -> dict:
-    return {"model_name_or_path": str(asset_path("tiny")), "template": "chatml", "stage": "sft", "finetuning_type": "lora",
-            "dataset": "offline_sft_facts", "dataset_dir": str(asset_path("tiny").parent.parent / "data"),
-            "output_dir": str(tmp_path / "out"), "max_steps": 2, **keys}
+    return {
+        "model_name_or_path": str(asset_path("tiny")),
+        "template": "chatml",
+        "stage": "sft",
+        "finetuning_type": "lora",
+        "dataset": "offline_sft_facts",
+        "dataset_dir": str(asset_path("tiny").parent.parent / "data"),
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        **keys,
+    }
 
 
 def cli(tmp_path, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(BIN / "dataflex-cli"), "train", *args], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, check=False)
+    return subprocess.run(
+        [str(BIN / "dataflex-cli"), "train", *args], capture_output=True, text=True, cwd=tmp_path, env=env, check=False
+    )
 
 
 CASES = {
-    "tabs": (lambda tmp: "model_name_or_path: tiny\n\tdataset: x\n", r"is not valid YAML: found character '\t' that "
-             "cannot start any token at line 2, column 1; YAML indents with spaces, not tabs"),
+    "tabs": (
+        lambda tmp: "model_name_or_path: tiny\n\tdataset: x\n",
+        r"is not valid YAML: found character '\t' that "
+        "cannot start any token at line 2, column 1; YAML indents with spaces, not tabs",
+    ),
     "bare_string": (lambda tmp: "just a string\n", "does not hold a mapping of keys (it holds str 'just a string')"),
-    "list_learning_rate": (lambda tmp: yaml.safe_dump(base(tmp, learning_rate=[1, 2])),
-                           "learning_rate must be a number >= 0, got [1, 2]"),
-    "train_step_word": (lambda tmp: yaml.safe_dump(base(tmp, train_type="dynamic_select", component_name="loss",
-                                                        train_step="many")),
-                        "train_step must be an int (a number of optimizer steps), got 'many'"),
+    "list_learning_rate": (
+        lambda tmp: yaml.safe_dump(base(tmp, learning_rate=[1, 2])),
+        "learning_rate must be a number >= 0, got [1, 2]",
+    ),
+    "train_step_word": (
+        lambda tmp: yaml.safe_dump(base(tmp, train_type="dynamic_select", component_name="loss", train_step="many")),
+        "train_step must be an int (a number of optimizer steps), got 'many'",
+    ),
     "latin1": (lambda tmp: "model_name_or_path: caf\xe9\n".encode("latin-1"), "is not UTF-8 text"),
 }
 
@@ -55,13 +70,17 @@ def test_broken_yaml_is_one_line(tmp_path, case):
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["{tmp}"], "is a directory; give the training YAML file in it"),
-    (["{tmp}/missing.yaml"], "no such file:"),
-    ([], "dataflex-cli train needs a training YAML: dataflex-cli train path/to/config.yaml"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["{tmp}"], "is a directory; give the training YAML file in it"),
+        (["{tmp}/missing.yaml"], "no such file:"),
+        ([], "dataflex-cli train needs a training YAML: dataflex-cli train path/to/config.yaml"),
+    ],
+)
 def test_no_yaml_file_is_one_line(tmp_path, args, needle):
     result = cli(tmp_path, *[a.format(tmp=tmp_path) for a in args])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        line for line in result.stderr.splitlines() if line.startswith("dataflex: error:") and needle in line]
+        line for line in result.stderr.splitlines() if line.startswith("dataflex: error:") and needle in line
+    ]

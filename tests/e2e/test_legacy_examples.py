@@ -51,11 +51,18 @@ def test_llamafactory_full_sft_example_trains(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, monkeypatch):
-    step1, ref_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_static_qwen_pt_full.yaml")
+    step1, ref_dir = train(
+        tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_static_qwen_pt_full.yaml"
+    )
     assert step1["global_step"] == 4
     # the migrating user's one edit: step 2's reference_model_path is step 1's model (a path, as the original's)
-    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step2_dynamic_qwen_pt_full.yaml",
-                             f"component_overrides={{reference_model_path: {ref_dir / 'model'}}}")
+    metrics, run_dir = train(
+        tmp_path,
+        monkeypatch,
+        DATAFLEX,
+        "examples/train_full/mixers/doremi_step2_dynamic_qwen_pt_full.yaml",
+        f"component_overrides={{reference_model_path: {ref_dir / 'model'}}}",
+    )
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
     assert (saved["name"], saved["eta"], saved["smoothing"], saved["clip"]) == ("doremi", 0.1, 0.01, 5.0)
     assert saved["reference_dir"] == str(ref_dir / "model")
@@ -64,7 +71,9 @@ def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, mon
 
 
 def test_odm_example_with_the_original_components_yaml(tmp_path, monkeypatch):
-    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/odm_dynamic_qwen_pt_full.yaml")
+    metrics, run_dir = train(
+        tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/odm_dynamic_qwen_pt_full.yaml"
+    )
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
     assert (saved["reward_scale"], saved["min_exploration"], saved["initial"]) == (15.0, 0.03, "uniform")
     weights = [r for r in logged(run_dir) if any(k.startswith("mixer/") for k in r)]
@@ -75,9 +84,17 @@ def test_odm_example_with_the_original_components_yaml(tmp_path, monkeypatch):
 def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
     # the migrating user's edit: the reward model's path (the tiny model stands in for Llama-3.1-8B as the judge)
     judge = f"selector.reward_kwargs.backend_params.local_vllm.hf_model_name_or_path={asset_path('tiny')}"
-    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/nice.yaml", judge,
-                             "selector.reward_kwargs.backend_params.local_vllm.vllm_max_tokens=4",
-                             "selector.max_new_tokens=8", "selector.val_prompts=2", "selector.proj_dim=64")
+    metrics, run_dir = train(
+        tmp_path,
+        monkeypatch,
+        DATAFLEX,
+        "examples/train_lora/selectors/nice.yaml",
+        judge,
+        "selector.reward_kwargs.backend_params.local_vllm.vllm_max_tokens=4",
+        "selector.max_new_tokens=8",
+        "selector.val_prompts=2",
+        "selector.proj_dim=64",
+    )
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["selector"]
     assert saved["reward"] == "dataflex.selectors.nice_judge:JudgeReward"
     rounds = [r for r in logged(run_dir) if "selector/nice/reward_mean" in r]
@@ -100,8 +117,15 @@ def test_weighter_and_mixer_examples(tmp_path, monkeypatch, example):
 @pytest.mark.slow
 def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
     # the loss selector example: eval_dataset alpaca_zh_demo (here offline_sft_facts), eval_strategy steps
-    _, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_lora/selectors/loss.yaml",
-                       "eval_steps=2", "per_device_eval_batch_size=8", "max_samples=24")
+    _, run_dir = train(
+        tmp_path,
+        monkeypatch,
+        DATAFLEX,
+        "examples/train_lora/selectors/loss.yaml",
+        "eval_steps=2",
+        "per_device_eval_batch_size=8",
+        "max_samples=24",
+    )
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())
     assert saved["eval"]["loss"] is True and saved["eval"]["every_n_steps"] == 2
     assert saved["data"]["validation"] == "offline_sft_facts"
@@ -113,7 +137,9 @@ def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
 # -- 4. other stages: LLaMA-Factory's own workflow, unchanged ---------------------------------------------
 
 
-@pytest.mark.parametrize("example", ["qwen3_lora_dpo.yaml", pytest.param("qwen3_lora_reward.yaml", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "example", ["qwen3_lora_dpo.yaml", pytest.param("qwen3_lora_reward.yaml", marks=pytest.mark.slow)]
+)
 def test_pairwise_stage_runs_llamafactorys_own_workflow(tmp_path, monkeypatch, example):
     data = write_pairwise(tmp_path / "pairwise")  # an offline pairwise set in LLaMA-Factory's ranking format
     root = copy_tree(tmp_path, LLAMAFACTORY)
@@ -157,7 +183,9 @@ def test_a_refused_attempt_does_not_claim_the_directory(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         train(tmp_path, monkeypatch, LLAMAFACTORY, example, "lr_scheduler_type=no_such_schedule")
     assert "no_such_schedule" in capsys.readouterr().err
-    metrics, _ = train(tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false")  # the corrected command
+    metrics, _ = train(
+        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false"
+    )  # the corrected command
     assert metrics["global_step"] == 4
 
 

@@ -30,8 +30,10 @@ def test_synthetic_pool_is_seeded_and_split_over_domains(tmp_path):
     load.write_pool(tmp_path / "b", 10)
     rows = {d: (tmp_path / "a" / f"load_{d}.jsonl").read_text().splitlines() for d in range(load.DOMAINS)}
     assert [len(v) for v in rows.values()] == [3, 3, 2, 2]
-    assert all((tmp_path / "a" / f"load_{d}.jsonl").read_bytes() == (tmp_path / "b" / f"load_{d}.jsonl").read_bytes()
-               for d in range(load.DOMAINS))
+    assert all(
+        (tmp_path / "a" / f"load_{d}.jsonl").read_bytes() == (tmp_path / "b" / f"load_{d}.jsonl").read_bytes()
+        for d in range(load.DOMAINS)
+    )
     row = json.loads(rows[0][0])
     assert row["instruction"].endswith(row["output"]) and first[0] == "data.domains=[load_0,load_1,load_2,load_3]"
 
@@ -50,10 +52,25 @@ def test_eight_job_multirun_through_the_local_launcher_shares_nothing(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     seeds = list(range(1, 9))
-    command = [str(BIN / "dataflex-run"), "-m", "hydra/launcher=local", f"seed={','.join(map(str, seeds))}",
-               "model=tiny", "data.max_samples=16", "data.cutoff_len=64", "trainer.max_steps=3", "trainer.save_steps=2",
-               "trainer.per_device_train_batch_size=2", "selector=loss", "selector.budget=8", "selector.warmup_steps=2",
-               "selector.update_every=2", "eval.before=false", "eval.after=false", f"paths.output_root={tmp_path}"]
+    command = [
+        str(BIN / "dataflex-run"),
+        "-m",
+        "hydra/launcher=local",
+        f"seed={','.join(map(str, seeds))}",
+        "model=tiny",
+        "data.max_samples=16",
+        "data.cutoff_len=64",
+        "trainer.max_steps=3",
+        "trainer.save_steps=2",
+        "trainer.per_device_train_batch_size=2",
+        "selector=loss",
+        "selector.budget=8",
+        "selector.warmup_steps=2",
+        "selector.update_every=2",
+        "eval.before=false",
+        "eval.after=false",
+        f"paths.output_root={tmp_path}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=3000)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/metrics.json"))

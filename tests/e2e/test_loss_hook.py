@@ -13,8 +13,13 @@ from support.runs import fit, losses
 from dataflex.config import ConfigError
 from dataflex.run import Run
 
-BASE = ["eval.before=false", "eval.after=false", "trainer.max_steps=4",
-        "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=2"]
+BASE = [
+    "eval.before=false",
+    "eval.after=false",
+    "trainer.max_steps=4",
+    "trainer.per_device_train_batch_size=2",
+    "trainer.gradient_accumulation_steps=2",
+]
 
 
 def adapter(run_dir):
@@ -59,7 +64,9 @@ def test_loss_inputs_scales_match_the_trainer(tmp_path):
     for li, logits, labels, num_items, accepts in seen:
         assert isinstance(li, LossInputs) and li.grad_accum_steps == 2
         shift = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shift.clamp(min=0), reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), shift.clamp(min=0), reduction="none"
+        )
         total = (nll * (shift != -100)).sum()
         if accepts and num_items is not None:
             assert li.plain().item() == pytest.approx((total / num_items).item(), rel=1e-5)
@@ -73,7 +80,11 @@ def test_loss_inputs_scales_match_the_trainer(tmp_path):
 
 
 def test_two_loss_owners_are_refused(tmp_path):
-    cfg = compose_config(["+weighter._target_=support.components.PlainLossWeighter",
-                          "+mixer._target_=support.components.LossOwningMixer"])
+    cfg = compose_config(
+        [
+            "+weighter._target_=support.components.PlainLossWeighter",
+            "+mixer._target_=support.components.LossOwningMixer",
+        ]
+    )
     with pytest.raises(ConfigError, match="both replace the training loss"):
         Run(cfg, tmp_path / "run")

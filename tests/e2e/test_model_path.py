@@ -18,7 +18,13 @@ from dataflex.errors import ConfigError
 
 def test_a_directory_becomes_the_path_model(tmp_path):
     overrides = model_path_overrides(["selector=loss", f"model={tmp_path}", "seed=1"])
-    assert overrides == ["selector=loss", "model=path", f"model.name_or_path={tmp_path}", f"model.name={tmp_path}", "seed=1"]
+    assert overrides == [
+        "selector=loss",
+        "model=path",
+        f"model.name_or_path={tmp_path}",
+        f"model.name={tmp_path}",
+        "seed=1",
+    ]
     cfg = compose_config(overrides[1:4], tiny=False)
     assert cfg.model.name_or_path == str(tmp_path) and cfg.model.template is None
 
@@ -35,10 +41,20 @@ def test_a_path_that_is_no_directory_is_one_line(tmp_path):
 def test_dataflex_run_trains_a_model_directory(tmp_path):
     model_dir = asset_path("tiny")  # the tiny model's own directory, named by path
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "dataflex-run"), f"model={model_dir}",
-         "data.max_samples=16", "trainer.max_steps=1", "trainer.per_device_train_batch_size=4", "eval.before=false",
-         "eval.after=false", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            str(Path(sys.executable).parent / "dataflex-run"),
+            f"model={model_dir}",
+            "data.max_samples=16",
+            "trainer.max_steps=1",
+            "trainer.per_device_train_batch_size=4",
+            "eval.before=false",
+            "eval.after=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -84,7 +84,9 @@ def test_guard_names_the_non_finite_samples():
     assert describe_samples(batch, per_sample) == "samples (sample_index) [7, 3, 9], non-finite per-sample loss on [3]"
     model = torch.nn.Linear(2, 1)
     assert NonFiniteGuard("stop").check(torch.tensor(1.0), 4, batch, model) is None
-    with pytest.raises(NonFiniteLossError, match=r"training loss is inf at step 4 on samples \(sample_index\) \[7, 3, 9\]"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"training loss is inf at step 4 on samples \(sample_index\) \[7, 3, 9\]"
+    ):
         NonFiniteGuard("stop").check(torch.tensor(float("inf")), 4, batch, model, per_sample)
     guard = NonFiniteGuard("skip")
     replaced = guard.check(torch.tensor(float("nan")), 4, batch, model)
@@ -120,8 +122,10 @@ def test_stop_happens_before_an_observer_sees_the_batch(tmp_path, poison):
 
 def test_stop_checks_the_loss_a_weighter_returns(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"the loss weighter=\S+ returned is nan at step 2 on samples"):
-        Run(compose_config([*QUIET, "+weighter._target_=support.components.NonFiniteWeighter", "+weighter.nan_step=2"]),
-            tmp_path / "run").fit()
+        Run(
+            compose_config([*QUIET, "+weighter._target_=support.components.NonFiniteWeighter", "+weighter.nan_step=2"]),
+            tmp_path / "run",
+        ).fit()
 
 
 def test_skip_trains_to_the_end_and_keeps_the_mixer_and_weights_finite(tmp_path, poison):
@@ -133,7 +137,9 @@ def test_skip_trains_to_the_end_and_keeps_the_mixer_and_weights_finite(tmp_path,
     assert [s["samples"] for s in trainer.dataflex_nonfinite.skipped] == [seen["batches"][2][0], seen["batches"][4][0]]
     assert metrics["global_step"] == 6 and math.isfinite(metrics["final_train_loss"])
 
-    odm = torch.load(run_dir / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)["components"]["mixer"]
+    odm = torch.load(run_dir / "checkpoints" / "checkpoint-6" / "dataflex_state.pt", weights_only=False)["components"][
+        "mixer"
+    ]
     assert torch.isfinite(odm["rewards"]).all() and torch.isfinite(odm["probabilities"]).all()
     assert odm["probabilities"].sum().item() == pytest.approx(1.0)
     # the skipped steps' windows observed nothing: every domain counts as absent (NaN marks absent)

@@ -14,25 +14,29 @@ micro-batch) and the final DataFlex state. Asserted:
 
 from __future__ import annotations
 
-import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 from support.config import CONF_DIR, compose_config
+from support.ranks import (
+    BASE,
+    LOSS,
+    ODM,
+    PROBE,
+    PT,
+    assert_as_one_process,
+    assert_ranks_agree,
+    decisions,
+    launch,
+    max_diff,
+    probe_env,
+)
 
 pytestmark = pytest.mark.slow
 
-PROBE = Path(__file__).resolve().parent / "rank_probe.py"  # the program torchrun starts on every rank
-
-BASE = ["eval.before=false", "eval.after=false", "trainer.max_steps=6", "trainer.save_steps=6"]
-PT = ["data=offline_domains", "trainer=pt_full", "data.max_samples=16"]
-LOSS = ["selector=loss", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2"]
-ODM = ["mixer=odm"]
 WEIGHTER = ["weighter=loss", "weighter.warmup_steps=2", "weighter.start_temperature=4.0"]
 
 ZERO3_PT = ["trainer=deepspeed_z3", "trainer.stage=pt", "data=offline_domains", "data.max_samples=16"]
@@ -45,51 +49,6 @@ CASES = {
     "zero3 selector=loss": (["trainer=deepspeed_z3", *LOSS], ["trainer=sft_full", *LOSS], ["selector/loss.yaml"]),
     "zero3 mixer=odm": ([*ZERO3_PT, *ODM], [*PT, *ODM], ["mixer/odm.yaml"]),
 }
-
-
-def launch(tmp_path: Path, name: str, overrides: list[str], nproc: int, extra_env: dict | None = None) -> list[dict]:
-    """Run the probe under torchrun with ``nproc`` processes; each rank's record."""
-    run_dir = tmp_path / name
-    run_dir.mkdir(parents=True)
-    per_device = 4 // nproc  # the same global batch of 4 whatever the process count
-    cfg = compose_config([*BASE, *overrides, f"trainer.per_device_train_batch_size={per_device}"])
-    with open_dict(cfg):
-        cfg.nproc = nproc
-    (run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-           **(extra_env or {})}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(PROBE), str(run_dir), name]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    ranks = [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
-    assert all(r["world"] == nproc for r in ranks)
-    return ranks
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between nested structures (inf when their shapes differ)."""
-    if isinstance(a, dict):
-        return max((max_diff(a[k], b[k]) for k in a), default=0.0) if isinstance(b, dict) and a.keys() == b.keys() else math.inf
-    if isinstance(a, (list, tuple)):
-        ok = isinstance(b, (list, tuple)) and len(a) == len(b)
-        return max((max_diff(x, y) for x, y in zip(a, b)), default=0.0) if ok else math.inf
-    if torch.is_tensor(a):
-        if not torch.is_tensor(b) or a.shape != b.shape:
-            return math.inf
-        if a.numel() == 0:
-            return 0.0
-        a, b = a.double(), b.double()
-        d = torch.where(torch.isnan(a) & torch.isnan(b), torch.zeros_like(a), (a - b).abs())
-        return float(torch.nan_to_num(d, nan=math.inf).max())
-    if isinstance(a, float) and isinstance(b, (int, float)):
-        return 0.0 if (math.isnan(a) and math.isnan(b)) else abs(a - b)
-    return 0.0 if a == b else math.inf
-
-
-def decisions(rank: dict, method: str | None = None) -> list[dict]:
-    return [r for r in rank["records"] if method is None or r["method"] == method]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -162,14 +121,20 @@ def test_two_nodes_decide_the_same_and_as_one_process(tmp_path):
     with open_dict(cfg):
         cfg.nproc, cfg.nnodes, cfg.master_addr, cfg.master_port = 1, 2, "127.0.0.1", port
     (run_dir / "launch_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = probe_env()
     agents = []
     for node_rank in (0, 1):  # node 1 waits in rendezvous_args until node 0's store answers
         with open_dict(cfg):
             cfg.node_rank = node_rank
-        command = [sys.executable, "-m", "torch.distributed.run", *rendezvous_args(cfg, run_dir), str(PROBE),
-                   str(run_dir), "nodes"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            *rendezvous_args(cfg, run_dir),
+            str(PROBE),
+            str(run_dir),
+            "nodes",
+        ]
         assert "--standalone" not in command and "--nnodes=2" in command
         agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     for agent in agents:
@@ -177,20 +142,7 @@ def test_two_nodes_decide_the_same_and_as_one_process(tmp_path):
         assert agent.returncode == 0, out[-4000:]
     r0, r1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert r0["world"] == r1["world"] == 2
-    made = decisions(r0)
-    assert made and len(made) == len(decisions(r1))
-    for a, b in zip(made, decisions(r1)):
-        assert (a["method"], a["step"]) == (b["method"], b["step"])
-        assert max_diff(a["value"], b["value"]) <= 1e-12, (a["method"], a["step"])
-    assert max_diff(r0["state"], r1["state"]) <= 1e-12
+    assert_ranks_agree(r0, r1)
     (single,) = launch(tmp_path, "one", overrides, nproc=1)
-    one = decisions(single)
-    assert [(d["method"], d["step"]) for d in one] == [(d["method"], d["step"]) for d in made]
-    for a, b in zip(made, one):
-        if a["method"] == "initial_indices":
-            assert torch.equal(a["value"], b["value"])
-        elif a["method"] == "select":
-            assert sorted(a["value"].tolist()) == sorted(b["value"].tolist()), a["step"]
-        else:
-            assert max_diff(a["value"], b["value"]) <= 1e-5, (a["method"], a["step"])
+    assert_as_one_process(decisions(r0), decisions(single))
     assert len(decisions(r0, "select")) == 2 and len(decisions(r0, "update")) == 6

@@ -40,8 +40,15 @@ def free_port() -> int:
 
 def _rank_main(rank, nprocs, port, backend, fn, args, conn):
     """Child side: torchrun's environment, the process group, ``fn(*args)``; the outcome goes to ``conn``."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nprocs),
+        LOCAL_WORLD_SIZE=str(nprocs),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     code = 0
     try:
         import torch
@@ -95,8 +102,9 @@ def _raise_from_rank(rank: int, nprocs: int, detail, others: list[str]) -> None:
     raise err
 
 
-def run_distributed(fn: Callable[..., Any], nprocs: int, *args: Any, backend: str | None = "gloo",
-                    timeout: float = 300.0) -> list[Any]:
+def run_distributed(
+    fn: Callable[..., Any], nprocs: int, *args: Any, backend: str | None = "gloo", timeout: float = 300.0
+) -> list[Any]:
     """``fn(*args)`` on ``nprocs`` spawned ranks of one ``backend`` process group; the results in rank order.
 
     Args:

@@ -32,17 +32,26 @@ COMPONENTS = DATAFLEX / "src" / "dataflex" / "configs" / "components.yaml"
 
 # the examples' dataset names -> offline ones of the same kind (sft: instructions, pt: plain text)
 DATASETS = {
-    "alpaca_en_demo": "offline_sft_definitions", "alpaca_zh_demo": "offline_sft_facts",
+    "alpaca_en_demo": "offline_sft_definitions",
+    "alpaca_zh_demo": "offline_sft_facts",
     "identity": "offline_sft_dialogue",
-    "wiki_demo": "offline_domains_techdocs", "c4_demo": "offline_domains_code",
-    "dpo_en_demo": "pairwise_demo", "kto_en_demo": "kto_demo",
+    "wiki_demo": "offline_domains_techdocs",
+    "c4_demo": "offline_domains_code",
+    "dpo_en_demo": "pairwise_demo",
+    "kto_en_demo": "kto_demo",
 }
 CPU_ONLY = {"bf16": "false", "deepspeed": "null", "flash_attn": "auto"}
 # the machine's size: two shared CPU cores (the examples start 16-128 preprocessing workers)
 MACHINE = {"preprocessing_num_workers": "null", "dataloader_num_workers": "0"}
 # a few steps on two CPU cores: the schedule keys only where the YAML has them
-SCALE = {"cutoff_len": "64", "max_samples": "48", "per_device_train_batch_size": "2",
-         "gradient_accumulation_steps": "1", "logging_steps": "1", "save_steps": "4"}
+SCALE = {
+    "cutoff_len": "64",
+    "max_samples": "48",
+    "per_device_train_batch_size": "2",
+    "gradient_accumulation_steps": "1",
+    "logging_steps": "1",
+    "save_steps": "4",
+}
 SCHEDULE = {"warmup_step": "2", "update_step": "2", "update_times": "1", "train_step": "4"}
 
 
@@ -95,10 +104,15 @@ def write_pairwise(folder: Path, rows: int = 24) -> Path:
     (folder / "pairwise_demo.json").write_text(json.dumps(pairs))
     (folder / "kto_demo.json").write_text(json.dumps(kto))
     info = {
-        "pairwise_demo": {"file_name": "pairwise_demo.json", "ranking": True,
-                          "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}},
-        "kto_demo": {"file_name": "kto_demo.json",
-                     "columns": {"prompt": "instruction", "query": "input", "response": "output", "kto_tag": "kto_tag"}},
+        "pairwise_demo": {
+            "file_name": "pairwise_demo.json",
+            "ranking": True,
+            "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
+        },
+        "kto_demo": {
+            "file_name": "kto_demo.json",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output", "kto_tag": "kto_tag"},
+        },
     }
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=1))
     return folder

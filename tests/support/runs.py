@@ -33,8 +33,11 @@ def same_state(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_state, a, b))
     if torch.is_tensor(a):
-        return (torch.is_tensor(b) and a.shape == b.shape
-                and torch.allclose(a.double(), b.double(), atol=1e-6, equal_nan=True))
+        return (
+            torch.is_tensor(b)
+            and a.shape == b.shape
+            and torch.allclose(a.double(), b.double(), atol=1e-6, equal_nan=True)
+        )
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))  # NaN marks "absent" in recorded histories
     return a == b
@@ -74,7 +77,8 @@ def check_rounds(state, run_dir, k=16, steps=(0, 2, 4)):
     assert state["updates_done"]["selector"] == len(steps) - 1
     for r in rounds:
         assert len(r["indices"]) == k and len(set(r["indices"])) == k
-    # every decision reached the sampler, in order
+    # the last decision reached the sampler (it keeps only the plans still drawn from, not the whole
+    # history: issue 20); the earlier ones are checked against the logged selections above
     plans = [p["indices"] for p in state["sampler"]["history"]]
-    assert [p.tolist() for p in plans[-len(steps):]] == [r["indices"] for r in rounds]
+    assert plans[-1].tolist() == rounds[-1]["indices"]
     return rounds

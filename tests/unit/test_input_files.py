@@ -39,4 +39,17 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "report")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write the report to" in err[0] and "choose a writable directory with --out" in err[0]
+    assert (
+        len(err) == 1 and "cannot write the report to" in err[0] and "choose a writable directory with --out" in err[0]
+    )
+
+
+def test_output_directories_hydra_creates_are_checked_first(tmp_path):
+    from dataflex.cli.run import check_output_dirs
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"DATAFLEX_OUTPUTS=.*afile is a file, not a directory"):
+        check_output_dirs([], {"DATAFLEX_OUTPUTS": str(tmp_path / "afile")})
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=.*afile is a file"):
+        check_output_dirs([f"hydra.run.dir={tmp_path / 'afile' / 'run'}"], {})
+    check_output_dirs([f"hydra.run.dir={tmp_path / 'new' / 'run'}"], {"DATAFLEX_OUTPUTS": str(tmp_path)})  # fine

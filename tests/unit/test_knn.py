@@ -111,7 +111,10 @@ def test_range_search_equals_brute_force(clusters, max_results):
     scores = F.normalize(queries.double(), dim=1) @ F.normalize(candidates.double(), dim=1).T
     in_range = [set(torch.nonzero(row > 0.9).flatten().tolist()) for row in scores]
     assert sum(map(len, in_range)) > 100  # the threshold does select something
-    for index in (KnnIndex(candidates), KnnIndex(candidates, exact_max=0, nprobe=40)):  # nprobe 40 of 63: the near cells
+    for index in (
+        KnnIndex(candidates),
+        KnnIndex(candidates, exact_max=0, nprobe=40),
+    ):  # nprobe 40 of 63: the near cells
         found = index.range_search(queries, 0.9, max_results=max_results)
         assert found.owners().tolist() == sorted(found.owners().tolist())
         for j, want in enumerate(in_range):

@@ -65,8 +65,10 @@ def test_odm_and_random_start_from_given_weights():
 # -- the judge reward ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, score", [("0.8", 0.8), ("Score: 1", 1.0), ("7/10", 1.0), ("-2", 0.0),
-                                         ("no idea", 0.0), ("", 0.0), (".25 overall", 0.25)])
+@pytest.mark.parametrize(
+    "text, score",
+    [("0.8", 0.8), ("Score: 1", 1.0), ("7/10", 1.0), ("-2", 0.0), ("no idea", 0.0), ("", 0.0), (".25 overall", 0.25)],
+)
 def test_parse_score(text, score):
     assert parse_score(text) == score
 
@@ -90,7 +92,11 @@ class _Judge(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Judge.seen.append((self.headers["Authorization"], body))
-        answer = "0.9" if "Reference:\n4" in body["messages"][1]["content"] and "Candidate:\n4" in body["messages"][1]["content"] else "score 0.1"
+        answer = (
+            "0.9"
+            if "Reference:\n4" in body["messages"][1]["content"] and "Candidate:\n4" in body["messages"][1]["content"]
+            else "score 0.1"
+        )
         payload = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -107,9 +113,17 @@ def test_api_backend_posts_chat_completions_and_reads_the_score(monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("MY_JUDGE_KEY", "secret-value")
     try:
-        judge = JudgeReward(backend="api", backend_params={"api": {
-            "api_url": f"http://127.0.0.1:{server.server_port}/v1/chat/completions", "api_key": "MY_JUDGE_KEY",
-            "model_name": "judge-1", "max_workers": 2}})
+        judge = JudgeReward(
+            backend="api",
+            backend_params={
+                "api": {
+                    "api_url": f"http://127.0.0.1:{server.server_port}/v1/chat/completions",
+                    "api_key": "MY_JUDGE_KEY",
+                    "model_name": "judge-1",
+                    "max_workers": 2,
+                }
+            },
+        )
         scores = judge(["2 + 2?", "2 + 2?", "name a colour"], ["4", "5", "red"], ["4", "4", ""])
     finally:
         server.shutdown()
@@ -117,19 +131,30 @@ def test_api_backend_posts_chat_completions_and_reads_the_score(monkeypatch):
     auth, body = _Judge.seen[0]
     assert auth == "Bearer secret-value"  # api_key names an environment variable: its value is sent
     assert body["model"] == "judge-1" and body["temperature"] == 0.0 and body["messages"][0]["role"] == "system"
-    assert any("Instruction:\nname a colour" in b["messages"][1]["content"] and "Reference" not in b["messages"][1]["content"]
-               for _, b in _Judge.seen)
+    assert any(
+        "Instruction:\nname a colour" in b["messages"][1]["content"] and "Reference" not in b["messages"][1]["content"]
+        for _, b in _Judge.seen
+    )
 
 
 def test_api_backend_failure_is_reward_zero():
-    judge = JudgeReward(backend="api", backend_params={"api_url": "http://127.0.0.1:9/none", "api_key": "k",
-                                                        "max_retries": 1, "request_timeout": 2})
+    judge = JudgeReward(
+        backend="api",
+        backend_params={"api_url": "http://127.0.0.1:9/none", "api_key": "k", "max_retries": 1, "request_timeout": 2},
+    )
     assert judge(["q"], ["a"], ["a"]) == [0.0]
 
 
 def test_local_backend_generates_with_the_judge_model_without_vllm():
-    judge = JudgeReward(backend_params={"local_vllm": {"hf_model_name_or_path": str(asset_path("tiny")),
-                                                       "vllm_max_tokens": 6, "vllm_temperature": 0.0}})
+    judge = JudgeReward(
+        backend_params={
+            "local_vllm": {
+                "hf_model_name_or_path": str(asset_path("tiny")),
+                "vllm_max_tokens": 6,
+                "vllm_temperature": 0.0,
+            }
+        }
+    )
     first = judge(["2 + 2?", "colour?"], ["4", "red"], ["4", ""])
     assert judge._local[0] == "transformers" and len(first) == 2 and all(0.0 <= s <= 1.0 for s in first)
     assert judge(["2 + 2?", "colour?"], ["4", "red"], ["4", ""]) == first  # greedy: the same answers

@@ -57,9 +57,7 @@ def test_doremi_simplex_and_floor_even_for_huge_steps():
     k, c = 7, 1e-3
     alpha = torch.full((k,), 1.0 / k, dtype=torch.float64)
     for _ in range(50):
-        alpha = doremi_update(
-            alpha, torch.rand(k, dtype=torch.float64) * 1e4, eta=10.0, smoothing=c
-        )
+        alpha = doremi_update(alpha, torch.rand(k, dtype=torch.float64) * 1e4, eta=10.0, smoothing=c)
         assert torch.isfinite(alpha).all() and on_simplex(alpha, 1e-9)
         assert (alpha >= c / k - 1e-12).all()
 
@@ -92,12 +90,8 @@ def test_doremi_eta_zero_moves_toward_uniform():
 def test_doremi_clip_option():
     alpha = torch.tensor([0.5, 0.5], dtype=torch.float64)
     clipped = doremi_update(alpha, torch.tensor([100.0, 0.0]), smoothing=0.0, clip=5.0)
-    assert torch.allclose(
-        clipped, doremi_update(alpha, torch.tensor([5.0, 0.0]), smoothing=0.0)
-    )
-    assert (
-        clipped[0] < doremi_update(alpha, torch.tensor([100.0, 0.0]), smoothing=0.0)[0]
-    )
+    assert torch.allclose(clipped, doremi_update(alpha, torch.tensor([5.0, 0.0]), smoothing=0.0))
+    assert clipped[0] < doremi_update(alpha, torch.tensor([100.0, 0.0]), smoothing=0.0)[0]
 
 
 def test_doremi_rejects_bad_inputs():
@@ -118,9 +112,7 @@ def test_domain_excess_loss_hand_computed_and_absent_domain():
     assert torch.allclose(out, torch.tensor([1.0, 0.5, 0.0]))
     # Per-sample ids broadcast over tokens; a mask drops tokens like -1 does.
     mask = torch.tensor([[True, True, True], [True, True, False]])
-    assert torch.allclose(
-        domain_excess_loss(losses, ref, torch.tensor([[0], [1]]), 3, mask=mask), out
-    )
+    assert torch.allclose(domain_excess_loss(losses, ref, torch.tensor([[0], [1]]), 3, mask=mask), out)
     with pytest.raises(ValueError, match="num_domains"):
         domain_excess_loss(losses, ref, domains, 1)
 
@@ -136,22 +128,14 @@ def test_running_mean_equals_mean():
 # -- ODM ----------------------------------------------------------------------------------------
 def test_exp3_epsilon_and_probabilities_hand_computed():
     k = 4
-    assert (
-        exp3_epsilon(0, k) == 0.25 and exp3_epsilon(1, k) == 0.25
-    )  # sqrt(ln4/4) > 1/4
+    assert exp3_epsilon(0, k) == 0.25 and exp3_epsilon(1, k) == 0.25  # sqrt(ln4/4) > 1/4
     assert exp3_epsilon(100, k) == pytest.approx(math.sqrt(math.log(4) / 400))
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
-    assert torch.allclose(
-        exp3_probabilities(rewards, 1), torch.full((4,), 0.25, dtype=torch.float64)
-    )
+    assert torch.allclose(exp3_probabilities(rewards, 1), torch.full((4,), 0.25, dtype=torch.float64))
     e_t, e_prev = math.sqrt(math.log(4) / 400), math.sqrt(math.log(4) / 396)
     soft0 = math.exp(e_prev) / (math.exp(e_prev) + 3)
-    expected = [(1 - 4 * e_t) * soft0 + e_t] + [
-        (1 - 4 * e_t) * (1 - soft0) / 3 + e_t
-    ] * 3
-    assert torch.allclose(
-        exp3_probabilities(rewards, 100), torch.tensor(expected, dtype=torch.float64)
-    )
+    expected = [(1 - 4 * e_t) * soft0 + e_t] + [(1 - 4 * e_t) * (1 - soft0) / 3 + e_t] * 3
+    assert torch.allclose(exp3_probabilities(rewards, 100), torch.tensor(expected, dtype=torch.float64))
     with pytest.raises(ValueError, match="step"):
         exp3_probabilities(rewards, 0)
 
@@ -171,9 +155,7 @@ def test_exp3_invariants():
 
 def test_odm_update_rewards_hand_computed():
     rewards = torch.tensor([1.0, 2.0, 3.0])
-    losses = torch.tensor(
-        [2.0, 5.0, float("nan")]
-    )  # the absent domain's loss is never read
+    losses = torch.tensor([2.0, 5.0, float("nan")])  # the absent domain's loss is never read
     pi = torch.tensor([0.5, 0.25, 0.25])
     present = torch.tensor([True, True, False])
     out = odm_update_rewards(rewards, losses, pi, present, alpha=0.9)
@@ -192,8 +174,14 @@ def test_odm_exp_loss_check_value():
 
     from dataflex.mixers.odm import ODMMixer, linear_probabilities
 
-    rewards = odm_update_rewards(torch.zeros(3, dtype=torch.float64), torch.tensor([2.0, 3.0, 4.0]),
-                                 torch.full((3,), 1 / 3), torch.ones(3, dtype=torch.bool), alpha=0.9, reward="exp_loss")
+    rewards = odm_update_rewards(
+        torch.zeros(3, dtype=torch.float64),
+        torch.tensor([2.0, 3.0, 4.0]),
+        torch.full((3,), 1 / 3),
+        torch.ones(3, dtype=torch.bool),
+        alpha=0.9,
+        reward="exp_loss",
+    )
     by_hand = [0.1 * math.exp(x) for x in (2.0, 3.0, 4.0)]
     eps = math.sqrt(math.log(3) / 300)
     expected = [(1 - 3 * eps) * r / sum(by_hand) + eps for r in by_hand]
@@ -218,7 +206,9 @@ def test_odm_epsilon_follows_the_global_step_and_warmup_keeps_the_initial_propor
     start = mixer.initial_proportions(SimpleNamespace(domain_ids=torch.tensor([0, 0, 0, 1])))
     assert start.tolist() == [0.75, 0.25]
     assert [mixer.schedule.is_update_step(s, 0) for s in (1, 2, 3, 4)] == [False, False, False, True]
-    assert ODMMixer(initial="uniform").initial_proportions(SimpleNamespace(domain_ids=torch.tensor([0, 0, 0, 1]))).tolist() == [0.5, 0.5]
+    assert ODMMixer(initial="uniform").initial_proportions(
+        SimpleNamespace(domain_ids=torch.tensor([0, 0, 0, 1]))
+    ).tolist() == [0.5, 0.5]
     # an update at global step 24 (the second update) uses ε_24 and ε_23, not ε_2 and ε_1
     mixer.observe_batch(torch.tensor([3.0, 1.0]), {"domain_id": torch.tensor([0, 1])})
     mixer.rewards = torch.tensor([10.0, 0.0], dtype=torch.float64)
@@ -244,9 +234,7 @@ def test_odm_higher_loss_domain_gains_probability():
         rewards = odm_update_rewards(rewards, losses, pi, present)
     # Importance weighting damps the gain (a likelier domain earns less per draw), but it persists.
     assert history[0] == pytest.approx(1.0 / k) and history[-1] > 1.0 / k + 0.02
-    assert all(
-        p > 1.0 / k for p in history[k * 2 :]
-    )  # once ε_t < 1/K, always ahead of uniform
+    assert all(p > 1.0 / k for p in history[k * 2 :])  # once ε_t < 1/K, always ahead of uniform
     assert pi[0] == pi.max() and torch.allclose(pi[1:], pi[1].expand(3))
 
 
@@ -260,9 +248,9 @@ def test_static_list_dict_and_size_default():
         StaticMixer(proportions=[2, 1, 1], domains=DOMAINS).initial_proportions(ctx_for(ids)),
         torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64),
     )
-    by_name = StaticMixer(
-        proportions={"d_code": 1, "drama": 3, "quotes": 0}, domains=DOMAINS
-    ).initial_proportions(ctx_for(ids))
+    by_name = StaticMixer(proportions={"d_code": 1, "drama": 3, "quotes": 0}, domains=DOMAINS).initial_proportions(
+        ctx_for(ids)
+    )
     assert torch.allclose(by_name, torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64))
     sizes = StaticMixer().initial_proportions(ctx_for(ids))
     assert torch.allclose(sizes, torch.tensor([0.5, 1 / 6, 1 / 3], dtype=torch.float64))
@@ -301,22 +289,16 @@ def test_static_mapping_needs_domain_names():
 def test_static_reads_proportions_file(tmp_path):
     path = tmp_path / "weights.json"
     path.write_text(json.dumps({"d_code": 0.2, "d_drama": 0.2, "d_quotes": 0.6}))
-    out = StaticMixer(proportions_file=str(path), domains=DOMAINS).initial_proportions(
-        ctx_for([0, 1, 2])
-    )
+    out = StaticMixer(proportions_file=str(path), domains=DOMAINS).initial_proportions(ctx_for([0, 1, 2]))
     assert torch.allclose(out, torch.tensor([0.2, 0.2, 0.6], dtype=torch.float64))
     with pytest.raises(ValueError, match="does not exist"):
-        StaticMixer(
-            proportions_file=str(tmp_path / "missing.json")
-        ).initial_proportions(ctx_for([0, 1, 2]))
+        StaticMixer(proportions_file=str(tmp_path / "missing.json")).initial_proportions(ctx_for([0, 1, 2]))
 
 
 # -- random -------------------------------------------------------------------------------------
 def test_dirichlet_draw_is_deterministic_per_seed_and_update():
     a = dirichlet_draw(7, seed=3, update_index=5)
-    assert torch.equal(a, dirichlet_draw(7, seed=3, update_index=5)) and on_simplex(
-        a, 1e-12
-    )
+    assert torch.equal(a, dirichlet_draw(7, seed=3, update_index=5)) and on_simplex(a, 1e-12)
     assert not torch.equal(a, dirichlet_draw(7, seed=3, update_index=6))
     assert not torch.equal(a, dirichlet_draw(7, seed=4, update_index=5))
 
@@ -385,26 +367,21 @@ def test_e2e_random_mixer_proportions_are_the_seeded_draws(tmp_path, monkeypatch
     run = Run(cfg, tmp_path / "r")
     run.fit()
     history = run.components["mixer"].history
-    assert [h["update_index"] for h in history] == [-1, 0, 1] and [
-        h["global_step"] for h in history
-    ] == [0, 2, 4]
+    assert [h["update_index"] for h in history] == [-1, 0, 1] and [h["global_step"] for h in history] == [0, 2, 4]
     assert history[0]["proportions"] == pytest.approx([1 / 7] * 7)
     for h in history[1:]:
         assert h["proportions"] == dirichlet_draw(7, 7, h["update_index"]).tolist()
     # The tracker got the same proportions at the update steps.
-    records = [
-        json.loads(line)
-        for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    ]
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     names = ["code", "techdocs", "drama", "scripture", "dictionary", "computing", "quotes"]
     logged = {
         r["step"]: [r[f"mixer/proportion/offline_domains_{d}"] for d in names]
         for r in records
         if "mixer/proportion/offline_domains_code" in r
     }
-    assert logged[2] == pytest.approx(history[1]["proportions"]) and logged[
-        4
-    ] == pytest.approx(history[2]["proportions"])
+    assert logged[2] == pytest.approx(history[1]["proportions"]) and logged[4] == pytest.approx(
+        history[2]["proportions"]
+    )
     # Several domains were trained (so the static test's all-zero domain ids are not a default value).
     assert torch.cat([d.flatten() for d in seen]).unique().numel() > 1
 
@@ -426,8 +403,13 @@ def test_odm_mixer_follows_exp3_on_observed_batches():
         mixer.observe_batch(torch.tensor([6.0, 2.0]), {"domain_id": torch.tensor([0, 1])})
         ctx.global_step = step
         got = mixer.update(ctx)
-        rewards = odm_update_rewards(rewards, torch.tensor([5.0, 2.0, 0.0], dtype=torch.float64), pi,
-                                     torch.tensor([True, True, False]), alpha=0.9)
+        rewards = odm_update_rewards(
+            rewards,
+            torch.tensor([5.0, 2.0, 0.0], dtype=torch.float64),
+            pi,
+            torch.tensor([True, True, False]),
+            alpha=0.9,
+        )
         pi = exp3_probabilities(rewards, step)  # ε of the global optimizer step
         torch.testing.assert_close(got, pi)
         assert torch.isfinite(got).all() and abs(float(got.sum()) - 1) < 1e-9
@@ -445,15 +427,19 @@ def test_odm_importance_divides_by_the_probability_a_sample_was_drawn_under():
     mixer.initial_proportions(ctx)
     torch.testing.assert_close(mixer.probabilities, torch.tensor([0.5, 0.5], dtype=torch.float64))  # in force now
     # domain 0: losses 1 and 3, drawn under 0.2; domain 1: loss 4, drawn under 0.8 (an older plan)
-    mixer.observe_batch(torch.tensor([1.0, 4.0, 3.0]), {"domain_id": torch.tensor([0, 1, 0]),
-                                                        "draw_domain_probability": torch.tensor([0.2, 0.8, 0.2])})
+    mixer.observe_batch(
+        torch.tensor([1.0, 4.0, 3.0]),
+        {"domain_id": torch.tensor([0, 1, 0]), "draw_domain_probability": torch.tensor([0.2, 0.8, 0.2])},
+    )
     mixer.update(ctx)
     # R_0 = 0.1 * mean(1, 3) / 0.2 = 1.0 and R_1 = 0.1 * 4 / 0.8 = 0.5 (dividing by 0.5 would give 0.4 and 0.8)
     torch.testing.assert_close(mixer.rewards, torch.tensor([1.0, 0.5], dtype=torch.float64))
     # samples of one domain drawn under two plans: the harmonic mean of their draw probabilities
     mixer.rewards = torch.zeros(2, dtype=torch.float64)
-    mixer.observe_batch(torch.tensor([1.0, 3.0, 2.0]), {"domain_id": torch.tensor([0, 0, 1]),
-                                                        "draw_domain_probability": torch.tensor([0.2, 0.5, 0.5])})
+    mixer.observe_batch(
+        torch.tensor([1.0, 3.0, 2.0]),
+        {"domain_id": torch.tensor([0, 0, 1]), "draw_domain_probability": torch.tensor([0.2, 0.5, 0.5])},
+    )
     mixer.update(ctx)
     # domain 0: mean loss 2 over 2 / (1/0.2 + 1/0.5) = 2/7 -> 0.1 * 2 * 3.5 = 0.7; domain 1: 0.1 * 2 / 0.5 = 0.4
     torch.testing.assert_close(mixer.rewards, torch.tensor([0.7, 0.4], dtype=torch.float64))
@@ -466,8 +452,18 @@ def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
 
     from dataflex.run import Run
 
-    cfg = compose_config(["data=offline_domains", "trainer=pt_full", "data.max_samples=16", "mixer=odm",
-                          "eval.before=false", "eval.after=false", "trainer.max_steps=20", "trainer.save_steps=10"])
+    cfg = compose_config(
+        [
+            "data=offline_domains",
+            "trainer=pt_full",
+            "data.max_samples=16",
+            "mixer=odm",
+            "eval.before=false",
+            "eval.after=false",
+            "trainer.max_steps=20",
+            "trainer.save_steps=10",
+        ]
+    )
     Run(cfg, tmp_path / "odm").fit()
     state = torch.load(tmp_path / "odm" / "checkpoints" / "checkpoint-20" / "dataflex_state.pt", weights_only=False)
     odm = state["components"]["mixer"]
@@ -477,7 +473,11 @@ def test_odm_end_to_end_proportions_move_and_stay_on_the_simplex(tmp_path):
         assert abs(float(p.sum()) - 1) < 1e-9 and (p > 0).all()
         assert all(math.isfinite(x) for x in record["domain_losses"] if x == x)  # NaN marks an absent domain
     uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
-    torch.testing.assert_close(torch.tensor(odm["history"][11]["probabilities"], dtype=torch.float64), uniform)  # t = 12
+    torch.testing.assert_close(
+        torch.tensor(odm["history"][11]["probabilities"], dtype=torch.float64), uniform
+    )  # t = 12
     assert not torch.allclose(torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64), uniform)
     plans = state["sampler"]["history"]
-    torch.testing.assert_close(plans[-1]["proportions"], torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64))
+    torch.testing.assert_close(
+        plans[-1]["proportions"], torch.tensor(odm["history"][-1]["probabilities"], dtype=torch.float64)
+    )

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -37,16 +38,24 @@ def compose_job(job: dict) -> dict:
 def token_budget(cfg: dict) -> int:
     """Training tokens per job, upper bound: steps x batch x accumulation x processes x cutoff_len."""
     t = cfg["trainer"]
-    return (t["max_steps"] * t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] * cfg["nproc"]
-            * cfg["data"]["cutoff_len"])
+    return (
+        t["max_steps"]
+        * t["per_device_train_batch_size"]
+        * t["gradient_accumulation_steps"]
+        * cfg["nproc"]
+        * cfg["data"]["cutoff_len"]
+    )
 
 
 def test_mixture_plan_is_three_phases_in_the_doremi_order(tmp_path):
     sweeps = paper_small.plan(MIXTURE, ["local", f"hydra.sweep.dir={tmp_path}"])
     assert [s.phase for s in sweeps] == ["mixers", "doremi_proxy", "doremi"]
     dirs = [[j["dir"] for j in s.jobs()] for s in sweeps]
-    assert dirs[0] == [f"experiment=paper_small_mixture_{arm}/seed={seed}"
-                       for arm in ("uniform", "natural", "random", "odm") for seed in (1, 2, 3)]
+    assert dirs[0] == [
+        f"experiment=paper_small_mixture_{arm}/seed={seed}"
+        for arm in ("uniform", "natural", "random", "odm")
+        for seed in (1, 2, 3)
+    ]
     assert dirs[1] == [f"experiment=paper_small_mixture_doremi_proxy/seed={seed}" for seed in (1, 2, 3)]
     assert dirs[2] == [f"experiment=paper_small_mixture_doremi/seed={seed}" for seed in (1, 2, 3)]
     assert {s.sweep_dir for s in sweeps} == {tmp_path.resolve()}  # one study directory: one report merges all
@@ -60,8 +69,8 @@ def test_doremi_steps_read_the_natural_arm_and_the_proxy_of_the_same_seed(tmp_pa
     root = tmp_path.resolve()
     sweeps = paper_small.plan(MIXTURE, ["local", f"hydra.sweep.dir={root}", "seed=2"])
     natural = next(j for j in sweeps[0].jobs() if "natural" in j["dir"])
-    proxy, = sweeps[1].jobs()
-    final, = sweeps[2].jobs()
+    (proxy,) = sweeps[1].jobs()
+    (final,) = sweeps[2].jobs()
     assert compose_job(proxy)["mixer"]["reference_dir"] == str(root / natural["dir"])
     assert compose_job(final)["mixer"]["proportions_file"] == str(root / proxy["dir"] / "doremi_weights.json")
     # step 1 is exactly experiment=doremi_reference's recipe: static by domain size on the same model/data
@@ -78,8 +87,17 @@ def test_every_arm_has_the_same_token_budget_model_and_data(study, tmp_path):
     configs = [compose_job(j) for j in jobs]
     budgets = {token_budget(c) for c in configs}
     assert len(budgets) == 1, budgets
-    shared = {(c["model"]["name"], c["data"]["name"], c["data"]["max_samples"], c["trainer"]["learning_rate"],
-               c["trainer"]["lr_scheduler_type"], c["eval"]["max_samples"]) for c in configs}
+    shared = {
+        (
+            c["model"]["name"],
+            c["data"]["name"],
+            c["data"]["max_samples"],
+            c["trainer"]["learning_rate"],
+            c["trainer"]["lr_scheduler_type"],
+            c["eval"]["max_samples"],
+        )
+        for c in configs
+    }
     assert len(shared) == 1, shared
     if study is MIXTURE:
         # packed pretraining blocks: every sequence is cutoff_len tokens, so the budget is exact
@@ -110,15 +128,19 @@ def test_arms_option_runs_a_part_and_skips_empty_phases(tmp_path):
     sweeps = paper_small.plan(MIXTURE, ["--arms", "odm,doremi", f"hydra.sweep.dir={tmp_path}", "seed=3"])
     assert [(s.phase, [j["dir"] for j in s.jobs()]) for s in sweeps] == [
         ("mixers", ["experiment=paper_small_mixture_odm/seed=3"]),
-        ("doremi", ["experiment=paper_small_mixture_doremi/seed=3"])]
+        ("doremi", ["experiment=paper_small_mixture_doremi/seed=3"]),
+    ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--arms", "odm,bogus"], "arms are uniform,natural,random,odm,doremi_proxy,doremi"),
-    (["--arms="], "arms are"),
-    (["experiment=paper_small_mixture_odm"], "pick arms with --arms"),
-    (["slurmm"], "unknown launcher 'slurmm'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arms", "odm,bogus"], "arms are uniform,natural,random,odm,doremi_proxy,doremi"),
+        (["--arms="], "arms are"),
+        (["experiment=paper_small_mixture_odm"], "pick arms with --arms"),
+        (["slurmm"], "unknown launcher 'slurmm'"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(args, message):
     with pytest.raises(SweepError, match=message):
         paper_small.plan(MIXTURE, args)
@@ -128,16 +150,30 @@ def test_default_study_directory_follows_the_output_root(tmp_path, monkeypatch):
     monkeypatch.setenv("DATAFLEX_OUTPUTS", str(tmp_path))
     sweep = paper_small.plan(SELECTION, [])[0]
     assert sweep.sweep_dir == (tmp_path / "paper_small" / "selection").resolve()
-    assert paper_small.plan(SELECTION, [f"paths.output_root={tmp_path / 'o'}"])[0].sweep_dir == \
-        (tmp_path / "o" / "paper_small" / "selection").resolve()
+    assert (
+        paper_small.plan(SELECTION, [f"paths.output_root={tmp_path / 'o'}"])[0].sweep_dir
+        == (tmp_path / "o" / "paper_small" / "selection").resolve()
+    )
 
 
 @pytest.mark.slow  # a subprocess that composes and checks three arms: 20-60 s on a busy 2-core machine
 def test_script_dry_run_prints_every_phase_and_launches_nothing(tmp_path):
     env = {**os.environ, "DATAFLEX_PYTHON": sys.executable}
-    out = subprocess.run([str(SWEEPS / "paper_small_mixture.sh"), "--dry-run", "--arms", "natural,doremi_proxy,doremi",
-                          "seed=1", f"hydra.sweep.dir={tmp_path / 'study'}"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [
+            str(SWEEPS / "paper_small_mixture.sh"),
+            "--dry-run",
+            "--arms",
+            "natural,doremi_proxy,doremi",
+            "seed=1",
+            f"hydra.sweep.dir={tmp_path / 'study'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "phase 1/3 (mixers)" in out.stdout and "phase 3/3 (doremi)" in out.stdout
     assert out.stdout.count("dry run: nothing launched") == 3
@@ -149,11 +185,14 @@ def _fake_run(run_dir: Path, seed: int, ppl: float) -> None:
     """A finished run directory as dataflex-run leaves it (only the files the report reads)."""
     run_dir.mkdir(parents=True)
     (run_dir / "dataflex_config.yaml").write_text(
-        f"seed: {seed}\nmixer:\n  _target_: dataflex.mixers.static.StaticMixer\n  name: static\n")
-    (run_dir / "metrics.jsonl").write_text(
-        '{"step": 1, "train/loss": 5.0, "train/num_input_tokens_seen": 2048}\n')
-    metrics = {"global_step": 1, "wall_time_s": 10.0,
-               "eval_after": {"ppl/avg": ppl, "ppl/worst": ppl + 1, **{f"ppl/{d}": ppl for d in paper_small.DOMAINS}}}
+        f"seed: {seed}\nmixer:\n  _target_: dataflex.mixers.static.StaticMixer\n  name: static\n"
+    )
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "train/loss": 5.0, "train/num_input_tokens_seen": 2048}\n')
+    metrics = {
+        "global_step": 1,
+        "wall_time_s": 10.0,
+        "eval_after": {"ppl/avg": ppl, "ppl/worst": ppl + 1, **{f"ppl/{d}": ppl for d in paper_small.DOMAINS}},
+    }
     (run_dir / "metrics.json").write_text(__import__("json").dumps(metrics))
 
 
@@ -174,7 +213,10 @@ def test_results_page_splices_the_report_between_markers_and_keeps_the_prose(tmp
     assert "Compute: 2 finished runs, 0 minutes of job wall time in all" in text  # 2 x 10 s
     row = next(line for line in text.splitlines() if line.startswith("| **uniform**"))
     assert "| 12.0000 ± 2.8284 |" in row  # mean and sample std of 10 and 14, by the report
-    assert "](results/mixture/report_loss.png)" in text and (doc.parent / "results" / "mixture" / "report_loss.png").is_file()
+    assert (
+        "](results/mixture/report_loss.png)" in text
+        and (doc.parent / "results" / "mixture" / "report_loss.png").is_file()
+    )
     assert "Not run yet" in text.split(paper_small.BEGIN.format("selection"))[1]  # the other study, appended
 
 
@@ -220,7 +262,7 @@ def test_mixture_plot_averages_the_finished_seeds(tmp_path, monkeypatch):
 def test_provenance_names_the_launches_that_produced_the_runs(tmp_path):
     """A run's producer is the latest launch listing its job created before its metrics.json; a later
     rerun (a finished run writes nothing) and a launch of other jobs do not count."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def run(job, written):
         final = tmp_path / job / "metrics.json"
@@ -229,10 +271,16 @@ def test_provenance_names_the_launches_that_produced_the_runs(tmp_path):
         os.utime(final, (written, written))
 
     t0 = 1_800_000_000  # seconds since the epoch
-    iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # as the manifests write "created"
+
+    def iso(t):
+        return datetime.fromtimestamp(t, UTC).isoformat()  # as the manifests write "created"
+
     run("experiment=a/seed=1", t0 + 100)
     run("experiment=b/seed=1", t0 + 300)
-    job = lambda d: {"dir": d}
+
+    def job(d):
+        return {"dir": d}
+
     launches = [
         {"created": iso(t0), "commit": "old", "jobs": [job("experiment=a/seed=1"), job("experiment=b/seed=1")]},
         {"created": iso(t0 + 200), "commit": "new", "jobs": [job("experiment=b/seed=1")]},

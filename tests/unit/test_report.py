@@ -26,14 +26,33 @@ PNG = b"\x89PNG\r\n\x1a\n"
 DOMAINS = ["code", "drama"]
 
 
-def make_run(run_dir: Path, *, seed=1, evals=None, losses=(3.0, 2.5, 2.0), kind=None, name=None,
-             tokens=None, wall=10.0, finished=True, proportions=None, overlaps=None, cutoff_len=64):
+def make_run(
+    run_dir: Path,
+    *,
+    seed=1,
+    evals=None,
+    losses=(3.0, 2.5, 2.0),
+    kind=None,
+    name=None,
+    tokens=None,
+    wall=10.0,
+    finished=True,
+    proportions=None,
+    overlaps=None,
+    cutoff_len=64,
+):
     """A run directory as a Run writes it: config, JSONL records and (when finished) metrics.json."""
     run_dir.mkdir(parents=True)
-    config = {"seed": seed, "nproc": 1, "model": {"name": "tiny"},
-              "data": {"name": "synthetic", "cutoff_len": cutoff_len},
-              "trainer": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
-              "selector": {"name": "none"}, "mixer": {"name": "none"}, "weighter": {"name": "none"}}
+    config = {
+        "seed": seed,
+        "nproc": 1,
+        "model": {"name": "tiny"},
+        "data": {"name": "synthetic", "cutoff_len": cutoff_len},
+        "trainer": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
+        "selector": {"name": "none"},
+        "mixer": {"name": "none"},
+        "weighter": {"name": "none"},
+    }
     if kind:
         config[kind] = {"_target_": f"x.{name}", "name": name}
     (run_dir / "dataflex_config.yaml").write_text(yaml.safe_dump(config))
@@ -50,8 +69,12 @@ def make_run(run_dir: Path, *, seed=1, evals=None, losses=(3.0, 2.5, 2.0), kind=
     lines = [json.dumps(r) for r in records]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n" + ('{"step": 9, "torn' if not finished else ""))
     if finished:
-        metrics = {"global_step": len(losses), "eval_after": evals or {}, "wall_time_s": wall,
-                   "final_train_loss": losses[-1]}
+        metrics = {
+            "global_step": len(losses),
+            "eval_after": evals or {},
+            "wall_time_s": wall,
+            "final_train_loss": losses[-1],
+        }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
     return run_dir
 
@@ -61,12 +84,27 @@ def mixer_sweep(tmp_path):
     """Two arms: odm with seeds 1,2,3 (ppl 10, 12, 14) and random with seeds 1,2 (ppl 8, 9)."""
     sweep = tmp_path / "compare_mixers"
     for seed, ppl, acc in [(1, 10.0, 0.5), (2, 12.0, 0.7), (3, 14.0, 0.9)]:
-        make_run(sweep / "mixer=odm" / f"seed={seed}", seed=seed, evals={"ppl/avg": ppl, "em/x": acc}, kind="mixer",
-                 name="odm", tokens=1000 * seed, wall=10.0 * seed,
-                 proportions={0: {"code": 0.5, "drama": 0.5}, 2: {"code": 0.2 * seed, "drama": 1 - 0.2 * seed}})
+        make_run(
+            sweep / "mixer=odm" / f"seed={seed}",
+            seed=seed,
+            evals={"ppl/avg": ppl, "em/x": acc},
+            kind="mixer",
+            name="odm",
+            tokens=1000 * seed,
+            wall=10.0 * seed,
+            proportions={0: {"code": 0.5, "drama": 0.5}, 2: {"code": 0.2 * seed, "drama": 1 - 0.2 * seed}},
+        )
     for seed, ppl in [(1, 8.0), (2, 9.0)]:
-        make_run(sweep / "mixer=random" / f"seed={seed}", seed=seed, evals={"ppl/avg": ppl, "em/x": 0.1}, kind="mixer",
-                 name="random", tokens=2000, wall=4.0, losses=(3.0, 2.0, 1.0))
+        make_run(
+            sweep / "mixer=random" / f"seed={seed}",
+            seed=seed,
+            evals={"ppl/avg": ppl, "em/x": 0.1},
+            kind="mixer",
+            name="random",
+            tokens=2000,
+            wall=4.0,
+            losses=(3.0, 2.0, 1.0),
+        )
     make_run(sweep / "mixer=static" / "seed=1", finished=False, kind="mixer", name="static")
     (sweep / ".submitit" / "123").mkdir(parents=True)  # never mistaken for a run
     return sweep
@@ -120,8 +158,13 @@ def test_report_files_and_plots(mixer_sweep):
 def test_selection_overlap_plot_for_selectors(tmp_path):
     sweep = tmp_path / "compare_selectors"
     for arm in ("loss", "random"):
-        make_run(sweep / f"selector={arm}" / "seed=1", kind="selector", name=arm, evals={"em/a": 0.2},
-                 overlaps={2: 0.5, 4: 0.75})
+        make_run(
+            sweep / f"selector={arm}" / "seed=1",
+            kind="selector",
+            name=arm,
+            evals={"em/a": 0.2},
+            overlaps={2: 0.5, 4: 0.75},
+        )
     report = write_report([sweep], out_dir=tmp_path / "out")
     assert set(report.plots) == {"metric", "loss", "selection_overlap"}
     assert (tmp_path / "out" / "report.md").is_file()
@@ -178,7 +221,9 @@ def test_notebook_runs_top_to_bottom_offline(mixer_sweep, monkeypatch):
     notebook = Path(__file__).resolve().parents[2] / "notebooks" / "compare_methods.ipynb"
     monkeypatch.setenv("DATAFLEX_SWEEP_DIR", str(mixer_sweep))
     nb = nbformat.read(notebook, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    ).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     shown = "".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("text", "")) for o in outputs)
@@ -207,8 +252,12 @@ def test_report_table_logged_to_wandb_offline(mixer_sweep, monkeypatch):
 
 def test_arms_tied_for_best_are_all_marked(tmp_path):
     for arm in ("a", "b", "c"):
-        make_run(tmp_path / "s" / f"selector={arm}" / "seed=1", kind="selector", name=arm,
-                 evals={"em/x": 0.5 if arm != "c" else 0.25})
+        make_run(
+            tmp_path / "s" / f"selector={arm}" / "seed=1",
+            kind="selector",
+            name=arm,
+            evals={"em/x": 0.5 if arm != "c" else 0.25},
+        )
     table = build_report([tmp_path / "s"]).table
     assert "| **selector=a** ★ |" in table and "| **selector=b** ★ |" in table and "| selector=c |" in table
 
@@ -272,7 +321,10 @@ def test_metric_plot_shows_every_seed_and_the_best_arm_on_top(mixer_sweep, monke
 def test_short_names_drop_the_shared_prefix_at_a_boundary():
     from dataflex.report import _short_names
 
-    assert _short_names(["experiment=paper_small_selection_less", "experiment=paper_small_selection_loss"]) == ["less", "loss"]
+    assert _short_names(["experiment=paper_small_selection_less", "experiment=paper_small_selection_loss"]) == [
+        "less",
+        "loss",
+    ]
     assert _short_names(["mixer=odm", "mixer=random"]) == ["odm", "random"]
     assert _short_names(["mixer=odm,seed", "mixer=odm"]) == ["odm,seed", "odm"]  # a name that is the prefix stays whole
     assert _short_names(["a", "b"]) == ["a", "b"] and _short_names(["only=one"]) == ["only=one"]

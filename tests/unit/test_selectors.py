@@ -39,7 +39,9 @@ def test_constructor_rejects_bad_budget_and_hyperparameters():
 
 
 def test_seeded_generator_depends_on_seed_round_and_stream():
-    draw = lambda *a: torch.randint(10**9, (4,), generator=seeded_generator(*a)).tolist()
+    def draw(*a):
+        return torch.randint(10**9, (4,), generator=seeded_generator(*a)).tolist()
+
     assert draw(1, 3) == draw(1, 3)
     assert len({tuple(draw(*a)) for a in [(1, 3), (1, 4), (2, 3), (1, 3, 1), (1, -1)]}) == 5
 
@@ -95,7 +97,10 @@ def test_tercile_draw_without_replacement_and_focus():
     assert sorted(idx.tolist()) == [0, 4]
     idx = loss_scores_to_indices(losses, 6, rule="tercile", generator=g)
     assert sorted(idx.tolist()) == list(range(6))
-    same = lambda: loss_scores_to_indices(losses, 3, "tercile", generator=seeded_generator(1, 0)).tolist()
+
+    def same():
+        return loss_scores_to_indices(losses, 3, "tercile", generator=seeded_generator(1, 0)).tolist()
+
     assert same() == same()
 
 
@@ -109,7 +114,9 @@ def test_loss_core_errors():
 
 
 def test_candidate_subset_is_seeded_sorted_and_bounded():
-    ctx = lambda u: SimpleNamespace(pool_size=100, update_index=u)
+    def ctx(u):
+        return SimpleNamespace(pool_size=100, update_index=u)
+
     sel = PoolLossSelector(budget=10, candidates=0.3, seed=3)
     a, b = sel.candidate_indices(ctx(1)), sel.candidate_indices(ctx(1))
     assert torch.equal(a, b) and a.numel() == 30 and torch.equal(a, a.unique())
@@ -190,13 +197,20 @@ def test_delta_errors_and_update_count():
 
 
 # -- end to end on the tiny model ------------------------------------------------------------------
-SCHEDULE = ["selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2",
-            "eval.before=false", "eval.after=false", "trainer.max_steps=6"]
+SCHEDULE = [
+    "selector.budget=16",
+    "selector.warmup_steps=2",
+    "selector.update_every=2",
+    "eval.before=false",
+    "eval.after=false",
+    "trainer.max_steps=6",
+]
 
 
 def test_e2e_static(tmp_path):
-    _, state = run_selection(tmp_path, ["selector=static", "eval.before=false", "eval.after=false",
-                                        "trainer.max_steps=6"])
+    _, state = run_selection(
+        tmp_path, ["selector=static", "eval.before=false", "eval.after=false", "trainer.max_steps=6"]
+    )
     assert state["components"]["selector"] == {"decisions": 1, "indices": None}
     assert "selector" in state["updates_done"] and state["updates_done"]["selector"] == 0
     assert all(p["indices"] is None for p in state["sampler"]["history"])

@@ -35,7 +35,11 @@ def test_adam_feature_with_empty_state_is_the_pinned_formula():
 
 def test_adam_feature_with_state_by_hand_and_no_bias_correction():
     # m = 0.5, v = 0.25, g = 1: m' = 0.45 + 0.1 = 0.55, v' = 0.24975 + 0.001 = 0.25075
-    got = A.adam_feature(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64))
+    got = A.adam_feature(
+        torch.tensor(1.0, dtype=torch.float64),
+        torch.tensor(0.5, dtype=torch.float64),
+        torch.tensor(0.25, dtype=torch.float64),
+    )
     assert got.item() == pytest.approx(0.55 / math.sqrt(0.25075 + 1e-8), rel=1e-12)
     # other betas / eps are honoured
     got = A.adam_feature(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(0.0), beta1=0.5, beta2=0.5, eps=0.0)
@@ -128,7 +132,10 @@ def test_top_k_is_stable_and_checked():
 
 
 def test_epoch_learning_rates_by_hand():
-    log = [{"step": s, "learning_rate": lr, "loss": 1.0} for s, lr in [(1, 1.0), (2, 3.0), (3, 2.0), (4, 2.0), (5, 0.5), (6, 0.5)]]
+    log = [
+        {"step": s, "learning_rate": lr, "loss": 1.0}
+        for s, lr in [(1, 1.0), (2, 3.0), (3, 2.0), (4, 2.0), (5, 0.5), (6, 0.5)]
+    ]
     log.append({"step": 6, "train_runtime": 1.0})  # a record without a learning rate is ignored
     assert L.epoch_learning_rates(log, [2, 4, 6]) == pytest.approx([2.0, 2.0, 0.5])
     assert L.epoch_learning_rates(log, [3, 6]) == pytest.approx([2.0, 1.0])
@@ -148,7 +155,10 @@ def _rows(batch):
 
     def collate(rs):
         t = max(len(r["input_ids"]) for r in rs)
-        out = {k: torch.full((len(rs), t), pad, dtype=torch.long) for k, pad in (("input_ids", 0), ("attention_mask", 0), ("labels", -100))}
+        out = {
+            k: torch.full((len(rs), t), pad, dtype=torch.long)
+            for k, pad in (("input_ids", 0), ("attention_mask", 0), ("labels", -100))
+        }
         for i, r in enumerate(rs):
             for k in out:
                 out[k][i, : len(r[k])] = torch.tensor(r[k])
@@ -199,7 +209,9 @@ def test_training_features_equal_the_per_sample_definition(kind, gradient_type, 
     expected = _expected(trainer, rows, collate, projector, gradient_type)
     # batched with padding (batch of 3 then 2), in a chosen order
     order = [4, 0, 2, 1, 3]
-    got = SF.training_features(trainer.model, rows, collate, order, projector, gradient_type, batch_size=3, optimizer=trainer.optimizer)
+    got = SF.training_features(
+        trainer.model, rows, collate, order, projector, gradient_type, batch_size=3, optimizer=trainer.optimizer
+    )
     assert got.shape == (5, 64)
     torch.testing.assert_close(got, expected[order], rtol=1e-4, atol=1e-5)
     if gradient_type == "adam":  # the preconditioning matters: Adam and SGD features differ
@@ -224,8 +236,15 @@ def test_tied_weights_are_preconditioned_whole():
     rows, collate = _rows(padded_batch())
     trainer = _stepped_trainer(model, rows, collate)
     projector = Projector(32, seed=0)
-    right = SF.training_features(model, rows, collate, None, projector, "adam", batch_size=4, optimizer=trainer.optimizer)
-    naive = F.normalize(project_per_sample_gradients(model, collate(rows), projector, transform=A.adam_transform(adam_state(trainer.optimizer, model))), dim=-1)
+    right = SF.training_features(
+        model, rows, collate, None, projector, "adam", batch_size=4, optimizer=trainer.optimizer
+    )
+    naive = F.normalize(
+        project_per_sample_gradients(
+            model, collate(rows), projector, transform=A.adam_transform(adam_state(trainer.optimizer, model))
+        ),
+        dim=-1,
+    )
     assert (right - naive).abs().max() > 1e-3
 
 
@@ -248,8 +267,17 @@ def test_validation_features_and_similarities_match_less_scores():
 
     groups = [0, 1, 1]
     validation = Val({**r, "domain_id": d} for r, d in zip(val, groups))
-    sims = L.checkpoint_similarities(trainer.model, pool, collate, torch.arange(4), projector, "adam", 2, validation=validation,
-                                   optimizer=trainer.optimizer)
+    sims = L.checkpoint_similarities(
+        trainer.model,
+        pool,
+        collate,
+        torch.arange(4),
+        projector,
+        "adam",
+        2,
+        validation=validation,
+        optimizer=trainer.optimizer,
+    )
     assert sims.shape == (4, 2)
     t = SF.training_features(trainer.model, pool, collate, None, projector, "adam", optimizer=trainer.optimizer)
     torch.testing.assert_close(L.combine_subtask_similarities(sims), L.less_scores(t, v, groups), rtol=1e-5, atol=1e-6)
@@ -314,9 +342,17 @@ def test_validation_subset_per_subtask_is_seeded_and_fixed():
 # -- end to end on the tiny model ------------------------------------------------------------------
 # Small enough for seconds: 32 candidates and 8 validation rows per round, d = 128 with the
 # projection kept between batches.
-LESS = ["selector=less", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2",
-        "selector.candidates=32", "selector.validation_per_subtask=8", "selector.proj_dim=128",
-        "selector.projection_cache_mb=64", "selector.batch_size=8"]
+LESS = [
+    "selector=less",
+    "selector.budget=16",
+    "selector.warmup_steps=2",
+    "selector.update_every=2",
+    "selector.candidates=32",
+    "selector.validation_per_subtask=8",
+    "selector.proj_dim=128",
+    "selector.projection_cache_mb=64",
+    "selector.batch_size=8",
+]
 QUIET = ["eval.before=false", "eval.after=false"]
 
 
@@ -351,17 +387,27 @@ def test_e2e_less_online(tmp_path):
     ckpt = tmp_path / "x" / "checkpoints" / "checkpoint-6"
     CK.load_trainable_weights(built.model, ckpt)
     params = list(trainable_parameters(built.model).values())
-    optimizer = torch.optim.AdamW([{"params": params}, {"params": []}])  # HF's groups: decay (all LoRA weights), no decay
+    optimizer = torch.optim.AdamW(
+        [{"params": params}, {"params": []}]
+    )  # HF's groups: decay (all LoRA weights), no decay
     adam = CK.checkpoint_adam_state(ckpt, optimizer, built.model)
     trainer = SimpleNamespace(model=built.model, train_dataset=built.pool, data_collator=MetaCollator(built.collator))
     projector = SF.make_projector(128, cfg["seed"])
     groups = L.subtask_ids(built.validation)
     rows = L.validation_subset(groups, len(built.validation), 8, cfg["seed"])
     val = SF.validation_features(trainer.model, built.validation, trainer.data_collator, projector, rows)
-    train = SF.training_features(trainer.model, trainer.train_dataset, trainer.data_collator, cand, projector, "adam", adam=adam)
+    train = SF.training_features(
+        trainer.model, trainer.train_dataset, trainer.data_collator, cand, projector, "adam", adam=adam
+    )
     torch.testing.assert_close(L.less_scores(train, val, groups[rows]).float(), s, rtol=1e-4, atol=1e-5)
     stale = {n: (torch.zeros_like(m), torch.zeros_like(v)) for n, (m, v) in adam.items()}
-    without_moments = L.less_scores(SF.training_features(trainer.model, trainer.train_dataset, trainer.data_collator, cand, projector, "adam", adam=stale), val, groups[rows])
+    without_moments = L.less_scores(
+        SF.training_features(
+            trainer.model, trainer.train_dataset, trainer.data_collator, cand, projector, "adam", adam=stale
+        ),
+        val,
+        groups[rows],
+    )
     assert (without_moments.float() - s).abs().max() > 1e-3  # the optimizer state mattered
 
 
@@ -376,7 +422,10 @@ def test_resume_less_selects_what_an_uninterrupted_run_selects(tmp_path, monkeyp
             fit(tmp_path, "resumed", overrides)
     _, resumed = fit(tmp_path, "resumed", overrides)
     assert losses(resumed) == pytest.approx(losses(straight), abs=1e-6) and len(losses(straight)) == 8
-    state = lambda d: torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+
+    def state(d):
+        return torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+
     a, b = state(straight), state(resumed)
     assert a["updates_done"] == b["updates_done"] == {"selector": 3}  # steps 2, 4, 6 (none at 8 = max_steps)
     assert same_state(a["components"], b["components"])  # every round's indices and the last scores
@@ -389,7 +438,16 @@ def test_less_without_a_validation_set_is_a_config_error(tmp_path):
     from dataflex.config import ConfigError
     from dataflex.run import Run
 
-    cfg = compose_config([*LESS, *QUIET, "trainer.max_steps=2", "selector.warmup_steps=1", "selector.update_every=1", "data.validation=null"])
+    cfg = compose_config(
+        [
+            *LESS,
+            *QUIET,
+            "trainer.max_steps=2",
+            "selector.warmup_steps=1",
+            "selector.update_every=1",
+            "data.validation=null",
+        ]
+    )
     with pytest.raises(ConfigError, match="selector=less needs a target/validation set: set data.validation"):
         Run(cfg, tmp_path / "r").fit()
 
@@ -411,9 +469,19 @@ class FixedSelector(Selector):
 
 # 256 pool rows, warm-up on 5% = 12 of them, global batch 4: 3 steps an epoch, 2 epochs = checkpoints
 # 3 and 6; then the top 16 of 48 candidates for 1 epoch over them (4 steps).
-OFFLINE = ["experiment=less_offline", "less_offline.warmup_epochs=2", "less_offline.train_epochs=1",
-           "selector.budget=16", "selector.candidates=48", "selector.validation_per_subtask=8",
-           "selector.proj_dim=128", "selector.projection_cache_mb=64", "selector.batch_size=8", "trainer.warmup_steps=0", *QUIET]
+OFFLINE = [
+    "experiment=less_offline",
+    "less_offline.warmup_epochs=2",
+    "less_offline.train_epochs=1",
+    "selector.budget=16",
+    "selector.candidates=48",
+    "selector.validation_per_subtask=8",
+    "selector.proj_dim=128",
+    "selector.projection_cache_mb=64",
+    "selector.batch_size=8",
+    "trainer.warmup_steps=0",
+    *QUIET,
+]
 
 
 def test_offline_recipe_end_to_end(tmp_path):
@@ -453,8 +521,17 @@ def test_offline_recipe_end_to_end(tmp_path):
 
     # the final model trained from where it was built (the warm-up weights were put back): the same
     # losses as a run that trains on the same indices without any scoring
-    _, plain = fit(tmp_path, "fixed", [*QUIET, "trainer.max_steps=4", "trainer.warmup_steps=0", "+selector._target_=test_selectors_less.FixedSelector",
-                                       f"+selector.indices=[{','.join(map(str, chosen))}]"])
+    _, plain = fit(
+        tmp_path,
+        "fixed",
+        [
+            *QUIET,
+            "trainer.max_steps=4",
+            "trainer.warmup_steps=0",
+            "+selector._target_=test_selectors_less.FixedSelector",
+            f"+selector.indices=[{','.join(map(str, chosen))}]",
+        ],
+    )
     assert losses(run_dir) == pytest.approx(losses(plain), abs=1e-6)
 
 
@@ -499,8 +576,12 @@ def test_command_implies_the_experiment():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dataflex.cli.less_offline", "--cfg", "job", "model=tiny"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "_target_: dataflex.selectors.less.LessOfflineSelector" in out and "warmup_fraction: 0.05" in out
 
 
@@ -513,9 +594,14 @@ def test_subtasks_from_a_column_of_one_validation_set(tmp_path):
     from dataflex.backend.llamafactory import resolve_validation_column
     from dataflex.config import ConfigError
 
-    rows = [{"instruction": f"q{i}", "output": "a", "subject": s} for i, s in enumerate(["law", "algebra", "law", "virology"])]
+    rows = [
+        {"instruction": f"q{i}", "output": "a", "subject": s}
+        for i, s in enumerate(["law", "algebra", "law", "virology"])
+    ]
     (tmp_path / "mmlu_val.json").write_text(json.dumps(rows))
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"mmlu_val": {"file_name": str(tmp_path / "mmlu_val.json")}}))
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps({"mmlu_val": {"file_name": str(tmp_path / "mmlu_val.json")}})
+    )
     hparams = {"dataset_dir": str(tmp_path)}
     names = resolve_validation_column(hparams, ["mmlu_val"], "subject")
     assert names == ["algebra", "law", "virology"]
@@ -542,9 +628,13 @@ def test_a_validation_row_without_labels_is_an_error_naming_it():
 
     from dataflex.config import ConfigError
 
-    validation = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
-                                    "labels": [[-100, 2, 3], [-100, -100, -100], [-100, -100, 9]],
-                                    "domain_id": [0, 1, 1]})
+    validation = Dataset.from_dict(
+        {
+            "input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+            "labels": [[-100, 2, 3], [-100, -100, -100], [-100, -100, 9]],
+            "domain_id": [0, 1, 1],
+        }
+    )
     selector = L.LessSelector(budget=1)
     ctx = SimpleNamespace(require_validation=lambda who: validation)
     with pytest.raises(ConfigError, match=r"selector=less: validation row 1 \(subtask 1\) has no label token"):

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ import yaml
 from support.config import compose_config
 from support.distributed import run_distributed
 
-from dataflex.selectors.base import EmbeddingSelector, interleave_groups
+from dataflex.selectors.base import interleave_groups
 from dataflex.selectors.near import NearSelector, near_indices, round_robin
 from dataflex.selectors.tsds import TSDSSelector, capped, draw, kde_densities, transport_mass, tsds_probabilities
 from dataflex.signals.knn import KnnIndex
@@ -251,7 +250,14 @@ def random_case(seed: int, n: int = 400, m: int = 6, dim: int = 8):
 
 @pytest.mark.parametrize(
     "seed, alpha, C, sigma",
-    [(0, 0.5, 5.0, 0.75), (1, 0.9, 5.0, 0.75), (2, 0.5, 0.5, 0.3), (3, 0.0, 5.0, 0.75), (4, 1.0, 5.0, 0.75), (5, 0.7, 2.0, 0.0)],
+    [
+        (0, 0.5, 5.0, 0.75),
+        (1, 0.9, 5.0, 0.75),
+        (2, 0.5, 0.5, 0.3),
+        (3, 0.0, 5.0, 0.75),
+        (4, 1.0, 5.0, 0.75),
+        (5, 0.7, 2.0, 0.0),
+    ],
 )
 def test_tsds_equals_an_independent_heap_implementation(seed, alpha, C, sigma):
     candidates, queries = random_case(seed)
@@ -279,7 +285,10 @@ def test_tsds_alpha_one_is_the_nearest_neighbour_histogram():
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 def test_ten_copies_share_the_mass_of_one_copy(alpha):
     g = torch.Generator().manual_seed(8)
-    candidates, queries = F.normalize(torch.randn(500, 16, generator=g), dim=1), F.normalize(torch.randn(5, 16, generator=g), dim=1)
+    candidates, queries = (
+        F.normalize(torch.randn(500, 16, generator=g), dim=1),
+        F.normalize(torch.randn(5, 16, generator=g), dim=1),
+    )
     one = tsds_probabilities(candidates, queries, alpha=alpha, C=1.0, max_K=40, kde_K=20)
     x0 = int(one.argmax())
     distances = torch.sqrt(torch.clamp(2 - 2 * candidates @ candidates[x0], min=0))
@@ -329,7 +338,10 @@ def test_tsds_refuses_bad_parameters():
 # -- drawing from p ----------------------------------------------------------------------------
 def test_draw_with_and_without_replacement():
     p = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0], dtype=torch.float64)
-    g = lambda: torch.Generator().manual_seed(0)
+
+    def g():
+        return torch.Generator().manual_seed(0)
+
     many = draw(p, 20000, True, g())
     assert set(many.tolist()) <= {1, 3, 4}  # never a p = 0 entry
     freq = torch.bincount(many, minlength=6).double() / 20000
@@ -340,7 +352,9 @@ def test_draw_with_and_without_replacement():
     with pytest.raises(ValueError, match="only 3 have p > 0"):
         draw(p, 4, False, g())
     # without replacement the first draw follows p
-    firsts = torch.bincount(torch.stack([draw(p, 1, False, torch.Generator().manual_seed(s)) for s in range(3000)]).flatten(), minlength=6)
+    firsts = torch.bincount(
+        torch.stack([draw(p, 1, False, torch.Generator().manual_seed(s)) for s in range(3000)]).flatten(), minlength=6
+    )
     assert torch.allclose(firsts.double() / 3000, p, atol=0.03)
 
 
@@ -363,7 +377,9 @@ def test_tsds_selector_draws_from_p_seeded_by_round(monkeypatch):
     assert (p[picked] > 0).all()
     strict = TSDSSelector(budget=399, replacement=False, max_K=30, kde_K=12)
     monkeypatch.setattr(strict, "embeddings", lambda ctx: (candidates, queries))
-    with pytest.raises(ValueError, match=r"needs 399 candidates with p > 0, but only \d+ have any \(set selector.replacement=true"):
+    with pytest.raises(
+        ValueError, match=r"needs 399 candidates with p > 0, but only \d+ have any \(set selector.replacement=true"
+    ):
         strict.select(FakeCtx(400))
 
 
@@ -395,7 +411,7 @@ def test_queries_are_embedded_like_candidates(monkeypatch):
     for query, expected in (("example", ["w1 w2\nw3 w4", "w5\nw6 w7"]), ("prompt", ["w1 w2", "w5"])):
         selector = NearSelector(budget=1, query=query)
         encoded = []
-        monkeypatch.setattr(selector, "_encode", lambda ctx, texts: encoded.append(list(texts)) or torch.eye(2, 3))
+        monkeypatch.setattr(selector, "_encode", lambda ctx, texts: encoded.append(list(texts)) or torch.eye(2, 3))  # noqa: B023
         selector.embeddings(ctx)
         candidates, queries = encoded
         assert candidates == ["w1 w2\nw3 w4", "w5\nw6 w7"] and queries == expected
@@ -542,11 +558,16 @@ def test_two_processes_encode_sharded_and_keep_rank_zeros_decision():
     texts = [f"sample number {i} is about topic {i % 7}" + " and more" * (i % 5) for i in range(23)]
     alone = SentenceEncoder().encode(texts)
     g = torch.Generator().manual_seed(0)
-    candidates, queries = F.normalize(torch.randn(300, 16, generator=g), dim=1), F.normalize(torch.randn(6, 16, generator=g), dim=1)
+    candidates, queries = (
+        F.normalize(torch.randn(300, 16, generator=g), dim=1),
+        F.normalize(torch.randn(6, 16, generator=g), dim=1),
+    )
     for res in results:
         # each rank encoded every other text; gathered, they equal one process encoding them all
         assert torch.allclose(torch.tensor(res["encoded"]), alone, atol=1e-5)
         assert res["near"]["picked"] == near_indices(KnnIndex(candidates), queries, 20).tolist()
     assert results[0]["tsds"] == results[1]["tsds"]  # the same draw and summary on both ranks
     assert results[0]["error"] == results[1]["error"] and "needs 299 candidates with p > 0" in results[0]["error"]
-    assert results[0]["tsds"]["last_round"]["support"] == int((tsds_probabilities(candidates, queries, max_K=30, kde_K=10) > 0).sum())
+    assert results[0]["tsds"]["last_round"]["support"] == int(
+        (tsds_probabilities(candidates, queries, max_K=30, kde_K=10) > 0).sum()
+    )

@@ -10,12 +10,17 @@ import pytest
 import torch
 
 from dataflex.config import ConfigError
+from dataflex.eval.exact_match import normalize_answer
 from dataflex.selectors import nice as N
+from dataflex.selectors.base import seeded_generator
+from dataflex.selectors.nice import features as NF
+from dataflex.selectors.nice import online as NO
 from dataflex.signals import features as SF
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.losses import IGNORE_INDEX
 from dataflex.signals.projection import Projector
+from dataflex.signals.text import split_row
 
 
 # -- rewards ---------------------------------------------------------------------------------------
@@ -99,12 +104,17 @@ def test_zero_feature_normalises_to_zero_not_nan():
     y = SF.normalize_features(x)
     assert torch.equal(y[0], torch.zeros(3)) and torch.allclose(y[1], torch.tensor([0.0, 0.6, 0.8]))
     assert torch.allclose(y[2], torch.tensor([1.0, 0.0, 0.0])) and torch.isfinite(y).all()
-    assert torch.equal(N.reinforce_features(torch.randn(2, 3, 4), torch.zeros(2, 3), torch.ones(2, 3)), torch.zeros(2, 4))
+    assert torch.equal(
+        N.reinforce_features(torch.randn(2, 3, 4), torch.zeros(2, 3), torch.ones(2, 3)), torch.zeros(2, 4)
+    )
 
 
 def test_top_k_highest_first_ties_seeded():
     assert SF.top_k_indices(torch.tensor([0.1, 0.9, -0.3, 0.5]), 2).tolist() == [1, 3]
-    g = lambda s: torch.Generator().manual_seed(s)
+
+    def g(s):
+        return torch.Generator().manual_seed(s)
+
     assert SF.top_k_indices(torch.tensor([0.1, 0.9, -0.3, 0.5]), 3, g(0)).tolist() == [1, 3, 0]
     flat = torch.zeros(50)
     a, b = SF.top_k_indices(flat, 10, g(1)), SF.top_k_indices(flat, 10, g(1))
@@ -145,7 +155,9 @@ def test_validation_feature_equals_reward_weighted_summed_nll_gradient(model, to
     # M = 2 responses per prompt of different lengths; rewards with a zero, a negative and a fraction
     responses = [[resp, resp[: max(1, len(resp) // 2)]] for _, resp in encoded]
     rewards = torch.tensor([[1.0, 0.0], [0.5, 2.0], [-1.0, 1.0]])
-    feats = N.nice_validation_features(model, prompts, responses, rewards, projector, batch_size=4, pad_id=tokenizer.pad_token_id)
+    feats = N.nice_validation_features(
+        model, prompts, responses, rewards, projector, batch_size=4, pad_id=tokenizer.pad_token_id
+    )
     assert feats.shape == (3, 64)
     for x in range(3):
         ref = projected_summed_nll_gradient(model, prompts[x], responses[x], rewards[x].tolist(), projector)
@@ -157,7 +169,9 @@ def test_validation_feature_equals_reward_weighted_summed_nll_gradient(model, to
 def test_zero_rewards_give_zero_features_without_any_backward(model, tokenizer, template, monkeypatch):
     projector = Projector(32, seed=0, block_size=512)
     p, y = encode(tokenizer, template, *QA[0])
-    monkeypatch.setattr(N, "project_per_sample_gradients", lambda *a, **k: pytest.fail("differentiated a zero-reward row"))
+    monkeypatch.setattr(
+        NF, "project_per_sample_gradients", lambda *a, **k: pytest.fail("differentiated a zero-reward row")
+    )
     feats = N.nice_validation_features(model, [p, p], [[y, y], [y, y]], torch.zeros(2, 2), projector)
     assert torch.equal(feats, torch.zeros(2, 32))
 
@@ -199,8 +213,16 @@ def rows_of(tokenizer, template, pairs, domains):
     return Dataset.from_list(rows)
 
 
-POOL = [("Add 2 and 2", "4"), ("Capital of France?", "Paris"), ("Say hi", "hi there"), ("Colour of the sky", "blue"),
-        ("What is 10 - 3?", "7"), ("the cat sat on the", "mat"), ("Opposite of up", "down"), ("Count to three", "1 2 3")]
+POOL = [
+    ("Add 2 and 2", "4"),
+    ("Capital of France?", "Paris"),
+    ("Say hi", "hi there"),
+    ("Colour of the sky", "blue"),
+    ("What is 10 - 3?", "7"),
+    ("the cat sat on the", "mat"),
+    ("Opposite of up", "down"),
+    ("Count to three", "1 2 3"),
+]
 
 
 def make_ctx(model, tokenizer, template, validation, update_index=0):
@@ -211,9 +233,17 @@ def make_ctx(model, tokenizer, template, validation, update_index=0):
     pool = rows_of(tokenizer, template, POOL, [i % 2 for i in range(len(POOL))])
     sampler = SimpleNamespace(pool_size=len(pool), domain_ids=torch.tensor(pool["domain_id"]))
     return UpdateContext(
-        model=model, optimizer=None, pool=pool, collator=TemplateCollator(template, tokenizer.pad_token_id),
-        tokenizer=tokenizer, template=template, validation=validation, sampler=sampler,
-        global_step=2, update_index=update_index, max_steps=10,
+        model=model,
+        optimizer=None,
+        pool=pool,
+        collator=TemplateCollator(template, tokenizer.pad_token_id),
+        tokenizer=tokenizer,
+        template=template,
+        validation=validation,
+        sampler=sampler,
+        global_step=2,
+        update_index=update_index,
+        max_steps=10,
     )
 
 
@@ -225,33 +255,35 @@ def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_refer
     exact match fires, and the matching prompts get non-zero validation features and the pool non-zero scores."""
     sel = N.NiceSelector(budget=3, **SMALL)
     probe = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]))
-    prompt_ids = [N.split_row(r["input_ids"], r["labels"])[0] for r in probe.validation]
+    prompt_ids = [split_row(r["input_ids"], r["labels"])[0] for r in probe.validation]
     samples = sel.sample(probe, prompt_ids)
     own = [group[0].text for group in samples]  # what the model says to each prompt with this seed
-    assert any(N.normalize_answer(t) for t in own)
+    assert any(normalize_answer(t) for t in own)
     validation = rows_of(tokenizer, template, [(q, t) for (q, _), t in zip(QA, own)], [0, 0, 1])
     ctx = make_ctx(model, tokenizer, template, validation)
 
     chosen = sel.select(ctx)
     last = sel.last_scores
     # the samples of the round are the probe's (same seed, same prompts), so the rewards are known by hand
-    expected = [[float(bool(N.normalize_answer(t)) and N.normalize_answer(s.text) == N.normalize_answer(t)) for s in g]
-                for g, t in zip(samples, own)]
+    expected = [
+        [float(bool(normalize_answer(t)) and normalize_answer(s.text) == normalize_answer(t)) for s in g]
+        for g, t in zip(samples, own)
+    ]
     assert last["rewards"].tolist() == expected and sum(map(sum, expected)) >= 1
-    assert [row[0] for row in expected] == [float(bool(N.normalize_answer(t))) for t in own]
+    assert [row[0] for row in expected] == [float(bool(normalize_answer(t))) for t in own]
     scores = last["scores"]
     assert torch.isfinite(scores).all() and scores.abs().max() > 0
     assert scores[chosen].tolist() == torch.topk(scores, 3).values.tolist()  # the top 3, best first
 
 
 def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
-    monkeypatch.setattr(N, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
+    monkeypatch.setattr(NO, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
     sel = N.NiceSelector(budget=4, reward="test_selectors_nice.constant_reward", reward_kwargs={"value": 0.0}, **SMALL)
     ctx = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]), update_index=3)
     chosen = sel.select(ctx)
     assert torch.equal(sel.last_scores["scores"], torch.zeros(len(POOL)))
     assert torch.equal(sel.last_scores["rewards"], torch.zeros(3, 2))
-    expected = torch.randperm(len(POOL), generator=N.seeded_generator(5, 3))[:4]  # the tie-break order itself
+    expected = torch.randperm(len(POOL), generator=seeded_generator(5, 3))[:4]  # the tie-break order itself
     assert chosen.tolist() == expected.tolist()
 
 
@@ -267,7 +299,7 @@ def test_reference_samples_with_unit_reward_give_the_less_sgd_score(model, token
     def references(ctx, prompt_ids):
         out = []
         for p, row in zip(prompt_ids, validation):
-            ids = N.split_row(row["input_ids"], row["labels"])[1]
+            ids = split_row(row["input_ids"], row["labels"])[1]
             out.append([SampledResponse(text="x", response_ids=ids, prompt_ids=p, finished=True)] * sel.num_samples)
         return out
 
@@ -298,10 +330,20 @@ def test_selector_checks_its_settings_and_validation(model, tokenizer, template)
     from dataflex.config import ConfigError
     from dataflex.train.build import build_component
 
-    for bad in ({"num_samples": 0}, {"temperature": 0.0}, {"max_new_tokens": 0}, {"top_p": 1.5},
-                {"val_prompts": 0}, {"proj_dim": 0}, {"proj_kind": "nope"}, {"gradient_type": "adagrad"}):
+    for bad in (
+        {"num_samples": 0},
+        {"temperature": 0.0},
+        {"max_new_tokens": 0},
+        {"top_p": 1.5},
+        {"val_prompts": 0},
+        {"proj_dim": 0},
+        {"proj_kind": "nope"},
+        {"gradient_type": "adagrad"},
+    ):
         with pytest.raises(ConfigError, match="selector=nice: "):
-            build_component("selector", {"_target_": "dataflex.selectors.nice.NiceSelector", "name": "nice", "budget": 2, **bad})
+            build_component(
+                "selector", {"_target_": "dataflex.selectors.nice.NiceSelector", "name": "nice", "budget": 2, **bad}
+            )
     with pytest.raises(ConfigError, match="data.validation"):
         N.NiceSelector(budget=2, **SMALL).select(make_ctx(model, tokenizer, template, None))
 
@@ -319,8 +361,16 @@ def test_unknown_reward_is_a_config_error_before_any_model_loads():
     with pytest.raises(ConfigError, match=r"reward='no_such_module.fn' cannot be imported"):
         build_component("selector", compose_config(["selector=nice", "selector.reward=no_such_module.fn"]).selector)
     with pytest.raises(ConfigError, match="reward_kwargs"):
-        build_component("selector", compose_config(
-            ["selector=nice", "selector.reward=test_selectors_nice.constant_reward", "+selector.reward_kwargs.nope=1"]).selector)
+        build_component(
+            "selector",
+            compose_config(
+                [
+                    "selector=nice",
+                    "selector.reward=test_selectors_nice.constant_reward",
+                    "+selector.reward_kwargs.nope=1",
+                ]
+            ).selector,
+        )
 
 
 def test_reward_errors_fail_the_round_with_the_reward_named(model, tokenizer, template):
@@ -332,10 +382,22 @@ def test_reward_errors_fail_the_round_with_the_reward_named(model, tokenizer, te
 # -- end to end on model=tiny ----------------------------------------------------------------------
 # two update rounds (steps 2 and 4) after a 2-step warm-up; small sampling; the always-1 reward through
 # the pluggable path, so the rounds carry signal (exact match on the untrained tiny model never fires)
-E2E = ["selector=nice", "selector.budget=16", "selector.warmup_steps=2", "selector.update_every=2",
-       "selector.num_updates=2", "selector.val_prompts=4", "selector.num_samples=2", "selector.max_new_tokens=6",
-       "selector.proj_dim=64", "selector.candidates=32", "selector.batch_size=8",
-       "selector.reward=test_selectors_nice.always_one", "eval.before=false", "eval.after=false"]
+E2E = [
+    "selector=nice",
+    "selector.budget=16",
+    "selector.warmup_steps=2",
+    "selector.update_every=2",
+    "selector.num_updates=2",
+    "selector.val_prompts=4",
+    "selector.num_samples=2",
+    "selector.max_new_tokens=6",
+    "selector.proj_dim=64",
+    "selector.candidates=32",
+    "selector.batch_size=8",
+    "selector.reward=test_selectors_nice.always_one",
+    "eval.before=false",
+    "eval.after=false",
+]
 
 
 def read_jsonl(path):
@@ -393,9 +455,13 @@ def test_e2e_two_rounds_logged_and_saved(e2e_run):
     assert [r["step"] for r in logged] == [0, 2, 4] and sum("selector/overlap" in r for r in logged) == 2
     # the rounds' rewards (the test reward gives every sample 1) beside the selection statistics
     assert [(r.get("selector/nice/reward_mean"), r.get("selector/nice/rewarded_prompts")) for r in logged] == [
-        (None, None), (1.0, 1.0), (1.0, 1.0)]
+        (None, None),
+        (1.0, 1.0),
+        (1.0, 1.0),
+    ]
     assert [json.loads(f.read_text()).get("stats") for f in files][1:] == [
-        {"selector/nice/reward_mean": 1.0, "selector/nice/rewarded_prompts": 1.0}] * 2
+        {"selector/nice/reward_mean": 1.0, "selector/nice/rewarded_prompts": 1.0}
+    ] * 2
     assert "stats" not in json.loads(files[0].read_text())  # the warm-up subset has no rewards
 
 
@@ -407,8 +473,10 @@ def test_decision_stats_are_the_rounds_rewards():
     selector.last_scores = None
     assert selector.decision_stats() == {}
     selector.last_scores = {"rewards": torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5], [0.0, 1.0]])}
-    assert selector.decision_stats() == {"selector/nice/reward_mean": pytest.approx(3.0 / 8),
-                                         "selector/nice/rewarded_prompts": pytest.approx(3.0 / 4)}
+    assert selector.decision_stats() == {
+        "selector/nice/reward_mean": pytest.approx(3.0 / 8),
+        "selector/nice/rewarded_prompts": pytest.approx(3.0 / 4),
+    }
 
 
 @pytest.mark.slow
@@ -453,7 +521,7 @@ def test_reference_sampling_preset_and_top_k(monkeypatch):
     assert (ref.num_samples, ref.temperature, ref.top_k, ref.top_p) == (20, 1.0, 50, 0.95)
     assert ref.reward_name == cheap.reward_name and ref.projector.dim == cheap.projector.dim
     seen = {}
-    monkeypatch.setattr(N, "sample_generations", lambda *a, **k: seen.update(k) or [[]])
+    monkeypatch.setattr(NO, "sample_generations", lambda *a, **k: seen.update(k) or [[]])
     ctx = SimpleNamespace(model=None, tokenizer=None, template=None, update_index=0)
     ref.sample(ctx, [[1, 2]])
     assert (seen["num_samples"], seen["temperature"], seen["top_k"], seen["top_p"]) == (20, 1.0, 50, 0.95)

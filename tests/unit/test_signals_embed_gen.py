@@ -26,9 +26,7 @@ def _ids(tokenizer, texts):
 
 def _alone(model, seq):
     ids = torch.tensor([seq])
-    return E.mean_pooled_hidden_states(
-        model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    )[0]
+    return E.mean_pooled_hidden_states(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0]
 
 
 # ---------------------------------------------------------------- mean-pooled hidden states
@@ -39,13 +37,8 @@ def test_mean_pooled_hidden_states_padding_exact(model, tokenizer, side):
     seqs = _ids(tokenizer, TEXTS)
     assert len({len(s) for s in seqs}) > 2  # real padding
     ids, mask, _ = pad_batch(seqs, tokenizer.pad_token_id, side)
-    feats = E.mean_pooled_hidden_states(
-        model, {"input_ids": ids, "attention_mask": mask, "labels": ids}
-    )
-    assert (
-        feats.shape == (len(seqs), model.config.hidden_size)
-        and feats.dtype == torch.float32
-    )
+    feats = E.mean_pooled_hidden_states(model, {"input_ids": ids, "attention_mask": mask, "labels": ids})
+    assert feats.shape == (len(seqs), model.config.hidden_size) and feats.dtype == torch.float32
     for i, s in enumerate(seqs):
         torch.testing.assert_close(feats[i], _alone(model, s), atol=1e-5, rtol=0)
 
@@ -55,9 +48,7 @@ def test_mean_pooled_hidden_states_is_last_hidden_state(model, tokenizer):
     seq = _ids(tokenizer, TEXTS[:1])[0]
     ids = torch.tensor([seq])
     with torch.no_grad():
-        ref = (
-            model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].mean(0)
-        )
+        ref = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].mean(0)
     torch.testing.assert_close(_alone(model, seq), ref, atol=1e-6, rtol=0)
 
 
@@ -71,12 +62,8 @@ def test_mean_pooled_hidden_states_peft(model, tokenizer):
     ).eval()
     seqs = _ids(tokenizer, TEXTS)
     ids, mask, _ = pad_batch(seqs, tokenizer.pad_token_id, "right")
-    feats = E.mean_pooled_hidden_states(
-        peft_model, {"input_ids": ids, "attention_mask": mask}
-    )
-    base = E.mean_pooled_hidden_states(
-        model, {"input_ids": ids, "attention_mask": mask}
-    )
+    feats = E.mean_pooled_hidden_states(peft_model, {"input_ids": ids, "attention_mask": mask})
+    base = E.mean_pooled_hidden_states(model, {"input_ids": ids, "attention_mask": mask})
     assert (feats - base).abs().max() > 1e-4  # the adapters are active
     for i, s in enumerate(seqs):
         torch.testing.assert_close(feats[i], _alone(peft_model, s), atol=1e-5, rtol=0)
@@ -107,9 +94,7 @@ SENTS = [
 def test_sentence_encoder_unit_norm_and_similarity(encoder):
     emb = encoder.encode(SENTS)
     assert emb.shape == (len(SENTS), 384) and emb.dtype == torch.float32
-    torch.testing.assert_close(
-        emb.norm(dim=1), torch.ones(len(SENTS)), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(SENTS)), atol=1e-5, rtol=0)
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2] + 0.3  # cat/kitten closer than cat/stocks
     assert sim[3, 4] > sim[3, 2] + 0.3  # Paris/France closer than Paris/stocks
@@ -118,9 +103,7 @@ def test_sentence_encoder_unit_norm_and_similarity(encoder):
 
 @needs_minilm
 def test_sentence_encoder_padding_exact_and_deterministic(encoder):
-    batched = encoder.encode(
-        SENTS, batch_size=4
-    )  # mixed lengths padded together, two batches
+    batched = encoder.encode(SENTS, batch_size=4)  # mixed lengths padded together, two batches
     alone = torch.cat([encoder.encode([s]) for s in SENTS])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
     assert torch.equal(encoder.encode(SENTS, batch_size=4), batched)
@@ -146,9 +129,7 @@ PROMPTS = [
 def test_sample_responses_seeded_and_shaped(model, tokenizer, template):
     kw = {"num_samples": 3, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 2}
     a = sample_responses(model, tokenizer, template, PROMPTS, seed=0, **kw)
-    assert len(a) == len(PROMPTS) and all(
-        len(g) == 3 and all(isinstance(t, str) for t in g) for g in a
-    )
+    assert len(a) == len(PROMPTS) and all(len(g) == 3 and all(isinstance(t, str) for t in g) for g in a)
     assert sample_responses(model, tokenizer, template, PROMPTS, seed=0, **kw) == a
     assert sample_responses(model, tokenizer, template, PROMPTS, seed=1, **kw) != a
     assert len({t for g in a for t in g}) > 1  # sampling, not greedy
@@ -156,9 +137,7 @@ def test_sample_responses_seeded_and_shaped(model, tokenizer, template):
 
 def test_sample_generations_ids_and_stop(model, tokenizer, template, monkeypatch):
     # A random tiny model rarely emits eos: make a seventh of the vocabulary stop tokens so both cases occur.
-    stop = set(template.get_stop_token_ids(tokenizer)) | set(
-        range(0, len(tokenizer), 7)
-    )
+    stop = set(template.get_stop_token_ids(tokenizer)) | set(range(0, len(tokenizer), 7))
     monkeypatch.setattr(template, "get_stop_token_ids", lambda tok: sorted(stop))
     groups = sample_generations(
         model,
@@ -208,9 +187,7 @@ def test_sample_responses_preserves_rng_and_mode(model, tokenizer, template):
         assert model.training and all(m.training for m in model.modules())
     finally:
         model.eval()
-    sample_responses(
-        model, tokenizer, template, PROMPTS[:1], num_samples=1, max_new_tokens=2
-    )
+    sample_responses(model, tokenizer, template, PROMPTS[:1], num_samples=1, max_new_tokens=2)
     assert not model.training
     with pytest.raises(ValueError):
         sample_responses(model, tokenizer, template, PROMPTS, temperature=0.0)

@@ -34,10 +34,7 @@ def _singles(model, batch):
     out = []
     for i in range(batch["input_ids"].shape[0]):
         keep = batch["attention_mask"][i].bool()
-        one = {
-            k: batch[k][i][keep][None]
-            for k in ("input_ids", "attention_mask", "labels")
-        }
+        one = {k: batch[k][i][keep][None] for k in ("input_ids", "attention_mask", "labels")}
         out.append(per_sample_losses(model, one)[0])
     return torch.stack(out)
 
@@ -55,9 +52,7 @@ def test_losses_match_single_runs(request, which, pad_side):
     tok = per_token_losses(model, batch)
     valid = batch["labels"][:, 1:] != -100
     assert tok.shape == valid.shape and bool((tok[~valid] == 0).all())
-    torch.testing.assert_close(
-        tok.sum(1) / valid.sum(1).clamp(min=1), batched, atol=ATOL, rtol=RTOL
-    )
+    torch.testing.assert_close(tok.sum(1) / valid.sum(1).clamp(min=1), batched, atol=ATOL, rtol=RTOL)
 
 
 def _assert_no_grad_left(model):
@@ -128,20 +123,13 @@ def test_scaling_a_loss_scales_its_gradient_cosine_unchanged(full):
     names = list(trainable_parameters(full))
     params = list(trainable_parameters(full).values())
     batched = per_sample_gradients(full, batch)
-    one = {
-        k: batch[k][:1, : int(batch["attention_mask"][0].sum())]
-        for k in ("input_ids", "attention_mask", "labels")
-    }
-    g_scaled = torch.autograd.grad(
-        c * per_sample_losses(full, one, grad=True)[0], params
-    )
+    one = {k: batch[k][:1, : int(batch["attention_mask"][0].sum())] for k in ("input_ids", "attention_mask", "labels")}
+    g_scaled = torch.autograd.grad(c * per_sample_losses(full, one, grad=True)[0], params)
     for n, g in zip(names, g_scaled, strict=True):
         torch.testing.assert_close(g, c * batched[n][0], atol=ATOL, rtol=RTOL)
     proj = Projector(32, seed=0)
     f_plain = proj.project({n: batched[n][:1] for n in names})
-    f_scaled = proj.project(
-        {n: g.unsqueeze(0) for n, g in zip(names, g_scaled, strict=True)}
-    )
+    f_scaled = proj.project({n: g.unsqueeze(0) for n, g in zip(names, g_scaled, strict=True)})
     v = torch.randn(1, 32)
     cos = torch.nn.functional.cosine_similarity
     torch.testing.assert_close(cos(f_scaled, v), cos(f_plain, v), atol=ATOL, rtol=RTOL)

@@ -13,13 +13,18 @@ def rows(n=11, seed=0):
     for i in range(n):
         length = 5 + i % 4
         ids = torch.randint(1, 60, (length,), generator=g).tolist()
-        out.append({"input_ids": ids, "attention_mask": [1] * length, "labels": [-100, -100] + ids[2:], "sample_index": i})
+        out.append(
+            {"input_ids": ids, "attention_mask": [1] * length, "labels": [-100, -100] + ids[2:], "sample_index": i}
+        )
     return out
 
 
 def collate(features):
     width = max(len(f["input_ids"]) for f in features)
-    pad = lambda seq, v: seq + [v] * (width - len(seq))
+
+    def pad(seq, v):
+        return seq + [v] * (width - len(seq))
+
     return {
         "input_ids": torch.tensor([pad(f["input_ids"], 0) for f in features]),
         "attention_mask": torch.tensor([pad(f["attention_mask"], 0) for f in features]),
@@ -29,8 +34,15 @@ def collate(features):
 
 def model():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).train()  # train mode on purpose: the pass must use eval mode
 
 
@@ -47,7 +59,9 @@ def test_result_follows_the_requested_order():
     data, m = rows(), model()
     indices = [7, 2, 9, 0]
     full = map_pool(per_sample_losses, m, data, collate, batch_size=4)
-    torch.testing.assert_close(map_pool(per_sample_losses, m, data, collate, indices=indices, batch_size=2), full[indices])
+    torch.testing.assert_close(
+        map_pool(per_sample_losses, m, data, collate, indices=indices, batch_size=2), full[indices]
+    )
 
 
 def test_duplicate_indices_are_refused():

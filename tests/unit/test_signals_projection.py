@@ -29,11 +29,7 @@ def test_shape_dtype_and_determinism(kind: str) -> None:
     p1 = Projector(32, seed=5, kind=kind, block_size=BS)
     p2 = Projector(32, seed=5, kind=kind, block_size=BS)
     a, b = p1.project(grads), p2.project(grads)
-    assert (
-        a.shape == (3, 32)
-        and a.dtype == torch.float32
-        and a.device == grads["lora_A"].device
-    )
+    assert a.shape == (3, 32) and a.dtype == torch.float32 and a.device == grads["lora_A"].device
     assert torch.equal(a, b)
     assert torch.equal(a, p1.project(grads))  # repeated calls on one instance
 
@@ -49,13 +45,7 @@ def test_different_seeds_differ(kind: str) -> None:
 def test_block_seed_is_stable_and_distinct() -> None:
     # A fixed value: guards against anyone switching to the salted built-in hash().
     assert block_seed(0, "rademacher", "w", 0) == 1109041823687757249
-    seeds = {
-        block_seed(s, k, n, b)
-        for s in (0, 1)
-        for k in KINDS
-        for n in ("w", "b")
-        for b in (0, 1)
-    }
+    seeds = {block_seed(s, k, n, b) for s in (0, 1) for k in KINDS for n in ("w", "b") for b in (0, 1)}
     assert len(seeds) == 2 * len(KINDS) * 2 * 2
     assert all(0 <= s < 2**63 for s in seeds)
 
@@ -77,12 +67,8 @@ def test_determinism_across_processes(monkeypatch) -> None:
         runs.append(text)
     assert runs[0] == runs[1] and runs[0].count("\n") == 3
     g = torch.arange(2 * 300, dtype=torch.float32).reshape(2, 300).sin()
-    here = Projector(16, seed=3, kind="rademacher", block_size=64).project(
-        {"w": g, "v": g[:, :50]}
-    )
-    theirs = torch.tensor([float(v) for v in runs[0].splitlines()[0].split()]).reshape(
-        2, 16
-    )
+    here = Projector(16, seed=3, kind="rademacher", block_size=64).project({"w": g, "v": g[:, :50]})
+    theirs = torch.tensor([float(v) for v in runs[0].splitlines()[0].split()]).reshape(2, 16)
     torch.testing.assert_close(here, theirs, rtol=1e-6, atol=1e-6)
 
 
@@ -91,9 +77,7 @@ def test_linearity(kind: str) -> None:
     p = Projector(24, seed=2, kind=kind, block_size=BS)
     x, y = _grads(seed=1), _grads(seed=2)
     combo = {k: 2.5 * x[k] - 0.5 * y[k] for k in x}
-    torch.testing.assert_close(
-        p.project(combo), 2.5 * p.project(x) - 0.5 * p.project(y), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(p.project(combo), 2.5 * p.project(x) - 0.5 * p.project(y), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -115,9 +99,7 @@ def test_offset_matches_matrix_rows() -> None:
     p = Projector(8, seed=4, block_size=BS)
     x = torch.randn(2, 90)
     rows = p.matrix_rows("w", 100, 190)
-    torch.testing.assert_close(
-        p.project({"w": x}, offsets={"w": 100}), x @ rows, rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(p.project({"w": x}, offsets={"w": 100}), x @ rows, rtol=1e-5, atol=1e-5)
     # An empty shard contributes nothing.
     assert torch.equal(p.project({"w": x[:, :0]}, offsets={"w": 5}), torch.zeros(2, 8))
 
@@ -133,9 +115,7 @@ def test_per_parameter_independence() -> None:
     p = Projector(16, seed=1, block_size=BS)
     a, b = torch.randn(2, 150), torch.randn(2, 40)
     alone_a, alone_b = p.project({"a": a}), p.project({"b": b})
-    torch.testing.assert_close(
-        p.project({"a": a, "b": b}), alone_a + alone_b, rtol=1e-6, atol=1e-6
-    )
+    torch.testing.assert_close(p.project({"a": a, "b": b}), alone_a + alone_b, rtol=1e-6, atol=1e-6)
     # A parameter's rows depend on its name, not on its position among the others.
     assert torch.equal(Projector(16, seed=1, block_size=BS).project({"a": a}), alone_a)
     assert not torch.allclose(p.project({"c": a}), alone_a)

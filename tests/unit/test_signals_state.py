@@ -66,9 +66,7 @@ def test_adam_state_equals_optimizer_state_after_steps():
         assert m.abs().sum() > 0 and v.abs().sum() > 0
     shards = adam_state_shards(opt, model)
     assert all(s.is_full and s.offset == 0 for s in shards.values())
-    assert (
-        adam_state(opt, model, full=True).keys() == state.keys()
-    )  # full is a no-op for a plain optimizer
+    assert adam_state(opt, model, full=True).keys() == state.keys()  # full is a no-op for a plain optimizer
 
 
 def test_adam_state_unwraps_accelerate_optimizer():
@@ -93,9 +91,7 @@ def test_adam_state_unwraps_accelerate_optimizer():
 
 def test_adam_state_rejects_non_adam_optimizer():
     model, _ = _model_opt()
-    opt = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9
-    )
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     _train(model, opt, 1)
     with pytest.raises(ValueError, match="exp_avg"):
         adam_state(opt, model)
@@ -105,12 +101,7 @@ def test_adam_state_rejects_non_adam_optimizer():
 
 
 def test_distributed_single_process_noops():
-    assert (
-        not D.is_distributed()
-        and D.rank() == 0
-        and D.world_size() == 1
-        and D.is_main_process()
-    )
+    assert not D.is_distributed() and D.rank() == 0 and D.world_size() == 1 and D.is_main_process()
     obj = {"a": [1, 2]}
     assert D.broadcast_object(obj) is obj
     x = torch.tensor([1.0, 3.0])
@@ -130,9 +121,7 @@ def test_gather_by_index_single_process_sorts_and_dedups():
     indices = torch.tensor([5, 1, 3, 5])  # a padded sampler repeats index 5
     v, i = D.gather_by_index(values, indices)
     assert i.tolist() == [1, 3, 5]
-    assert torch.equal(
-        v, torch.tensor([[1.0, 0.1], [3.0, 0.3], [5.0, 0.5]])
-    )  # first occurrence kept
+    assert torch.equal(v, torch.tensor([[1.0, 0.1], [3.0, 0.3], [5.0, 0.5]]))  # first occurrence kept
     with pytest.raises(ValueError):
         D.gather_by_index(values, indices[:2])
     v0, i0 = D.gather_by_index(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
@@ -140,6 +129,7 @@ def test_gather_by_index_single_process_sorts_and_dedups():
 
 
 # ---------------------------------------------------------------- distributed, two gloo processes
+
 
 def _gather_and_broadcast():
     rank = D.rank()
@@ -162,9 +152,18 @@ def _gather_and_broadcast():
         except Exception as err:
             failures.append([type(err).__name__, str(err)])
     agree = [D.all_ranks_true(True), D.all_ranks_true(rank == 0)]
-    return {"values": v.tolist(), "indices": i.tolist(), "broadcast": b, "mean": m.tolist(),
-            "computed": computed, "failures": failures, "agree": agree,
-            "is_dist": D.is_distributed(), "rank": D.rank(), "world": D.world_size()}
+    return {
+        "values": v.tolist(),
+        "indices": i.tolist(),
+        "broadcast": b,
+        "mean": m.tolist(),
+        "computed": computed,
+        "failures": failures,
+        "agree": agree,
+        "is_dist": D.is_distributed(),
+        "rank": D.rank(),
+        "world": D.world_size(),
+    }
 
 
 def test_two_process_gloo_gather_and_broadcast():
@@ -179,12 +178,16 @@ def test_two_process_gloo_gather_and_broadcast():
         assert res["mean"] == [0.5]
         assert res["computed"] == 40 and res["agree"] == [True, False]
         value_error = ["ValueError", "invalid literal for int() with base 10: 'x'"]
-        assert res["failures"] == ([value_error, ["KeyError", "'missing'"]] if r == 0 else
-                                   [value_error, ["RuntimeError", "rank 0 failed: 'missing'"]])
+        assert res["failures"] == (
+            [value_error, ["KeyError", "'missing'"]]
+            if r == 0
+            else [value_error, ["RuntimeError", "rank 0 failed: 'missing'"]]
+        )
         assert res["is_dist"] and res["rank"] == r and res["world"] == 2
 
 
 # ---------------------------------------------------------------- DeepSpeed ZeRO on CPU, two gloo processes
+
 
 def _zero_model():
     torch.manual_seed(0)
@@ -221,13 +224,19 @@ def _zero_adam_report():
     report = {}
     for stage in (2, 3):
         model = _zero_model()
-        cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
-               "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
+        cfg = {
+            "train_micro_batch_size_per_gpu": 4,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": stage},
+            "zero_allow_untested_optimizer": True,
+        }
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         engine, zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
         before = adam_state(zopt, engine.module, full=True)
         before_local = adam_state(zopt, engine.module)
-        zero_before = all(float(t.abs().sum()) == 0 for pair in [*before.values(), *before_local.values()] for t in pair)
+        zero_before = all(
+            float(t.abs().sum()) == 0 for pair in [*before.values(), *before_local.values()] for t in pair
+        )
         # Every rank sees the same batch: the averaged gradient equals the reference one.
         engine.backward(engine(x).pow(2).mean())
         engine.step()
@@ -238,8 +247,12 @@ def _zero_adam_report():
             engine.step()
         full_now = adam_state(zopt, engine.module, full=True)
         _, ok_local_later, _, _ = _check_zero_state(zopt, engine, full_now)
-        report[str(stage)] = {"zero_before": zero_before, "full": ok_full, "local": ok_local and ok_local_later,
-                              "covered": covered}
+        report[str(stage)] = {
+            "zero_before": zero_before,
+            "full": ok_full,
+            "local": ok_local and ok_local_later,
+            "covered": covered,
+        }
         del engine, zopt
     return report
 
@@ -250,15 +263,10 @@ def test_deepspeed_zero_adam_state_two_processes():
     reports = run_distributed(_zero_adam_report, 2, timeout=180)
     for stage in ("2", "3"):
         for rep in reports:
-            assert (
-                rep[stage]["zero_before"] and rep[stage]["full"] and rep[stage]["local"]
-            ), rep[stage]
+            assert rep[stage]["zero_before"] and rep[stage]["full"] and rep[stage]["local"], rep[stage]
         # The two ranks' valid local elements tile every parameter exactly once.
         for name, (_, _, total) in reports[0][stage]["covered"].items():
-            spans = sorted(
-                (rep[stage]["covered"][name][0], rep[stage]["covered"][name][1])
-                for rep in reports
-            )
+            spans = sorted((rep[stage]["covered"][name][0], rep[stage]["covered"][name][1]) for rep in reports)
             spans = [sp for sp in spans if sp[1] > 0]
             assert spans[0][0] == 0 and sum(n for _, n in spans) == total, (
                 stage,

@@ -19,9 +19,19 @@ _spec.loader.exec_module(sweep_module)
 Sweep, SweepError = sweep_module.Sweep, sweep_module.SweepError
 
 # small enough for seconds per job on the tiny model; the eval is tiny but real
-SHRINK = ["model=tiny", "logger=jsonl", "data.max_samples=16", "data.cutoff_len=64", "trainer.max_steps=4",
-          "trainer.save_steps=2", "trainer.per_device_train_batch_size=2", "eval.max_samples=2", "eval.batch_size=2",
-          "eval.max_new_tokens=2", "eval.block_size=32"]
+SHRINK = [
+    "model=tiny",
+    "logger=jsonl",
+    "data.max_samples=16",
+    "data.cutoff_len=64",
+    "trainer.max_steps=4",
+    "trainer.save_steps=2",
+    "trainer.per_device_train_batch_size=2",
+    "eval.max_samples=2",
+    "eval.batch_size=2",
+    "eval.max_new_tokens=2",
+    "eval.block_size=32",
+]
 
 
 def mixers(user, methods=("none", "odm", "not_a_mixer_yet")):
@@ -32,7 +42,12 @@ def test_one_directory_per_arm_and_seed_from_the_swept_overrides(tmp_path):
     sweep = mixers(["local", "model=tiny", f"hydra.sweep.dir={tmp_path / 's'}"])
     assert sweep.skipped == ["not_a_mixer_yet"] and sweep.methods == ["none", "odm"]
     jobs = sweep.jobs()
-    assert [j["dir"] for j in jobs] == ["mixer=none/seed=1", "mixer=none/seed=2", "mixer=odm/seed=1", "mixer=odm/seed=2"]
+    assert [j["dir"] for j in jobs] == [
+        "mixer=none/seed=1",
+        "mixer=none/seed=2",
+        "mixer=odm/seed=1",
+        "mixer=odm/seed=2",
+    ]
     assert sweep.sweep_dir == (tmp_path / "s").resolve()
     excluded = sweep.exclude_keys()
     assert {"seed", "model", "data", "trainer", "logger", "logger.group"} <= set(excluded) and "mixer" not in excluded
@@ -44,11 +59,22 @@ def test_one_directory_per_arm_and_seed_from_the_swept_overrides(tmp_path):
 
 
 def test_user_overrides_replace_methods_and_seeds_and_add_arms(tmp_path):
-    sweep = mixers(["slurm", "mixer=odm", "seed=7", "trainer.learning_rate=0.1,0.2", "logger=jsonl",
-                    f"paths.output_root={tmp_path}", "run_name=mine"])
+    sweep = mixers(
+        [
+            "slurm",
+            "mixer=odm",
+            "seed=7",
+            "trainer.learning_rate=0.1,0.2",
+            "logger=jsonl",
+            f"paths.output_root={tmp_path}",
+            "run_name=mine",
+        ]
+    )
     assert sweep.methods is None and sweep.args.launcher == "slurm"
-    assert [j["dir"] for j in sweep.jobs()] == ["mixer=odm,trainer.learning_rate=0.1/seed=7",
-                                                "mixer=odm,trainer.learning_rate=0.2/seed=7"]
+    assert [j["dir"] for j in sweep.jobs()] == [
+        "mixer=odm,trainer.learning_rate=0.1/seed=7",
+        "mixer=odm,trainer.learning_rate=0.2/seed=7",
+    ]
     assert sweep.sweep_dir == (tmp_path / "sweeps" / "compare_mixers").resolve()
     command = sweep.command()
     assert "logger=wandb" not in command and "hydra/launcher=slurm" in command
@@ -56,12 +82,15 @@ def test_user_overrides_replace_methods_and_seeds_and_add_arms(tmp_path):
     assert not any("max_batch_size" in c for c in command)  # SLURM bounds parallelism itself (array_parallelism)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["slurmm"], "unknown launcher 'slurmm'"),
-    (["local", "--bogus"], "unknown option --bogus"),
-    (["local", "--parallel", "0"], "--parallel takes a number of jobs >= 1"),
-    (["local", "model=tiny", "oops"], "'oops' is neither a launcher nor an override"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["slurmm"], "unknown launcher 'slurmm'"),
+        (["local", "--bogus"], "unknown option --bogus"),
+        (["local", "--parallel", "0"], "--parallel takes a number of jobs >= 1"),
+        (["local", "model=tiny", "oops"], "'oops' is neither a launcher nor an override"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(args, message):
     with pytest.raises(SweepError, match=message):
         mixers(args)
@@ -105,8 +134,16 @@ def _finished(sweep_dir: Path) -> list[str]:
 @pytest.mark.slow
 def test_compare_mixers_local_end_to_end_with_report_and_resume(tmp_path):
     sweep_dir = tmp_path / "mixers"
-    args = ["local", "--parallel", "2", "mixer=random,odm", "seed=1", *SHRINK, "++mixer.update_every=2",
-            f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        "local",
+        "--parallel",
+        "2",
+        "mixer=random,odm",
+        "seed=1",
+        *SHRINK,
+        "++mixer.update_every=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     result = _script("compare_mixers.sh", *args, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert _finished(sweep_dir) == ["mixer=odm/seed=1", "mixer=random/seed=1"]
@@ -137,18 +174,33 @@ def test_compare_mixers_local_end_to_end_with_report_and_resume(tmp_path):
 @pytest.mark.slow
 def test_compare_selectors_local_end_to_end(tmp_path):
     sweep_dir = tmp_path / "selectors"
-    result = _script("compare_selectors.sh", "local", "--parallel", "2", "selector=random,loss", "seed=1", *SHRINK,
-                     "++selector.budget=8", "++selector.warmup_steps=1", "++selector.update_every=1",
-                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = _script(
+        "compare_selectors.sh",
+        "local",
+        "--parallel",
+        "2",
+        "selector=random,loss",
+        "seed=1",
+        *SHRINK,
+        "++selector.budget=8",
+        "++selector.warmup_steps=1",
+        "++selector.update_every=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert _finished(sweep_dir) == ["selector=loss/seed=1", "selector=random/seed=1"]
     assert "| arm | method | seeds |" in result.stdout  # dataflex-report printed the table
     assert (sweep_dir / "report_selection_overlap.png").is_file()
-    records = [json.loads(line) for line in (sweep_dir / "selector=loss" / "seed=1" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (sweep_dir / "selector=loss" / "seed=1" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert sum(1 for r in records if "selector/overlap" in r) == 3  # rounds at steps 1..3 (none at 4 = max_steps)
 
 
-@pytest.mark.parametrize("name", ["odm_qwen2_5_1_5b_slimpajama", "doremi_qwen2_5_1_5b_slimpajama", "odm_qwen2_5_0_5b_pile"])
+@pytest.mark.parametrize(
+    "name", ["odm_qwen2_5_1_5b_slimpajama", "doremi_qwen2_5_1_5b_slimpajama", "odm_qwen2_5_0_5b_pile"]
+)
 def test_paper_experiments_compose_and_their_components_build(name):
     """Every shipped paper setting composes, and its mixer accepts its keys (no model is loaded)."""
     from support.config import compose_config

@@ -34,10 +34,10 @@ E = math.e
     "strategy, expected",
     [
         # l = [1, 2, 3], δ = 1: l~ = [-1, 0, 1]
-        ("linupper", [1, E, E]),    # min(l~ + 1, 1) = [0, 1, 1]
-        ("quadratic", [1, E, 1]),   # 1 - l~² = [0, 1, 0]
-        ("extremes", [E, 1, E]),    # |l~| = [1, 0, 1]
-        ("uniform", [1, 1, 1]),     # 0
+        ("linupper", [1, E, E]),  # min(l~ + 1, 1) = [0, 1, 1]
+        ("quadratic", [1, E, 1]),  # 1 - l~² = [0, 1, 0]
+        ("extremes", [E, 1, E]),  # |l~| = [1, 0, 1]
+        ("uniform", [1, 1, 1]),  # 0
     ],
 )
 def test_loss_weights_hand_values(strategy, expected):
@@ -57,8 +57,10 @@ def test_loss_weights_hand_values_delta_and_temperature():
 
 
 def test_normalised_losses_hand_values():
-    torch.testing.assert_close(normalised_losses(torch.tensor([0.0, 1.0, 4.0]), delta=0.5),
-                               torch.tensor([-0.5, -0.25, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        normalised_losses(torch.tensor([0.0, 1.0, 4.0]), delta=0.5),
+        torch.tensor([-0.5, -0.25, 0.5], dtype=torch.float64),
+    )
     assert normalised_losses(torch.tensor([2.5, 2.5, 2.5])).tolist() == [0.0, 0.0, 0.0]
 
 
@@ -236,8 +238,18 @@ def micro_batch(token_scale, mean_scale, lengths=(3, 1, 5, 0), seed=0):
     t = max(lengths)
     mask = torch.tensor([[j < n for j in range(t)] for n in lengths])
     nll = (torch.rand(len(lengths), t, generator=g) * 4 * mask).requires_grad_(True)
-    li = LossInputs(token_losses=nll, token_mask=mask, batch={}, inputs={}, model=None, num_items_in_batch=None,
-                    grad_accum_steps=2, world_size=1, token_scale=token_scale, mean_scale=mean_scale)
+    li = LossInputs(
+        token_losses=nll,
+        token_mask=mask,
+        batch={},
+        inputs={},
+        model=None,
+        num_items_in_batch=None,
+        grad_accum_steps=2,
+        world_size=1,
+        token_scale=token_scale,
+        mean_scale=mean_scale,
+    )
     return li, nll
 
 
@@ -273,8 +285,9 @@ def test_sample_reduction_hand_computed():
     torch.testing.assert_close(nll.grad * li.token_mask, expected_grad)  # masked entries are zeroed by the NLL
 
 
-@pytest.mark.parametrize("weighter", [UniformWeighter(), LossWeighter(temperature=math.inf),
-                                      LossWeighter(temperature=0.1, warmup_steps=5)])
+@pytest.mark.parametrize(
+    "weighter", [UniformWeighter(), LossWeighter(temperature=math.inf), LossWeighter(temperature=0.1, warmup_steps=5)]
+)
 def test_uniform_token_weights_are_plain_bit_for_bit(weighter):
     """w = 1/B: the loss and its gradient are exactly LossInputs.plain()'s (ragged, one empty sample);
     so is the loss weighter at r = ∞ and at step 0 of a warm-up from r = ∞."""
@@ -327,8 +340,18 @@ def _global_batch_weights():
     results = {}
     for reduction in ("token", "sample"):
         # tokens averaged across devices: the trainer's loss is processes * local_sum / N_global
-        li = LossInputs(token_losses=nll, token_mask=mask, batch={}, inputs={}, model=None, num_items_in_batch=12,
-                        grad_accum_steps=1, world_size=world, token_scale=world / 12, mean_scale=1.0)
+        li = LossInputs(
+            token_losses=nll,
+            token_mask=mask,
+            batch={},
+            inputs={},
+            model=None,
+            num_items_in_batch=12,
+            grad_accum_steps=1,
+            world_size=world,
+            token_scale=world / 12,
+            mean_scale=1.0,
+        )
         weighter = LossWeighter(temperature=0.4, reduction=reduction)
         loss = weighter.training_loss(li)
         (grad,) = torch.autograd.grad(loss, nll)
@@ -360,8 +383,13 @@ def test_two_processes_gather_the_global_batch_with_identical_weights():
 
 
 # -- end to end on the tiny model --------------------------------------------------------------
-E2E = ["eval.before=false", "eval.after=false", "trainer.max_steps=3", "trainer.per_device_train_batch_size=2",
-       "trainer.gradient_accumulation_steps=2"]
+E2E = [
+    "eval.before=false",
+    "eval.after=false",
+    "trainer.max_steps=3",
+    "trainer.per_device_train_batch_size=2",
+    "trainer.gradient_accumulation_steps=2",
+]
 
 
 def fit_recording_gradients(tmp_path, monkeypatch, name, overrides):
@@ -396,9 +424,12 @@ def test_uniform_weighter_reproduces_plain_training(tmp_path, monkeypatch):
         return li
 
     monkeypatch.setattr(DataFlexTrainerMixin, "_dataflex_loss_inputs", spy)
-    uniform_losses, uniform_grads = fit_recording_gradients(tmp_path, monkeypatch, "uniform", [*E2E, "weighter=uniform"])
-    inf_losses, inf_grads = fit_recording_gradients(tmp_path, monkeypatch, "inf",
-                                                    [*E2E, "weighter=loss", "weighter.temperature=inf", "weighter.warmup_steps=0"])
+    uniform_losses, uniform_grads = fit_recording_gradients(
+        tmp_path, monkeypatch, "uniform", [*E2E, "weighter=uniform"]
+    )
+    inf_losses, inf_grads = fit_recording_gradients(
+        tmp_path, monkeypatch, "inf", [*E2E, "weighter=loss", "weighter.temperature=inf", "weighter.warmup_steps=0"]
+    )
     assert len(counts) == 2 * 3 * 2 and any(len(set(c)) > 1 for c in counts)  # ragged label counts, GA = 2
     assert len(plain_losses) == len(plain_grads) == 3
     assert uniform_losses == pytest.approx(plain_losses, rel=1e-6)
@@ -416,8 +447,16 @@ def test_loss_weighter_logs_its_statistics_and_resumes_exactly(tmp_path, monkeyp
     resumed mid warm-up ends where an uninterrupted run ends; the statistics follow the schedule."""
     from support.runs import fit, kill_at_step, losses, same_state
 
-    overrides = ["eval.before=false", "eval.after=false", "trainer.max_steps=8", "trainer.save_steps=2",
-                 "weighter=loss", "weighter.warmup_steps=6", "weighter.temperature=0.3", "weighter.schedule=linear"]
+    overrides = [
+        "eval.before=false",
+        "eval.after=false",
+        "trainer.max_steps=8",
+        "trainer.save_steps=2",
+        "weighter=loss",
+        "weighter.warmup_steps=6",
+        "weighter.temperature=0.3",
+        "weighter.schedule=linear",
+    ]
     _, straight = fit(tmp_path, "straight", overrides)
     with monkeypatch.context() as patch:
         kill_at_step(patch, 5)
@@ -426,20 +465,26 @@ def test_loss_weighter_logs_its_statistics_and_resumes_exactly(tmp_path, monkeyp
     _, resumed = fit(tmp_path, "resumed", overrides)
 
     assert len(losses(straight)) == 8 and losses(resumed) == pytest.approx(losses(straight), abs=1e-6)
-    state = lambda d: torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+
+    def state(d):
+        return torch.load(d / "checkpoints" / "checkpoint-8" / "dataflex_state.pt", weights_only=False)
+
     a, b = state(straight)["components"]["weighter"], state(resumed)["components"]["weighter"]
     assert a["steps_done"] == 8 and same_state(a, b)
 
     def stats(run_dir):  # per step, a resumed step's later line wins
         lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        return {r["step"]: {k: v for k, v in r.items() if k.startswith("weighter/")} for r in lines if "weighter/batch" in r}
+        return {
+            r["step"]: {k: v for k, v in r.items() if k.startswith("weighter/")} for r in lines if "weighter/batch" in r
+        }
 
     by_step = stats(straight)
     assert sorted(by_step) == list(range(1, 9))
     # 1/r moves linearly from 0 to 1/0.3 over 6 steps: r = 1.8 / t for t = steps done < 6
     expected = ["inf", 1.8, 0.9, 0.6, 0.45, 0.36, 0.3, 0.3]
     assert [by_step[s]["weighter/temperature"] for s in range(1, 9)] == [
-        e if isinstance(e, str) else pytest.approx(e) for e in expected]
+        e if isinstance(e, str) else pytest.approx(e) for e in expected
+    ]
     assert by_step[1]["weighter/weight_min"] == by_step[1]["weighter/weight_max"] == pytest.approx(1 / 4)
     for s in range(2, 9):
         r = by_step[s]

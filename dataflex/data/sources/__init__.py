@@ -81,9 +81,22 @@ from dataflex.data.sources.rst import rst_to_text, techdocs_documents
 from dataflex.data.sources.scripture import bible_text, scripture_documents
 
 __all__ = [
-    "BIBLE_DATA", "CHATTERBOT_DIR", "DICTD_DIR", "FORTUNE_FILES", "FORTUNES_DIR", "JARGON_TXT", "PYDOC_DIRS",
-    "PYDOC_SOURCES", "QUIZ_DIR", "SHAKESPEARE_DIR", "SHAKESPEARE_PLAYS", "STDLIB_DIR", "STDLIB_FILES",
-    "bible_text", "dictd_entries", "rst_to_text",
+    "BIBLE_DATA",
+    "CHATTERBOT_DIR",
+    "DICTD_DIR",
+    "FORTUNE_FILES",
+    "FORTUNES_DIR",
+    "JARGON_TXT",
+    "PYDOC_DIRS",
+    "PYDOC_SOURCES",
+    "QUIZ_DIR",
+    "SHAKESPEARE_DIR",
+    "SHAKESPEARE_PLAYS",
+    "STDLIB_DIR",
+    "STDLIB_FILES",
+    "bible_text",
+    "dictd_entries",
+    "rst_to_text",
     "SOURCES",
     "MissingSourceError",
     "SourceInfo",
@@ -111,8 +124,17 @@ __all__ = [
 ]
 
 #: the locations a caller may set on this package (``sources.BIBLE_DATA = path``)
-LOCATIONS = ("STDLIB_DIR", "PYDOC_SOURCES", "BIBLE_DATA", "DICTD_DIR", "JARGON_TXT", "FORTUNES_DIR", "QUIZ_DIR",
-             "SHAKESPEARE_DIR", "CHATTERBOT_DIR")
+LOCATIONS = (
+    "STDLIB_DIR",
+    "PYDOC_SOURCES",
+    "BIBLE_DATA",
+    "DICTD_DIR",
+    "JARGON_TXT",
+    "FORTUNES_DIR",
+    "QUIZ_DIR",
+    "SHAKESPEARE_DIR",
+    "CHATTERBOT_DIR",
+)
 
 
 class _Sources(types.ModuleType):

@@ -123,7 +123,9 @@ def source_files(name: str) -> list[Path]:
     if name == "code":
         files = [locations.STDLIB_DIR / rel for rel in STDLIB_FILES if (locations.STDLIB_DIR / rel).is_file()]
         if len(files) < len(STDLIB_FILES) // 2:
-            raise info.missing(f"only {len(files)} of the {len(STDLIB_FILES)} pinned files are in {locations.STDLIB_DIR}")
+            raise info.missing(
+                f"only {len(files)} of the {len(STDLIB_FILES)} pinned files are in {locations.STDLIB_DIR}"
+            )
         return files
     if name == "techdocs":
         files = []
@@ -144,13 +146,18 @@ def source_files(name: str) -> list[Path]:
         return [_need_file(name, locations.BIBLE_DATA)]
     if name in ("gcide", "wordnet", "foldoc"):
         stem = {"gcide": "gcide", "wordnet": "wn", "foldoc": "foldoc"}[name]
-        return [_need_file(name, locations.DICTD_DIR / f"{stem}.index"), _need_file(name, locations.DICTD_DIR / f"{stem}.dict.dz")]
+        return [
+            _need_file(name, locations.DICTD_DIR / f"{stem}.index"),
+            _need_file(name, locations.DICTD_DIR / f"{stem}.dict.dz"),
+        ]
     if name == "jargon":
         return [_need_file(name, locations.JARGON_TXT)]
     if name == "fortunes":
         files = [locations.FORTUNES_DIR / f for f in FORTUNE_FILES if (locations.FORTUNES_DIR / f).is_file()]
         if len(files) < len(FORTUNE_FILES) // 2:
-            raise info.missing(f"only {len(files)} of the {len(FORTUNE_FILES)} fortune files are in {locations.FORTUNES_DIR}")
+            raise info.missing(
+                f"only {len(files)} of the {len(FORTUNE_FILES)} fortune files are in {locations.FORTUNES_DIR}"
+            )
         return files
     if name == "quiz":
         files = [locations.QUIZ_DIR / t for t in sorted(_QUIZ_TABLES)]

@@ -10,10 +10,33 @@ from dataflex.data.sources.registry import clean_text, source_files
 # --- techdocs (reStructuredText -> text) ------------------------------------------------------
 
 _RST_DROP_DIRECTIVES = {
-    "module", "currentmodule", "moduleauthor", "sectionauthor", "index", "highlight", "toctree",
-    "testsetup", "testcleanup", "only", "raw", "include", "literalinclude", "image", "figure",
-    "audit-event", "impl-detail", "availability", "rubric", "contents", "tabularcolumns", "program",
-    "productionlist", "cmdoption-list", "c:namespace", "opcode", "pdbcommand",
+    "module",
+    "currentmodule",
+    "moduleauthor",
+    "sectionauthor",
+    "index",
+    "highlight",
+    "toctree",
+    "testsetup",
+    "testcleanup",
+    "only",
+    "raw",
+    "include",
+    "literalinclude",
+    "image",
+    "figure",
+    "audit-event",
+    "impl-detail",
+    "availability",
+    "rubric",
+    "contents",
+    "tabularcolumns",
+    "program",
+    "productionlist",
+    "cmdoption-list",
+    "c:namespace",
+    "opcode",
+    "pdbcommand",
 }
 _RST_ROLE = re.compile(r":[a-zA-Z0-9_:+-]+:`([^`]+?)`")
 _RST_LINK = re.compile(r"`([^`<]+?)\s*<[^`>]+>`__?")
@@ -68,9 +91,12 @@ def rst_to_text(src: str) -> str:
                 label = {"seealso": "See also"}.get(name, name.capitalize())
                 out.append(f"{' ' * indent}{label}:{' ' + arg if arg else ''}")
             elif name in ("versionadded", "versionchanged", "deprecated", "deprecated-removed"):
-                label = {"versionadded": "New in version", "versionchanged": "Changed in version",
-                         "deprecated": "Deprecated since version",
-                         "deprecated-removed": "Deprecated since version"}[name]
+                label = {
+                    "versionadded": "New in version",
+                    "versionchanged": "Changed in version",
+                    "deprecated": "Deprecated since version",
+                    "deprecated-removed": "Deprecated since version",
+                }[name]
                 out.append(f"{' ' * indent}{label} {arg}".rstrip())
             elif name in ("code-block", "sourcecode", "doctest", "testcode", "testoutput", "code"):
                 out.append("")

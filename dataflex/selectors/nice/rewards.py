@@ -102,13 +102,17 @@ def resolve_reward(reward: str | RewardFn, reward_kwargs: dict[str, Any] | None 
         try:
             obj = obj(**dict(reward_kwargs))
         except Exception as err:  # noqa: BLE001 - any failure of user code becomes one clear line
-            raise ConfigError(f"reward={reward!r} could not be built with reward_kwargs={dict(reward_kwargs)!r} ({err})") from None
+            raise ConfigError(
+                f"reward={reward!r} could not be built with reward_kwargs={dict(reward_kwargs)!r} ({err})"
+            ) from None
     if not callable(obj):
         raise ConfigError(f"reward={reward!r} is not callable")
     return obj
 
 
-def compute_rewards(reward: RewardFn, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]) -> torch.Tensor:
+def compute_rewards(
+    reward: RewardFn, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]
+) -> torch.Tensor:
     """``[P, M]`` rewards of ``responses[x][m]`` to ``prompts[x]`` (one batched reward call).
 
     Raises:

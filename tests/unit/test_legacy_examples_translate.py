@@ -32,39 +32,68 @@ def test_full_sft_yaml_leaves_the_lora_keys_unset(tmp_path):
     assert hparams["finetuning_type"] == "full"
     assert not {"lora_rank", "lora_alpha", "lora_target"} & set(hparams)  # LLaMA-Factory's defaults apply
     # the YAML's own keys reach LLaMA-Factory as they are
-    assert (hparams["learning_rate"], hparams["num_train_epochs"], hparams["lr_scheduler_type"]) == (1e-5, 3.0, "cosine")
+    assert (hparams["learning_rate"], hparams["num_train_epochs"], hparams["lr_scheduler_type"]) == (
+        1e-5,
+        3.0,
+        "cosine",
+    )
 
 
 def test_null_keys_of_the_shipped_trainer_are_never_deleted():
     from dataflex.legacy import diff_overrides
 
     base = {"finetuning_type": "full", "lora_rank": None, "learning_rate": 1e-4}
-    assert diff_overrides("trainer", base, {"finetuning_type": "full"}, delete_missing=True) == ["~trainer.learning_rate"]
+    assert diff_overrides("trainer", base, {"finetuning_type": "full"}, delete_missing=True) == [
+        "~trainer.learning_rate"
+    ]
 
 
 # -- 2. every key of the original components.yaml for a method dataflex has ----------------------------
 
 ORIGINAL = yaml.safe_load(COMPONENTS.read_text())
-SECTION_KIND = {"selectors": ("selector", "dynamic_select"), "mixers": ("mixer", "dynamic_mix"),
-                "weighters": ("weighter", "dynamic_weight")}
-HAS = [(section, name) for section, entries in ORIGINAL.items() for name in entries
-       if conf_file(SECTION_KIND[section][0], name).is_file()]
+SECTION_KIND = {
+    "selectors": ("selector", "dynamic_select"),
+    "mixers": ("mixer", "dynamic_mix"),
+    "weighters": ("weighter", "dynamic_weight"),
+}
+HAS = [
+    (section, name)
+    for section, entries in ORIGINAL.items()
+    for name in entries
+    if conf_file(SECTION_KIND[section][0], name).is_file()
+]
 
 
 def original_yaml(section: str, name: str, **keys) -> dict:
     kind, train_type = SECTION_KIND[section]
-    stage = {"stage": "pt", "finetuning_type": "full"} if kind == "mixer" else {"stage": "sft", "finetuning_type": "lora"}
-    domains = "offline_domains_code,offline_domains_drama" if kind == "mixer" else "offline_sft_definitions,offline_sft_facts"
-    return {"model_name_or_path": str(asset_path("tiny")), "template": "chatml", **stage, "dataset": domains,
-            "eval_dataset": "offline_sft_facts" if kind == "selector" else None, "train_type": train_type,
-            "component_name": name, "components_cfg_file": str(COMPONENTS), "warmup_step": 2, "update_step": 2,
-            "update_times": 1, **keys}
+    stage = (
+        {"stage": "pt", "finetuning_type": "full"} if kind == "mixer" else {"stage": "sft", "finetuning_type": "lora"}
+    )
+    domains = (
+        "offline_domains_code,offline_domains_drama" if kind == "mixer" else "offline_sft_definitions,offline_sft_facts"
+    )
+    return {
+        "model_name_or_path": str(asset_path("tiny")),
+        "template": "chatml",
+        **stage,
+        "dataset": domains,
+        "eval_dataset": "offline_sft_facts" if kind == "selector" else None,
+        "train_type": train_type,
+        "component_name": name,
+        "components_cfg_file": str(COMPONENTS),
+        "warmup_step": 2,
+        "update_step": 2,
+        "update_times": 1,
+        **keys,
+    }
 
 
 def test_the_original_components_yaml_covers_the_methods_dataflex_has():
-    assert sorted(HAS) == sorted([
-        ("selectors", n) for n in ("nice", "less", "loss", "delta_loss", "tsds", "near", "random")
-    ] + [("mixers", n) for n in ("random", "doremi", "static", "odm")] + [("weighters", "loss")])
+    assert sorted(HAS) == sorted(
+        [("selectors", n) for n in ("nice", "less", "loss", "delta_loss", "tsds", "near", "random")]
+        + [("mixers", n) for n in ("random", "doremi", "static", "odm")]
+        + [("weighters", "loss")]
+    )
 
 
 @pytest.mark.parametrize("section, name", HAS, ids=lambda x: str(x))
@@ -88,8 +117,14 @@ def test_every_original_param_is_accepted_and_lands_somewhere(section, name):
 
 
 def test_doremi_keys_are_its_reference_step_size_and_smoothing(tmp_path):
-    t = translate({**original_yaml("mixers", "doremi", eval_dataset=None),
-                   "component_overrides": {"reference_model_path": str(tmp_path)}}, name="d", env={})
+    t = translate(
+        {
+            **original_yaml("mixers", "doremi", eval_dataset=None),
+            "component_overrides": {"reference_model_path": str(tmp_path)},
+        },
+        name="d",
+        env={},
+    )
     mixer = to_dict(compose(t.overrides))["mixer"]
     assert (mixer["reference_dir"], mixer["eta"], mixer["smoothing"], mixer["clip"]) == (str(tmp_path), 0.1, 0.01, 5.0)
 
@@ -103,7 +138,10 @@ def test_odm_keys_with_the_original_defaults_and_start():
     assert unequal["mixer"]["initial"] == [0.7, 0.3]
     # mixture_sample_rule: stratified/uniform fix the mixture in the original (its mixture manager ignores the mixer)
     fixed = translate({**keys, "mixture_sample_rule": "stratified"}, name="o", env={})
-    assert "mixer=static" in fixed.overrides and "mixture_sample_rule: stratified keeps the mixture fixed" in fixed.notes[0]
+    assert (
+        "mixer=static" in fixed.overrides
+        and "mixture_sample_rule: stratified keeps the mixture fixed" in fixed.notes[0]
+    )
     assert to_dict(compose(fixed.overrides))["mixer"]["proportions"] is None  # by domain size
 
 
@@ -142,7 +180,8 @@ def test_other_stages_fall_back_to_llamafactory_unchanged(example, tmp_path):
     substituted = {a.split("=", 1)[0] for a in args}
     assert t.overrides == [] and t.llamafactory_args is not None
     assert {k: v for k, v in t.llamafactory_args.items() if k not in substituted} == {
-        k: v for k, v in original.items() if k not in substituted}  # every other key exactly as the YAML has it
+        k: v for k, v in original.items() if k not in substituted
+    }  # every other key exactly as the YAML has it
     assert t.run_dir == original["output_dir"]
     assert t.command().replace(" \\\n   ", "").startswith(f"llamafactory-cli train {path}")
     assert t.notes[0].startswith(f"stage: {original['stage']} runs LLaMA-Factory's own workflow")
@@ -150,8 +189,11 @@ def test_other_stages_fall_back_to_llamafactory_unchanged(example, tmp_path):
 
 def test_other_stage_with_a_dataflex_method_is_refused_naming_the_stages():
     path = LLAMAFACTORY / "examples/train_lora/qwen3_lora_dpo.yaml"
-    with pytest.raises(ConfigError, match=r"^stage: dpo with train_type: dynamic_select: dataflex's selectors, "
-                                          r"mixers and weighters train stage sft or pt only; use train_type: static"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^stage: dpo with train_type: dynamic_select: dataflex's selectors, "
+        r"mixers and weighters train stage sft or pt only; use train_type: static",
+    ):
         translate_file(path, [*offline_args(path), "train_type=dynamic_select", "component_name=loss"])
 
 
