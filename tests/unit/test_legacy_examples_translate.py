@@ -220,10 +220,15 @@ def test_migrate_refuses_what_train_refuses(tmp_path, capsys):
 
 # -- every example: migrate translates every one whose method dataflex has ----------------------------------
 
-MISSING = {"test_weight.yaml": "weighter/custom", "dynamic_moe_mixer.yaml": "unknown keys 'mixer_eval_dataset'",
-           "custom.yaml": "/custom.yaml", "adapt.yaml": "weighter/adapt"}
-ALL = [(DATAFLEX, p) for p in sorted((DATAFLEX / "examples").rglob("*.yaml"))] + \
-      [(LLAMAFACTORY, p) for p in sorted((LLAMAFACTORY / "examples").rglob("*.yaml"))]
+MISSING = {
+    "test_weight.yaml": "weighter/custom",
+    "dynamic_moe_mixer.yaml": "unknown keys 'mixer_eval_dataset'",
+    "custom.yaml": "/custom.yaml",
+    "adapt.yaml": "weighter/adapt",
+}
+ALL = [(DATAFLEX, p) for p in sorted((DATAFLEX / "examples").rglob("*.yaml"))] + [
+    (LLAMAFACTORY, p) for p in sorted((LLAMAFACTORY / "examples").rglob("*.yaml"))
+]
 
 
 @pytest.mark.parametrize("repo, path", ALL, ids=[f"{r.name}/{p.relative_to(r / 'examples')}" for r, p in ALL])
