@@ -135,7 +135,11 @@ def translate(
                 f"stage {' or '.join(DATAFLEX_STAGES)} only; use train_type: static to run LLaMA-Factory's own "
                 f"{stage} training, or stage: sft / pt with this method"
             )
-        return _fallback(legacy, flex, passthrough, name, stage)
+        return _fallback(legacy, flex, passthrough, name, f"stage: {stage} runs")
+    tokenized = legacy.get("tokenized_path")
+    if tokenized and kind is None and not _saved_dataset(str(tokenized)):
+        # LLaMA-Factory tokenizes the data, saves it there and trains; a later run loads it from there
+        return _fallback(legacy, flex, passthrough, name, f"tokenized_path: {tokenized} holds no saved dataset yet, so")
     root, choices = _owned(owned, name, notes)
     if env.get("FORCE_TORCHRUN", "").lower() in ("1", "true"):
         root["nproc"] = int(env.get("NPROC_PER_NODE") or _device_count())
@@ -199,12 +203,19 @@ def refusals(translation: Translation) -> None:
         preflight(resolved(compose(translation.overrides)), check_inputs=False)
 
 
-def _fallback(legacy: dict, flex: dict, passthrough, name: str, stage: str) -> Translation:
-    """A stage dataflex's components do not train, with no DataFlex method: LLaMA-Factory's own workflow,
-    the YAML's LLaMA-Factory keys unchanged."""
+def _saved_dataset(path: str) -> bool:
+    from llamafactory.extras.misc import has_tokenized_data
+
+    return has_tokenized_data(path)
+
+
+def _fallback(legacy: dict, flex: dict, passthrough, name: str, why: str) -> Translation:
+    """What dataflex's Run does not do, with no DataFlex method (another stage; LLaMA-Factory's tokenize-and-save
+    run): LLaMA-Factory's own workflow, the YAML's LLaMA-Factory keys unchanged."""
+    stage = legacy.get("stage", llamafactory_default("stage"))
     notes = [
         (
-            f"stage: {stage} runs LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
+            f"{why} LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
             "its outputs are LLaMA-Factory's, in output_dir"
         )
     ]

@@ -228,17 +228,22 @@ def test_every_original_example_trains_or_names_the_missing_method(tmp_path, mon
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("dataflex: error:") == 1 and "Traceback" not in err
         return
-    if pairwise:  # LLaMA-Factory's own workflow: its outputs, not a dataflex run's
+    if pairwise or "tokenized_path" in path.read_text():  # LLaMA-Factory's own workflow: its outputs
         root = copy_tree(tmp_path, repo)
         monkeypatch.chdir(root)
         args = [
             a
-            for a in offline_args(root / rel, dataset_dir=write_pairwise(tmp_path / "pw"), scale=True)
+            for a in offline_args(
+                root / rel, dataset_dir=write_pairwise(tmp_path / "pw") if pairwise else None, scale=True
+            )
             if not a.startswith("eval.")
         ]
         legacy.main(["train", rel, *args])
-        out = root / yaml.safe_load(path.read_text())["output_dir"]
+        keys = yaml.safe_load(path.read_text())
+        out = root / keys["output_dir"]
         assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+        if keys.get("tokenized_path"):  # LLaMA-Factory saved the tokenized data for the next run
+            assert (root / keys["tokenized_path"] / "dataset_dict.json").is_file()
         return
     metrics, _ = train(tmp_path, monkeypatch, repo, rel, *extra)
     assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
