@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 SELECTIONS_DIR = "selections"
 
 
-def selection_stats(indices: torch.Tensor, previous: torch.Tensor | None, domain_ids: torch.Tensor, names: list[str]) -> dict[str, float]:
+def selection_stats(
+    indices: torch.Tensor, previous: torch.Tensor | None, domain_ids: torch.Tensor, names: list[str]
+) -> dict[str, float]:
     """What is logged for one selection round.
 
     ``selector/selected``: indices chosen (with repeats, as drawn); ``selector/unique``: distinct
@@ -64,7 +66,8 @@ class DomainLossTracker:
         """``train/domain_loss/<name>`` for every domain seen since the last call (every rank must
         call: the sums are reduced over ranks); the accumulators restart."""
         if self.sums is None:  # no batch seen (yet) on this rank
-            self.sums, self.counts = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
+            self.sums = torch.zeros(len(names), dtype=torch.float64)
+            self.counts = torch.zeros(len(names), dtype=torch.float64)
         totals = all_reduce_sum(torch.cat([self.sums, self.counts]))
         k = self.sums.numel()
         sums, counts = totals[:k], totals[k:]
