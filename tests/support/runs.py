@@ -74,7 +74,6 @@ def check_rounds(state, run_dir, k=16, steps=(0, 2, 4)):
     assert state["updates_done"]["selector"] == len(steps) - 1
     for r in rounds:
         assert len(r["indices"]) == k and len(set(r["indices"])) == k
-    # every decision reached the sampler, in order
-    plans = [p["indices"] for p in state["sampler"]["history"]]
-    assert [p.tolist() for p in plans[-len(steps):]] == [r["indices"] for r in rounds]
+    # the last decision is the sampler's plan in force (the checkpoint keeps that plan only: O(1) resume)
+    assert state["sampler"]["history"][-1]["indices"].tolist() == rounds[-1]["indices"]
     return rounds
