@@ -110,11 +110,11 @@ def check_schedules(cfg: Mapping[str, Any]) -> None:
     for kind in ("selector", "mixer"):
         group = cfg.get(kind) or {}
         cls = _component_class(group.get("_target_"))
-        if not getattr(cls, "acts_through_updates", False):
+        if cls is None or not cls.acts_through_updates:
             continue
         name = f"{kind}={group.get('name', kind)}"
         every, warmup = group.get("update_every", 0), group.get("warmup_steps", 0)
-        if warmup == 0 and getattr(cls, "first_decision_is_own", False):
+        if warmup == 0 and cls.first_decision_is_own:
             continue  # a one-shot method: its decision at the start is its own
         if _is_int(every) and every <= 0:
             raise ConfigError(
@@ -142,7 +142,7 @@ def _component_class(target: str | None) -> type | None:
 
 def check_validation(cfg: Mapping[str, Any], selector: Any) -> None:
     """A selector that reads the target/validation set needs ``data.validation``."""
-    if not getattr(selector, "needs_validation", False):
+    if selector is None or not selector.needs_validation:
         return
     from dataflex.backend.llamafactory import validation_names
 

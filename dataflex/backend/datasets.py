@@ -190,10 +190,13 @@ def check_dataset_file(name: str, entry: dict) -> None:
         return
     path = Path(entry["file_name"])
     if not path.exists():
-        raise ConfigError(
-            f"dataset '{name}': file {path} not found; build the offline assets (`dataflex-data build`) "
-            f"or fix the path in its registry entry"
-        )
+        from dataflex.data.assets import dataflex_home
+
+        if path.resolve().is_relative_to(dataflex_home().resolve()):  # one of the offline assets
+            fix = "build the offline assets (`dataflex-data build`)"
+        else:
+            fix = "fix the path (file_name) in its registry entry or data config"
+        raise ConfigError(f"dataset '{name}': file {path} not found; {fix}")
     if path.suffix not in (".jsonl", ".json") or path.is_dir():
         return
     required = required_columns(entry)
@@ -208,6 +211,19 @@ def check_dataset_file(name: str, entry: dict) -> None:
                 "add the field or fix the entry's `columns`"
             )
 
+    try:
+        rows = _check_rows(name, path, check_row)
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"dataset '{name}': {path} is not UTF-8 (it holds byte {err.object[err.start]:#x}); "
+            f"convert it, e.g. `iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}`"
+        ) from None
+    if rows == 0:
+        raise ConfigError(f"dataset '{name}': {path} holds no rows; an empty domain cannot be trained on")
+
+
+def _check_rows(name: str, path: Path, check_row) -> int:
+    """Parse every row of a ``.json``/``.jsonl`` file through ``check_row``; the number of rows."""
     rows = 0
     with path.open(encoding="utf-8") as f:
         if path.suffix == ".json":
@@ -230,8 +246,7 @@ def check_dataset_file(name: str, entry: dict) -> None:
                     ) from None
                 check_row(row, f"line {lineno}")
                 rows += 1
-    if rows == 0:
-        raise ConfigError(f"dataset '{name}': {path} holds no rows; an empty domain cannot be trained on")
+    return rows
 
 
 def check_datasets(names: list[str], dataset_dir: str) -> None:

@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except DataFlexError as err:
         print(f"dataflex-report: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # --out not writable: a file in the way, a read-only directory, a full disk
+        where = err.filename or args.out or args.dirs[0]
+        print(f"dataflex-report: error: cannot write the report to {where} ({err.strerror}); "
+              "choose a writable directory with --out", file=sys.stderr)
+        return 2
     print(report.table or "No run has finished yet.")
     unfinished = [r for r in report.runs if not r.finished]
     if unfinished:

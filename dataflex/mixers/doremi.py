@@ -108,7 +108,6 @@ class DoReMiMixer(Mixer):
             ``domain_mean`` (the paper's Σ_i α_i·mean_{t∈i} ℓ_t, whose scale drops when domains are absent).
     """
 
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
     owns_loss = True

@@ -163,7 +163,6 @@ class ODMMixer(Scheduled, Mixer):
     legacy_keys = {"initial_proportions": "init_mixture_proportions"}
     legacy_unused = {"num_eval_samples": "rewards come from the training batches' own losses",
                      "eval_batch_size": "rewards come from the training batches' own losses"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
     observes_batches = True
 

@@ -242,8 +242,6 @@ class EmbeddingSelector(BudgetSelector):
 
     needs_validation = True
 
-    #: with warmup_steps=0 the first decision is the method's own (one-shot); otherwise it acts through
-    #: updates, and one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
     first_decision_is_own = True
 

@@ -94,7 +94,6 @@ class DeltaLossSelector(PoolLossSelector):
 
     #: the original DataFlex's component params under another name here (used by dataflex-cli)
     legacy_keys = {"window_size": "window"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
     window: float = param(0.2, gt=0, le=1)

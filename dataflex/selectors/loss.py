@@ -91,7 +91,6 @@ class LossSelector(PoolLossSelector):
 
     #: the original DataFlex's default where this one differs: its tercile draw (used by dataflex-cli)
     legacy_defaults = {"rule": "tercile"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
     rule: str = param("topk", choices=RULES)

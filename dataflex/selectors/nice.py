@@ -231,7 +231,6 @@ class NiceSelector(PoolLossSelector):
 
     needs_validation = True
 
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
     #: generator streams of a round (0: the tie-break, 1: the candidate subset)

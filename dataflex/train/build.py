@@ -62,9 +62,8 @@ def build_component(kind: str, cfg: Any) -> Component | None:
             check_values(target, kwargs)  # the declared types and ranges, before any code of the component runs
         component = target(**kwargs)
     except (ValueError, TypeError) as err:  # a value out of range or of the wrong type (ConfigError included)
-        if isinstance(err, ConfigError) and str(err).startswith(f"{kind}="):
-            raise
-        raise ConfigError(f"{label}: {err}") from err
+        message = str(err)  # named once: a component's own message may already start with kind=name
+        raise ConfigError(message if message.startswith(f"{kind}=") else f"{label}: {message}") from err
     if not isinstance(component, KINDS[kind]):
         raise ConfigError(f"{kind}: {target_path} is not a {KINDS[kind].__name__}")
     component.config_name = name  # for messages naming the config option

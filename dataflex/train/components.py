@@ -186,6 +186,11 @@ class Component:
     decides: ClassVar[bool] = False
     #: the per-domain training loss is logged every step while it runs (mixers)
     logs_domain_losses: ClassVar[bool] = False
+    #: acts through updates (not through its first decision alone): a run in which it could never
+    #: update (``update_every=0``, ``warmup_steps >= max_steps``) is refused by :mod:`dataflex.preflight`
+    acts_through_updates: ClassVar[bool] = False
+    #: with ``warmup_steps=0`` its first decision is the method's own (one-shot NEAR/TSDS), not a warm-up
+    first_decision_is_own: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -232,6 +237,10 @@ class Component:
                 forward's own logits (detached; no extra forward pass).
             batch: ``sample_index`` and ``domain_id`` of those samples (``[b]`` each).
         """
+
+    def prepare_step(self, batches: list[dict[str, Any]], model: torch.nn.Module) -> None:
+        """Called with all micro-batches of an optimizer step before its first backward, for the
+        component that owns the loss (DoReMi moves α once per optimizer step from all of them)."""
 
     def training_loss(self, loss: LossInputs) -> torch.Tensor | None:
         """The loss to back-propagate for this micro-batch, when the component :attr:`owns_loss`

@@ -1,7 +1,9 @@
 """The DataFlex layer over LLaMA-Factory's trainers.
 
-The mixin overrides ``get_train_dataloader`` and ``_get_train_sampler`` (decisions reach the data
-through the DynamicSampler, each row carrying its draw-time probability) and ``compute_loss``
+The mixin overrides four hooks of HF's Trainer: ``get_train_dataloader`` and ``_get_train_sampler``
+(decisions reach the data through the DynamicSampler, each row carrying its draw-time probability),
+``get_batch_samples`` (no step past ``max_steps`` on resume; the loss owner sees a whole optimizer
+step's micro-batches before its first backward) and ``compute_loss``
 (batches carry each sample's pool index, domain id and draw probabilities, which the model must not
 see; components that observe batches get the per-sample losses of the training forward's own
 logits; a NaN/inf loss stops the run or skips the micro-batch, see ``dataflex.train.nan``, before
@@ -113,7 +115,7 @@ class DataFlexTrainerMixin:
         # a loss owner that needs the whole optimizer step before its first backward (DoReMi's
         # once-per-step α under gradient accumulation) sees the step's micro-batches here
         owner = self.dataflex_callback.loss_owner
-        if batches and hasattr(owner, "prepare_step"):
+        if batches and owner is not None:
             owner.prepare_step(batches, self.model)
         return batches, num_items
 

@@ -26,3 +26,14 @@ def test_level_below_the_threshold_is_dropped(capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     get_logger("dataflex.launch").debug("not shown at INFO")
     assert capsys.readouterr().out == ""
+
+
+def test_a_multirun_says_where_each_jobs_log_is(capsys):
+    from omegaconf import OmegaConf
+
+    from dataflex.launchers import JobLogs
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": "/s"}, "launcher": {"submitit_folder": "/s/.submitit/%j"}}})
+    JobLogs().on_multirun_start(config)
+    out = capsys.readouterr().out
+    assert "job logs: each job's run.log in its directory under /s" in out and "/s/.submitit/<job id>" in out

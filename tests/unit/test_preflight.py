@@ -92,3 +92,10 @@ def test_known_from_the_config_is_refused_at_start(case):
         preflight(to_dict(compose_config(overrides)))
     message = str(err.value)
     assert "\n" not in message and re.search(pattern, message), message
+
+
+def test_a_component_message_is_prefixed_with_its_option_once():
+    """`mixer=static: mixer=static: ...` (issue 22): a message that names its option is not prefixed again."""
+    with pytest.raises(ConfigError) as err:
+        preflight(to_dict(compose_config([*PT, "mixer=static", "mixer.proportions=[0.5,0.5]"])))
+    assert str(err.value).count("mixer=static") == 1, str(err.value)

@@ -40,7 +40,6 @@ class LessSelector(LessComponent):
 
     #: the original DataFlex's params with no counterpart here, and why (used by dataflex-cli)
     legacy_unused = {"save_interval": "nothing is cached between rounds"}
-    #: decides through updates: one that could never update in the run is refused (dataflex.preflight)
     acts_through_updates = True
 
     def select(self, ctx: UpdateContext) -> torch.Tensor:
