@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test test-all test-fast setup data bench bench-signals bench-mix bench-less bench-select bench-load bench-scale clean help slurm-up slurm-down
+.PHONY: run test test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load bench-scale clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -66,11 +66,27 @@ test-all: data
 # Every benchmark times the project's way and a baseline in the same run and prints the ratio.
 bench: bench-signals bench-mix bench-select
 
-bench-signals: data
+# Benchmark-only dependencies (the `bench` extra: traker, opacus, dattri-llm), for the anchors of bench-signals.
+$(STAMPS)/bench: $(STAMPS)/venv pyproject.toml
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[bench]'
+	@mkdir -p $(STAMPS) && touch $@
+
+# The engine vs the batch-size-1 loop (signals.py), then vs the field's pipelines on the same samples and d
+# (anchors.py: LESS's reference shape with TRAK's BasicProjector, opacus, dattri-llm).
+bench-signals: data $(STAMPS)/bench
 	$(BIN)/python benchmarks/signals.py
+	$(BIN)/python benchmarks/anchors.py --cpu-ratios
 
 bench-mix: data
 	$(BIN)/python benchmarks/mix.py --model small --steps 10 --threads 1   # model=tiny: add --model tiny (its logits passes dominate; RESULTS.md)
+
+# GPU: the engine vs the reference shape, a bf16 LoRA SFT step and a selector=less round on a SmolLM2-sized model
+# with random weights (benchmarks/gpu.py). Needs only torch, transformers and peft (the GPU machine's own
+# Python, GPU_PYTHON); writes gpu_bench.md/.json under $$OUT (else outputs/bench-gpu). A few minutes on one GPU.
+GPU_PYTHON ?= python3
+bench-gpu:
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu.py --out "$${OUT:-outputs/bench-gpu}"
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu.py --config 7b-layers --kinds sjlt --pool 64 --val 16 --out "$${OUT:-outputs/bench-gpu}/7b-layers"
 
 # NEAR and TSDS selection on synthetic 384-d embeddings (10k, 100k, 1M candidates, 1k queries) vs exact brute force.
 bench-select: setup

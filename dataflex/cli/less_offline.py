@@ -4,6 +4,7 @@
     python -m dataflex.cli.less_offline model=tiny selector.proj_dim=1024    # seconds-to-minutes on a CPU
     python -m dataflex.cli.less_offline less_offline.warmup_epochs=2 selector.budget=0.1
     python -m dataflex.cli.less_offline selector.warmup_dir=outputs/runs/X/warmup   # reuse a warm-up
+    python -m dataflex.cli.less_offline experiment=nice_offline      # NICE's offline recipe, same warm-up
 
 Takes the same overrides as `dataflex-run` (the `train` config plus `experiment=less_offline`,
 which selects `selector=less_offline` and adds the `less_offline` block) and runs two steps in the
@@ -24,7 +25,9 @@ run directory (`hydra.run.dir=...`):
 Rerunning the same command with the same run directory resumes: a finished warm-up (its
 `metrics.json`) is reused, an interrupted one resumes from its newest checkpoint, and the final
 run resumes as `dataflex-run` does. `nproc=N` launches each step through torchrun as `dataflex-run`
-does (the tests cover one process only). The Adam features read the warm-up's torch `optimizer.pt`,
+does (the tests cover one process only). With `experiment=nice_offline` step 2 is
+`selector=nice_offline` (one NICE round under every warm-up checkpoint, learning-rate-weighted,
+written to `nice_offline.json`); the warm-up is the same. The Adam features read the warm-up's torch `optimizer.pt`,
 which DeepSpeed checkpoints do not have: warm up without DeepSpeed (or use gradient_type=sgd).
 """
 
@@ -46,6 +49,8 @@ from dataflex.launch import launch
 from dataflex.logs import get_logger
 
 TARGET = "dataflex.selectors.less.LessOfflineSelector"
+#: the offline selectors this recipe runs (LESS's, and NICE's with experiment=nice_offline)
+TARGETS = (TARGET, "dataflex.selectors.nice.NiceOfflineSelector")
 WARMUP_DIR = "warmup"
 #: the recipe's settings when the config has no `less_offline` block (the paper's)
 DEFAULTS = {"warmup_fraction": 0.05, "warmup_epochs": 4, "train_epochs": None}
@@ -137,10 +142,10 @@ def run_recipe(cfg: Any, run_dir: str | os.PathLike, run_name: str = "less_offli
     cfg = to_dict(cfg)
     run_dir = Path(run_dir)
     selector = cfg.get("selector") or {}
-    if selector.get("_target_") != TARGET:
+    if selector.get("_target_") not in TARGETS:
         raise ConfigError(
             f"the LESS offline recipe needs selector=less_offline (got selector={selector.get('name', 'none')}); "
-            "use experiment=less_offline"
+            "use experiment=less_offline (or experiment=nice_offline for NICE's offline recipe)"
         )
     settings = recipe_settings(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,22 @@ having to checkpoint any RNG state.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from dataflex.errors import ConfigError
+from dataflex.signals.knn import EXACT_MAX, KnnIndex
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
+from dataflex.train.checkpoints import (
+    check_checkpoint_choice,
+    for_each_warmup_checkpoint,
+    warmup_checkpoint_weights,
+    warmup_checkpoints,
+)
 from dataflex.train.components import Scheduled, Selector, UpdateContext
 from dataflex.train.fields import param
 
@@ -174,7 +183,6 @@ class PoolLossSelector(BudgetSelector):
 
 
 # -- embedding selectors (NEAR, TSDS) ------------------------------------------------------------------
-from dataflex.signals.knn import EXACT_MAX, KnnIndex  # noqa: E402
 
 EMBEDDINGS = ("sentence", "model")
 QUERIES = ("example", "prompt")  # what a query embeds: the whole validation example, or its prompt
@@ -348,3 +356,42 @@ class EmbeddingSelector(BudgetSelector):
         if "encoder" not in self._memo:
             self._memo["encoder"] = SentenceEncoder(device=model_device(ctx.model))
         return encode_sharded(self._memo["encoder"], texts, self.batch_size)
+
+
+@dataclass(kw_only=True, eq=False)
+class WarmupRecipe:
+    """The offline recipes' settings and loop (offline LESS and NICE; a mixin before the selector's
+    base): decide once, before training, from every complete checkpoint of a warm-up run, each
+    weighted (by default) by its epoch's mean learning rate. No schedule keys."""
+
+    warmup_steps: ClassVar[int] = 0
+    update_every: ClassVar[int] = 0
+    num_updates: ClassVar[int] = 0
+    acts_through_updates: ClassVar[bool] = False
+    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
+    warmup_dir: str | None = None
+    checkpoints: Sequence[int] | None = None
+    checkpoint_weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.checkpoints, self.checkpoint_weights = check_checkpoint_choice(self.checkpoints, self.checkpoint_weights)
+
+    def over_warmup_checkpoints(self, ctx: UpdateContext, command: str, score: Callable[[Any], Any]):
+        """``(found, weights, [score(adam) under each checkpoint])``: every warm-up checkpoint's
+        weights (and, for Adam features, its saved moments) loaded in turn into ``ctx.model``, which
+        gets its own weights back afterwards; ``command`` is the one that trains the warm-up first."""
+        name = getattr(self, "config_name", "selector")
+        if not self.warmup_dir:
+            raise ConfigError(
+                f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
+                f"`{command}` trains the warm-up and then this run"
+            )
+        ctx.require_validation(name)  # a missing validation set fails before any pass
+        found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
+        weights = warmup_checkpoint_weights(found, self.checkpoint_weights)
+        results = for_each_warmup_checkpoint(
+            ctx.model, found, lambda _step, _path, adam: score(adam),
+            optimizer=ctx.optimizer, adam=self.gradient_type == "adam",
+        )
+        return found, weights, results

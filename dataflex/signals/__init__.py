@@ -2,6 +2,7 @@
 
 - ``losses``: per-sample and per-token losses, batched and padding-exact.
 - ``gradients``: batched per-sample gradients, and the streaming path to projected features.
+- ``hooks``: the layer hooks of that engine (one batched forward/backward, per-sample pieces).
 - ``projection``: the seeded blockwise random projection (shard-sum exact).
 - ``optimizer``: Adam ``exp_avg``/``exp_avg_sq`` by parameter name (torch and DeepSpeed ZeRO).
 - ``adam``: LESS's Adam-preconditioned feature Γ of streamed per-sample gradients.

@@ -6,7 +6,9 @@ the small tensor helpers that score with them.
 * :func:`validation_features`: projected, L2-normalised plain gradients of target rows;
 * :func:`make_projector`: the seeded projection both passes share;
 * :func:`normalize_features`, :func:`subtask_centroids`, :func:`top_k_indices`: row normalisation,
-  the mean normalised feature of every subtask, the k best scores.
+  the mean normalised feature of every subtask, the k best scores;
+* :func:`checkpoint_weight_vector`, :func:`combine_subtask_similarities`: several checkpoints'
+  similarities, weighted (the offline recipes of LESS and NICE).
 
 The passes are batched, streamed through
 :func:`dataflex.signals.gradients.project_per_sample_gradients` and sharded over ranks by
@@ -251,3 +253,34 @@ def validation_features(
         ``[len(indices), projector.dim]`` float32 on CPU (unit rows), or the ``reduce``d rows.
     """
     return _feature_pass(model, dataset, collator, indices, projector, None, batch_size, reduce, desc)
+
+
+# -- several checkpoints (the offline recipes of LESS and NICE) -----------------------------------
+def checkpoint_weight_vector(checkpoint_weights: Tensor | Sequence[float] | None, c: int) -> Tensor:
+    """``w_c`` normalised to sum 1 (float64; None: uniform over ``c`` checkpoints)."""
+    if checkpoint_weights is None:
+        return torch.full((c,), 1.0 / c, dtype=torch.float64)
+    w = torch.as_tensor(checkpoint_weights, dtype=torch.float64).flatten()
+    if w.numel() != c:
+        raise ConfigError(f"got {w.numel()} checkpoint weights for {c} checkpoints")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError(f"checkpoint weights must be finite, >= 0 and not all 0, got {w.tolist()}")
+    return w / w.sum()
+
+
+def combine_subtask_similarities(
+    similarities: Tensor, checkpoint_weights: Tensor | Sequence[float] | None = None
+) -> Tensor:
+    """Score(z) = max_j Σ_c w_c · sim[c, z, j] from per-checkpoint subtask similarities ``[C, N, J]``
+    (or ``[N, J]`` for one checkpoint).
+
+    The weighted sum over checkpoints comes first, the max over subtasks last (ALGORITHMS.md, less and
+    nice: LESS and NICE aggregate their warm-up checkpoints alike).
+    """
+    sims = torch.as_tensor(similarities).double()
+    if sims.dim() == 2:
+        sims = sims.unsqueeze(0)
+    if sims.dim() != 3:
+        raise ValueError(f"similarities must be [N, J] or [C, N, J], got shape {tuple(sims.shape)}")
+    w = checkpoint_weight_vector(checkpoint_weights, sims.shape[0]).to(sims.device)
+    return torch.einsum("c,cnj->nj", w, sims).max(dim=-1).values

@@ -4,7 +4,9 @@ A checkpoint is complete once the DataFlex callback wrote its state (:data:`STAT
 file of a save); :func:`complete_checkpoints` is the one place that lists them, for resuming a run
 (:func:`newest_complete_checkpoint`) and for reading a warm-up run (:func:`warmup_checkpoints`).
 :func:`load_trainable_weights` and :func:`checkpoint_adam_state` read a checkpoint's trained
-weights and Adam moments (offline LESS scores with every warm-up checkpoint).
+weights and Adam moments; :func:`for_each_warmup_checkpoint` runs a pass under each warm-up
+checkpoint in turn and :func:`warmup_checkpoint_weights` gives their learning-rate weights (the
+offline recipes of LESS and NICE score with every warm-up checkpoint).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from dataflex.errors import ConfigError
 from dataflex.logs import get_logger
+from dataflex.signals.features import checkpoint_weight_vector
 from dataflex.signals.gradients import trainable_parameters
 from dataflex.signals.optimizer import unwrap_optimizer
 
@@ -239,11 +242,11 @@ def checkpoint_adam_state(
     path = Path(checkpoint_dir) / "optimizer.pt"
     if not path.is_file():
         raise ConfigError(
-            f"{path} not found: offline LESS with gradient_type=adam reads the warm-up's torch optimizer state "
+            f"{path} not found: an offline selector (LESS, NICE) with gradient_type=adam reads the warm-up's torch optimizer state "
             "(warm up without DeepSpeed and without save_only_model), or use selector.gradient_type=sgd"
         )
     if optimizer is None:
-        raise ConfigError("offline LESS needs the trainer's optimizer to read the warm-up's optimizer state")
+        raise ConfigError("an offline selector needs the trainer's optimizer to read the warm-up's optimizer state")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     live = unwrap_optimizer(optimizer)
     saved_groups, live_groups = saved["param_groups"], live.param_groups
@@ -279,4 +282,105 @@ def checkpoint_adam_state(
         raise ConfigError(
             f"trainable parameter(s) {missing[:3]} are not in the optimizer; cannot read their warm-up state"
         )
+    return out
+
+
+# -- a warm-up run's checkpoints, as the offline selectors (LESS, NICE) read them --------------------
+def epoch_learning_rates(
+    log_history: Sequence[Mapping[str, Any]], checkpoint_steps: Sequence[int]
+) -> list[float]:
+    """The mean learning rate of the epoch ending at each checkpoint (the checkpoint weights of
+    offline LESS and NICE, before normalisation).
+
+    The epoch ending at checkpoint ``c`` is the steps ``(previous checkpoint, c]`` (the first one
+    starts after step 0). transformers logs, at step s, the rate the optimizer used FOR step s; with
+    ``logging_steps=1`` (what the warm-up of :mod:`dataflex.cli.less_offline` uses) every step is
+    logged and this is the exact mean; otherwise it is the mean of the logged steps.
+
+    Args:
+        log_history: the trainer's ``log_history`` (``trainer_state.json``): dicts with ``step`` and,
+            on training logs, ``learning_rate``.
+        checkpoint_steps: increasing global steps of the checkpoints.
+
+    Returns:
+        One mean learning rate per checkpoint.
+
+    Raises:
+        ValueError: steps not increasing, or an epoch with no logged learning rate.
+    """
+    steps = [int(s) for s in checkpoint_steps]
+    if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
+        raise ValueError(f"checkpoint steps must be positive and increasing, got {steps}")
+    logged: dict[int, float] = {}
+    for record in log_history:
+        if "learning_rate" in record and "step" in record:
+            logged[int(record["step"])] = float(record["learning_rate"])
+    means, previous = [], 0
+    for step in steps:
+        window = [lr for s, lr in logged.items() if previous < s <= step]
+        if not window:
+            raise ConfigError(
+                f"no learning rate was logged between step {previous} and checkpoint-{step}; "
+                "rerun the warm-up with trainer.logging_steps=1 or give selector.checkpoint_weights"
+            )
+        means.append(sum(window) / len(window))
+        previous = step
+    return means
+
+
+def check_checkpoint_choice(
+    checkpoints: Sequence[int] | None, checkpoint_weights: Sequence[float] | None
+) -> tuple[list[int] | None, list[float] | None]:
+    """An offline selector's ``checkpoints`` (sorted) and ``checkpoint_weights`` (floats), checked.
+
+    Raises:
+        ValueError: a step that is not positive, no step, or weights and steps of different lengths.
+        ConfigError: weights that are not finite, negative or all 0.
+    """
+    if checkpoints is not None and (not list(checkpoints) or any(int(s) <= 0 for s in checkpoints)):
+        raise ValueError(f"checkpoints must list positive warm-up steps (or be null), got {checkpoints!r}")
+    if checkpoint_weights is not None:
+        checkpoint_weight_vector(checkpoint_weights, len(list(checkpoint_weights)))  # finite, >= 0, not all 0
+        if checkpoints is not None and len(list(checkpoint_weights)) != len(list(checkpoints)):
+            raise ValueError(f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints")
+    return (None if checkpoints is None else sorted(int(s) for s in checkpoints),
+            None if checkpoint_weights is None else [float(w) for w in checkpoint_weights])
+
+
+def warmup_checkpoint_weights(found: Sequence[tuple[int, Path]], explicit: Sequence[float] | None = None) -> list[float]:
+    """``w_c`` (before normalisation) of the warm-up checkpoints ``found``: ``explicit`` when given,
+    else :func:`epoch_learning_rates` from the last checkpoint's ``trainer_state.json``."""
+    if explicit is not None:
+        if len(explicit) != len(found):
+            raise ConfigError(f"selector.checkpoint_weights has {len(explicit)} entries for {len(found)} checkpoints")
+        return [float(w) for w in explicit]
+    state_file = Path(found[-1][1]) / "trainer_state.json"
+    if not state_file.is_file():
+        raise ConfigError(f"{state_file} not found; give selector.checkpoint_weights explicitly")
+    return epoch_learning_rates(json.loads(state_file.read_text())["log_history"], [s for s, _ in found])
+
+
+def for_each_warmup_checkpoint(
+    model: torch.nn.Module,
+    found: Sequence[tuple[int, Path]],
+    fn: Callable[[int, Path, dict[str, tuple[Tensor, Tensor]] | None], Any],
+    *,
+    optimizer: Any = None,
+    adam: bool = False,
+) -> list[Any]:
+    """``[fn(step, path, adam_state) for each checkpoint]`` with the checkpoint's trained weights
+    loaded into ``model`` (:func:`load_trainable_weights`) and, with ``adam``, its Adam moments
+    (:func:`checkpoint_adam_state`, else None). The model's own trainable weights are put back
+    afterwards, also when ``fn`` raises."""
+    own = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+    out = []
+    try:
+        for step, path in found:
+            load_trainable_weights(model, path)
+            state = checkpoint_adam_state(path, optimizer, model) if adam else None
+            out.append(fn(step, path, state))
+    finally:
+        with torch.no_grad():
+            for n, p in trainable_parameters(model).items():
+                p.copy_(own[n])
     return out

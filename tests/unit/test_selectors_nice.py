@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from dataflex.config import ConfigError
+from dataflex.eval.exact_match import normalize_answer
 from dataflex.selectors import nice as N
+from dataflex.selectors.base import seeded_generator
+from dataflex.selectors.nice import features as NF
+from dataflex.selectors.nice import online as NO
+from dataflex.signals.text import split_row
 from dataflex.signals import features as SF
 from dataflex.signals.generation import sample_generations
 from dataflex.signals.gradients import trainable_parameters
@@ -157,7 +162,7 @@ def test_validation_feature_equals_reward_weighted_summed_nll_gradient(model, to
 def test_zero_rewards_give_zero_features_without_any_backward(model, tokenizer, template, monkeypatch):
     projector = Projector(32, seed=0, block_size=512)
     p, y = encode(tokenizer, template, *QA[0])
-    monkeypatch.setattr(N, "project_per_sample_gradients", lambda *a, **k: pytest.fail("differentiated a zero-reward row"))
+    monkeypatch.setattr(NF, "project_per_sample_gradients", lambda *a, **k: pytest.fail("differentiated a zero-reward row"))
     feats = N.nice_validation_features(model, [p, p], [[y, y], [y, y]], torch.zeros(2, 2), projector)
     assert torch.equal(feats, torch.zeros(2, 32))
 
@@ -225,33 +230,33 @@ def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_refer
     exact match fires, and the matching prompts get non-zero validation features and the pool non-zero scores."""
     sel = N.NiceSelector(budget=3, **SMALL)
     probe = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]))
-    prompt_ids = [N.split_row(r["input_ids"], r["labels"])[0] for r in probe.validation]
+    prompt_ids = [split_row(r["input_ids"], r["labels"])[0] for r in probe.validation]
     samples = sel.sample(probe, prompt_ids)
     own = [group[0].text for group in samples]  # what the model says to each prompt with this seed
-    assert any(N.normalize_answer(t) for t in own)
+    assert any(normalize_answer(t) for t in own)
     validation = rows_of(tokenizer, template, [(q, t) for (q, _), t in zip(QA, own)], [0, 0, 1])
     ctx = make_ctx(model, tokenizer, template, validation)
 
     chosen = sel.select(ctx)
     last = sel.last_scores
     # the samples of the round are the probe's (same seed, same prompts), so the rewards are known by hand
-    expected = [[float(bool(N.normalize_answer(t)) and N.normalize_answer(s.text) == N.normalize_answer(t)) for s in g]
+    expected = [[float(bool(normalize_answer(t)) and normalize_answer(s.text) == normalize_answer(t)) for s in g]
                 for g, t in zip(samples, own)]
     assert last["rewards"].tolist() == expected and sum(map(sum, expected)) >= 1
-    assert [row[0] for row in expected] == [float(bool(N.normalize_answer(t))) for t in own]
+    assert [row[0] for row in expected] == [float(bool(normalize_answer(t))) for t in own]
     scores = last["scores"]
     assert torch.isfinite(scores).all() and scores.abs().max() > 0
     assert scores[chosen].tolist() == torch.topk(scores, 3).values.tolist()  # the top 3, best first
 
 
 def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
-    monkeypatch.setattr(N, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
+    monkeypatch.setattr(NO, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
     sel = N.NiceSelector(budget=4, reward="test_selectors_nice.constant_reward", reward_kwargs={"value": 0.0}, **SMALL)
     ctx = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]), update_index=3)
     chosen = sel.select(ctx)
     assert torch.equal(sel.last_scores["scores"], torch.zeros(len(POOL)))
     assert torch.equal(sel.last_scores["rewards"], torch.zeros(3, 2))
-    expected = torch.randperm(len(POOL), generator=N.seeded_generator(5, 3))[:4]  # the tie-break order itself
+    expected = torch.randperm(len(POOL), generator=seeded_generator(5, 3))[:4]  # the tie-break order itself
     assert chosen.tolist() == expected.tolist()
 
 
@@ -267,7 +272,7 @@ def test_reference_samples_with_unit_reward_give_the_less_sgd_score(model, token
     def references(ctx, prompt_ids):
         out = []
         for p, row in zip(prompt_ids, validation):
-            ids = N.split_row(row["input_ids"], row["labels"])[1]
+            ids = split_row(row["input_ids"], row["labels"])[1]
             out.append([SampledResponse(text="x", response_ids=ids, prompt_ids=p, finished=True)] * sel.num_samples)
         return out
 
@@ -453,7 +458,7 @@ def test_reference_sampling_preset_and_top_k(monkeypatch):
     assert (ref.num_samples, ref.temperature, ref.top_k, ref.top_p) == (20, 1.0, 50, 0.95)
     assert ref.reward_name == cheap.reward_name and ref.projector.dim == cheap.projector.dim
     seen = {}
-    monkeypatch.setattr(N, "sample_generations", lambda *a, **k: seen.update(k) or [[]])
+    monkeypatch.setattr(NO, "sample_generations", lambda *a, **k: seen.update(k) or [[]])
     ctx = SimpleNamespace(model=None, tokenizer=None, template=None, update_index=0)
     ref.sample(ctx, [[1, 2]])
     assert (seen["num_samples"], seen["temperature"], seen["top_k"], seen["top_p"]) == (20, 1.0, 50, 0.95)

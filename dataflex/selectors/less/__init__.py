@@ -20,6 +20,7 @@ from dataflex.selectors.less.online import LessSelector
 from dataflex.selectors.less.scoring import (
     VALIDATION_STREAM,
     LessComponent,
+    check_labelled_rows,
     checkpoint_similarities,
     checkpoint_weight_vector,
     combine_subtask_similarities,
@@ -35,6 +36,7 @@ __all__ = [
     "LessComponent",
     "LessOfflineSelector",
     "LessSelector",
+    "check_labelled_rows",
     "checkpoint_similarities",
     "checkpoint_weight_vector",
     "combine_subtask_similarities",

@@ -9,34 +9,26 @@ shares LESS's component base); the warm-up's checkpoints are read through :mod:`
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from dataflex.errors import ConfigError
-from dataflex.selectors.base import COUNT_OR_FRACTION, budget_problem
-from dataflex.selectors.less.scoring import (
-    LessComponent,
+from dataflex.selectors.base import WarmupRecipe
+from dataflex.selectors.less.scoring import LessComponent
+from dataflex.signals.distributed import is_main_process
+from dataflex.signals.features import (
     checkpoint_weight_vector,
     combine_subtask_similarities,
-    epoch_learning_rates,
+    top_k_indices,
 )
-from dataflex.signals.distributed import is_main_process
-from dataflex.signals.features import top_k_indices
-from dataflex.signals.gradients import trainable_parameters
-from dataflex.train.checkpoints import checkpoint_adam_state, load_trainable_weights, warmup_checkpoints
 from dataflex.train.components import UpdateContext
-from dataflex.train.fields import param
 from dataflex.utils import atomic_write_json
 
 #: What the offline selector writes into the run directory (besides selections/round_000.json).
 OFFLINE_RECORD = "less_offline.json"
 
 
-class LessOfflineSelector(LessComponent):
+class LessOfflineSelector(WarmupRecipe, LessComponent):
     """The LESS paper's offline selection (``selector=less_offline``): once, before training, score
     the pool with the per-epoch checkpoints of a warm-up run and keep the top k for the whole run.
 
@@ -45,7 +37,7 @@ class LessOfflineSelector(LessComponent):
     validation features ∇ℓ_c and the candidates' training features Γ_c (with c's saved Adam
     moments) are computed, and their mean cosine per validation subtask is kept (``[N, J]``).
     Score(z) = max_j Σ_c w_c · sim_c[z, j] with w_c the mean learning rate of the epoch ending at c
-    (:func:`~dataflex.selectors.less.scoring.epoch_learning_rates`, from the last checkpoint's
+    (:func:`~dataflex.train.checkpoints.epoch_learning_rates`, from the last checkpoint's
     ``trainer_state.json``), normalised to sum 1. The model's own weights are restored before
     training starts (it trains from where it was built, as in the paper), and never updates
     afterwards.
@@ -62,63 +54,11 @@ class LessOfflineSelector(LessComponent):
         (others as :class:`~dataflex.selectors.less.online.LessSelector`)
     """
 
-    # decides once, at the start: no schedule keys
-    warmup_steps: ClassVar[int] = 0
-    update_every: ClassVar[int] = 0
-    num_updates: ClassVar[int] = 0
-    budget: int | float = param(0.05, check=budget_problem, expects=COUNT_OR_FRACTION)
-    warmup_dir: str | None = None
-    checkpoints: Sequence[int] | None = None
-    checkpoint_weights: Sequence[float] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        checkpoints, checkpoint_weights = self.checkpoints, self.checkpoint_weights
-        if checkpoints is not None and (not list(checkpoints) or any(int(s) <= 0 for s in checkpoints)):
-            raise ValueError(f"checkpoints must list positive warm-up steps (or be null), got {checkpoints!r}")
-        if checkpoint_weights is not None:
-            checkpoint_weight_vector(checkpoint_weights, len(list(checkpoint_weights)))  # finite, >= 0, not all 0
-            if checkpoints is not None and len(list(checkpoint_weights)) != len(list(checkpoints)):
-                raise ValueError(
-                    f"{len(list(checkpoint_weights))} checkpoint_weights for {len(list(checkpoints))} checkpoints"
-                )
-        self.checkpoints = None if checkpoints is None else sorted(int(s) for s in checkpoints)
-        self.checkpoint_weights = None if checkpoint_weights is None else [float(w) for w in checkpoint_weights]
-
-    def _weights(self, found: list[tuple[int, Path]]) -> list[float]:
-        if self.checkpoint_weights is not None:
-            if len(self.checkpoint_weights) != len(found):
-                n = len(self.checkpoint_weights)
-                raise ConfigError(f"selector.checkpoint_weights has {n} entries for {len(found)} checkpoints")
-            return list(self.checkpoint_weights)
-        state_file = found[-1][1] / "trainer_state.json"
-        if not state_file.is_file():
-            raise ConfigError(f"{state_file} not found; give selector.checkpoint_weights explicitly")
-        return epoch_learning_rates(json.loads(state_file.read_text())["log_history"], [s for s, _ in found])
-
     def initial_indices(self, ctx: UpdateContext) -> torch.Tensor:
-        name = getattr(self, "config_name", "less_offline")
-        if not self.warmup_dir:
-            raise ConfigError(
-                f"selector={name} needs selector.warmup_dir=<a warm-up run directory with one checkpoint per epoch>; "
-                "`python -m dataflex.cli.less_offline` trains the warm-up and then this run"
-            )
-        self.validation(ctx)  # a missing validation set fails before any pass
-        found = warmup_checkpoints(self.warmup_dir, self.checkpoints)
-        weights = self._weights(found)
         candidates = self.candidate_indices(ctx)
-        model = ctx.model
-        own = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
-        sims = []
-        try:
-            for _, path in found:
-                load_trainable_weights(model, path)
-                adam = checkpoint_adam_state(path, ctx.optimizer, model) if self.gradient_type == "adam" else None
-                sims.append(self.similarities(ctx, candidates, adam=adam))
-        finally:
-            with torch.no_grad():
-                for n, p in trainable_parameters(model).items():
-                    p.copy_(own[n])
+        found, weights, sims = self.over_warmup_checkpoints(
+            ctx, "python -m dataflex.cli.less_offline", lambda adam: self.similarities(ctx, candidates, adam=adam)
+        )
         scores = combine_subtask_similarities(torch.stack(sims), weights)
         local = top_k_indices(scores, self.k(ctx))
         chosen = candidates[local]

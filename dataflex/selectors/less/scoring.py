@@ -3,7 +3,9 @@
 Each part usable on its own:
 
 * the pure core :func:`less_scores` (tensors in, tensors out; the documented extension API), with
-  :func:`combine_subtask_similarities` and :func:`epoch_learning_rates` for the checkpoint weights;
+  :func:`combine_subtask_similarities` and :func:`epoch_learning_rates` for the checkpoint weights
+  (re-exported: they live in :mod:`dataflex.signals.features` and :mod:`dataflex.train.checkpoints`,
+  which offline NICE shares);
 * :func:`checkpoint_similarities`: one checkpoint's mean cosine of every candidate with every
   validation subtask, from the signals engine's feature passes
   (:func:`dataflex.signals.features.training_features`, :func:`~dataflex.signals.features.validation_features`);
@@ -22,10 +24,12 @@ from torch import Tensor
 
 from dataflex.errors import ConfigError
 from dataflex.selectors.base import INITIAL, PoolLossSelector, seeded_generator
-from dataflex.signals.features import (
+from dataflex.signals.features import (  # noqa: F401  (checkpoint_weight_vector, combine_...: re-exported)
     GRADIENT_TYPES,
     NORM_EPS,
     as_checkpoints,
+    checkpoint_weight_vector,
+    combine_subtask_similarities,
     make_projector,
     normalize_features,
     subtask_centroids,
@@ -33,6 +37,7 @@ from dataflex.signals.features import (
     validation_features,
 )
 from dataflex.signals.text import IGNORE_INDEX
+from dataflex.train.checkpoints import epoch_learning_rates  # noqa: F401  (re-exported: LESS's historical home)
 from dataflex.train.components import UpdateContext
 
 #: generator stream of the validation subset (stream 1 is the candidate subset's)
@@ -40,35 +45,6 @@ VALIDATION_STREAM = 2
 
 
 # ------------------------------------------------------------------------------------ pure cores
-def checkpoint_weight_vector(checkpoint_weights: Tensor | Sequence[float] | None, c: int) -> Tensor:
-    """``w_c`` normalised to sum 1 (float64; None: uniform over ``c`` checkpoints)."""
-    if checkpoint_weights is None:
-        return torch.full((c,), 1.0 / c, dtype=torch.float64)
-    w = torch.as_tensor(checkpoint_weights, dtype=torch.float64).flatten()
-    if w.numel() != c:
-        raise ConfigError(f"got {w.numel()} checkpoint weights for {c} checkpoints")
-    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ConfigError(f"checkpoint weights must be finite, >= 0 and not all 0, got {w.tolist()}")
-    return w / w.sum()
-
-
-def combine_subtask_similarities(
-    similarities: Tensor, checkpoint_weights: Tensor | Sequence[float] | None = None
-) -> Tensor:
-    """Score(z) = max_j Σ_c w_c · sim[c, z, j] from per-checkpoint subtask similarities ``[C, N, J]``
-    (or ``[N, J]`` for one checkpoint).
-
-    The weighted sum over checkpoints comes first, the max over subtasks last (ALGORITHMS.md).
-    """
-    sims = torch.as_tensor(similarities).double()
-    if sims.dim() == 2:
-        sims = sims.unsqueeze(0)
-    if sims.dim() != 3:
-        raise ValueError(f"similarities must be [N, J] or [C, N, J], got shape {tuple(sims.shape)}")
-    w = checkpoint_weight_vector(checkpoint_weights, sims.shape[0]).to(sims.device)
-    return torch.einsum("c,cnj->nj", w, sims).max(dim=-1).values
-
-
 def less_scores(
     train_features: Tensor,
     val_features: Tensor,
@@ -104,48 +80,6 @@ def less_scores(
         )
     sims = torch.einsum("cnd,cjd->cnj", train, centroids.to(train.device))
     return combine_subtask_similarities(sims, checkpoint_weights)
-
-
-def epoch_learning_rates(
-    log_history: Sequence[Mapping[str, Any]], checkpoint_steps: Sequence[int]
-) -> list[float]:
-    """The mean learning rate of the epoch ending at each checkpoint (the LESS checkpoint weights,
-    before normalisation).
-
-    The epoch ending at checkpoint ``c`` is the steps ``(previous checkpoint, c]`` (the first one
-    starts after step 0). transformers logs, at step s, the rate the optimizer used FOR step s; with
-    ``logging_steps=1`` (what the warm-up of :mod:`dataflex.cli.less_offline` uses) every step is
-    logged and this is the exact mean; otherwise it is the mean of the logged steps.
-
-    Args:
-        log_history: the trainer's ``log_history`` (``trainer_state.json``): dicts with ``step`` and,
-            on training logs, ``learning_rate``.
-        checkpoint_steps: increasing global steps of the checkpoints.
-
-    Returns:
-        One mean learning rate per checkpoint.
-
-    Raises:
-        ValueError: steps not increasing, or an epoch with no logged learning rate.
-    """
-    steps = [int(s) for s in checkpoint_steps]
-    if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
-        raise ValueError(f"checkpoint steps must be positive and increasing, got {steps}")
-    logged: dict[int, float] = {}
-    for record in log_history:
-        if "learning_rate" in record and "step" in record:
-            logged[int(record["step"])] = float(record["learning_rate"])
-    means, previous = [], 0
-    for step in steps:
-        window = [lr for s, lr in logged.items() if previous < s <= step]
-        if not window:
-            raise ConfigError(
-                f"no learning rate was logged between step {previous} and checkpoint-{step}; "
-                "rerun the warm-up with trainer.logging_steps=1 or give selector.checkpoint_weights"
-            )
-        means.append(sum(window) / len(window))
-        previous = step
-    return means
 
 
 def _check_hyperparameters(proj_dim, proj_kind, gradient_type, projection_cache_mb, validation_per_subtask=None) -> None:

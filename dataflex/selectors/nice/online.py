@@ -1,31 +1,8 @@
-"""NICE (Wang et al., ICML 2025): LESS with on-policy, reward-weighted validation gradients
-(ALGORITHMS.md, nice).
-
-Training features are LESS's (:func:`dataflex.signals.features.training_features`: Adam-preconditioned,
-projected, L2-normalised per-sample gradients). The validation feature of a target prompt x is the
-REINFORCE estimate of the gradient of its expected NEGATIVE reward,
-
-    g_val(x) = (1/M) · Σ_m r(x, y_m) · ∇θ[−log πθ(y_m | x)],   y_m ~ πθ(· | x) (the current model),
-
-with log πθ summed over the response tokens. It is computed with the per-sample gradient engine:
-the (prompt + sampled response) rows, labelled on the response tokens, give the projected
-gradients f of their token-mean NLL ℓ; the summed NLL is n·ℓ (n response tokens), so by linearity
-of the projection the projected g_val(x) is (1/M)·Σ_m r_m·n_m·f_m (:func:`reinforce_features`).
-Rows with r = 0 contribute nothing and are never differentiated. Each g_val(x) is projected with
-the same seeded projector as the training features and L2-normalised; a zero one stays zero
-(:func:`~dataflex.signals.features.normalize_features`), so r ≡ 0 gives score 0, never NaN. The
-score of a pool sample is LESS's (max over subtasks of the mean cosine, against
-:func:`~dataflex.signals.features.subtask_centroids`).
-
-The reward is pluggable (:data:`RewardFn`): ``exact_match`` (default) or ``contains`` against the
-reference answer (the labelled response of the validation row), or any callable named by import
-path, e.g. a reward model.
-"""
+"""NICE, online (``selector=nice``): a round every update under the current model."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -38,125 +15,27 @@ from dataflex.selectors.base import (
     resolve_budget,
     seeded_generator,
 )
-from dataflex.selectors.nice_rewards import (  # noqa: F401  (re-exported: the rewards' historical home)
-    REWARDS,
+from dataflex.selectors.nice.features import nice_validation_features
+from dataflex.selectors.nice.rewards import (
     RewardFn,
     compute_rewards,
-    contains_match_reward,
-    exact_match_reward,
     resolve_reward,
 )
-from dataflex.signals.batching import pad_batch, pad_id_of
+from dataflex.signals.batching import pad_id_of
 from dataflex.signals.distributed import (
     broadcast_object,
     is_main_process,
     main_process_result,
 )
 from dataflex.signals.features import (
-    normalize_features,
     subtask_centroids,
     top_k_indices,
     training_features,
 )
 from dataflex.signals.generation import sample_generations
-from dataflex.signals.gradients import project_per_sample_gradients
-from dataflex.signals.pool import map_pool
-from dataflex.signals.text import IGNORE_INDEX, prompt_response_texts, split_row
+from dataflex.signals.text import prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
 from dataflex.train.fields import param
-
-
-# -- pure core -------------------------------------------------------------------------------------
-def reinforce_features(features: torch.Tensor, rewards: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
-    """The REINFORCE validation feature of each prompt, unnormalised.
-
-    ``g[x] = (1/M) · Σ_m rewards[x, m] · num_tokens[x, m] · features[x, m]``: with ``features`` the
-    (projected) gradients of the token-mean NLL of the M sampled responses, ``num_tokens · features``
-    is the gradient of their summed NLL −log πθ(y_m | x).
-
-    Args:
-        features: ``[P, M, d]`` per-sample gradients of ℓ (rows whose reward is 0 may hold anything
-            finite, e.g. zeros: they are multiplied by 0).
-        rewards: ``[P, M]`` r(x, y_m).
-        num_tokens: ``[P, M]`` response tokens of each sample (the label tokens of its row).
-
-    Returns:
-        ``[P, d]`` float32.
-    """
-    if features.dim() != 3 or tuple(features.shape[:2]) != tuple(rewards.shape) or rewards.shape != num_tokens.shape:
-        raise ValueError(
-            f"shapes disagree: features {tuple(features.shape)} (want [P, M, d]), rewards {tuple(rewards.shape)}, "
-            f"num_tokens {tuple(num_tokens.shape)} (want [P, M])"
-        )
-    weight = rewards.double() * num_tokens.double()
-    # rows with weight 0 never reach the sum (0 * NaN would still be NaN)
-    terms = torch.where(weight[..., None] != 0, weight[..., None] * features.double(), torch.zeros((), dtype=torch.float64))
-    return (terms.sum(1) / max(1, features.shape[1])).float()
-
-
-# -- model-facing helpers --------------------------------------------------------------------------
-def reinforce_row(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> dict[str, list[int]]:
-    """A (prompt + response) row labelled on the response tokens only."""
-    prompt_ids, response_ids = [int(t) for t in prompt_ids], [int(t) for t in response_ids]
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "attention_mask": [1] * (len(prompt_ids) + len(response_ids)),
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
-    }
-
-
-class RowCollator:
-    """Right-pads ``input_ids``/``attention_mask``/``labels`` rows (pad id masked, labels -100)."""
-
-    def __init__(self, pad_id: int = 0):
-        self.pad_id = int(pad_id)
-
-    def __call__(self, rows: list[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        ids, mask, _ = pad_batch([r["input_ids"] for r in rows], self.pad_id, "right")
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        for i, r in enumerate(rows):
-            labels[i, : len(r["labels"])] = torch.tensor(list(r["labels"]), dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def nice_validation_features(
-    model: torch.nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[Sequence[int]]],
-    rewards: torch.Tensor,
-    projector: Any,
-    batch_size: int = 16,
-    pad_id: int = 0,
-) -> torch.Tensor:
-    """Projected, L2-normalised REINFORCE validation features ``[P, d]``.
-
-    Args:
-        model: the current model (its trainable parameters are the gradient's coordinates).
-        prompt_ids: ``P`` template-encoded prompts.
-        responses: ``responses[x][m]``: the token ids of the m-th sampled response to prompt x (as
-            the model emitted them, stop token included).
-        rewards: ``[P, M]`` r(x, y_m).
-        projector: the seeded projector of the training features.
-        batch_size: rows per batched forward/backward.
-        pad_id: padding id of the batches (always masked).
-
-    Returns:
-        ``[P, projector.dim]`` float32 on CPU; a prompt whose rewards are all 0 gets a zero row.
-    """
-    p = len(prompt_ids)
-    m = len(responses[0]) if p else 0
-    if any(len(group) != m for group in responses) or tuple(rewards.shape) != (p, m):
-        raise ValueError(f"every prompt needs the same number of responses; rewards must be [{p}, {m}]")
-    rows = [reinforce_row(x, y) for x, group in zip(prompt_ids, responses) for y in group]
-    num_tokens = torch.tensor([[len(y) for y in group] for group in responses], dtype=torch.float64).reshape(p, m)
-    weight = rewards.reshape(-1).double() * num_tokens.reshape(-1)
-    features = torch.zeros(p * m, projector.dim, dtype=torch.float32)
-    needed = torch.nonzero(weight != 0).flatten()
-    if needed.numel():
-        fn = partial(project_per_sample_gradients, projector=projector)
-        features[needed] = map_pool(fn, model, rows, RowCollator(pad_id), indices=needed, batch_size=batch_size, desc="NICE validation gradients")
-    g = reinforce_features(features.reshape(p, m, -1), rewards, num_tokens)
-    return normalize_features(g)
 
 
 # -- the component ---------------------------------------------------------------------------------
@@ -193,9 +72,10 @@ class NiceSelector(PoolLossSelector):
 
     Sampling defaults (M = 4, temperature 0.7, 128 new tokens, no top-k/top-p) are THIS PROJECT's cheap
     choice, not the paper's; ``selector=nice_reference`` uses the reference code's (JTWang2000/NICE:
-    M = 20, temperature 1.0, top_k 50, top_p 0.95). The paper's offline recipe (features from the
-    warm-up checkpoints, learning-rate weighted, as ``selector=less_offline``) is not implemented: this
-    selector is the online variant (one checkpoint: the current model).
+    M = 20, temperature 1.0, top_k 50, top_p 0.95). This is the online variant (one checkpoint: the
+    current model); the paper's offline recipe (every step of a round under each warm-up checkpoint,
+    learning-rate weighted, as ``selector=less_offline``) is :class:`NiceOfflineSelector`
+    (``selector=nice_offline``, below).
 
     The warm-up decision is a seeded random subset of ``budget`` samples. Everything random is seeded
     by ``(seed, update_index)`` and the model/optimizer are restored on resume, so a resumed run selects
@@ -306,8 +186,14 @@ class NiceSelector(PoolLossSelector):
 
         return main_process_result(compute)
 
-    def select(self, ctx: UpdateContext) -> torch.Tensor:
-        validation = ctx.require_validation("nice")
+    def similarities(
+        self, ctx: UpdateContext, candidates: torch.Tensor, adam: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1-5 of a round under the model as it is now (and ``adam``, saved Adam moments, when
+        given): ``([n, J]`` mean cosine of every candidate with every subtask's validation features,
+        the ``[P, M]`` rewards, the validation rows sampled``)``. No reward anywhere: every cosine is
+        0 and the training pass is skipped."""
+        validation = ctx.require_validation(getattr(self, "config_name", "nice"))
         tokenizer = ctx.tokenizer
         val_idx = self.validation_indices(ctx, len(validation))
         rows = validation.select(val_idx.tolist())
@@ -322,16 +208,19 @@ class NiceSelector(PoolLossSelector):
         )
         subtasks = torch.as_tensor(rows["domain_id"], dtype=torch.long) if "domain_id" in rows.column_names else None
         centroids = subtask_centroids(val_features, subtasks)  # [J, d]
-        candidates = self.candidate_indices(ctx)
         if centroids.abs().sum() == 0:  # no reward anywhere: every cosine is 0, no pass needed
-            scores = torch.zeros(candidates.numel(), dtype=torch.float64)
-        else:
-            sims = training_features(
-                ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
-                optimizer=ctx.optimizer, reduce=lambda f: f.double() @ centroids.to(f.device).T,
-                desc="NICE training features",
-            )
-            scores = sims.double().reshape(candidates.numel(), -1).max(dim=-1).values
+            return torch.zeros(candidates.numel(), centroids.shape[0], dtype=torch.float64), rewards, val_idx
+        sims = training_features(
+            ctx.model, ctx.pool, ctx.collator, candidates, self.projector, self.gradient_type, self.batch_size,
+            optimizer=ctx.optimizer, adam=adam, reduce=lambda f: f.double() @ centroids.to(f.device).T,
+            desc="NICE training features",
+        )
+        return sims.double().reshape(candidates.numel(), -1), rewards, val_idx
+
+    def select(self, ctx: UpdateContext) -> torch.Tensor:
+        candidates = self.candidate_indices(ctx)
+        sims, rewards, val_idx = self.similarities(ctx, candidates)
+        scores = sims.max(dim=-1).values
         local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
         self.last_scores = {
             "update_index": ctx.update_index,
