@@ -216,3 +216,32 @@ def test_migrate_refuses_what_train_refuses(tmp_path, capsys):
     assert not (tmp_path / "train").exists()  # refused before anything is written
     legacy.main(["migrate", str(LLAMAFACTORY / "examples/train_lora/qwen3_lora_dpo.yaml")])
     assert capsys.readouterr().out.startswith("llamafactory-cli train")
+
+
+# -- every example: migrate translates every one whose method dataflex has ----------------------------------
+
+MISSING = {
+    "test_weight.yaml": "weighter/custom",
+    "dynamic_moe_mixer.yaml": "unknown keys 'mixer_eval_dataset'",
+    "custom.yaml": "/custom.yaml",
+    "adapt.yaml": "weighter/adapt",
+}
+ALL = [(DATAFLEX, p) for p in sorted((DATAFLEX / "examples").rglob("*.yaml"))] + [
+    (LLAMAFACTORY, p) for p in sorted((LLAMAFACTORY / "examples").rglob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("repo, path", ALL, ids=[f"{r.name}/{p.relative_to(r / 'examples')}" for r, p in ALL])
+def test_migrate_translates_every_example_of_a_method_dataflex_has(monkeypatch, tmp_path, repo, path):
+    from dataflex.legacy.translate import refusals
+
+    monkeypatch.chdir(repo)
+    pairwise = tmp_path if any(n in path.read_text() for n in ("dpo_en_demo", "kto_en_demo")) else None
+    missing = MISSING.get(path.name) if repo is DATAFLEX else None
+    if missing:
+        with pytest.raises(ConfigError, match=missing):
+            refusals(translate_file(path.relative_to(repo), offline_args(path, dataset_dir=pairwise)))
+        return
+    t = translate_file(path.relative_to(repo), offline_args(path, dataset_dir=pairwise))
+    refusals(t)  # the checks train makes before any model loads
+    assert (t.llamafactory_args is not None) == (yaml.safe_load(path.read_text())["stage"] in ("dpo", "rm", "kto"))
