@@ -81,10 +81,14 @@ $(STAMPS)/bench: $(STAMPS)/venv pyproject.toml
 	@mkdir -p $(STAMPS) && touch $@
 
 # The engine vs the batch-size-1 loop (signals.py), then vs the field's pipelines on the same samples and d
-# (anchors.py: LESS's reference shape with TRAK's BasicProjector, opacus, dattri-llm).
+# (anchors.py: LESS's reference shape with TRAK's BasicProjector, opacus, dattri-llm), the projection kinds'
+# cost and LESS selection quality on the offline SFT pool (projection.py), full-FT extraction peak memory
+# against a training step's (memory.py). benchmarks/RESULTS.md reads the figures.
 bench-signals: data $(STAMPS)/bench
 	$(BIN)/python benchmarks/signals.py
 	$(BIN)/python benchmarks/anchors.py --cpu-ratios
+	$(BIN)/python benchmarks/projection.py
+	$(BIN)/python benchmarks/memory.py
 
 bench-mix: data
 	$(BIN)/python benchmarks/mix.py --model small --steps 10 --threads 1   # model=tiny: add --model tiny (its logits passes dominate; RESULTS.md)

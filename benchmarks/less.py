@@ -8,9 +8,10 @@ other, with the SAME schedule (a random warm-up subset of ``--budget`` samples f
 ``--update-every`` steps, then a new selection every ``--update-every`` steps):
 
 * baseline: ``selector=random`` (the same sampler path and selection rounds, no model signal);
-* LESS: ``selector=less`` at its defaults (d = 8192, the whole pool and the whole validation set
-  scored every round), and with ``--cheap-dim`` plus a projection cache big enough to keep the
-  LoRA projection matrix.
+* LESS: ``selector=less`` at d = 8192 (the whole pool and the whole validation set scored every
+  round), once per projection kind of ``--kinds`` (``selector.proj_kind``; default: ``sjlt``, the
+  selectors' default, and ``rademacher``, the dense form); optionally (``--cheap-dim N``) the dense
+  kind at d = N with a projection cache big enough to keep the LoRA projection matrix.
 
 Reported per configuration: HF's ``train_runtime`` per optimizer step (selection rounds included:
 the amortised cost) and its ratio to the baseline run's; the mean time of one round (timed around
@@ -77,7 +78,8 @@ def main() -> None:
     ap.add_argument("--update-every", type=int, default=10, help="steps between LESS rounds (also the warm-up)")
     ap.add_argument("--budget", type=float, default=0.25, help="fraction of the pool selected per round")
     ap.add_argument("--batch-size", type=int, default=8, help="per-device training batch")
-    ap.add_argument("--cheap-dim", type=int, default=1024, help="d of the cached configuration")
+    ap.add_argument("--kinds", nargs="*", default=["sjlt", "rademacher"], help="selector.proj_kind values at d = 8192")
+    ap.add_argument("--cheap-dim", type=int, default=0, help="d of a cached dense configuration (0: none)")
     ap.add_argument("--cache-mb", type=int, default=512, help="projection cache of the cached configuration")
     ap.add_argument("--repeats", type=int, default=1, help="runs per configuration (interleaved; the fastest is kept)")
     args = ap.parse_args()
@@ -98,14 +100,20 @@ def main() -> None:
         f"selector.warmup_steps={args.update_every}",
         f"selector.update_every={args.update_every}",
     ]
-    configs = [
-        ("random (baseline)", ["selector=random"]),
-        ("less d=8192 (defaults)", ["selector=less"]),
-        (
-            f"less d={args.cheap_dim} cache {args.cache_mb}MB",
-            ["selector=less", f"selector.proj_dim={args.cheap_dim}", f"selector.projection_cache_mb={args.cache_mb}"],
-        ),
-    ]
+    configs = [("random (baseline)", ["selector=random"])]
+    configs += [(f"less d=8192 {kind}", ["selector=less", f"selector.proj_kind={kind}"]) for kind in args.kinds]
+    if args.cheap_dim:
+        configs.append(
+            (
+                f"less d={args.cheap_dim} rademacher cache {args.cache_mb}MB",
+                [
+                    "selector=less",
+                    "selector.proj_kind=rademacher",
+                    f"selector.proj_dim={args.cheap_dim}",
+                    f"selector.projection_cache_mb={args.cache_mb}",
+                ],
+            )
+        )
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # interleaved, so a burst of load on a shared machine hits all
@@ -139,13 +147,15 @@ def main() -> None:
             f"{name:34} | {r['step_s']:7.3f} {r['step_s'] / base:6.2f}x | {len(rounds):6d} {per_round:8.2f} | "
             f"{own:8.3f} {r['step_s'] / own:5.2f}x | {longer}"
         )
-    less = results["less d=8192 (defaults)"]
-    own = less["step_s"] - sum(less["rounds"]) / less["steps"]
-    print(
-        f"\namortised cost of online LESS (defaults) per training step, a round every {args.update_every} steps: "
-        f"{less['step_s'] / base:.2f}x the baseline run's step, {less['step_s'] / own:.2f}x its own plain steps"
-    )
-    assert math.isfinite(less["step_s"])
+    print()
+    for kind in args.kinds:
+        less = results[f"less d=8192 {kind}"]
+        own = less["step_s"] - sum(less["rounds"]) / less["steps"]
+        print(
+            f"amortised cost of online LESS ({kind}) per training step, a round every {args.update_every} steps: "
+            f"{less['step_s'] / base:.2f}x the baseline run's step, {less['step_s'] / own:.2f}x its own plain steps"
+        )
+        assert math.isfinite(less["step_s"])
 
 
 if __name__ == "__main__":
