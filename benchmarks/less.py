@@ -133,7 +133,7 @@ def main() -> None:
     )
     header = (
         f"{'configuration':34} | {'s/step':>7} {'vs base':>7} | {'rounds':>6} {'s/round':>8} | {'own step':>8} "
-        f"{'vs own':>6} | vs own at update_every = 50, 200"
+        f"{'vs own':>6} | at update_every = {args.update_every}, 50, 200 (vs own)"
     )
     print(header)
     print("-" * len(header))
@@ -142,18 +142,25 @@ def main() -> None:
         per_round = sum(rounds) / len(rounds) if rounds else 0.0
         # the same run's training steps without its rounds: timed under the same load as the rounds
         own = max(r["step_s"] - sum(rounds) / r["steps"], 1e-9)
-        longer = ", ".join(f"{1 + per_round / (u * own):.2f}x" for u in (50, 200)) if "less" in name else "-"
+        every = (args.update_every, 50, 200)
+        longer = ", ".join(f"{1 + per_round / (u * own):.2f}x" for u in every) if "less" in name else "-"
         print(
             f"{name:34} | {r['step_s']:7.3f} {r['step_s'] / base:6.2f}x | {len(rounds):6d} {per_round:8.2f} | "
             f"{own:8.3f} {r['step_s'] / own:5.2f}x | {longer}"
         )
-    print()
+    print(
+        "(s/step and `vs own` are the whole run's: no round runs at the last step, so with --steps 2 x update_every"
+        " the run holds ONE round, i.e. a round every 2 x update_every steps; the last column is 1 + s/round /"
+        " (update_every x own step), the cost of a round every update_every steps)\n"
+    )
     for kind in args.kinds:
         less = results[f"less d=8192 {kind}"]
         own = less["step_s"] - sum(less["rounds"]) / less["steps"]
+        per_round = sum(less["rounds"]) / max(1, len(less["rounds"]))
         print(
             f"amortised cost of online LESS ({kind}) per training step, a round every {args.update_every} steps: "
-            f"{less['step_s'] / base:.2f}x the baseline run's step, {less['step_s'] / own:.2f}x its own plain steps"
+            f"{1 + per_round / (args.update_every * own):.2f}x its own plain steps "
+            f"({(own + per_round / args.update_every) / base:.2f}x the baseline run's step)"
         )
         assert math.isfinite(less["step_s"])
 

@@ -121,7 +121,7 @@ def top_k_indices(scores: Tensor, k: int, generator: torch.Generator | None = No
     return perm[order]
 
 
-def make_projector(dim: int, seed: int, kind: str = "rademacher", cache_mb: float = 0):
+def make_projector(dim: int, seed: int, kind: str = "sjlt", cache_mb: float = 0):
     """The projection shared by training and validation features (``Projector(dim, seed, kind)``),
     optionally keeping up to ``cache_mb`` MiB of generated random blocks between calls."""
     from dataflex.signals.projection import Projector

@@ -392,7 +392,7 @@ def test_e2e_less_online(tmp_path):
     )  # HF's groups: decay (all LoRA weights), no decay
     adam = CK.checkpoint_adam_state(ckpt, optimizer, built.model)
     trainer = SimpleNamespace(model=built.model, train_dataset=built.pool, data_collator=MetaCollator(built.collator))
-    projector = SF.make_projector(128, cfg["seed"])
+    projector = SF.make_projector(128, cfg["seed"], cfg["selector"]["proj_kind"])  # the selector's own kind
     groups = L.subtask_ids(built.validation)
     rows = L.validation_subset(groups, len(built.validation), 8, cfg["seed"])
     val = SF.validation_features(trainer.model, built.validation, trainer.data_collator, projector, rows)

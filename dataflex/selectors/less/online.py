@@ -25,7 +25,8 @@ class LessSelector(LessComponent):
 
     Attributes:
         proj_dim: d, the projected feature dimension.
-        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
+        proj_kind: the random projection (``sjlt``, the default: sparse JL; ``rademacher``, its dense
+            form; ``gaussian``, ``sparse``), seeded by ``seed``.
         gradient_type: ``adam`` (Γ) or ``sgd`` (the plain gradient) for the training features.
         projection_cache_mb: keep up to this many MiB of the projection's random blocks between
             batches and rounds (0: regenerate them every batch). Worth it for LoRA, whose

@@ -218,7 +218,7 @@ class LessComponent(PoolLossSelector):
     needs_validation = True
 
     proj_dim: int = 8192
-    proj_kind: str = "rademacher"
+    proj_kind: str = "sjlt"
     gradient_type: str = "adam"
     projection_cache_mb: float = 0
     validation_per_subtask: int | None = None

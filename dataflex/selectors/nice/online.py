@@ -102,7 +102,8 @@ class NiceSelector(PoolLossSelector):
         reward_kwargs: when not None, ``reward`` names a factory (e.g. a reward-model class) and
             ``factory(**reward_kwargs)`` is the reward callable (built once, when the selector is built).
         proj_dim: d, the projected feature dimension.
-        proj_kind: the random projection (``rademacher``, ``gaussian``, ``sparse``), seeded by ``seed``.
+        proj_kind: the random projection (``sjlt``, the default: sparse JL; ``rademacher``, its dense
+            form; ``gaussian``, ``sparse``), seeded by ``seed``.
         gradient_type: ``adam`` (LESS's Γ, default) or ``sgd`` for the training features.
     """
 
@@ -144,7 +145,7 @@ class NiceSelector(PoolLossSelector):
     reward: str | RewardFn = "exact_match"
     reward_kwargs: dict[str, Any] | None = None
     proj_dim: int = 8192
-    proj_kind: str = "rademacher"
+    proj_kind: str = "sjlt"
     gradient_type: str = param("adam", choices=("adam", "sgd"))
     # -- fidelity options (docs/ALGORITHMS.md "nice") --
     top_k: int = param(0, expects=TOP_K, check=lambda k: None if k >= 0 else f"must be {TOP_K}")
