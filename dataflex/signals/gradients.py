@@ -23,8 +23,9 @@ with respect to sample i's activations is the gradient of ``ℓ_i`` alone; the p
 above are then exact. Activations and output gradients at padding positions are zeroed before
 use (they are mathematically zero-weighted, but a fully masked pad query can hold NaN).
 
-Neither function leaves ``.grad`` on the model's parameters (``torch.autograd.grad`` is used with
-the module outputs as inputs) nor changes train/eval mode. Dropout, if active in train mode, makes
+Neither function leaves ``.grad`` on the model's parameters (``torch.autograd.grad`` is asked only for
+the gradient of a 0-d zero added to every hooked module output, see :func:`run_hooked`, so no output
+gradient is held past its hook) nor changes train/eval mode. Dropout, if active in train mode, makes
 batched and per-sample runs draw different masks; Llama has none by default.
 
 Gradient checkpointing: hooks are attached to module OUTPUTS during the forward that builds the
