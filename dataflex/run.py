@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from dataflex.config import to_dict
 from dataflex.errors import ConfigError
-from dataflex.logs import get_logger, to_run_log
+from dataflex.logs import get_logger, library_prints, to_run_log
 from dataflex.preflight import preflight
 from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
@@ -232,7 +232,8 @@ class Run:
         wanted = self.components["selector"] is not None or bool(eval_cfg.get("loss"))
         validation = validation_names(self.cfg["data"]) if wanted else []
         column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column
-        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
+        with library_prints(bool(self.cfg.get("verbose", False))):  # LLaMA-Factory prints a tokenised example
+            built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
         callback = DataFlexCallback(

@@ -24,7 +24,10 @@ def inputs(tmp_path):
     sft, domains = tmp_path / "offline_sft", tmp_path / "offline_domains"
     for task in planted.NOISY_TASKS:
         n = 400 if task == "facts" else 160
-        rows = [{"instruction": f"{task} q{i}?", "input": "", "output": f"{task} a{i % 150}", "task": task} for i in range(n)]
+        rows = [
+            {"instruction": f"{task} q{i}?", "input": "", "output": f"{task} a{i % 150}", "task": task}
+            for i in range(n)
+        ]
         _write(sft / f"train_{task}.jsonl", rows)
     for name in ("code", "quotes"):
         _write(domains / name / "train.jsonl", [{"text": f"{name} word{i} text{i}"} for i in range(20)])
