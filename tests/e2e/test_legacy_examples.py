@@ -227,6 +227,8 @@ def test_every_original_example_trains_or_names_the_missing_method(tmp_path, mon
             train(tmp_path, monkeypatch, repo, rel, *extra)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("dataflex: error:") == 1 and "Traceback" not in err
+        method = yaml.safe_load(path.read_text())["component_name"]
+        assert f"dataflex: error: {method}: the original DataFlex's {method} " in err  # the missing method first
         return
     if pairwise or "tokenized_path" in path.read_text():  # LLaMA-Factory's own workflow: its outputs
         root = copy_tree(tmp_path, repo)

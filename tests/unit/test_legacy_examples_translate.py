@@ -218,13 +218,68 @@ def test_migrate_refuses_what_train_refuses(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("llamafactory-cli train")
 
 
+# -- 7. a method the original has and dataflex does not ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "train_type, name, kind",
+    [
+        ("dynamic_mix", "dynamic_moe", "mixer"),
+        ("dynamic_weight", "adapt", "weighter"),
+        ("dynamic_weight", "custom", "weighter"),
+        ("dynamic_select", "custom", "selector"),
+        ("dynamic_select", "cluster_less", "selector"),
+    ],
+)
+def test_a_missing_method_is_named_first_before_its_keys(train_type, name, kind):
+    keys = {
+        "model_name_or_path": str(asset_path("tiny")),
+        "dataset": "offline_sft_facts",
+        "train_type": train_type,
+        "component_name": name,
+        "mixer_eval_dataset": "a_eval,b_eval",  # the original's dynamic_moe keys
+        "freeze_gate": True,
+        "no_such_key": 1,  # an unknown key too: the missing method is still what is reported
+    }
+    with pytest.raises(ConfigError) as err:
+        translate(keys, name="m", env={})
+    message = str(err.value)
+    assert message.startswith(
+        f"{name}: the original DataFlex's {name} {kind} (component_name: {name}) is not available"
+    )
+    assert "\n" not in message and "no_such_key" not in message and "mixer_eval_dataset" not in message
+
+
+def test_a_method_neither_project_has_is_a_typo_with_a_hint():
+    keys = {"model_name_or_path": "tiny", "dataset": "x", "train_type": "dynamic_mix", "component_name": "odn"}
+    with pytest.raises(ConfigError, match=r"^component_name: odn: no mixer config .*\(did you mean 'odm'\?\)"):
+        translate(keys, name="m", env={})
+
+
+def test_the_dynamic_moe_keys_are_accepted_with_a_note_for_a_method_dataflex_has():
+    path = DATAFLEX / "examples/test/test_mix.yaml"
+    t = translate_file(
+        path,
+        [
+            *offline_args(path),
+            f"components_cfg_file={COMPONENTS}",
+            "freeze_gate=true",
+            "mixer_eval_dataset=offline_domains_code",
+        ],
+    )
+    assert any(n.startswith("freeze_gate: not used (") for n in t.notes)
+    assert any(n.startswith("mixer_eval_dataset: not used (") for n in t.notes)
+    assert not any("freeze_gate" in o or "mixer_eval" in o for o in t.overrides)
+
+
 # -- every example: migrate translates every one whose method dataflex has ----------------------------------
 
+# methods the original has and dataflex does not: one line naming the missing method first
 MISSING = {
-    "test_weight.yaml": "weighter/custom",
-    "dynamic_moe_mixer.yaml": "unknown keys 'mixer_eval_dataset'",
-    "custom.yaml": "/custom.yaml",
-    "adapt.yaml": "weighter/adapt",
+    "test_weight.yaml": "^custom: the original DataFlex's custom weighter",
+    "dynamic_moe_mixer.yaml": "^dynamic_moe: the original DataFlex's dynamic_moe mixer",
+    "custom.yaml": "^custom: the original DataFlex's custom (selector|weighter)",
+    "adapt.yaml": "^adapt: the original DataFlex's adapt weighter",
 }
 ALL = [(DATAFLEX, p) for p in sorted((DATAFLEX / "examples").rglob("*.yaml"))] + [
     (LLAMAFACTORY, p) for p in sorted((LLAMAFACTORY / "examples").rglob("*.yaml"))
