@@ -183,10 +183,14 @@ def test_a_refused_attempt_does_not_claim_the_directory(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         train(tmp_path, monkeypatch, LLAMAFACTORY, example, "lr_scheduler_type=no_such_schedule")
     assert "no_such_schedule" in capsys.readouterr().err
-    metrics, _ = train(
-        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false"
-    )  # the corrected command
-    assert metrics["global_step"] == 4
+    capsys.readouterr()
+    # the corrected command, logging every 10 steps (more than the run's 4): the last step's loss is logged
+    metrics, run_dir = train(
+        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false", "logging_steps=10"
+    )
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+    assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [4]
+    assert f"(4 steps, final train loss {metrics['final_train_loss']})" in capsys.readouterr().out  # the banner
 
 
 # -- every example: the measured fraction that trains (README) ----------------------------------------------

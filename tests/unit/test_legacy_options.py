@@ -158,3 +158,17 @@ def test_local_backend_generates_with_the_judge_model_without_vllm():
     first = judge(["2 + 2?", "colour?"], ["4", "red"], ["4", ""])
     assert judge._local[0] == "transformers" and len(first) == 2 and all(0.0 <= s <= 1.0 for s in first)
     assert judge(["2 + 2?", "colour?"], ["4", "red"], ["4", ""]) == first  # greedy: the same answers
+
+
+def test_mixed_precision_needs_a_gpu_that_computes_in_it():
+    from dataflex.cli.legacy import check_precision
+
+    check_precision({"bf16": False, "fp16": False}, accelerators=(False, False))  # float32: any machine
+    check_precision({"bf16": True}, accelerators=(True, True))
+    check_precision({"fp16": True}, accelerators=(True, False))  # fp16 on a GPU without bf16
+    with pytest.raises(ConfigError, match=r"^bf16: true needs a GPU and this machine has none; set bf16: false"):
+        check_precision({"bf16": True}, accelerators=(False, False))
+    with pytest.raises(ConfigError, match=r"^pure_bf16: true needs a GPU that supports bf16 .*fp16: true"):
+        check_precision({"pure_bf16": True}, accelerators=(True, False))
+    with pytest.raises(ConfigError, match=r"^fp16: true needs a GPU .* add fp16=false to the dataflex-cli command"):
+        check_precision({"fp16": True}, accelerators=(False, False))
