@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflex.errors import ConfigError
-from dataflex.legacy.components import component_params, component_values, run_length
+from dataflex.legacy.components import check_weighting_starts, component_params, component_values, run_length
 from dataflex.legacy.keys import (
     DATA_KEYS,
     DATAFLEX_KEYS,
@@ -166,7 +166,8 @@ def translate(
         params = {}
     else:
         choices[kind], params = component_params(kind, flex, Path(base_dir), notes)
-    run_length(flex, kind, trainer, notes)
+    restart_every = run_length(flex, kind, trainer, notes)
+    check_weighting_starts(flex, kind, choices.get(kind) if kind else None, trainer)
 
     selected = [f"{g}={choices[g]}" for g in GROUPS if choices.get(g)]
     base = resolved(compose(selected))
@@ -179,13 +180,28 @@ def translate(
     if kind is not None:
         world = int(root.get("nproc", 1))
         desired = component_values(
-            kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes
+            kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes, restart_every
         )
         values += diff_overrides(kind, base[kind], desired, delete_missing=False)
+        values += _pinned(kind, choices[kind], params, values)
     given = {override_key(o) for o in passthrough}
     overrides = [o for o in selected + values if override_key(o) not in given] + list(passthrough)
     validate(overrides)
     return Translation(overrides, owned.get("output_dir"), str(root["run_name"]), notes)
+
+
+def _pinned(kind: str, option: str, params: dict, values: list[str]) -> list[str]:
+    """A component param of components_cfg_file that the conf sets by interpolation (``seed: ${seed}``)
+    is kept as given even where it equals the resolved default (the run's own ``seed`` may differ)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(conf_file(kind, option))
+    given = {override_key(v) for v in values}
+    return [
+        f"{kind}.{key}={render_value(value)}"
+        for key, value in params.items()
+        if key in raw and OmegaConf.is_interpolation(raw, key) and f"{kind}.{key}" not in given
+    ]
 
 
 def validate(overrides) -> None:
