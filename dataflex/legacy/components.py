@@ -64,6 +64,9 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
     renamed = getattr(declared, "legacy_keys", {})
     unused = {**UNUSED_EVERYWHERE, **getattr(declared, "legacy_unused", {})}
     implies = getattr(declared, "legacy_implies", {})
+    for key, superseded in getattr(declared, "legacy_superseded", {}).items():
+        if key in params:  # e.g. NICE's reward_model_path: the original then ignores its judge block
+            unused.update({k: f"{key} is given, so the original ignores it" for k in superseded if k in params})
     out: dict[str, Any] = {}
     for key, value in params.items():
         if key in unused:
@@ -73,10 +76,11 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
                 flex[renamed[key]] = value
         else:
             _set(out, renamed.get(key, key), value)
-    for key in params:  # an original param that also sets keys of its own (NICE's reward block: the judge reward)
-        for implied, value in implies.get(key, {}).items():
-            if implied not in params:
-                out.setdefault(implied, value)
+    for key, implied_values in implies.items():  # an original param that also sets keys of its own (NICE's reward)
+        if key in params and key not in unused:
+            for implied, value in implied_values.items():
+                if implied not in params:
+                    out.setdefault(implied, value)
     return option, out
 
 

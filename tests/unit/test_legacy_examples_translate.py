@@ -302,3 +302,25 @@ def test_migrate_translates_every_example_of_a_method_dataflex_has(monkeypatch, 
     keys = yaml.safe_load(path.read_text())
     # other stages, and LLaMA-Factory's tokenize-and-save run (tokenized_path not saved yet): its own workflow
     assert (t.llamafactory_args is not None) == (keys["stage"] in ("dpo", "rm", "kto") or "tokenized_path" in keys)
+
+
+# -- NICE's reward_model_path / policy_model_path (the original's selector loads both) ------------------------
+
+
+def test_nice_reward_model_path_is_the_classifier_reward_and_policy_model_path_samples():
+    tiny = str(asset_path("tiny"))
+    keys = {k: v for k, v in original_yaml("selectors", "nice").items() if v is not None}
+    keys["component_overrides"] = {"reward_model_path": tiny, "policy_model_path": tiny}
+    t = translate(keys, name="n", env={})
+    selector = to_dict(compose(t.overrides))["selector"]
+    assert selector["reward"] == "dataflex.selectors.nice_classifier:ClassifierReward"
+    assert selector["reward_kwargs"]["model_path"] == tiny and "backend" not in selector["reward_kwargs"]
+    assert selector["policy_model"] == tiny
+    # with reward_model_path the original ignores its judge block: a note says so
+    assert any(
+        n.startswith("selectors.nice.reward_model_backend: not used (reward_model_path is given") for n in t.notes
+    )
+    from dataflex.train.build import build_component
+
+    built = build_component("selector", compose(t.overrides).selector)  # nothing loads yet
+    assert built.reward_fn.model_path == tiny and built.reward_fn._loaded is None
