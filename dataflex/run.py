@@ -246,7 +246,7 @@ class Run:
         )
         every = int(eval_cfg.get("every_n_steps") or 0)
         periodic = [PeriodicEval(every, lambda step: self._evaluate(built, "eval", tracker, step))] if every > 0 else []
-        trainer = build_trainer(built, callback, periodic)
+        trainer = build_trainer(built, callback, [*periodic, LogLastStep()])
         trainer.dataflex_nonfinite = NonFiniteGuard(self.nonfinite_loss)
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         trainer.save_model(str(self.run_dir / "model"))
@@ -374,6 +374,15 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:
             self.evaluate(state.global_step)
+
+
+class LogLastStep(TrainerCallback):
+    """Logs the last step's loss when ``logging_steps`` does not divide the run's steps (or exceeds them),
+    so that the run's final train loss (metrics.json, the closing banner) is that of its last steps."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and state.global_step % max(int(state.logging_steps or 1), 1):
+            control.should_log = True
 
 
 def validation_loss(built, batch_size: int) -> dict[str, float]:
