@@ -49,14 +49,14 @@ def test_restart_every_repeats_the_schedule_offsets():
 @pytest.mark.parametrize("epochs, extra", [(1.0, []), (3.0, []), (2.5, []), (1.0, ["train_step=40"])])
 def test_num_train_epochs_repeats_the_selector_schedule_as_the_original(monkeypatch, epochs, extra):
     monkeypatch.chdir(DATAFLEX)  # the example names components_cfg_file from the repository's root
-    path = DATAFLEX / "examples/test/test_select.yaml"  # warmup_step 4, update_step 3, update_times 4
+    path = DATAFLEX / "examples/test/quick_select_delta_loss.yaml"  # warmup_step 3, update_step 2, update_times 5
     t = translate_file(path, [*offline_args(path), f"num_train_epochs={epochs}", *extra])
     cfg = compose(t.overrides)
     max_steps = cfg.trainer.max_steps
-    assert max_steps == (40 if extra else math.ceil(epochs * 16))  # train_step, else epochs x the Flex epoch
-    assert cfg.selector.get("restart_every") == (16 if max_steps > 16 else None)
+    assert max_steps == (40 if extra else math.ceil(epochs * 13))  # train_step, else epochs x the Flex epoch
+    assert cfg.selector.get("restart_every") == (13 if max_steps > 13 else None)
     selector = build_component("selector", cfg.selector)
-    assert selector_steps(selector, max_steps) == original_selection_steps(4, 3, 4, max_steps)
+    assert selector_steps(selector, max_steps) == original_selection_steps(3, 2, 5, max_steps)
 
 
 def test_a_dynamic_mixer_trains_one_flex_epoch_as_the_original():
@@ -82,30 +82,31 @@ def test_a_dynamic_mixer_trains_one_flex_epoch_as_the_original():
 
 def test_a_components_yaml_seed_is_kept_when_the_run_seed_differs(monkeypatch):
     monkeypatch.chdir(DATAFLEX)
-    path = DATAFLEX / "examples/train_lora/selectors/random.yaml"  # components.yaml: random selector seed 42
+    path = DATAFLEX / "examples/train_lora/selectors/random_sft_lora.yaml"  # components.yaml: random selector seed 2024
     t = translate_file(path, [*offline_args(path), "seed=7"])
     cfg = compose(t.overrides)
-    assert cfg.seed == 7 and cfg.selector.seed == 42
-    assert "selector.seed=42" in t.overrides
+    assert cfg.seed == 7 and cfg.selector.seed == 2024
+    assert "selector.seed=2024" in t.overrides
 
 
 def test_a_weighter_that_never_weights_is_one_line(monkeypatch):
     monkeypatch.chdir(DATAFLEX)
-    path = DATAFLEX / "examples/train_lora/weighters/loss.yaml"  # warmup_step 100
-    with pytest.raises(ConfigError, match=r"^weighter=loss never weights: warmup_step=100 >= the run's 50 steps"):
+    path = DATAFLEX / "examples/train_lora/weighters/loss_sft_lora.yaml"  # warmup_step 60
+    with pytest.raises(ConfigError, match=r"^weighter=loss never weights: warmup_step=60 >= the run's 50 steps"):
         translate_file(path, [*offline_args(path), "train_step=50"])
 
 
 def test_the_loss_weighter_warmup_is_plain_training_then_the_original_weighting(monkeypatch):
     monkeypatch.chdir(DATAFLEX)
-    path = DATAFLEX / "examples/train_lora/weighters/loss.yaml"
+    path = DATAFLEX / "examples/train_lora/weighters/loss_sft_lora.yaml"  # components.yaml: quadratic, delta 2
     weighter = compose(translate_file(path, offline_args(path)).overrides).weighter
     assert (weighter.warmup_steps, weighter.schedule, weighter.temperature, weighter.reduction) == (
-        100,
+        60,
         "constant",
         1.0,
         "sample",
     )
+    assert (weighter.strategy, weighter.delta) == ("quadratic", 2.0)
     keys = {"model_name_or_path": "tiny", "dataset": "offline_sft_facts", "train_type": "dynamic_weight"}
     t = translate({**keys, "component_name": "loss", "components_cfg_file": str(COMPONENTS)}, name="w", env={})
     assert compose(t.overrides).weighter.warmup_steps == 0  # the original's default warmup_step
@@ -131,7 +132,6 @@ def test_the_loss_weighter_warmup_is_plain_training_then_the_original_weighting(
     w.step_end(2)
     weighted = w.training_loss(li)
     means = nll.detach().sum(-1) / torch.tensor([3.0, 1.0, 5.0])
-    weights = torch.softmax(
-        torch.minimum((2 * means - means.max() - means.min()) / (means.max() - means.min()) + 1, torch.ones(3)), 0
-    )  # linupper, delta 1, r 1: the original's
+    normalised = 2 * (2 * means - means.max() - means.min()) / (means.max() - means.min())  # delta 2
+    weights = torch.softmax(1 - normalised.square() / 4, 0)  # quadratic 1 - l^2 / delta^2, r 1: the original's
     assert weighted.item() == pytest.approx(float((weights * means).sum()), rel=1e-5)
