@@ -4,6 +4,8 @@ for these tests), translated unchanged but for the offline substitutions of ``su
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 import yaml
 from support.legacy import COMPONENTS, DATAFLEX, LLAMAFACTORY, offline_args
@@ -323,18 +325,20 @@ def test_migrate_translates_every_example_of_a_method_dataflex_has(monkeypatch, 
     keys = yaml.safe_load(path.read_text())
     # other stages, and LLaMA-Factory's tokenize-and-save run (tokenized_path not saved yet): its own workflow
     fallback = keys["stage"] in ("dpo", "rm", "kto") or "tokenized_path" in keys
-    t = translate_file(rel, args)
-    assert printed == t.command() + "\n"
-    words = printed.replace(" \\\n   ", "").split()
-    assert words[:3] == ["llamafactory-cli", "train", rel] if fallback else words[0] == "dataflex-run"
-    if not fallback:  # the printed command is the run: its group choices and the YAML's own values
-        kind = {"dynamic_select": "selector", "dynamic_mix": "mixer", "dynamic_weight": "weighter"}.get(
-            keys.get("train_type")
-        )
-        cfg = to_dict(compose(t.overrides))
-        option = "static" if keys.get("static_mix") else keys.get("component_name")
-        assert kind is None or cfg[kind]["name"] == option
-        assert cfg["trainer"]["learning_rate"] == keys["learning_rate"]
+    words = shlex.split(printed.replace("\\\n", " "))  # the printed command, as a shell reads it
+    if fallback:
+        assert words[:3] == ["llamafactory-cli", "train", rel] and words[3:] == args
+        return
+    assert words[0] == "dataflex-run"
+    # the printed command is the run: composed, its group choices and the YAML's own values
+    cfg = to_dict(compose([w for w in words[1:] if not w.startswith("hydra.run.dir=")]))
+    kind = {"dynamic_select": "selector", "dynamic_mix": "mixer", "dynamic_weight": "weighter"}.get(
+        keys.get("train_type")
+    )
+    option = "static" if keys.get("static_mix") else keys.get("component_name")
+    assert kind is None or cfg[kind]["name"] == option
+    assert cfg["trainer"]["learning_rate"] == keys["learning_rate"]
+    assert f"hydra.run.dir={keys['output_dir']}" in words
 
 
 # -- NICE's reward_model_path / policy_model_path (the original's selector loads both) ------------------------
