@@ -123,7 +123,9 @@ def _fmt_wall(seconds: float | None) -> str:
 def _fmt_cost(arm: Arm) -> str:
     if arm.decision_overhead is None:
         return "–"
-    return f"{100 * arm.decision_overhead:.0f}% ({_fmt_wall(arm.decision_seconds)})"
+    seconds = arm.decision_seconds
+    spent = f"{seconds:.1f} s" if seconds is not None and seconds < 10 else _fmt_wall(seconds)
+    return f"{100 * arm.decision_overhead:.0f}% ({spent})"
 
 
 def precision_stats(arm: Arm, target: str) -> tuple[tuple[float, float | None], float | None] | None:
