@@ -195,7 +195,8 @@ class DataFlexCallback(TrainerCallback):
 
     def _decide_and_apply(self, name: str, decide, ctx: UpdateContext) -> None:
         """A decision put in force, timed under the component's kind (the decision alone is logged
-        with it as ``<kind>/decide_seconds``)."""
+        with it as ``time/<kind>_decide_seconds``: timings stay out of the ``selector/`` and ``mixer/``
+        values and out of the round records, which a resumed run reproduces exactly)."""
         with self.clock.measure(name):
             start = time.perf_counter()
             decision = self._decide(name, decide, ctx)
@@ -221,7 +222,7 @@ class DataFlexCallback(TrainerCallback):
         names = self._names()
         logged = {f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(proportions)}
         if self._decide_seconds is not None:
-            logged["mixer/decide_seconds"] = round(self._decide_seconds, 4)
+            logged["time/mixer_decide_seconds"] = round(self._decide_seconds, 4)
         self.tracker.log(logged, step=ctx.global_step)
         extra = stats()
         if extra:
@@ -233,7 +234,7 @@ class DataFlexCallback(TrainerCallback):
         """Log a selection round (with the selector's ``extra`` decision statistics, each domain's
         share of the selected rows as ``selector/share/<name>`` and the decision's time) and save it
         as ``selections/round_NNN.json`` (rank 0), with the pool's rows per domain (``pool_domains``,
-        the base rates of the composition) and ``decide_seconds``."""
+        the base rates of the composition)."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         names = self._names()
         stats = selection_stats(indices, previous, self.sampler.domain_ids, names)
@@ -242,7 +243,9 @@ class DataFlexCallback(TrainerCallback):
             self._pool_domains = {name: int(c) for name, c in zip(names, counts)}
         selected = max(int(stats["selector/selected"]), 1)
         shares = {f"selector/share/{n}": stats[f"selector/domain/{n}"] / selected for n in names}
-        timing = {} if self._decide_seconds is None else {"selector/decide_seconds": round(self._decide_seconds, 4)}
+        timing = (
+            {} if self._decide_seconds is None else {"time/selector_decide_seconds": round(self._decide_seconds, 4)}
+        )
         self.tracker.log({**stats, **shares, **timing, **(extra or {})}, step=step)
         if self.run_dir is not None:
             record = {
@@ -253,7 +256,6 @@ class DataFlexCallback(TrainerCallback):
                 **{k.removeprefix("selector/"): v for k, v in stats.items() if "/domain/" not in k},
                 "domains": {k.split("/", 2)[2]: v for k, v in stats.items() if "/domain/" in k},
                 "pool_domains": self._pool_domains,
-                **({"decide_seconds": timing["selector/decide_seconds"]} if timing else {}),
                 **({"stats": extra} if extra else {}),
                 "indices": indices.tolist(),
             }
