@@ -98,6 +98,21 @@ STUDIES = {
         primary="mcq/definitions/accuracy",
         metrics=("mcq/definitions/accuracy", "em/arithmetic", "em/facts"),
     ),
+    # issue 18: problems where the right answer is known (data=planted_target / planted_noisy)
+    "target": Study(
+        name="target",
+        phases=(Phase("target", ("static", "oracle", "random", "loss", "delta_loss", "less", "nice", "near", "tsds")),),
+        seeds="1,2,3",
+        primary="em/facts",
+        metrics=("em/facts", "nll/facts", "em/arithmetic", "nll/arithmetic", "mcq/definitions/accuracy"),
+    ),
+    "noise": Study(
+        name="noise",
+        phases=(Phase("noise", ("uniform", "loss_linupper", "loss_quadratic", "loss_extremes")),),
+        seeds="1,2,3",
+        primary="em/facts",
+        metrics=("mcq/definitions/accuracy", "em/arithmetic", "nll/arithmetic", "em/facts", "nll/facts"),
+    ),
 }
 
 

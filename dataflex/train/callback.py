@@ -299,6 +299,8 @@ class DataFlexCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         # statistics since the previous log (the weighters'), on every rank (identical weights), logged by rank 0
         stats = {k: v for c in self.components.values() for k, v in c.pop_stats().items()}
+        names = self._names()  # per-domain statistics under the domain's name
+        stats = {_named(k, names): v for k, v in stats.items()}
         if logs and state.is_world_process_zero:
             self.tracker.log(
                 {**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **stats, **self.clock.running()},
@@ -333,3 +335,11 @@ class DataFlexCallback(TrainerCallback):
         self.updates_done.update(state["updates_done"])
         for name, component in self.components.items():
             component.load_state_dict(state["components"][name])
+
+
+def _named(key: str, names: list[str]) -> str:
+    """``weighter/domain_weight/2`` -> ``weighter/domain_weight/<name of domain 2>``."""
+    head, _, last = key.rpartition("/")
+    if head.endswith("/domain_weight") and last.isdigit() and int(last) < len(names):
+        return f"{head}/{names[int(last)]}"
+    return key

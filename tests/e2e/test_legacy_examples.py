@@ -183,10 +183,14 @@ def test_a_refused_attempt_does_not_claim_the_directory(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         train(tmp_path, monkeypatch, LLAMAFACTORY, example, "lr_scheduler_type=no_such_schedule")
     assert "no_such_schedule" in capsys.readouterr().err
-    metrics, _ = train(
-        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false"
-    )  # the corrected command
-    assert metrics["global_step"] == 4
+    capsys.readouterr()
+    # the corrected command, logging every 10 steps (more than the run's 4): the last step's loss is logged
+    metrics, run_dir = train(
+        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false", "logging_steps=10"
+    )
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+    assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [4]
+    assert f"(4 steps, final train loss {metrics['final_train_loss']})" in capsys.readouterr().out  # the banner
 
 
 # -- every example: the measured fraction that trains (README) ----------------------------------------------
@@ -227,6 +231,8 @@ def test_every_original_example_trains_or_names_the_missing_method(tmp_path, mon
             train(tmp_path, monkeypatch, repo, rel, *extra)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("dataflex: error:") == 1 and "Traceback" not in err
+        method = yaml.safe_load(path.read_text())["component_name"]
+        assert f"dataflex: error: {method}: the original DataFlex's {method} " in err  # the missing method first
         return
     if pairwise or "tokenized_path" in path.read_text():  # LLaMA-Factory's own workflow: its outputs
         root = copy_tree(tmp_path, repo)

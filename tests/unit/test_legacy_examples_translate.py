@@ -218,13 +218,68 @@ def test_migrate_refuses_what_train_refuses(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("llamafactory-cli train")
 
 
+# -- 7. a method the original has and dataflex does not ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "train_type, name, kind",
+    [
+        ("dynamic_mix", "dynamic_moe", "mixer"),
+        ("dynamic_weight", "adapt", "weighter"),
+        ("dynamic_weight", "custom", "weighter"),
+        ("dynamic_select", "custom", "selector"),
+        ("dynamic_select", "cluster_less", "selector"),
+    ],
+)
+def test_a_missing_method_is_named_first_before_its_keys(train_type, name, kind):
+    keys = {
+        "model_name_or_path": str(asset_path("tiny")),
+        "dataset": "offline_sft_facts",
+        "train_type": train_type,
+        "component_name": name,
+        "mixer_eval_dataset": "a_eval,b_eval",  # the original's dynamic_moe keys
+        "freeze_gate": True,
+        "no_such_key": 1,  # an unknown key too: the missing method is still what is reported
+    }
+    with pytest.raises(ConfigError) as err:
+        translate(keys, name="m", env={})
+    message = str(err.value)
+    assert message.startswith(
+        f"{name}: the original DataFlex's {name} {kind} (component_name: {name}) is not available"
+    )
+    assert "\n" not in message and "no_such_key" not in message and "mixer_eval_dataset" not in message
+
+
+def test_a_method_neither_project_has_is_a_typo_with_a_hint():
+    keys = {"model_name_or_path": "tiny", "dataset": "x", "train_type": "dynamic_mix", "component_name": "odn"}
+    with pytest.raises(ConfigError, match=r"^component_name: odn: no mixer config .*\(did you mean 'odm'\?\)"):
+        translate(keys, name="m", env={})
+
+
+def test_the_dynamic_moe_keys_are_accepted_with_a_note_for_a_method_dataflex_has():
+    path = DATAFLEX / "examples/test/test_mix.yaml"
+    t = translate_file(
+        path,
+        [
+            *offline_args(path),
+            f"components_cfg_file={COMPONENTS}",
+            "freeze_gate=true",
+            "mixer_eval_dataset=offline_domains_code",
+        ],
+    )
+    assert any(n.startswith("freeze_gate: not used (") for n in t.notes)
+    assert any(n.startswith("mixer_eval_dataset: not used (") for n in t.notes)
+    assert not any("freeze_gate" in o or "mixer_eval" in o for o in t.overrides)
+
+
 # -- every example: migrate translates every one whose method dataflex has ----------------------------------
 
+# methods the original has and dataflex does not: one line naming the missing method first
 MISSING = {
-    "test_weight.yaml": "weighter/custom",
-    "dynamic_moe_mixer.yaml": "unknown keys 'mixer_eval_dataset'",
-    "custom.yaml": "/custom.yaml",
-    "adapt.yaml": "weighter/adapt",
+    "test_weight.yaml": "^custom: the original DataFlex's custom weighter",
+    "dynamic_moe_mixer.yaml": "^dynamic_moe: the original DataFlex's dynamic_moe mixer",
+    "custom.yaml": "^custom: the original DataFlex's custom (selector|weighter)",
+    "adapt.yaml": "^adapt: the original DataFlex's adapt weighter",
 }
 ALL = [(DATAFLEX, p) for p in sorted((DATAFLEX / "examples").rglob("*.yaml"))] + [
     (LLAMAFACTORY, p) for p in sorted((LLAMAFACTORY / "examples").rglob("*.yaml"))
@@ -247,3 +302,25 @@ def test_migrate_translates_every_example_of_a_method_dataflex_has(monkeypatch, 
     keys = yaml.safe_load(path.read_text())
     # other stages, and LLaMA-Factory's tokenize-and-save run (tokenized_path not saved yet): its own workflow
     assert (t.llamafactory_args is not None) == (keys["stage"] in ("dpo", "rm", "kto") or "tokenized_path" in keys)
+
+
+# -- NICE's reward_model_path / policy_model_path (the original's selector loads both) ------------------------
+
+
+def test_nice_reward_model_path_is_the_classifier_reward_and_policy_model_path_samples():
+    tiny = str(asset_path("tiny"))
+    keys = {k: v for k, v in original_yaml("selectors", "nice").items() if v is not None}
+    keys["component_overrides"] = {"reward_model_path": tiny, "policy_model_path": tiny}
+    t = translate(keys, name="n", env={})
+    selector = to_dict(compose(t.overrides))["selector"]
+    assert selector["reward"] == "dataflex.selectors.nice_classifier:ClassifierReward"
+    assert selector["reward_kwargs"]["model_path"] == tiny and "backend" not in selector["reward_kwargs"]
+    assert selector["policy_model"] == tiny
+    # with reward_model_path the original ignores its judge block: a note says so
+    assert any(
+        n.startswith("selectors.nice.reward_model_backend: not used (reward_model_path is given") for n in t.notes
+    )
+    from dataflex.train.build import build_component
+
+    built = build_component("selector", compose(t.overrides).selector)  # nothing loads yet
+    assert built.reward_fn.model_path == tiny and built.reward_fn._loaded is None
