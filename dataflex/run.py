@@ -266,8 +266,14 @@ class Run:
             "eval_before": before,
             "eval_after": after,
             "wall_time_s": round(time.time() - start, 2),
+            **callback.clock.totals(),  # decision cost (dataflex.train.timing)
         }
         if is_main_process():
+            from dataflex.report.selection import selection_summary
+
+            selection = selection_summary(self.run_dir)  # per-round composition by domain
+            if selection is not None:
+                metrics["selection"] = selection
             if self.components["mixer"] is not None:
                 from dataflex.report import plot_proportions
 
