@@ -21,9 +21,15 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Perplexities and losses go down; accuracies and exact-match rates go up."""
+    """Perplexities, losses and NLLs go down; accuracies, exact-match rates and precisions go up."""
     leaf = metric.lower()
-    return leaf.startswith(("ppl", "loss")) or "/ppl" in leaf or "loss" in leaf or "perplexity" in leaf
+    return (
+        leaf.startswith(("ppl", "loss", "nll"))
+        or "/ppl" in leaf
+        or "/nll" in leaf
+        or "loss" in leaf
+        or "perplexity" in leaf
+    )
 
 
 def default_metric(metrics: list[str]) -> str | None:
