@@ -266,8 +266,16 @@ class Run:
             "eval_before": before,
             "eval_after": after,
             "wall_time_s": round(time.time() - start, 2),
+            **callback.clock.totals(),  # decision cost (dataflex.train.timing)
         }
         if is_main_process():
+            from dataflex.report.selection import selection_summary
+
+            target = self.cfg["data"].get("target_domain")  # a planted target (data=planted_target): precision
+            target = target if target in (built.domain_names or []) else None
+            selection = selection_summary(self.run_dir, target=target)  # per-round composition by domain
+            if selection is not None:
+                metrics["selection"] = selection
             if self.components["mixer"] is not None:
                 from dataflex.report import plot_proportions
 
@@ -308,6 +316,16 @@ class Run:
         ]
         if before or after:
             lines.append(format_table(before, after))
+        if metrics.get("selection"):
+            from dataflex.report.selection import format_selection_summary
+
+            noun = "task" if metrics.get("stage") == "sft" else "domain"
+            lines.append(format_selection_summary(metrics["selection"], noun=noun))
+        if metrics.get("decision_seconds"):
+            lines.append(
+                f"decision cost: {metrics['decision_seconds']:.0f}s deciding, "
+                f"{100 * metrics.get('decision_overhead', 0.0):.0f}% on top of the training time"
+            )
         lines.append(f"outputs: {self.run_dir}")
         summary = "\n".join(lines)
         print("\n" + "=" * 72 + "\n" + summary + "\n" + "=" * 72, flush=True)

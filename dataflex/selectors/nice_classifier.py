@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dataflex.errors import ConfigError
-from dataflex.selectors.nice_judge import PROMPT_WITH_REFERENCE, PROMPT_WITHOUT_REFERENCE
+from dataflex.selectors.nice_judge import PROMPT_WITH_REFERENCE, PROMPT_WITHOUT_REFERENCE, fill_prompt, judge_texts
 
 
 class ClassifierReward:
@@ -52,18 +52,10 @@ class ClassifierReward:
         self._loaded: Any = None
 
     def text(self, prompt: str, response: str, reference: str) -> str:
-        fields = {
-            "instruction": prompt.strip(),
-            "input": "No additional input.",
-            "prediction": response.strip() or "No response.",
-            "reference": (reference or "").strip(),
-        }
-        return (self.with_reference if fields["reference"] else self.without_reference).format(**fields)
+        return fill_prompt(self.with_reference, self.without_reference, prompt, response, reference)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[float]:
-        if not len(prompts) == len(responses) == len(references):
-            raise ValueError("prompts, responses and references differ in length")
-        texts = [self.text(p, y, r) for p, y, r in zip(prompts, responses, references)]
+        texts = judge_texts(self.text, prompts, responses, references)
         return [s for i in range(0, len(texts), self.batch_size) for s in self.scores(texts[i : i + self.batch_size])]
 
     def scores(self, texts: list[str]) -> list[float]:
