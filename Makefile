@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    the embedded offline default run (LoRA SFT of smollm2_135m on offline_sft, eval before/after)
+#   make run    the demo run (`dataflex-run` with no arguments: online LESS finds a planted target on smollm2_135m)
 #   make test   install everything and run the test suite
 # Both are fast when already set up (stamp files in .stamps/, assets verified by their manifests).
 

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dataflex.config import to_dict
-from dataflex.logs import get_logger
+from dataflex.logs import get_logger, quiet_libraries
 from dataflex.nodes import rendezvous_args, slurm_rank_env
 from dataflex.preflight import preflight
 from dataflex.utils import atomic_write_text
@@ -62,6 +62,8 @@ def launch(cfg: Any, run_dir: str | os.PathLike, run_name: str) -> dict[str, Any
         SystemExit: the workers exited with a non-zero status (their messages are already on stderr).
     """
     run_dir = Path(run_dir)
+    if not cfg.get("verbose", False):
+        quiet_libraries()
     slurm_env = slurm_rank_env(cfg, dict(os.environ))
     if slurm_env is not None:  # a task of a multi-task SLURM job: this process is one rank
         from dataflex.cli.worker import run_worker

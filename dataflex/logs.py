@@ -6,15 +6,23 @@ it), ``dataflex.data.assets`` prints ``[dataflex-data] <message>`` on stderr (st
 ``dataflex-data path``). In a multi-process run only rank 0 prints (``extra=ALL_RANKS``: every rank).
 ``DATAFLEX_LOG_LEVEL`` (default ``INFO``) sets the level; ``WARNING`` silences the progress lines.
 
+The libraries underneath (LLaMA-Factory, transformers, datasets, faiss) log at warning level unless a run
+sets ``verbose=true`` (:func:`quiet_libraries`, :func:`library_prints`): a run's output is its own lines,
+its progress bars and its results.
+
 Results a command exists to print (``dataflex-cli migrate``'s command, the run summary table,
 ``dataflex-report``'s tables, errors) are printed, not logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 #: ``log.warning(..., extra=ALL_RANKS)``: a line every rank prints (what differs between ranks)
 ALL_RANKS = {"all_ranks": True}
@@ -86,3 +94,52 @@ def get_logger(name: str) -> logging.Logger:
     for configured in OUTPUTS:
         _configure(configured)
     return logging.getLogger(name)
+
+
+#: loggers of the libraries a run uses, set to warnings by :func:`quiet_libraries`
+LIBRARY_LOGGERS = ("llamafactory", "transformers", "datasets", "faiss", "sentence_transformers", "peft", "accelerate")
+
+
+def quiet_libraries() -> None:
+    """The libraries' info lines and the datasets progress bars off (warnings and errors stay), for this
+    process and the processes it starts (environment variables). Call before the libraries load a model."""
+    os.environ["LLAMAFACTORY_VERBOSITY"] = "WARN"  # read when LLaMA-Factory configures its logger
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if "transformers" in sys.modules:  # LLaMA-Factory's argument parser may have raised it to info
+        sys.modules["transformers"].utils.logging.set_verbosity_warning()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+class _OwnLines(io.TextIOBase):
+    """A stdout stand-in that passes on this project's lines (``[dataflex...]``) and drops the rest."""
+
+    def __init__(self, target):
+        self.target, self.pending = target, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.startswith("[dataflex"):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def library_prints(verbose: bool) -> Iterator[None]:
+    """Unless ``verbose``, drops what the libraries ``print`` to stdout inside the block (LLaMA-Factory
+    prints a tokenised training example while it builds a data set); this project's log lines pass."""
+    if verbose:
+        yield
+        return
+    with contextlib.redirect_stdout(_OwnLines(sys.stdout)):
+        yield

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from dataflex.config import to_dict
 from dataflex.errors import ConfigError
-from dataflex.logs import get_logger, to_run_log
+from dataflex.logs import get_logger, library_prints, to_run_log
 from dataflex.preflight import preflight
 from dataflex.signals.distributed import is_main_process
 from dataflex.tracking import Tracker, build_tracker
@@ -232,7 +232,8 @@ class Run:
         wanted = self.components["selector"] is not None or bool(eval_cfg.get("loss"))
         validation = validation_names(self.cfg["data"]) if wanted else []
         column = getattr(self.components["selector"], "subtask_column", None)  # LESS: subtasks from a column
-        built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
+        with library_prints(bool(self.cfg.get("verbose", False))):  # LLaMA-Factory prints a tokenised example
+            built = build(build_hparams(self.cfg, self.run_dir, resume_from), validation, validation_column=column)
         before = self._evaluate(built, "eval_before", tracker, step=0) if eval_cfg.get("before", True) else {}
 
         callback = DataFlexCallback(
@@ -245,7 +246,7 @@ class Run:
         )
         every = int(eval_cfg.get("every_n_steps") or 0)
         periodic = [PeriodicEval(every, lambda step: self._evaluate(built, "eval", tracker, step))] if every > 0 else []
-        trainer = build_trainer(built, callback, periodic)
+        trainer = build_trainer(built, callback, [*periodic, LogLastStep()])
         trainer.dataflex_nonfinite = NonFiniteGuard(self.nonfinite_loss)
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         trainer.save_model(str(self.run_dir / "model"))
@@ -265,8 +266,16 @@ class Run:
             "eval_before": before,
             "eval_after": after,
             "wall_time_s": round(time.time() - start, 2),
+            **callback.clock.totals(),  # decision cost (dataflex.train.timing)
         }
         if is_main_process():
+            from dataflex.report.selection import selection_summary
+
+            target = self.cfg["data"].get("target_domain")  # a planted target (data=planted_target): precision
+            target = target if target in (built.domain_names or []) else None
+            selection = selection_summary(self.run_dir, target=target)  # per-round composition by domain
+            if selection is not None:
+                metrics["selection"] = selection
             if self.components["mixer"] is not None:
                 from dataflex.report import plot_proportions
 
@@ -307,6 +316,16 @@ class Run:
         ]
         if before or after:
             lines.append(format_table(before, after))
+        if metrics.get("selection"):
+            from dataflex.report.selection import format_selection_summary
+
+            noun = "task" if metrics.get("stage") == "sft" else "domain"
+            lines.append(format_selection_summary(metrics["selection"], noun=noun))
+        if metrics.get("decision_seconds"):
+            lines.append(
+                f"decision cost: {metrics['decision_seconds']:.0f}s deciding, "
+                f"{100 * metrics.get('decision_overhead', 0.0):.0f}% on top of the training time"
+            )
         lines.append(f"outputs: {self.run_dir}")
         summary = "\n".join(lines)
         print("\n" + "=" * 72 + "\n" + summary + "\n" + "=" * 72, flush=True)
@@ -373,6 +392,15 @@ class PeriodicEval(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:
             self.evaluate(state.global_step)
+
+
+class LogLastStep(TrainerCallback):
+    """Logs the last step's loss when ``logging_steps`` does not divide the run's steps (or exceeds them),
+    so that the run's final train loss (metrics.json, the closing banner) is that of its last steps."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and state.global_step % max(int(state.logging_steps or 1), 1):
+            control.should_log = True
 
 
 def validation_loss(built, batch_size: int) -> dict[str, float]:

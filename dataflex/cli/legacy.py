@@ -66,8 +66,10 @@ def run_translation(translation: Translation) -> dict:
     """Compose the translated overrides and run them as dataflex-run runs a job; return the metrics.
     A LLaMA-Factory fallback (``translation.llamafactory_args``) runs LLaMA-Factory's own workflow."""
     if translation.llamafactory_args is not None:
+        check_precision(translation.llamafactory_args)
         return run_llamafactory(translation.llamafactory_args)
     cfg = compose(translation.overrides)
+    check_precision(to_dict(cfg.trainer))
     preflight(to_dict(cfg))  # a refused attempt writes nothing, so it claims no directory
     if translation.run_dir:
         run_dir = Path(translation.run_dir).expanduser().absolute()
@@ -77,6 +79,37 @@ def run_translation(translation: Translation) -> dict:
     (run_dir / "dataflex_run_command.sh").write_text(translation.command() + "\n")
     get_logger(__name__).info("%s", translation.command())
     return launch(cfg, run_dir, translation.run_name)
+
+
+def check_precision(trainer: dict, accelerators=None) -> None:
+    """``bf16``/``fp16``/``pure_bf16`` need a GPU (bf16 one that supports it): one line saying what to set,
+    before any model loads (LLaMA-Factory only says "Your setup doesn't support bf16/gpu")."""
+    from dataflex.errors import ConfigError
+
+    wanted = [k for k in ("bf16", "pure_bf16", "fp16") if trainer.get(k) is True]
+    if not wanted:
+        return
+    gpu, bf16 = accelerators if accelerators is not None else _accelerators()
+    key = wanted[0]
+    if not gpu:
+        raise ConfigError(
+            f"{key}: true needs a GPU and this machine has none; set {key}: false in the YAML or add "
+            f"{key}=false to the dataflex-cli command (training then runs in float32 on the CPU)"
+        )
+    if key != "fp16" and not bf16:
+        raise ConfigError(
+            f"{key}: true needs a GPU that supports bf16 and this one does not; set {key}: false "
+            f"(or {key}=false on the dataflex-cli command), and fp16: true for mixed precision"
+        )
+
+
+def _accelerators() -> tuple[bool, bool]:
+    """(a GPU or NPU/XPU is available, it computes in bf16), as transformers and LLaMA-Factory check them."""
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_npu_available, is_torch_xpu_available
+
+    gpu = torch.cuda.is_available() or is_torch_npu_available() or is_torch_xpu_available()
+    return gpu, bool(gpu and (is_torch_bf16_gpu_available() or not torch.cuda.is_available()))
 
 
 def run_llamafactory(args: dict) -> dict:

@@ -5,11 +5,14 @@
     dataflex-report outputs/runs/2026-01-01_12-00-00         # a single run directory
     dataflex-report SWEEP --metric em/arithmetic             # the metric that picks the best row
     dataflex-report SWEEP --wandb                            # also log the table to W&B (the sweep's group)
+    dataflex-report SWEEP --target facts                     # selection precision for the pool's `facts` rows
 
-Reads only the files every run writes (metrics.jsonl, metrics.json, dataflex_config.yaml); W&B is
-never needed. Prints the table and writes report.md plus report_loss.png, report_proportions.png
-(mixer runs) and report_selection_overlap.png (selector runs) into --out (default: the first
-directory).
+Reads only the files every run writes (metrics.jsonl, metrics.json, dataflex_config.yaml, the
+selection rounds selections/round_*.json); W&B is never needed. Prints the table and writes
+report.md plus report_loss.png, report_proportions.png (mixer runs), report_selection_overlap.png
+and report_selection_composition.png (selector runs: each round's share of the selected rows per
+domain) into --out (default: the first directory). The table has a "decision cost" column (time
+spent deciding as a percentage of the time spent training) for runs that recorded it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--metrics", default=None, help="comma-separated eval metrics for the table (default: all)")
     parser.add_argument(
+        "--target",
+        default=None,
+        metavar="DOMAIN",
+        help="a domain (task) of the pool: adds its selection precision (its share of each round's selected rows, "
+        "with its share of the pool, the base rate, beside it) to the table and the composition tables",
+    )
+    parser.add_argument(
         "--wandb",
         nargs="?",
         const="",
@@ -50,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from dataflex.report import write_report
 
     try:
-        report = write_report(args.dirs, args.out, args.metric, args.metrics.split(",") if args.metrics else None)
+        report = write_report(
+            args.dirs, args.out, args.metric, args.metrics.split(",") if args.metrics else None, args.target
+        )
     except DataFlexError as err:
         print(f"dataflex-report: error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """`dataflex-run`: compose the Hydra config and run it.
 
-dataflex-run                                   # the embedded offline default (LoRA SFT of smollm2_135m)
+dataflex-run                                   # the demo (experiment=demo): online LESS finds a planted target
 dataflex-run model=tiny                        # seconds, for tests
 dataflex-run model=tiny trainer=pt_full data=offline_domains
 dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)
@@ -22,6 +22,9 @@ from dataflex.config import register_resolvers
 from dataflex.errors import ConfigError, DataFlexError
 from dataflex.launch import launch
 from dataflex.logs import to_run_log
+
+#: what `dataflex-run` with no arguments runs (`make run`)
+DEMO = "demo"
 
 
 def fail(message: str, code: int = 2):
@@ -102,6 +105,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_resolvers()
+    if not sys.argv[1:]:  # no arguments: the demo run (any argument starts from train.yaml's plain defaults)
+        sys.argv.append(f"experiment={DEMO}")
     try:
         sys.argv[1:] = model_path_overrides(sys.argv[1:])
         check_output_dirs(sys.argv[1:], dict(os.environ))

@@ -4,6 +4,7 @@ Layout under :func:`dataflex_home` (``$DATAFLEX_HOME``, else the user cache dir)
 
     data/offline_domains/   <domain>/train.jsonl, dataset_info.part.json, MANIFEST.json
     data/offline_sft/       train.jsonl, dataset_info.part.json, MANIFEST.json
+    data/planted/           planted-signal sets built from the two above (data/corpora/planted.py)
     data/dataset_info.json  LLaMA-Factory's registry, merged from the parts
     models/tiny/            a ~1.6M-parameter Llama + BPE tokenizer, MANIFEST.json
     models/smollm2_135m/    SmolLM2-135M-Instruct in fp32 safetensors, MANIFEST.json
@@ -33,15 +34,21 @@ from dataflex.utils import atomic_write_json
 
 #: Asset names, in dependency (build) order.
 log = get_logger(__name__)  # [dataflex-data] lines on stderr
-ASSETS = ("offline_domains", "offline_sft", "tiny", "smollm2_135m")
+ASSETS = ("offline_domains", "offline_sft", "planted", "tiny", "smollm2_135m")
 
 #: Builder versions: bump one to make ``build``/``ensure`` rebuild that asset.
-VERSIONS = {"offline_domains": "1", "offline_sft": "1", "tiny": "1", "smollm2_135m": "1"}
+VERSIONS = {"offline_domains": "1", "offline_sft": "1", "planted": "1", "tiny": "1", "smollm2_135m": "1"}
 
 #: Assets whose build reads other assets (their manifests are recorded as inputs).
-DEPENDS = {"tiny": ("offline_domains", "offline_sft")}
+DEPENDS = {"planted": ("offline_domains", "offline_sft"), "tiny": ("offline_domains", "offline_sft")}
 
-_SUBDIR = {"offline_domains": "data", "offline_sft": "data", "tiny": "models", "smollm2_135m": "models"}
+_SUBDIR = {
+    "offline_domains": "data",
+    "offline_sft": "data",
+    "planted": "data",
+    "tiny": "models",
+    "smollm2_135m": "models",
+}
 
 MANIFEST = "MANIFEST.json"
 PART = "dataset_info.part.json"
@@ -89,6 +96,12 @@ def _build_offline_sft(out_dir: Path) -> dict:
     return build_offline_sft(out_dir)
 
 
+def _build_planted(out_dir: Path) -> dict:
+    from dataflex.data.corpora.planted import build_planted
+
+    return build_planted(out_dir, asset_path("offline_sft"), asset_path("offline_domains"))
+
+
 def tiny_text_files() -> list[Path]:
     """Returns the tiny tokenizer's training files, in a fixed order: domain train files, then SFT."""
     files = sorted(asset_path("offline_domains").glob("*/train.jsonl"))
@@ -115,6 +128,7 @@ def _build_smollm2_135m(out_dir: Path) -> None:
 BUILDERS: dict[str, Callable[[Path], dict | None]] = {
     "offline_domains": _build_offline_domains,
     "offline_sft": _build_offline_sft,
+    "planted": _build_planted,
     "tiny": _build_tiny,
     "smollm2_135m": _build_smollm2_135m,
 }

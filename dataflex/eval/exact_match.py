@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from dataflex.signals.batching import model_device, pad_batch, pad_id_of
 from dataflex.signals.generation import generation_prompt_ids
+from dataflex.signals.losses import IGNORE_INDEX
 
 
 def normalize_answer(text: str) -> str:
@@ -107,3 +108,50 @@ def exact_match(
     )
     hits = sum(int(normalize_answer(a) == normalize_answer(r["output"])) for a, r in zip(answers, rows))
     return {"exact_match": hits / len(rows) if rows else 0.0, "n": len(rows)}
+
+
+@torch.no_grad()
+def answer_nll(
+    model: torch.nn.Module, tokenizer: Any, template: Any, rows: Sequence[dict], batch_size: int = 16
+) -> dict:
+    """Token-mean negative log-likelihood of the reference answers under teacher forcing: a continuous
+    metric that moves before exact match can (a model that puts more mass on the right answer scores
+    lower even while its greedy answer is still wrong).
+
+    Each row is encoded as the training rows are (the template's one-turn prompt, then ``output`` and
+    the template's end of turn); the mean is over all answer tokens of all rows (a long answer counts
+    by its tokens, as in a training loss).
+
+    Args:
+        model: Causal LM (plain or PEFT-wrapped); should already be in eval mode.
+        tokenizer: Tokenizer fixed by `get_template_and_fix_tokenizer`.
+        template: LLaMA-Factory `Template`.
+        rows: Dicts `{"instruction": ..., "output": ...}`.
+        batch_size: Rows per forward.
+
+    Returns:
+        `{"nll": float, "tokens": int}` (nan and 0 when there are no answer tokens).
+    """
+    device = model_device(model)
+    pad_id = pad_id_of(tokenizer)
+    total, tokens = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        seqs, labels = [], []
+        for row in rows[start : start + batch_size]:
+            messages = [
+                {"role": "user", "content": row["instruction"]},
+                {"role": "assistant", "content": row["output"]},
+            ]
+            prompt, answer = template.encode_oneturn(tokenizer, messages)
+            seqs.append(list(prompt) + list(answer))
+            labels.append([IGNORE_INDEX] * len(prompt) + list(answer))
+        ids, mask, _ = pad_batch(seqs, pad_id, "right", device)
+        target, _, _ = pad_batch(labels, IGNORE_INDEX, "right", device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = target[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        total += float(losses)
+        tokens += int((target != IGNORE_INDEX).sum())
+    return {"nll": total / tokens if tokens else float("nan"), "tokens": tokens}

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .exact_match import exact_match
+from .exact_match import answer_nll, exact_match
 from .mcq import mcq_accuracy
 from .perplexity import domain_perplexity
 
@@ -56,7 +56,8 @@ def run_eval_suite(
          "exact_match": {"arithmetic": "eval/a.jsonl"},
          "perplexity": {"code": "code/heldout.jsonl"}}
 
-    Metric names: `mcq/<name>/accuracy`, `em/<name>`, `ppl/<domain>`, `loss/<domain>`, `ppl/avg`,
+    Metric names: `mcq/<name>/accuracy`, `em/<name>`, `nll/<name>` (the token-mean NLL of the exact-match
+    set's reference answers), `ppl/<domain>`, `loss/<domain>`, `ppl/avg`,
     `ppl/worst`, each preceded by `prefix`. The model runs in eval mode under `torch.no_grad()` on its own
     device; the train/eval mode of every submodule is restored afterwards, even on error.
 
@@ -94,6 +95,7 @@ def run_eval_suite(
                     model, tokenizer, template, rows, max_new_tokens, batch_size=batch_size, progress=progress
                 )
                 metrics[f"em/{name}"] = res["exact_match"]
+                metrics[f"nll/{name}"] = answer_nll(model, tokenizer, template, rows, batch_size=batch_size)["nll"]
             if data["perplexity"]:
                 texts = {name: [r["text"] for r in rows] for name, rows in data["perplexity"].items()}
                 block_size = int(spec.get("block_size") or 256)

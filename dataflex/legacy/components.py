@@ -3,6 +3,7 @@ component's own legacy key names), the DataFlex schedule and mixture keys, and t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
     renamed = getattr(declared, "legacy_keys", {})
     unused = {**UNUSED_EVERYWHERE, **getattr(declared, "legacy_unused", {})}
     implies = getattr(declared, "legacy_implies", {})
+    for key, superseded in getattr(declared, "legacy_superseded", {}).items():
+        if key in params:  # e.g. NICE's reward_model_path: the original then ignores its judge block
+            unused.update({k: f"{key} is given, so the original ignores it" for k in superseded if k in params})
     out: dict[str, Any] = {}
     for key, value in params.items():
         if key in unused:
@@ -72,10 +76,11 @@ def component_params(kind: str, flex: dict, base_dir: Path, notes: list[str]) ->
                 flex[renamed[key]] = value
         else:
             _set(out, renamed.get(key, key), value)
-    for key in params:  # an original param that also sets keys of its own (NICE's reward block: the judge reward)
-        for implied, value in implies.get(key, {}).items():
-            if implied not in params:
-                out.setdefault(implied, value)
+    for key, implied_values in implies.items():  # an original param that also sets keys of its own (NICE's reward)
+        if key in params and key not in unused:
+            for implied, value in implied_values.items():
+                if implied not in params:
+                    out.setdefault(implied, value)
     return option, out
 
 
@@ -106,11 +111,18 @@ def component_values(
     world: int,
     domains: list[str],
     notes: list[str],
+    restart_every: int | None = None,
 ) -> dict:
-    """The component group's values: its conf, its params, then the DataFlex schedule and mixture keys."""
+    """The component group's values: its conf, its params, the original's defaults where this component's
+    differ, then the DataFlex schedule (``restart_every``: the selector's Flex epoch) and mixture keys."""
     desired = {**base, **params}
+    # the original's defaults where this component's differ (e.g. the loss selector's tercile draw)
+    cls = component_class(kind, option)
+    desired.update({k: v for k, v in getattr(cls, "legacy_defaults", {}).items() if k not in params})
+    if restart_every and hasattr(cls, "restart_every"):  # a Scheduled selector (the conf does not list the key)
+        desired["restart_every"] = restart_every
     for legacy_key, key in SCHEDULE.items():
-        if legacy_key not in flex:
+        if flex.get(legacy_key) is None:  # absent, or null: the component's (or the original's) default
             continue
         if key not in base:
             notes.append(f"{legacy_key}: {kind}={option} has no {key}")
@@ -123,9 +135,6 @@ def component_values(
         batch = trainer.get("per_device_train_batch_size", llamafactory_default("per_device_train_batch_size"))
         accumulation = trainer.get("gradient_accumulation_steps", llamafactory_default("gradient_accumulation_steps"))
         desired["budget"] = int(batch) * int(accumulation) * world * int(flex["update_step"])
-    # the original's defaults where this component's differ (e.g. the loss selector's tercile draw)
-    defaults = getattr(component_class(kind, option), "legacy_defaults", {})
-    desired.update({k: v for k, v in defaults.items() if k not in params})
     if kind == "mixer":
         _mixture(option, base, desired, flex, domains)
     else:
@@ -174,22 +183,49 @@ def _mixture(option: str, base: dict, desired: dict, flex: dict, domains: list[s
         )
 
 
-def run_length(flex: dict, kind: str | None, trainer: dict, notes: list[str]) -> None:
-    """``max_steps`` as the original sets it: ``train_step``, else ``warmup_step + update_step * update_times``
-    (a selector or a dynamic mixer); ``max_steps`` in the YAML wins."""
+def run_length(flex: dict, kind: str | None, trainer: dict, notes: list[str]) -> int | None:
+    """``max_steps`` as the original sets it; returns the selector's Flex epoch to repeat (``restart_every``)
+    when the run is longer than one, else None. ``max_steps`` in the YAML wins.
+
+    The original's Flex epoch is ``warmup_step + update_step * update_times`` (``update_times`` > 0):
+    a selector trains ``train_step`` steps, else ``ceil(num_train_epochs`` x the Flex epoch), and repeats
+    its schedule every Flex epoch; a dynamic mixer trains exactly one Flex epoch (``train_step`` and
+    ``num_train_epochs`` aside); otherwise ``train_step``, else LLaMA-Factory's epochs."""
     if kind is None:
-        return
+        return None
+    times, every = int(flex.get("update_times", 1)), int(flex.get("update_step", 0))
+    period = int(flex.get("warmup_step", 0)) + every * times if times > 0 and every > 0 else None
     steps = None
-    if flex.get("train_step"):
+    if kind == "mixer" and not flex.get("static_mix") and period:
+        steps = period
+        if flex.get("train_step") and int(flex["train_step"]) != period:
+            notes.append(
+                f"train_step: {flex['train_step']} has no effect on a dynamic mixer with update_times > 0: the "
+                f"original trains warmup_step + update_step x update_times = {period} steps"
+            )
+    elif flex.get("train_step"):
         steps = int(flex["train_step"])
-    elif kind in ("selector", "mixer") and not flex.get("static_mix"):
-        times, every = int(flex.get("update_times", 1)), int(flex.get("update_step", 0))
-        if times > 0 and every > 0:
-            steps = int(flex.get("warmup_step", 0)) + every * times
-    if steps is None:
-        return
-    if trainer.get("max_steps", -1) > 0:
-        if trainer["max_steps"] != steps:
-            notes.append(f"max_steps: {trainer['max_steps']} wins over the DataFlex run length {steps}")
-        return
-    trainer["max_steps"] = steps
+    elif kind == "selector" and period:
+        epochs = float(trainer.get("num_train_epochs", llamafactory_default("num_train_epochs")))
+        steps = max(1, math.ceil(epochs * period))
+    if steps is not None:
+        if trainer.get("max_steps", -1) > 0:
+            if trainer["max_steps"] != steps:
+                notes.append(f"max_steps: {trainer['max_steps']} wins over the DataFlex run length {steps}")
+        else:
+            trainer["max_steps"] = steps
+    final = trainer.get("max_steps", -1)
+    if kind == "selector" and period and final > period:
+        return period
+    return None
+
+
+def check_weighting_starts(flex: dict, kind: str | None, option: str | None, trainer: dict) -> None:
+    """A weighter whose ``warmup_step`` is not before the run's end never weights: one line, as
+    dataflex-run's preflight refuses a selector or mixer that never updates."""
+    warmup, steps = flex.get("warmup_step"), trainer.get("max_steps", -1)
+    if kind == "weighter" and isinstance(warmup, int) and isinstance(steps, int) and 0 < steps <= warmup:
+        raise ConfigError(
+            f"weighter={option} never weights: warmup_step={warmup} >= the run's {steps} steps (plain training "
+            "only); lower warmup_step or raise train_step / max_steps"
+        )

@@ -27,6 +27,19 @@ DATAFLEX_KEYS = (
     "mixture_sample_rule",
     "init_mixture_proportions",
 )
+# Keys the original defines for its methods dataflex does not have (dynamic_moe): accepted, with a note.
+# ``freeze_gate`` freezes every parameter whose name holds "gate" (MoE routers; the original's mix trainer
+# only); ``mixer_eval_dataset`` are the dynamic_moe mixer's per-domain evaluation sets.
+UNUSED_KEYS = {
+    "freeze_gate": "the original's MoE gate freezing, for its dynamic_moe mixer; not available here",
+    "mixer_eval_dataset": "the evaluation sets of the original's dynamic_moe mixer; no mixer here reads them",
+}
+# Every method of the original DataFlex (its registry at OpenDCAI/DataFlex 3c13e37), by config group.
+ORIGINAL_METHODS = {
+    "selector": ("cluster_less", "custom", "delta_loss", "less", "loss", "near", "nice", "random", "tsds"),
+    "mixer": ("doremi", "dynamic_moe", "odm", "random", "static"),
+    "weighter": ("adapt", "custom", "loss"),
+}
 # train_type -> the config group component_name picks (None: plain LLaMA-Factory training).
 # static_full and dynamic_weighting are spellings the original also uses.
 TRAIN_TYPES = {
@@ -92,7 +105,7 @@ def llamafactory_default(name: str) -> Any:
 
 def check_keys(legacy: dict[str, Any], where: str) -> None:
     """Raise ConfigError naming every key that is neither LLaMA-Factory's nor DataFlex's."""
-    valid = sorted({*llamafactory_fields(), *DATAFLEX_KEYS})
+    valid = sorted({*llamafactory_fields(), *DATAFLEX_KEYS, *UNUSED_KEYS})
     unknown = [f"'{key}'{did_you_mean(key, valid)}" for key in legacy if key not in valid]
     if unknown:
         raise ConfigError(
@@ -120,6 +133,34 @@ def _check_yaml(path: Path) -> None:
             f"{path} does not hold a mapping of keys (it holds {type(loaded).__name__} {str(loaded)[:40]!r}); "
             "a training YAML is `key: value` lines"
         )
+
+
+def check_method(legacy: dict[str, Any]) -> None:
+    """The method first (before any other key is checked): ``train_type`` is one of the original's, and
+    a dynamic one's ``component_name`` is a method dataflex has; one line naming the missing method."""
+    train_type = legacy.get("train_type", "static")
+    if not isinstance(train_type, str) or train_type not in TRAIN_TYPES:
+        raise ConfigError(
+            f"train_type: '{train_type}' is not one of {', '.join(TRAIN_TYPES)}{did_you_mean(train_type, TRAIN_TYPES)}"
+        )
+    kind, option = TRAIN_TYPES[train_type], legacy.get("component_name")
+    if kind is None or not isinstance(option, str) or (kind == "mixer" and legacy.get("static_mix")):
+        return
+    from dataflex.legacy.overrides import conf_file, group_options
+
+    option = option.lower()
+    if conf_file(kind, option).is_file():
+        return
+    available = ", ".join(o for o in group_options(kind) if o != "none") or "none yet"
+    if option in ORIGINAL_METHODS[kind]:
+        raise ConfigError(
+            f"{option}: the original DataFlex's {option} {kind} (component_name: {option}) is not available in "
+            f"dataflex (no dataflex/conf/{kind}/{option}.yaml); {kind}s here: {available}"
+        )
+    raise ConfigError(
+        f"component_name: {option}: no {kind} config dataflex/conf/{kind}/{option}.yaml (not a method of the "
+        f"original DataFlex or of dataflex){did_you_mean(option, group_options(kind))}; {kind}s here: {available}"
+    )
 
 
 def check_types(legacy: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflex.errors import ConfigError
-from dataflex.legacy.components import component_params, component_values, run_length
+from dataflex.legacy.components import check_weighting_starts, component_params, component_values, run_length
 from dataflex.legacy.keys import (
     DATA_KEYS,
     DATAFLEX_KEYS,
@@ -19,9 +19,10 @@ from dataflex.legacy.keys import (
     MODEL_KEYS,
     OWNED_KEYS,
     TRAIN_TYPES,
+    UNUSED_KEYS,
     check_keys,
+    check_method,
     check_types,
-    did_you_mean,
     llamafactory_default,
     read_legacy,
 )
@@ -114,6 +115,7 @@ def translate(
             values the composed config or the component refuses.
     """
     env = os.environ if env is None else env
+    check_method(legacy)  # a missing method is named before any of its keys
     check_keys(legacy, name)
     check_types(legacy)
     trainer = dict(legacy)  # what is left after the pops: LLaMA-Factory training arguments, as they are
@@ -122,10 +124,9 @@ def translate(
     notes: list[str] = []
 
     train_type = flex.setdefault("train_type", "static")
-    if train_type not in TRAIN_TYPES:
-        raise ConfigError(
-            f"train_type: '{train_type}' is not one of {', '.join(TRAIN_TYPES)}{did_you_mean(train_type, TRAIN_TYPES)}"
-        )
+    for key, why in UNUSED_KEYS.items():
+        if trainer.pop(key, None) not in (None, False):
+            notes.append(f"{key}: not used ({why})")
     kind = TRAIN_TYPES[train_type]
     stage = trainer.get("stage", llamafactory_default("stage"))
     if stage not in DATAFLEX_STAGES:
@@ -135,11 +136,12 @@ def translate(
                 f"stage {' or '.join(DATAFLEX_STAGES)} only; use train_type: static to run LLaMA-Factory's own "
                 f"{stage} training, or stage: sft / pt with this method"
             )
-        return _fallback(legacy, flex, passthrough, name, f"stage: {stage} runs")
+        return _fallback(legacy, flex, passthrough, name, f"stage: {stage} runs", notes)
     tokenized = legacy.get("tokenized_path")
     if tokenized and kind is None and not _saved_dataset(str(tokenized)):
         # LLaMA-Factory tokenizes the data, saves it there and trains; a later run loads it from there
-        return _fallback(legacy, flex, passthrough, name, f"tokenized_path: {tokenized} holds no saved dataset yet, so")
+        why = f"tokenized_path: {tokenized} holds no saved dataset yet, so"
+        return _fallback(legacy, flex, passthrough, name, why, notes)
     root, choices = _owned(owned, name, notes)
     if env.get("FORCE_TORCHRUN", "").lower() in ("1", "true"):
         root["nproc"] = int(env.get("NPROC_PER_NODE") or _device_count())
@@ -164,7 +166,8 @@ def translate(
         params = {}
     else:
         choices[kind], params = component_params(kind, flex, Path(base_dir), notes)
-    run_length(flex, kind, trainer, notes)
+    restart_every = run_length(flex, kind, trainer, notes)
+    check_weighting_starts(flex, kind, choices.get(kind) if kind else None, trainer)
 
     selected = [f"{g}={choices[g]}" for g in GROUPS if choices.get(g)]
     base = resolved(compose(selected))
@@ -177,13 +180,28 @@ def translate(
     if kind is not None:
         world = int(root.get("nproc", 1))
         desired = component_values(
-            kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes
+            kind, choices[kind], base[kind], params, flex, trainer, world, data["domains"], notes, restart_every
         )
         values += diff_overrides(kind, base[kind], desired, delete_missing=False)
+        values += _pinned(kind, choices[kind], params, values)
     given = {override_key(o) for o in passthrough}
     overrides = [o for o in selected + values if override_key(o) not in given] + list(passthrough)
     validate(overrides)
     return Translation(overrides, owned.get("output_dir"), str(root["run_name"]), notes)
+
+
+def _pinned(kind: str, option: str, params: dict, values: list[str]) -> list[str]:
+    """A component param of components_cfg_file that the conf sets by interpolation (``seed: ${seed}``)
+    is kept as given even where it equals the resolved default (the run's own ``seed`` may differ)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(conf_file(kind, option))
+    given = {override_key(v) for v in values}
+    return [
+        f"{kind}.{key}={render_value(value)}"
+        for key, value in params.items()
+        if key in raw and OmegaConf.is_interpolation(raw, key) and f"{kind}.{key}" not in given
+    ]
 
 
 def validate(overrides) -> None:
@@ -209,7 +227,7 @@ def _saved_dataset(path: str) -> bool:
     return has_tokenized_data(path)
 
 
-def _fallback(legacy: dict, flex: dict, passthrough, name: str, why: str) -> Translation:
+def _fallback(legacy: dict, flex: dict, passthrough, name: str, why: str, unused: list[str]) -> Translation:
     """What dataflex's Run does not do, with no DataFlex method (another stage; LLaMA-Factory's tokenize-and-save
     run): LLaMA-Factory's own workflow, the YAML's LLaMA-Factory keys unchanged."""
     stage = legacy.get("stage", llamafactory_default("stage"))
@@ -217,14 +235,15 @@ def _fallback(legacy: dict, flex: dict, passthrough, name: str, why: str) -> Tra
         (
             f"{why} LLaMA-Factory's own workflow unchanged (llamafactory.train.tuner.run_exp); "
             "its outputs are LLaMA-Factory's, in output_dir"
-        )
+        ),
+        *unused,
     ]
     ignored = sorted(set(flex) - {"train_type"})
     if ignored:
         notes.append(f"{', '.join(ignored)}: no effect with stage: {stage} (plain LLaMA-Factory training)")
     if passthrough:
         notes.append(f"{' '.join(passthrough)}: dataflex-run overrides, not used by LLaMA-Factory's {stage} workflow")
-    args = {k: v for k, v in legacy.items() if k not in DATAFLEX_KEYS}
+    args = {k: v for k, v in legacy.items() if k not in DATAFLEX_KEYS and k not in UNUSED_KEYS}
     return Translation([], legacy.get("output_dir"), str(legacy.get("run_name") or name), notes, llamafactory_args=args)
 
 

@@ -7,6 +7,12 @@ runs are grouped into *arms* by their directory: a sweep writes ``<sweep>/<arm>/
 """
 
 from dataflex.report.build import Report, build_report, log_to_wandb, write_report
+from dataflex.report.composition import (
+    ArmComposition,
+    arm_composition,
+    composition_markdown,
+    plot_selection_composition,
+)
 from dataflex.report.plots import (
     _pyplot,
     _save,
@@ -32,6 +38,13 @@ from dataflex.report.runs import (
     proportions_by_step,
     read_metrics,
 )
+from dataflex.report.selection import (
+    Composition,
+    Round,
+    format_selection_summary,
+    read_composition,
+    selection_summary,
+)
 from dataflex.report.tables import (
     BEST_MARK,
     Arm,
@@ -40,10 +53,21 @@ from dataflex.report.tables import (
     lower_is_better,
     markdown_table,
     mean_std,
+    precision_stats,
     summarize,
 )
 
 __all__ = [
+    "ArmComposition",
+    "Composition",
+    "Round",
+    "arm_composition",
+    "composition_markdown",
+    "format_selection_summary",
+    "plot_selection_composition",
+    "precision_stats",
+    "read_composition",
+    "selection_summary",
     "BEST_MARK",
     "OVERLAP",
     "PREFIX",

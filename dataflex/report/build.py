@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflex.report.composition import composition_markdown, plot_selection_composition
 from dataflex.report.plots import plot_arm_proportions, plot_losses, plot_metric, plot_selection_overlap
 from dataflex.report.runs import RunRecord, find_runs, load_run
 from dataflex.report.tables import BEST_MARK, Arm, best_arm, default_metric, lower_is_better, markdown_table, summarize
@@ -21,12 +22,28 @@ class Report:
     markdown: str
     plots: dict[str, Path]
     path: Path | None = None
+    target: str | None = None
+
+
+def _check_target(runs: list[RunRecord], target: str) -> None:
+    from dataflex.config import ConfigError
+
+    comps = [r.composition for r in runs if r.composition is not None]
+    if not comps:
+        raise ConfigError(f"--target {target}: no run saved a selection round (selections/round_*.json)")
+    domains = sorted({d for c in comps for d in c.domains})
+    if target not in domains:
+        raise ConfigError(f"--target {target!r} is not a domain of the selection rounds; domains: {', '.join(domains)}")
 
 
 def build_report(
-    paths: Iterable[str | os.PathLike], metric: str | None = None, metrics: list[str] | None = None
+    paths: Iterable[str | os.PathLike],
+    metric: str | None = None,
+    metrics: list[str] | None = None,
+    target: str | None = None,
 ) -> Report:
-    """Read every run under ``paths`` and build the table (no files written)."""
+    """Read every run under ``paths`` and build the table (no files written). With ``target`` (a
+    domain of the selection rounds) the table gets its selection precision beside the base rate."""
     from dataflex.config import ConfigError
 
     paths = list(paths)
@@ -41,8 +58,10 @@ def build_report(
             raise ConfigError(f"no run evaluated {unknown[0]!r}; evaluated: {', '.join(available) or 'nothing'}")
     if metric is not None and metric not in available:
         raise ConfigError(f"--metric {metric!r} was not evaluated; evaluated: {', '.join(available) or 'nothing'}")
+    if target is not None:
+        _check_target(runs, target)
     metric = metric or default_metric(metrics or available)
-    table = markdown_table(arms, metric, metrics)
+    table = markdown_table(arms, metric, metrics, target)
     unfinished = [r for r in runs if not r.finished]
     lines = [f"# Comparison: {', '.join(Path(p).name or str(p) for p in paths)}", ""]
     if arms:
@@ -55,13 +74,31 @@ def build_report(
                 f"tokens per run (≤: an upper bound, steps × global batch × cutoff_len); wall time per run, of "
                 f"the attempt that finished it (a resumed run counts from its resume)."
             )
+        if any(a.decision_overhead is not None for a in arms):
+            lines += [""]
+            lines.append(
+                "Decision cost: the wall time spent deciding (selection rounds, mixer updates with their reference "
+                "forwards, weight computations and gathers) as a percentage of the time spent training (the rest of "
+                "the training loop), mean over seeds, with the mean seconds spent deciding."
+            )
+        if target is not None:
+            lines += [""]
+            lines.append(
+                f"Precision: the share of each selection round's rows that are `{target}` rows, averaged over the "
+                f"rounds after the start, then mean ± std over seeds; the base rate is `{target}`'s share of the pool."
+            )
+        composition = composition_markdown(arms, target)
+        if composition:
+            lines += ["", "## Selection composition", "", composition]
     else:
         lines.append("No run has finished yet.")
     if unfinished:
         lines += ["", f"Unfinished runs ({len(unfinished)}, not in the table):", ""]
         lines += [f"- `{r.run_dir}` (step {r.global_step if r.global_step is not None else 0})" for r in unfinished]
     markdown = "\n".join(lines) + "\n"
-    return Report(arms=arms, runs=runs, metric=metric, table=table if arms else "", markdown=markdown, plots={})
+    return Report(
+        arms=arms, runs=runs, metric=metric, table=table if arms else "", markdown=markdown, plots={}, target=target
+    )
 
 
 def write_report(
@@ -69,14 +106,15 @@ def write_report(
     out_dir: str | os.PathLike | None = None,
     metric: str | None = None,
     metrics: list[str] | None = None,
+    target: str | None = None,
 ) -> Report:
     """Write ``report.md`` and the plots (``report_metric.png``, ``report_loss.png``, ``report_proportions.png`` for
-    mixers, ``report_selection_overlap.png`` for selectors) into ``out_dir`` (default: the first
-    path), and return the report."""
+    mixers, ``report_selection_overlap.png`` and ``report_selection_composition.png`` for selectors)
+    into ``out_dir`` (default: the first path), and return the report."""
     from dataflex.utils import atomic_write_text
 
     paths = list(paths)
-    report = build_report(paths, metric, metrics)
+    report = build_report(paths, metric, metrics, target)
     out = Path(out_dir if out_dir is not None else paths[0])
     out.mkdir(parents=True, exist_ok=True)
     finished = report.arms
@@ -85,6 +123,9 @@ def write_report(
         "loss": plot_losses(finished, out / "report_loss.png"),
         "proportions": plot_arm_proportions(finished, out / "report_proportions.png"),
         "selection_overlap": plot_selection_overlap(finished, out / "report_selection_overlap.png"),
+        "selection_composition": plot_selection_composition(
+            finished, out / "report_selection_composition.png", report.target
+        ),
     }
     report.plots = {k: v for k, v in plots.items() if v is not None}
     if report.plots:
@@ -116,6 +157,8 @@ def log_to_wandb(
         *[f"{m} std" for m in metrics],
         "tokens",
         "wall_time_s",
+        "decision_overhead",
+        "decision_seconds",
         "best",
     ]
     rows = []
@@ -130,6 +173,8 @@ def log_to_wandb(
                 *[s[1] for s in stats],
                 arm.tokens,
                 arm.wall_time_s,
+                arm.decision_overhead,
+                arm.decision_seconds,
                 arm is best,
             ]
         )

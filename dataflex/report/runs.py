@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataflex.report.selection import Composition, read_composition
+
 PREFIX = "mixer/proportion/"
 OVERLAP = "selector/overlap"
 TOKENS = "train/num_input_tokens_seen"
+#: the decision-cost keys of metrics.json (dataflex.train.timing)
+DECISION_KEYS = ("decision_seconds", "train_seconds", "decision_share", "decision_overhead")
 SKIP_DIRS = {".submitit", "wandb", "checkpoints", "model", "selections", ".hydra"}
 
 
@@ -80,6 +84,10 @@ class RunRecord:
     losses: dict[int, float] = field(default_factory=dict)
     proportions: dict[int, dict[str, float]] = field(default_factory=dict)
     overlap: dict[int, float] = field(default_factory=dict)
+    #: decision cost from metrics.json (``decision_seconds``, ``decision_seconds/<kind>``, ``train_seconds``, ...)
+    decision: dict[str, float] = field(default_factory=dict)
+    #: what each selection round chose, by domain (None: no round saved)
+    composition: Composition | None = None
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -176,4 +184,10 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
         losses=losses,
         proportions=proportions_by_step(records),
         overlap=_series(records, OVERLAP),
+        decision={
+            k: float(v)
+            for k, v in final.items()
+            if (k in DECISION_KEYS or k.startswith("decision_seconds/")) and isinstance(v, (int, float))
+        },
+        composition=read_composition(run_dir),
     )

@@ -21,9 +21,15 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Perplexities and losses go down; accuracies and exact-match rates go up."""
+    """Perplexities, losses and NLLs go down; accuracies, exact-match rates and precisions go up."""
     leaf = metric.lower()
-    return leaf.startswith(("ppl", "loss")) or "/ppl" in leaf or "loss" in leaf or "perplexity" in leaf
+    return (
+        leaf.startswith(("ppl", "loss", "nll"))
+        or "/ppl" in leaf
+        or "/nll" in leaf
+        or "loss" in leaf
+        or "perplexity" in leaf
+    )
 
 
 def default_metric(metrics: list[str]) -> str | None:
@@ -50,6 +56,9 @@ class Arm:
     tokens_exact: bool
     wall_time_s: float | None
     runs: list[RunRecord]
+    #: mean over seeds of ``decision_overhead`` (decision time / training time) and of ``decision_seconds``
+    decision_overhead: float | None = None
+    decision_seconds: float | None = None
 
 
 def summarize(runs: list[RunRecord]) -> list[Arm]:
@@ -65,6 +74,7 @@ def summarize(runs: list[RunRecord]) -> list[Arm]:
         stats = {m: mean_std([r.eval[m] for r in members if m in r.eval]) for m in metrics}
         tokens = [r.tokens for r in members if r.tokens is not None]
         walls = [r.wall_time_s for r in members if r.wall_time_s is not None]
+        timed = [r.decision for r in members if "decision_overhead" in r.decision]
         arms.append(
             Arm(
                 name=name,
@@ -75,6 +85,8 @@ def summarize(runs: list[RunRecord]) -> list[Arm]:
                 tokens_exact=all(r.tokens_exact for r in members),
                 wall_time_s=sum(walls) / len(walls) if walls else None,
                 runs=members,
+                decision_overhead=sum(t["decision_overhead"] for t in timed) / len(timed) if timed else None,
+                decision_seconds=sum(t["decision_seconds"] for t in timed) / len(timed) if timed else None,
             )
         )
     return arms
@@ -114,14 +126,48 @@ def _fmt_wall(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def markdown_table(arms: list[Arm], metric: str | None = None, metrics: list[str] | None = None) -> str:
-    """The comparison table: one row per arm; the best arm by ``metric`` (and any tied with it) is marked."""
+def _fmt_cost(arm: Arm) -> str:
+    if arm.decision_overhead is None:
+        return "–"
+    seconds = arm.decision_seconds
+    spent = f"{seconds:.1f} s" if seconds is not None and seconds < 10 else _fmt_wall(seconds)
+    return f"{100 * arm.decision_overhead:.0f}% ({spent})"
+
+
+def precision_stats(arm: Arm, target: str) -> tuple[tuple[float, float | None], float | None] | None:
+    """Mean ± std over seeds of each run's mean selection precision for ``target``, and the mean base
+    rate (None when no run of the arm saved selection rounds)."""
+    runs = [r.composition for r in arm.runs if r.composition is not None and target in r.composition.domains]
+    values = [c.mean_precision(target) for c in runs]
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    bases = [b for b in (c.base_rate(target) for c in runs) if b is not None]
+    return mean_std(values), (sum(bases) / len(bases) if bases else None)
+
+
+def _fmt_precision(arm: Arm, target: str) -> str:
+    stats = precision_stats(arm, target)
+    if stats is None:
+        return "–"
+    stat, base = stats
+    return _fmt_stat(stat) + (f" (base {_fmt(base)})" if base is not None else "")
+
+
+def markdown_table(
+    arms: list[Arm], metric: str | None = None, metrics: list[str] | None = None, target: str | None = None
+) -> str:
+    """The comparison table: one row per arm; the best arm by ``metric`` (and any tied with it) is marked.
+    A ``decision cost`` column when some run recorded its decision time; a ``precision: <target>``
+    column (mean ± std over seeds, the pool's base rate beside it) with ``target``."""
     if metrics is None:
         metrics = sorted({m for a in arms for m in a.stats})
     best = best_arm(arms, metric)
     # every arm tied with the best mean is marked
     marked = [a for a in arms if best is not None and metric in a.stats and a.stats[metric][0] == best.stats[metric][0]]
-    header = ["arm", "method", "seeds", *metrics, "tokens", "wall time"]
+    timed = any(a.decision_overhead is not None for a in arms)
+    extra = ([f"precision: {target}"] if target else []) + (["decision cost"] if timed else [])
+    header = ["arm", "method", "seeds", *metrics, *extra, "tokens", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for arm in arms:
         name = f"**{arm.name}** {BEST_MARK}" if any(arm is m for m in marked) else arm.name
@@ -130,6 +176,8 @@ def markdown_table(arms: list[Arm], metric: str | None = None, metrics: list[str
             arm.method,
             ",".join(str(s) for s in arm.seeds),
             *[_fmt_stat(arm.stats.get(m)) for m in metrics],
+            *([_fmt_precision(arm, target)] if target else []),
+            *([_fmt_cost(arm)] if timed else []),
             _fmt_tokens(arm),
             _fmt_wall(arm.wall_time_s),
         ]

@@ -78,6 +78,25 @@ PROMPT_WITHOUT_REFERENCE = (
 _NUMBER = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
 
 
+def fill_prompt(with_reference: str, without_reference: str, prompt: str, response: str, reference: str) -> str:
+    """The judge's text for one response: ``with_reference`` when there is a reference answer, else
+    ``without_reference``, filled with the original's fields."""
+    fields = {
+        "instruction": prompt.strip(),
+        "input": "No additional input.",  # the original's {input}
+        "prediction": response.strip() or "No response.",
+        "reference": (reference or "").strip(),
+    }
+    return (with_reference if fields["reference"] else without_reference).format(**fields)
+
+
+def judge_texts(fill, prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[str]:
+    """``fill(prompt, response, reference)`` for every response (the three lists must be aligned)."""
+    if not len(prompts) == len(responses) == len(references):
+        raise ValueError("prompts, responses and references differ in length")
+    return [fill(p, y, r) for p, y, r in zip(prompts, responses, references)]
+
+
 def parse_score(text: str) -> float:
     """The first number in ``text`` clamped to [0, 1]; 0.0 when there is none."""
     match = _NUMBER.search(text or "")
@@ -146,18 +165,10 @@ class JudgeReward:
         self._local: Any = None  # (kind, model, tokenizer or sampling params), loaded at the first call
 
     def judge_prompt(self, prompt: str, response: str, reference: str) -> str:
-        fields = {
-            "instruction": prompt.strip(),
-            "input": "No additional input.",  # the original's {input}
-            "prediction": response.strip() or "No response.",
-            "reference": (reference or "").strip(),
-        }
-        return (self.with_reference if fields["reference"] else self.without_reference).format(**fields)
+        return fill_prompt(self.with_reference, self.without_reference, prompt, response, reference)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[float]:
-        if not len(prompts) == len(responses) == len(references):
-            raise ValueError("prompts, responses and references differ in length")
-        texts = [self.judge_prompt(p, y, r) for p, y, r in zip(prompts, responses, references)]
+        texts = judge_texts(self.judge_prompt, prompts, responses, references)
         answers = self._ask_api(texts) if self.backend == "api" else self._ask_local(texts)
         return [parse_score(a) for a in answers]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from dataflex.errors import ConfigError
 from dataflex.signals.distributed import all_reduce_sum, broadcast_object, is_main_process
 from dataflex.train.checkpoints import STATE_FILE
 from dataflex.train.components import Component, UpdateContext
+from dataflex.train.timing import DecisionClock
 from dataflex.utils import atomic_torch_save, atomic_write_json
 
 if TYPE_CHECKING:
@@ -89,6 +91,10 @@ class DataFlexCallback(TrainerCallback):
             ``selections/round_NNN.json`` (round 000 is the warm-up decision).
         run_id: identity of the run, stamped into every file it writes so no other run reads it
             as its own.
+
+    Its :attr:`clock` (:class:`~dataflex.train.timing.DecisionClock`) times every component call
+    (decisions, batch observations, the loss owner's work in the trainer) per kind, and the
+    training loop; timings are never part of the state and never change a decision.
     """
 
     def __init__(
@@ -111,6 +117,9 @@ class DataFlexCallback(TrainerCallback):
         # with a mixer, the per-domain training loss is logged every step
         logging = any(c.logs_domain_losses for c in self.components.values())
         self.domain_losses = DomainLossTracker(lambda: len(self._names())) if logging else None
+        self.clock = DecisionClock()
+        self._decide_seconds: float | None = None  # of the decision being applied (logged with it)
+        self._pool_domains: dict[str, int] | None = None
 
     @property
     def observers(self) -> list[Component | DomainLossTracker]:
@@ -131,9 +140,15 @@ class DataFlexCallback(TrainerCallback):
             return "the per-domain training loss of a mixer run"
         return f"{kind}={getattr(component, 'config_name', type(component).__name__)}"
 
+    def kind_of(self, component: Component | DomainLossTracker) -> str | None:
+        """The kind (``selector``, ``mixer``, ``weighter``) a component's time is counted under; None
+        for what is not a component (the per-domain loss logging of mixer runs: not deciding)."""
+        return next((k for k, c in self.components.items() if c is component), None)
+
     def observe_batch(self, per_sample_losses: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         for component in self.observers:
-            component.observe_batch(per_sample_losses, batch)
+            with self.clock.measure(self.kind_of(component)):
+                component.observe_batch(per_sample_losses, batch)
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
@@ -178,6 +193,19 @@ class DataFlexCallback(TrainerCallback):
         """Every rank puts rank 0's decision in force (the component's kind says how: :class:`DecisionSink`)."""
         component.apply(broadcast_object(decision), ctx, self)
 
+    def _decide_and_apply(self, name: str, decide, ctx: UpdateContext) -> None:
+        """A decision put in force, timed under the component's kind (the decision alone is logged
+        with it as ``time/<kind>_decide_seconds``: timings stay out of the ``selector/`` and ``mixer/``
+        values and out of the round records, which a resumed run reproduces exactly)."""
+        with self.clock.measure(name):
+            start = time.perf_counter()
+            decision = self._decide(name, decide, ctx)
+            self._decide_seconds = time.perf_counter() - start
+            try:
+                self._apply(self.components[name], decision, ctx)
+            finally:
+                self._decide_seconds = None
+
     # -- DecisionSink: where decisions land --------------------------------------------------------
     def set_indices(self, indices: torch.Tensor | None, ctx: UpdateContext, stats) -> None:
         """A selection: the sampler trains on ``indices`` (None: the whole pool); rank 0 logs it
@@ -193,6 +221,8 @@ class DataFlexCallback(TrainerCallback):
         self.sampler.set_proportions(proportions)
         names = self._names()
         logged = {f"mixer/proportion/{names[d]}": float(p) for d, p in enumerate(proportions)}
+        if self._decide_seconds is not None:
+            logged["time/mixer_decide_seconds"] = round(self._decide_seconds, 4)
         self.tracker.log(logged, step=ctx.global_step)
         extra = stats()
         if extra:
@@ -201,11 +231,22 @@ class DataFlexCallback(TrainerCallback):
     def _record_selection(
         self, indices: torch.Tensor, previous, step: int, update_index: int, extra: dict[str, float] | None = None
     ) -> None:
-        """Log a selection round (with the selector's ``extra`` decision statistics) and save it as
-        ``selections/round_NNN.json`` (rank 0)."""
+        """Log a selection round (with the selector's ``extra`` decision statistics, each domain's
+        share of the selected rows as ``selector/share/<name>`` and the decision's time) and save it
+        as ``selections/round_NNN.json`` (rank 0), with the pool's rows per domain (``pool_domains``,
+        the base rates of the composition)."""
         indices = torch.as_tensor(indices, dtype=torch.long)
-        stats = selection_stats(indices, previous, self.sampler.domain_ids, self._names())
-        self.tracker.log({**stats, **(extra or {})}, step=step)
+        names = self._names()
+        stats = selection_stats(indices, previous, self.sampler.domain_ids, names)
+        if self._pool_domains is None:
+            counts = torch.bincount(self.sampler.domain_ids, minlength=len(names)).tolist()
+            self._pool_domains = {name: int(c) for name, c in zip(names, counts)}
+        selected = max(int(stats["selector/selected"]), 1)
+        shares = {f"selector/share/{n}": stats[f"selector/domain/{n}"] / selected for n in names}
+        timing = (
+            {} if self._decide_seconds is None else {"time/selector_decide_seconds": round(self._decide_seconds, 4)}
+        )
+        self.tracker.log({**stats, **shares, **timing, **(extra or {})}, step=step)
         if self.run_dir is not None:
             record = {
                 "run_id": self.run_id,
@@ -214,6 +255,7 @@ class DataFlexCallback(TrainerCallback):
                 "step": step,
                 **{k.removeprefix("selector/"): v for k, v in stats.items() if "/domain/" not in k},
                 "domains": {k.split("/", 2)[2]: v for k, v in stats.items() if "/domain/" in k},
+                "pool_domains": self._pool_domains,
                 **({"stats": extra} if extra else {}),
                 "indices": indices.tolist(),
             }
@@ -221,6 +263,7 @@ class DataFlexCallback(TrainerCallback):
 
     # -- HF callback events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        self.clock.start_loop()
         if self.resume_from is not None:
             self.load(self.resume_from)
             sampler = self.sampler
@@ -233,30 +276,35 @@ class DataFlexCallback(TrainerCallback):
             return
         for name, component in self.components.items():
             if component.decides:
-                ctx = self._context(state, update_index=-1)
-                self._apply(component, self._decide(name, component.decide_initial, ctx), ctx)
+                self._decide_and_apply(name, component.decide_initial, self._context(state, update_index=-1))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.domain_losses is not None:  # every rank reduces; rank 0's tracker writes
             domain_losses = self.domain_losses.pop(self._names())
             if domain_losses:
                 self.tracker.log(domain_losses, step=state.global_step)
-        for component in self.components.values():
-            component.step_end(state.global_step)
+        for name, component in self.components.items():
+            with self.clock.measure(name):
+                component.step_end(state.global_step)
         for name, component in self.components.items():
             done = self.updates_done[name]
             if not component.is_due(state.global_step, done, state.max_steps):
                 continue
-            ctx = self._context(state, update_index=done)
-            self._apply(component, self._decide(name, component.decide, ctx), ctx)
+            self._decide_and_apply(name, component.decide, self._context(state, update_index=done))
             self.updates_done[name] += 1
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.clock.stop_loop()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # statistics since the previous log (the weighters'), on every rank (identical weights), logged by rank 0
         stats = {k: v for c in self.components.values() for k, v in c.pop_stats().items()}
+        names = self._names()  # per-domain statistics under the domain's name
+        stats = {_named(k, names): v for k, v in stats.items()}
         if logs and state.is_world_process_zero:
             self.tracker.log(
-                {**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **stats}, step=state.global_step
+                {**{f"train/{k}" if "/" not in k else k: v for k, v in logs.items()}, **stats, **self.clock.running()},
+                step=state.global_step,
             )
 
     def on_save(self, args, state, control, **kwargs):
@@ -287,3 +335,11 @@ class DataFlexCallback(TrainerCallback):
         self.updates_done.update(state["updates_done"])
         for name, component in self.components.items():
             component.load_state_dict(state["components"][name])
+
+
+def _named(key: str, names: list[str]) -> str:
+    """``weighter/domain_weight/2`` -> ``weighter/domain_weight/<name of domain 2>``."""
+    head, _, last = key.rpartition("/")
+    if head.endswith("/domain_weight") and last.isdigit() and int(last) < len(names):
+        return f"{head}/{names[int(last)]}"
+    return key

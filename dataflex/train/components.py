@@ -32,11 +32,18 @@ class Schedule:
 
     ``update_every`` <= 0 means the component never updates during training (it only decides
     once, at the start).
+
+    ``restart_every`` > 0 repeats the schedule every that many steps (the original DataFlex's "Flex
+    epoch" of ``warmup_step + update_step x update_times`` steps, which its selectors repeat): in each
+    period the updates fall at the same offsets (``warmup_steps``, then every ``update_every``, at most
+    ``num_updates`` of them), none at a period's first step. The decision in force carries over from
+    one period to the next (the original returns to a random warm-up subset there; see the README).
     """
 
     warmup_steps: int = 0
     update_every: int = 0
     num_updates: int = 0
+    restart_every: int = 0
 
     def __post_init__(self):
         if self.warmup_steps < 0:
@@ -44,6 +51,12 @@ class Schedule:
 
     def is_update_step(self, global_step: int, updates_done: int) -> bool:
         """True when an update is due at the end of optimizer step ``global_step`` (1-based)."""
+        if self.restart_every > 0:
+            offset = global_step % self.restart_every
+            if offset == 0 or self.update_every <= 0 or offset < self.warmup_steps:
+                return False
+            index, rest = divmod(offset - self.warmup_steps, self.update_every)
+            return rest == 0 and (self.num_updates <= 0 or index < self.num_updates)
         if self.update_every <= 0 or global_step < self.warmup_steps:
             return False
         if self.num_updates > 0 and updates_done >= self.num_updates:
@@ -278,16 +291,18 @@ class Scheduled(Component):
     Attributes:
         warmup_steps: optimizer steps before the first update.
         update_every: steps between updates (<= 0: never update after the decision at the start).
-        num_updates: number of updates (<= 0: until the end of training).
+        num_updates: number of updates (<= 0: until the end of training); per period with restart_every.
+        restart_every: repeat the schedule every that many steps (0: never; :class:`Schedule`).
     """
 
     warmup_steps: int = param(0, ge=0)
     update_every: int = 0
     num_updates: int = 0
+    restart_every: int = param(0, ge=0)
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.warmup_steps, self.update_every, self.num_updates)
+        return Schedule(self.warmup_steps, self.update_every, self.num_updates, self.restart_every)
 
 
 class DecisionSink(Protocol):

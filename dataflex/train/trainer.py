@@ -122,9 +122,11 @@ class DataFlexTrainerMixin:
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         # a loss owner that needs the whole optimizer step before its first backward (DoReMi's
         # once-per-step α under gradient accumulation) sees the step's micro-batches here
-        owner = self.dataflex_callback.loss_owner
+        callback = self.dataflex_callback
+        owner = callback.loss_owner
         if batches and owner is not None:
-            owner.prepare_step(batches, self.model)
+            with callback.clock.measure(callback.kind_of(owner)):  # e.g. DoReMi's reference forwards
+                owner.prepare_step(batches, self.model)
         return batches, num_items
 
     def dataflex_batch_draws(self) -> int:
@@ -180,23 +182,26 @@ class DataFlexTrainerMixin:
                 f"{callback.describe(owner or callback.observers[0])} needs per-sample losses, but the training forward "
                 "returned no logits (a fused loss kernel such as the Liger kernel); set model.enable_liger_kernel=false"
             )
-        loss_inputs = (
-            self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch)
-            if owner is not None
-            else None
-        )
-        if not callback.observers:
-            per_sample = None
-        elif loss_inputs is not None:  # the owner's per-token losses hold them already: no second pass over the logits
-            per_sample = loss_inputs.sample_losses().detach()
-        else:
-            per_sample = per_sample_losses_from_logits(logits.detach(), labels)
+        # the per-sample losses the components read: counted as deciding (the loss owner's kind, else the first observer's)
+        with callback.clock.measure(callback.kind_of(owner or callback.observers[0])):
+            loss_inputs = (
+                self._dataflex_loss_inputs(logits, labels, meta, inputs, model, num_items_in_batch)
+                if owner is not None
+                else None
+            )
+            if not callback.observers:
+                per_sample = None
+            elif loss_inputs is not None:  # the owner's per-token losses hold them already: no second pass
+                per_sample = loss_inputs.sample_losses().detach()
+            else:
+                per_sample = per_sample_losses_from_logits(logits.detach(), labels)
         # checked BEFORE any component sees the batch: a NaN never reaches a component's state
         skip = guard.check(loss, step, meta, model, per_sample)
         if skip is None and callback.observers:
             callback.observe_batch(per_sample, meta)
         if skip is None and owner is not None:
-            loss = owner.training_loss(loss_inputs)
+            with callback.clock.measure(callback.kind_of(owner)):  # weights, their gathers across ranks
+                loss = owner.training_loss(loss_inputs)
             skip = guard.check(loss, step, meta, model, what=f"the loss {callback.describe(owner)} returned")
         loss = loss if skip is None else skip
         return (loss, outputs) if return_outputs else loss

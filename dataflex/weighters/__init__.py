@@ -102,14 +102,17 @@ class BatchWeighter(Weighter):
     # -- the loss ----------------------------------------------------------------------------------
     def training_loss(self, loss: LossInputs) -> torch.Tensor:
         per_sample = loss.sample_losses()
-        local = torch.stack([per_sample.detach().double().cpu(), (loss.token_mask.sum(-1) > 0).double().cpu()], dim=1)
+        domains = (loss.batch or {}).get("domain_id")
+        domains = torch.full_like(per_sample, -1.0) if domains is None else domains
+        columns = [per_sample.detach(), loss.token_mask.sum(-1) > 0, domains]
+        local = torch.stack([c.double().cpu().flatten() for c in columns], dim=1)
         gathered, offset = gather_global_batch(local)
         losses, valid = gathered[:, 0], (gathered[:, 1] > 0) & torch.isfinite(gathered[:, 0])
         weights = torch.zeros_like(losses)
         n_valid = int(valid.sum())
         if n_valid:
             weights[valid] = self.batch_weights(losses[valid])
-            self._record(weights[valid])
+            self._record(weights[valid], gathered[valid, 2].long())
         local_weights = weights[offset : offset + per_sample.shape[0]]
         dtype, device = loss.token_losses.dtype, loss.token_losses.device
         if self.reduction == "token":
@@ -124,9 +127,17 @@ class BatchWeighter(Weighter):
         self.steps_done = int(global_step)
 
     def _reset_stats(self) -> None:
-        self._stats = {"batches": 0, "min": math.inf, "max": -math.inf, "entropy": 0.0, "size": 0, "extra": {}}
+        self._stats = {
+            "batches": 0,
+            "min": math.inf,
+            "max": -math.inf,
+            "entropy": 0.0,
+            "size": 0,
+            "extra": {},
+            "domains": {},  # domain id -> [sum of B·w, rows]
+        }
 
-    def _record(self, weights: torch.Tensor) -> None:
+    def _record(self, weights: torch.Tensor, domains: torch.Tensor) -> None:
         s = self._stats
         s["batches"] += 1
         s["min"] = min(s["min"], float(weights.min()))
@@ -134,13 +145,21 @@ class BatchWeighter(Weighter):
         s["entropy"] += weight_entropy(weights)
         s["size"] += int(weights.numel())
         s["extra"] = self.extra_stats()  # as in force for this batch (the step counter moves on before logging)
+        relative = weights * weights.numel()  # B·w: 1 for every row under uniform weights
+        for d in domains.unique().tolist():
+            if d >= 0:
+                total = s["domains"].setdefault(str(d), [0.0, 0])
+                total[0] += float(relative[domains == d].sum())
+                total[1] += int((domains == d).sum())
 
     def pop_stats(self) -> dict[str, float]:
         """Statistics of the weights since the last call (empty when no batch was weighted):
         ``weighter/weight_min``, ``weighter/weight_max`` (over the micro-batches),
         ``weighter/entropy`` (mean over micro-batches, nats; log B for uniform weights),
-        ``weighter/batch`` (mean global micro-batch size B), plus :meth:`extra_stats` as they were
-        for the last weighted micro-batch."""
+        ``weighter/batch`` (mean global micro-batch size B), ``weighter/domain_weight/<domain id>`` (the
+        mean relative weight B·w of the domain's rows: 1 under uniform weights, > 1 when its rows count more
+        than the batch's average; the callback logs it under the domain's name), plus :meth:`extra_stats`
+        as they were for the last weighted micro-batch."""
         s = self._stats
         if not s["batches"]:
             return {}
@@ -150,14 +169,24 @@ class BatchWeighter(Weighter):
             "weighter/entropy": s["entropy"] / s["batches"],
             "weighter/batch": s["size"] / s["batches"],
             **{f"weighter/{k}": v for k, v in s["extra"].items()},
+            **{f"weighter/domain_weight/{d}": total / n for d, (total, n) in sorted(s["domains"].items())},
         }
         self._reset_stats()
         return stats
 
     # -- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"steps_done": self.steps_done, "stats": {**self._stats, "extra": dict(self._stats["extra"])}}
+        stats = {**self._stats, "extra": dict(self._stats["extra"])}
+        return {
+            "steps_done": self.steps_done,
+            "stats": {**stats, "domains": {d: list(v) for d, v in stats["domains"].items()}},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])
-        self._stats = {**state["stats"], "extra": dict(state["stats"]["extra"])}
+        stats = state["stats"]
+        self._stats = {
+            **stats,
+            "extra": dict(stats["extra"]),
+            "domains": {d: list(v) for d, v in stats.get("domains", {}).items()},
+        }

@@ -10,8 +10,9 @@ Definitions (docs/ALGORITHMS.md, "Weighters / loss"):
 
 Temperature schedule (:func:`scheduled_inverse_temperature`):
 
-- ``schedule: constant`` (default, the reference trainer's): exactly uniform weights (plain training,
-  r = ∞) for the first ``warmup_steps`` optimizer steps, then r = ``temperature`` from the first step on;
+- ``schedule: constant`` (default, the reference trainer's): plain training (the trainer's own loss, for
+  either ``reduction``; uniform weights, r = ∞) for the first ``warmup_steps`` optimizer steps, then
+  r = ``temperature`` from the first step on;
 - ``schedule: linear`` (the earlier default, this project's): the inverse temperature 1/r moves linearly
   from ``1/start_temperature`` (default 0, i.e. r = ∞) at step 0 to ``1/temperature`` at
   ``warmup_steps``, and stays there (:func:`inverse_temperature`).
@@ -147,6 +148,10 @@ class LossWeighter(BatchWeighter):
         schedule: ``constant`` (default, the reference trainer's) or ``linear`` (the earlier ramp).
     """
 
+    #: the original DataFlex's loss weighter: plain training for warmup_step steps (its default 0), then
+    #: Σ w_i·l_i over per-sample token means (``sample``) at r = 1 (used by dataflex-cli)
+    legacy_defaults = {"warmup_steps": 0, "schedule": "constant", "temperature": 1.0, "reduction": "sample"}
+
     strategy: str = param("linupper", choices=STRATEGIES)
     delta: float = 1.0
     temperature: float = param(1.0, gt=0)
@@ -168,6 +173,14 @@ class LossWeighter(BatchWeighter):
             raise ValueError(f"delta must be a finite number > 0, got {self.delta}")
         if not (self.start_temperature > 0):
             raise ValueError(f"start_temperature must be > 0 (null: infinite), got {self.start_temperature}")
+
+    def training_loss(self, loss):
+        """Weighted as :class:`BatchWeighter`; in the warm-up of ``schedule: constant`` the trainer's own
+        loss (plain training, whatever the ``reduction``; with ``token`` the two are bit for bit equal)."""
+        weighted = super().training_loss(loss)  # also records the warm-up's (uniform) weights
+        if self.schedule_name == "constant" and self.steps_done < self.warmup_steps:
+            return loss.plain()
+        return weighted
 
     def current_temperature(self) -> float:
         """r in force for the step being trained (math.inf for uniform weights)."""

@@ -84,3 +84,18 @@ def test_no_yaml_file_is_one_line(tmp_path, args, needle):
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
         line for line in result.stderr.splitlines() if line.startswith("dataflex: error:") and needle in line
     ]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a GPU")
+@pytest.mark.parametrize("key", ["bf16", "fp16"])
+def test_mixed_precision_without_a_gpu_is_one_line_before_the_model_loads(tmp_path, key):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base(tmp_path, **{key: True})))
+    result = cli(tmp_path, str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dataflex: error:")]
+    assert errors == [
+        f"dataflex: error: {key}: true needs a GPU and this machine has none; set {key}: false in the YAML or "
+        f"add {key}=false to the dataflex-cli command (training then runs in float32 on the CPU)"
+    ], result.stderr
+    assert "Loading" not in result.stderr and not (tmp_path / "out").exists()  # no model loaded, nothing written

@@ -1,6 +1,7 @@
-"""The original DataFlex's and LLaMA-Factory's own example YAMLs train end to end on the tiny model through
-`dataflex-cli train`, the files unchanged: only the substitutions of ``support.legacy.offline_args``
-(model path, dataset names, CPU-only switches, the run's size) are given, as command-line args."""
+"""Example YAMLs in the original DataFlex's and LLaMA-Factory's formats (tests/e2e/fixtures/legacy/, written for
+these tests) train end to end on the tiny model through `dataflex-cli train`, the files unchanged: only the
+substitutions of ``support.legacy.offline_args`` (model path, dataset names, CPU-only switches, the run's size)
+are given, as command-line args."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def logged(run_dir: Path) -> list[dict]:
 
 
 def test_llamafactory_full_sft_example_trains(tmp_path, monkeypatch):
-    metrics, run_dir = train(tmp_path, monkeypatch, LLAMAFACTORY, "examples/train_full/qwen3_full_sft.yaml")
+    metrics, run_dir = train(tmp_path, monkeypatch, LLAMAFACTORY, "examples/train_full/smollm2_full_sft.yaml")
     assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())
     assert saved["trainer"]["finetuning_type"] == "full"
@@ -46,13 +47,13 @@ def test_llamafactory_full_sft_example_trains(tmp_path, monkeypatch):
     assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [1, 2, 3, 4]
 
 
-# -- 2. the original DataFlex's examples of the methods dataflex has, with their components.yaml ------------
+# -- 2. DataFlex-format examples of the methods dataflex has, with a components.yaml in the original's format --
 
 
 @pytest.mark.slow
 def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, monkeypatch):
     step1, ref_dir = train(
-        tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_static_qwen_pt_full.yaml"
+        tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/doremi_step1_reference_pt_full.yaml"
     )
     assert step1["global_step"] == 4
     # the migrating user's one edit: step 2's reference_model_path is step 1's model (a path, as the original's)
@@ -60,22 +61,20 @@ def test_doremi_step1_then_step2_with_the_original_components_yaml(tmp_path, mon
         tmp_path,
         monkeypatch,
         DATAFLEX,
-        "examples/train_full/mixers/doremi_step2_dynamic_qwen_pt_full.yaml",
+        "examples/train_full/mixers/doremi_step2_proxy_pt_full.yaml",
         f"component_overrides={{reference_model_path: {ref_dir / 'model'}}}",
     )
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
-    assert (saved["name"], saved["eta"], saved["smoothing"], saved["clip"]) == ("doremi", 0.1, 0.01, 5.0)
+    assert (saved["name"], saved["eta"], saved["smoothing"], saved["clip"]) == ("doremi", 1.0, 0.001, 5.0)
     assert saved["reference_dir"] == str(ref_dir / "model")
     assert any(k.startswith("mixer/") for r in logged(run_dir) for k in r)
     assert metrics["global_step"] == 4
 
 
 def test_odm_example_with_the_original_components_yaml(tmp_path, monkeypatch):
-    metrics, run_dir = train(
-        tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/odm_dynamic_qwen_pt_full.yaml"
-    )
+    metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, "examples/train_full/mixers/odm_pt_full.yaml")
     saved = yaml.safe_load((run_dir / "dataflex_config.yaml").read_text())["mixer"]
-    assert (saved["reward_scale"], saved["min_exploration"], saved["initial"]) == (15.0, 0.03, "uniform")
+    assert (saved["reward_scale"], saved["min_exploration"], saved["initial"]) == (10.0, 0.05, [0.4, 0.6])
     weights = [r for r in logged(run_dir) if any(k.startswith("mixer/") for k in r)]
     assert weights and metrics["global_step"] >= 3
 
@@ -88,7 +87,7 @@ def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
         tmp_path,
         monkeypatch,
         DATAFLEX,
-        "examples/train_lora/selectors/nice.yaml",
+        "examples/train_lora/selectors/nice_sft_lora.yaml",
         judge,
         "selector.reward_kwargs.backend_params.local_vllm.vllm_max_tokens=4",
         "selector.max_new_tokens=8",
@@ -103,7 +102,9 @@ def test_nice_example_with_its_reward_model_block(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["examples/train_lora/weighters/loss.yaml", "examples/test/test_mix.yaml"])
+@pytest.mark.parametrize(
+    "example", ["examples/train_lora/weighters/loss_sft_lora.yaml", "examples/test/quick_mix_random.yaml"]
+)
 def test_weighter_and_mixer_examples(tmp_path, monkeypatch, example):
     metrics, run_dir = train(tmp_path, monkeypatch, DATAFLEX, example)
     kind = "weighter" if "weighters" in example else "mixer"
@@ -121,7 +122,7 @@ def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
         tmp_path,
         monkeypatch,
         DATAFLEX,
-        "examples/train_lora/selectors/loss.yaml",
+        "examples/train_lora/selectors/loss_sft_lora.yaml",
         "eval_steps=2",
         "per_device_eval_batch_size=8",
         "max_samples=24",
@@ -138,7 +139,7 @@ def test_eval_dataset_loss_is_logged_at_the_yaml_cadence(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "example", ["qwen3_lora_dpo.yaml", pytest.param("qwen3_lora_reward.yaml", marks=pytest.mark.slow)]
+    "example", ["smollm2_lora_dpo.yaml", pytest.param("smollm2_lora_reward.yaml", marks=pytest.mark.slow)]
 )
 def test_pairwise_stage_runs_llamafactorys_own_workflow(tmp_path, monkeypatch, example):
     data = write_pairwise(tmp_path / "pairwise")  # an offline pairwise set in LLaMA-Factory's ranking format
@@ -160,7 +161,7 @@ def test_pairwise_stage_runs_llamafactorys_own_workflow(tmp_path, monkeypatch, e
 
 
 def test_overwrite_output_dir_starts_afresh_as_llamafactory_does(tmp_path, monkeypatch, capsys):
-    example = "examples/train_lora/qwen3_lora_sft.yaml"  # overwrite_output_dir: true
+    example = "examples/train_lora/smollm2_lora_sft.yaml"  # overwrite_output_dir: true
     first, run_dir = train(tmp_path, monkeypatch, LLAMAFACTORY, example)
     assert first["global_step"] == 4 and (run_dir / "checkpoints" / "checkpoint-4").is_dir()
     # other settings into the same output_dir: trained afresh (not refused, not resumed)
@@ -178,26 +179,30 @@ def test_overwrite_output_dir_starts_afresh_as_llamafactory_does(tmp_path, monke
 
 
 def test_a_refused_attempt_does_not_claim_the_directory(tmp_path, monkeypatch, capsys):
-    example = "examples/train_full/qwen3_full_sft.yaml"
+    example = "examples/train_full/smollm2_full_sft.yaml"
     # refused by LLaMA-Factory's own argument check, after the run directory exists
     with pytest.raises(SystemExit):
         train(tmp_path, monkeypatch, LLAMAFACTORY, example, "lr_scheduler_type=no_such_schedule")
     assert "no_such_schedule" in capsys.readouterr().err
-    metrics, _ = train(
-        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false"
-    )  # the corrected command
-    assert metrics["global_step"] == 4
+    capsys.readouterr()
+    # the corrected command, logging every 10 steps (more than the run's 4): the last step's loss is logged
+    metrics, run_dir = train(
+        tmp_path, monkeypatch, LLAMAFACTORY, example, "overwrite_output_dir=false", "logging_steps=10"
+    )
+    assert metrics["global_step"] == 4 and math.isfinite(metrics["final_train_loss"])
+    assert [r["step"] for r in logged(run_dir) if "train/loss" in r] == [4]
+    assert f"(4 steps, final train loss {metrics['final_train_loss']})" in capsys.readouterr().out  # the banner
 
 
 # -- every example: the measured fraction that trains (README) ----------------------------------------------
 
 # methods the original has and dataflex does not: refused in one line naming the missing config
 MISSING_METHODS = {
-    "dataflex/examples/test/test_weight.yaml",
-    "dataflex/examples/train_full/mixers/dynamic_moe_mixer.yaml",
-    "dataflex/examples/train_lora/selectors/custom.yaml",
-    "dataflex/examples/train_lora/weighters/adapt.yaml",
-    "dataflex/examples/train_lora/weighters/custom.yaml",
+    "dataflex/examples/test/quick_weight_custom.yaml",
+    "dataflex/examples/train_full/mixers/dynamic_moe_sft_full.yaml",
+    "dataflex/examples/train_lora/selectors/custom_sft_lora.yaml",
+    "dataflex/examples/train_lora/weighters/adapt_sft_lora.yaml",
+    "dataflex/examples/train_lora/weighters/custom_sft_lora.yaml",
 }
 # the substitutions beside offline_args: a model path the example names in its components.yaml
 EXTRA = {
@@ -227,6 +232,8 @@ def test_every_original_example_trains_or_names_the_missing_method(tmp_path, mon
             train(tmp_path, monkeypatch, repo, rel, *extra)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("dataflex: error:") == 1 and "Traceback" not in err
+        method = yaml.safe_load(path.read_text())["component_name"]
+        assert f"dataflex: error: {method}: the original DataFlex's {method} " in err  # the missing method first
         return
     if pairwise or "tokenized_path" in path.read_text():  # LLaMA-Factory's own workflow: its outputs
         root = copy_tree(tmp_path, repo)

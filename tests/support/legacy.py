@@ -1,6 +1,8 @@
-"""The original DataFlex's and LLaMA-Factory's own example YAMLs (tests/e2e/fixtures/legacy/), run as a
-migrating user runs them: the files unchanged, with the substitutions of ``offline_args`` given as
-``dataflex-cli`` command-line ``key=value`` args (the documented way to set a YAML key without editing it).
+"""Example YAMLs in the original DataFlex's and LLaMA-Factory's formats (tests/e2e/fixtures/legacy/,
+written for these tests: every key the originals' examples and components.yaml use, with this project's
+values), run as a migrating user runs such a file: unchanged, with the substitutions of ``offline_args``
+given as ``dataflex-cli`` command-line ``key=value`` args (the documented way to set a YAML key without
+editing it).
 
 What is substituted (and nothing else):
 
@@ -10,8 +12,8 @@ What is substituted (and nothing else):
 - on a machine without a GPU (``CPU_ONLY``): ``bf16``, ``deepspeed``, ``flash_attn`` switched off,
   the substitution a user makes on such a machine;
 - when ``scale`` is given: the run's size (``SCALE``: sequence length, batch, sample count, schedule
-  length; ``MACHINE``: worker processes; no dataflex benchmark suite before and after), so a test trains a few steps on two CPU cores; without it
-  the YAML's own size holds.
+  length; ``MACHINE``: worker processes; no dataflex benchmark suite before and after), so a test trains a
+  few steps on two CPU cores; without it the YAML's own size holds.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ DATASETS = {
     "c4_demo": "offline_domains_code",
     "dpo_en_demo": "pairwise_demo",
     "kto_en_demo": "kto_demo",
+    "mllm_demo": "offline_sft_arithmetic",  # an image-text set: a text set stands in (the tiny model reads text)
 }
 CPU_ONLY = {"bf16": "false", "deepspeed": "null", "flash_attn": "auto"}
 # the machine's size: two shared CPU cores (the examples start 16-128 preprocessing workers)

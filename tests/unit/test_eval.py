@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from support.tiny import WORDS, sentences
 
 from dataflex.eval import format_table, run_eval_suite
-from dataflex.eval.exact_match import exact_match, generate_answers, normalize_answer
+from dataflex.eval.exact_match import answer_nll, exact_match, generate_answers, normalize_answer
 from dataflex.eval.mcq import mcq_accuracy
 from dataflex.eval.perplexity import domain_perplexity, perplexity
 from dataflex.signals.generation import generation_prompt_ids
@@ -210,7 +210,15 @@ def test_suite_keys_values_and_modes(model, tokenizer, template, spec):
         assert model.training and model.model.layers[1].training and not model.model.layers[0].training
     finally:
         model.eval()
-    expected_keys = ["mcq/target/accuracy", "em/arithmetic", "ppl/code", "loss/code", "ppl/web", "loss/web"]
+    expected_keys = [
+        "mcq/target/accuracy",
+        "em/arithmetic",
+        "nll/arithmetic",
+        "ppl/code",
+        "loss/code",
+        "ppl/web",
+        "loss/web",
+    ]
     assert set(res) == {f"eval_before/{k}" for k in expected_keys + ["ppl/avg", "ppl/worst"]}
     assert all(isinstance(v, float) for v in res.values())
     assert res["eval_before/mcq/target/accuracy"] == 1.0  # only the first 4 rows, gold = naive prediction
@@ -262,3 +270,26 @@ def test_format_table():
     prefixed_before = {f"eval_before/{k}": v for k, v in before.items()}
     prefixed_after = {f"eval_after/{k}": v for k, v in after.items()}
     assert format_table(prefixed_before, prefixed_after) == table
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_answer_nll_is_the_token_mean_over_reference_answers(model, tokenizer, template, batch_size):
+    rows = [
+        {"instruction": "What is 1 + 2?", "output": "3"},
+        {"instruction": "Say hello", "output": "hello there my friend"},
+        {"instruction": "Hi", "output": "hello"},
+    ]
+    model.eval()
+    total, count = 0.0, 0
+    for row in rows:  # one row at a time, no padding: sum of -log p(answer token | everything before it)
+        messages = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]
+        prompt, answer = template.encode_oneturn(tokenizer, messages)
+        ids = torch.tensor([list(prompt) + list(answer)])
+        with torch.no_grad():
+            logp = F.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        for j, tok in enumerate(answer):
+            total -= float(logp[len(prompt) + j - 1, tok])
+            count += 1
+    res = answer_nll(model, tokenizer, template, rows, batch_size=batch_size)
+    assert res["tokens"] == count
+    assert res["nll"] == pytest.approx(total / count, rel=1e-5)

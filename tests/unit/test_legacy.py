@@ -100,13 +100,15 @@ def test_selector_yaml_translates_to_hand_written_overrides():
         "trainer.per_device_train_batch_size=4",
         "trainer.gradient_accumulation_steps=2",
         "trainer.learning_rate=0.001",
-        "trainer.max_steps=13",  # warmup_step + update_step * update_times
+        # num_train_epochs (LLaMA-Factory's default 3.0) x the Flex epoch warmup_step + update_step * update_times
+        "trainer.max_steps=39",
         *SFT_LORA_DELETED,
         "selector.budget=40",  # update_step global batches: 4 per device x 2 accumulation x 5
         "selector.rule=tercile",
         "selector.warmup_steps=3",
         "selector.update_every=5",
         "selector.num_updates=2",
+        "+selector.restart_every=13",  # the schedule repeats every Flex epoch, as the original's
     ]
     assert t.run_dir == "/tmp/x" and t.run_name == "demo" and t.notes == []
     cfg = compose(t.overrides)
@@ -118,7 +120,7 @@ def test_selector_yaml_translates_to_hand_written_overrides():
         "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 2,
         "learning_rate": 0.001,
-        "max_steps": 13,
+        "max_steps": 39,
     }
     assert cfg.seed == 7 and cfg.logger.kind == "wandb" and cfg.selector.seed == 7
 

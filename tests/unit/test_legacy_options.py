@@ -158,3 +158,55 @@ def test_local_backend_generates_with_the_judge_model_without_vllm():
     first = judge(["2 + 2?", "colour?"], ["4", "red"], ["4", ""])
     assert judge._local[0] == "transformers" and len(first) == 2 and all(0.0 <= s <= 1.0 for s in first)
     assert judge(["2 + 2?", "colour?"], ["4", "red"], ["4", ""]) == first  # greedy: the same answers
+
+
+def test_mixed_precision_needs_a_gpu_that_computes_in_it():
+    from dataflex.cli.legacy import check_precision
+
+    check_precision({"bf16": False, "fp16": False}, accelerators=(False, False))  # float32: any machine
+    check_precision({"bf16": True}, accelerators=(True, True))
+    check_precision({"fp16": True}, accelerators=(True, False))  # fp16 on a GPU without bf16
+    with pytest.raises(ConfigError, match=r"^bf16: true needs a GPU and this machine has none; set bf16: false"):
+        check_precision({"bf16": True}, accelerators=(False, False))
+    with pytest.raises(ConfigError, match=r"^pure_bf16: true needs a GPU that supports bf16 .*fp16: true"):
+        check_precision({"pure_bf16": True}, accelerators=(True, False))
+    with pytest.raises(ConfigError, match=r"^fp16: true needs a GPU .* add fp16=false to the dataflex-cli command"):
+        check_precision({"fp16": True}, accelerators=(False, False))
+
+
+def test_classifier_reward_scores_as_the_original_reward_model():
+    from transformers import AutoTokenizer
+
+    from dataflex.selectors.nice_classifier import ClassifierReward
+
+    tiny = str(asset_path("tiny"))
+    reward = ClassifierReward(model_path=tiny, batch_size=2)
+    prompts, responses, refs = ["What is 2+2?", "Name a colour."] * 2, ["4", "blue", "", "red"], ["4", "", "4", ""]
+    scores = reward(prompts, responses, refs)
+    assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)
+    # by hand: the probability of the last class of the classifier's logits on the same text
+    model, tokenizer = reward._loaded
+    assert type(model).__name__.endswith("ForSequenceClassification")
+    text = reward.text(prompts[0], responses[0], refs[0])
+    assert "What is 2+2?" in text and "4" in text and "Reference" in text
+    assert "Reference" not in reward.text(prompts[1], responses[1], refs[1])  # no reference: the other prompt
+    with torch.no_grad():
+        logits = model(**AutoTokenizer.from_pretrained(tiny)(text, return_tensors="pt")).logits.float()
+    assert scores[0] == pytest.approx(float(torch.softmax(logits, -1)[0, -1]), rel=1e-4)
+    with pytest.raises(ConfigError, match="needs model_path"):
+        ClassifierReward()
+
+
+def test_nice_policy_model_samples_instead_of_the_current_model():
+    from dataflex.selectors.nice.online import NiceSelector
+
+    tiny = str(asset_path("tiny"))
+    current = torch.nn.Linear(2, 2)
+    selector = NiceSelector(budget=4, policy_model=tiny)
+    ctx = SimpleNamespace(model=current, tokenizer=[0] * 10)
+    policy = selector.policy(ctx)
+    assert policy is not current and policy is selector.policy(ctx)  # loaded once
+    assert not any(p.requires_grad for p in policy.parameters())
+    assert NiceSelector(budget=4).policy(ctx) is current  # by default: the current model
+    with pytest.raises(ConfigError, match="smaller vocabulary than the training tokenizer"):
+        NiceSelector(budget=4, policy_model=tiny).policy(SimpleNamespace(model=current, tokenizer=[0] * 10**7))

@@ -37,3 +37,35 @@ def test_a_multirun_says_where_each_jobs_log_is(capsys):
     JobLogs().on_multirun_start(config)
     out = capsys.readouterr().out
     assert "job logs: each job's run.log in its directory under /s" in out and "/s/.submitit/<job id>" in out
+
+
+def test_library_prints_are_dropped_unless_verbose_and_own_lines_pass(capsys):
+    from dataflex.logs import library_prints
+
+    log = get_logger("dataflex.test")
+    with library_prints(verbose=False):
+        print("training example:\ninput_ids: [1, 2]")
+        log.info("building the pool")
+        print("partial", end="")
+    out = capsys.readouterr().out
+    assert out == "[dataflex] building the pool\n"
+    with library_prints(verbose=True):
+        print("training example:")
+    assert capsys.readouterr().out == "training example:\n"
+
+
+def test_quiet_libraries_sets_their_loggers_to_warnings(monkeypatch):
+    import logging
+
+    from dataflex.logs import LIBRARY_LOGGERS, quiet_libraries
+
+    for name in LIBRARY_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
+    for key in ("LLAMAFACTORY_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
+        monkeypatch.setenv(key, "restored after the test")  # quiet_libraries writes them
+    with __import__("warnings").catch_warnings():
+        quiet_libraries()
+    assert all(logging.getLogger(n).level == logging.WARNING for n in LIBRARY_LOGGERS)
+    import os
+
+    assert os.environ["LLAMAFACTORY_VERBOSITY"] == "WARN" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"

@@ -140,6 +140,7 @@ def test_best_row_follows_the_metric_direction(mixer_sweep):
     report = build_report([mixer_sweep], metric="em/x")  # accuracy-like: higher is better
     assert "| **mixer=odm** ★ |" in report.table and "| mixer=random |" in report.table
     assert lower_is_better("ppl/avg") and lower_is_better("loss/code") and not lower_is_better("em/arithmetic")
+    assert lower_is_better("nll/facts") and lower_is_better("eval_after/nll/facts")
     with pytest.raises(ConfigError, match="was not evaluated"):
         build_report([mixer_sweep], metric="bogus")
 

@@ -272,6 +272,29 @@ def test_token_reduction_hand_computed(token_scale, mean_scale):
     assert stats["weighter/entropy"] == pytest.approx(weight_entropy(w)) and weighter.pop_stats() == {}
 
 
+def test_per_domain_relative_weights_hand_computed():
+    li, _ = micro_batch(1 / 20, 0.5)
+    li.batch["domain_id"] = torch.tensor([1, 0, 1, 0])  # the last sample has no label tokens: left out
+    weighter = LossWeighter(temperature=0.7)
+    weighter.training_loss(li)
+    li2, _ = micro_batch(1 / 20, 0.5, seed=1)
+    li2.batch["domain_id"] = torch.tensor([0, 0, 0, 1])
+    weighter.training_loss(li2)
+    w1 = loss_weights(
+        (li.token_losses.detach()[:3].sum(-1) / torch.tensor([3.0, 1.0, 5.0])).double(), "linupper", 1.0, 0.7
+    )
+    w2 = loss_weights(
+        (li2.token_losses.detach()[:3].sum(-1) / torch.tensor([3.0, 1.0, 5.0])).double(), "linupper", 1.0, 0.7
+    )
+    stats = weighter.pop_stats()
+    # B·w per row (B = 3 valid rows each time), averaged over the rows of each domain across both batches
+    assert stats["weighter/domain_weight/1"] == pytest.approx(float(3 * (w1[0] + w1[2]) / 2))
+    assert stats["weighter/domain_weight/0"] == pytest.approx(float(3 * (w1[1] + w2.sum()) / 4))
+    uniform = UniformWeighter()
+    uniform.training_loss(li)
+    assert uniform.pop_stats()["weighter/domain_weight/1"] == pytest.approx(1.0)
+
+
 def test_sample_reduction_hand_computed():
     li, nll = micro_batch(1 / 20, 0.5)
     out = LossWeighter(temperature=0.7, reduction="sample").training_loss(li)

@@ -117,11 +117,19 @@ class NiceSelector(PoolLossSelector):
         "reward_backend_params": "reward_kwargs.backend_params",
         "reward_prompt_with_ref": "reward_kwargs.prompt_with_reference",
         "reward_prompt_without_ref": "reward_kwargs.prompt_without_reference",
+        "reward_model_path": "reward_kwargs.model_path",
+        "policy_model_path": "policy_model",
     }
+    #: reward_model_path first: with it the original scores with that classifier (its judge block unused)
     legacy_implies = {
-        key: {"reward": "dataflex.selectors.nice_judge:JudgeReward"}
-        for key in ("reward_model_backend", "reward_backend_params")
+        "reward_model_path": {"reward": "dataflex.selectors.nice_classifier:ClassifierReward"},
+        **{
+            key: {"reward": "dataflex.selectors.nice_judge:JudgeReward"}
+            for key in ("reward_model_backend", "reward_backend_params")
+        },
     }
+    #: original params that another one makes unused: the judge block when reward_model_path is given
+    legacy_superseded = {"reward_model_path": ("reward_model_backend", "reward_backend_params")}
     legacy_unused = {
         "save_interval": "nothing is cached between rounds",
         "max_prompt_length": "the target prompts are the eval rows' prompts, already cut at cutoff_len",
@@ -149,6 +157,8 @@ class NiceSelector(PoolLossSelector):
     gradient_type: str = param("adam", choices=("adam", "sgd"))
     # -- fidelity options (docs/ALGORITHMS.md "nice") --
     top_k: int = param(0, expects=TOP_K, check=lambda k: None if k >= 0 else f"must be {TOP_K}")
+    # -- original DataFlex option (its policy_model_path): a fixed model samples the responses --
+    policy_model: str | None = None
 
     def __post_init__(self) -> None:
         from dataflex.signals.projection import Projector
@@ -180,7 +190,7 @@ class NiceSelector(PoolLossSelector):
         """
         template = ctx.template if ctx.template is not None else _EosStop()
         groups = sample_generations(
-            ctx.model,
+            self.policy(ctx),
             ctx.tokenizer,
             template,
             prompt_ids,
@@ -194,6 +204,25 @@ class NiceSelector(PoolLossSelector):
             progress=is_main_process(),
         )
         return broadcast_object(groups)
+
+    def policy(self, ctx: UpdateContext) -> torch.nn.Module:
+        """The model that samples the responses: the current model, or with ``policy_model`` that fixed model
+        (the original DataFlex's ``policy_model_path``; loaded once, on the training model's device and
+        dtype; it must share the training tokenizer's vocabulary, the gradients are the training model's)."""
+        if self.policy_model is None:
+            return ctx.model
+        if getattr(self, "_policy", None) is None:
+            from transformers import AutoModelForCausalLM
+
+            reference = next(ctx.model.parameters())
+            model = AutoModelForCausalLM.from_pretrained(self.policy_model, torch_dtype=reference.dtype)
+            if model.get_input_embeddings().num_embeddings < len(ctx.tokenizer):
+                raise ConfigError(
+                    f"selector=nice: policy_model {self.policy_model} has a smaller vocabulary than the training "
+                    "tokenizer; the responses are scored under the training model, so they must share one"
+                )
+            self._policy = model.to(reference.device).eval().requires_grad_(False)
+        return self._policy
 
     def rewards(
         self, prompts: Sequence[str], responses: Sequence[Sequence[str]], references: Sequence[str]
