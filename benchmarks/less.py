@@ -101,13 +101,17 @@ def main() -> None:
         f"selector.update_every={args.update_every}",
     ]
     configs = [("random (baseline)", ["selector=random"])]
-    configs += [(f"less d=8192 {kind}", ["selector=less", f"selector.proj_kind={kind}"]) for kind in args.kinds]
+    # the whole pool and the whole validation set every round (the paper's scale; the selector's own defaults
+    # now score a seeded 20% of the pool and 32 validation rows per subtask): the setup RESULTS.md reports
+    whole = ["selector.candidates=null", "selector.validation_per_subtask=null"]
+    configs += [(f"less d=8192 {kind}", ["selector=less", *whole, f"selector.proj_kind={kind}"]) for kind in args.kinds]
     if args.cheap_dim:
         configs.append(
             (
                 f"less d={args.cheap_dim} rademacher cache {args.cache_mb}MB",
                 [
                     "selector=less",
+                    *whole,
                     "selector.proj_kind=rademacher",
                     f"selector.proj_dim={args.cheap_dim}",
                     f"selector.projection_cache_mb={args.cache_mb}",
