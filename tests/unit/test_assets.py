@@ -184,7 +184,13 @@ def test_cli_path_list_and_clean_errors(home, monkeypatch, capsys):
     assert cli.main(["build", "offline_sft", "-q"]) == 0
     assert cli.main(["list"]) == 0
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
-    assert rows == {"offline_domains": "missing", "offline_sft": "ok", "planted": "missing", "tiny": "missing", "smollm2_135m": "missing"}
+    assert rows == {
+        "offline_domains": "missing",
+        "offline_sft": "ok",
+        "planted": "missing",
+        "tiny": "missing",
+        "smollm2_135m": "missing",
+    }
 
     class MissingSource(RuntimeError):
         pass
