@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 from support.legacy import COMPONENTS, DATAFLEX, offline_args
+from support.losses import micro_batch
 
 from dataflex.config import ConfigError, to_dict
 from dataflex.data.assets import asset_path
 from dataflex.legacy import compose, translate, translate_file
 from dataflex.train.build import build_component
-from dataflex.train.components import LossInputs, Schedule
+from dataflex.train.components import Schedule
 
 
 def original_selection_steps(warmup: int, every: int, times: int, max_steps: int) -> list[int]:
@@ -111,21 +112,7 @@ def test_the_loss_weighter_warmup_is_plain_training_then_the_original_weighting(
     t = translate({**keys, "component_name": "loss", "components_cfg_file": str(COMPONENTS)}, name="w", env={})
     assert compose(t.overrides).weighter.warmup_steps == 0  # the original's default warmup_step
 
-    lengths, t_max = (3, 1, 5), 5
-    mask = torch.tensor([[j < n for j in range(t_max)] for n in lengths])
-    nll = (torch.rand(3, t_max, generator=torch.Generator().manual_seed(0)) * 4 * mask).requires_grad_(True)
-    li = LossInputs(
-        token_losses=nll,
-        token_mask=mask,
-        batch={},
-        inputs={},
-        model=None,
-        num_items_in_batch=None,
-        grad_accum_steps=1,
-        world_size=1,
-        token_scale=1 / 9,
-        mean_scale=1.0,
-    )
+    li, nll = micro_batch(1 / 9, 1.0, lengths=(3, 1, 5), grad_accum_steps=1)
     w = build_component("weighter", {**to_dict(weighter), "warmup_steps": 2})
     w.step_end(1)
     assert torch.equal(w.training_loss(li), li.plain())  # the warm-up: the trainer's own loss

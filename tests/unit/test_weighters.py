@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from support.distributed import run_distributed
+from support.losses import micro_batch
 
 from dataflex.config import ConfigError
 from dataflex.train.build import build_component
@@ -232,27 +233,6 @@ def test_bad_settings_are_config_errors(override, match):
 
 
 # -- the loss on the trainer's scale (hand-built micro-batches) ---------------------------------
-def micro_batch(token_scale, mean_scale, lengths=(3, 1, 5, 0), seed=0):
-    """A LossInputs over ragged samples (a sample of length 0 has no label tokens)."""
-    g = torch.Generator().manual_seed(seed)
-    t = max(lengths)
-    mask = torch.tensor([[j < n for j in range(t)] for n in lengths])
-    nll = (torch.rand(len(lengths), t, generator=g) * 4 * mask).requires_grad_(True)
-    li = LossInputs(
-        token_losses=nll,
-        token_mask=mask,
-        batch={},
-        inputs={},
-        model=None,
-        num_items_in_batch=None,
-        grad_accum_steps=2,
-        world_size=1,
-        token_scale=token_scale,
-        mean_scale=mean_scale,
-    )
-    return li, nll
-
-
 @pytest.mark.parametrize("token_scale, mean_scale", [(1 / 20, 0.5), (1 / 9, 1.0)])
 def test_token_reduction_hand_computed(token_scale, mean_scale):
     li, nll = micro_batch(token_scale, mean_scale)
