@@ -26,9 +26,9 @@ def registry_for(path: Path) -> dict:
     return {"mixed": {"file_name": str(path), "columns": {"prompt": "text"}}}
 
 
-def column_config(tmp_path, overrides=(), domains=None):
-    """A 4-step pt run on the tiny model over ``tmp_path/mixed.jsonl`` (written anew), split by ``meta.src``."""
-    cfg = to_dict(
+def pt_config(overrides=()) -> dict:
+    """A 4-step pt run on the tiny model (batch 4, no evaluation), as a plain dict."""
+    return to_dict(
         compose_config(
             [
                 "data=offline_domains",
@@ -41,6 +41,11 @@ def column_config(tmp_path, overrides=(), domains=None):
             ]
         )
     )
+
+
+def column_config(tmp_path, overrides=(), domains=None):
+    """A 4-step pt run on the tiny model over ``tmp_path/mixed.jsonl`` (written anew), split by ``meta.src``."""
+    cfg = pt_config(overrides)
     cfg["data"] = {
         "name": "mixed",
         "asset": None,

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.columns import column_config
-from support.config import compose_config
+from support.columns import column_config, pt_config
 
 from dataflex.backend import pools
-from dataflex.config import ConfigError, to_dict
+from dataflex.config import ConfigError
 from dataflex.run import Run
 
 WORDS = {"alpha": "alpha apple anchor", "bravo": "bravo banana bridge", "charlie": "charlie cherry castle"}
@@ -30,19 +29,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def base_config(overrides=()):
-    return to_dict(
-        compose_config(
-            [
-                "data=offline_domains",
-                "trainer=pt_full",
-                "eval.before=false",
-                "eval.after=false",
-                "trainer.max_steps=4",
-                "trainer.per_device_train_batch_size=4",
-                *overrides,
-            ]
-        )
-    )
+    return pt_config(overrides)
 
 
 def save_tokenized(path: Path, model_path: str, column: str = "source", per_domain: int = 7) -> None:

@@ -1,7 +1,7 @@
 """map_pool: a whole-pool pass equals the signal on one batch, in the caller's order."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from support.tiny import tiny_llama
 
 from dataflex.signals.losses import per_sample_losses
 from dataflex.signals.pool import map_pool
@@ -33,17 +33,7 @@ def collate(features):
 
 
 def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).train()  # train mode on purpose: the pass must use eval mode
+    return tiny_llama().train()  # train mode on purpose: the pass must use eval mode
 
 
 def test_whole_pool_equals_one_batch_and_restores_mode():
