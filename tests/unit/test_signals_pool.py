@@ -59,3 +59,21 @@ def test_duplicate_indices_are_refused():
 
     with pytest.raises(ValueError, match="unique"):
         map_pool(per_sample_losses, model(), rows(), collate, indices=[1, 1])
+
+
+def test_length_sorted_batches_give_the_unsorted_result():
+    """Batching by length (the default) changes only which rows share a batch, not any row's value."""
+    data, m = rows(n=37), model()
+    seen = []
+
+    def recording(model, batch):
+        seen.append(batch["attention_mask"].sum(1).tolist())
+        return per_sample_losses(model, batch)
+
+    sorted_run = map_pool(recording, m, data, collate, batch_size=4, sort_window=8)
+    first_window = [n for lengths in seen[:8] for n in lengths]  # 8 batches of 4 rows
+    assert (
+        first_window == sorted(first_window) and len(set(first_window)) == 4
+    )  # in length order (unsorted: 5,6,7,8,5,..)
+    plain = map_pool(per_sample_losses, m, data, collate, batch_size=4, sort_window=1)
+    torch.testing.assert_close(sorted_run, plain)
