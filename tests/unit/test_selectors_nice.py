@@ -276,11 +276,13 @@ def test_exact_match_reward_gives_nonzero_features_where_the_sample_is_the_refer
     assert scores[chosen].tolist() == torch.topk(scores, 3).values.tolist()  # the top 3, best first
 
 
-def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch):
+def test_no_reward_scores_zero_and_picks_a_seeded_random_subset(model, tokenizer, template, monkeypatch, caplog):
     monkeypatch.setattr(NO, "training_features", lambda *a, **k: pytest.fail("a zero-signal round ran the pool pass"))
     sel = N.NiceSelector(budget=4, reward="test_selectors_nice.constant_reward", reward_kwargs={"value": 0.0}, **SMALL)
     ctx = make_ctx(model, tokenizer, template, rows_of(tokenizer, template, QA, [0, 0, 1]), update_index=3)
-    chosen = sel.select(ctx)
+    with caplog.at_level("WARNING", logger=NO.log.name):
+        chosen = sel.select(ctx)
+    assert "none of the 3 validation prompts earned a reward" in caplog.text  # the user is told why
     assert torch.equal(sel.last_scores["scores"], torch.zeros(len(POOL)))
     assert torch.equal(sel.last_scores["rewards"], torch.zeros(3, 2))
     expected = torch.randperm(len(POOL), generator=seeded_generator(5, 3))[:4]  # the tie-break order itself

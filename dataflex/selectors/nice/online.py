@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from dataflex.errors import ConfigError
+from dataflex.logs import get_logger
 from dataflex.selectors.base import (
     COUNT_OR_FRACTION,
     PoolLossSelector,
@@ -36,6 +37,8 @@ from dataflex.signals.generation import sample_generations
 from dataflex.signals.text import prompt_response_texts, split_row
 from dataflex.train.components import UpdateContext
 from dataflex.train.fields import param
+
+log = get_logger(__name__)
 
 
 # -- the component ---------------------------------------------------------------------------------
@@ -280,6 +283,16 @@ class NiceSelector(PoolLossSelector):
         candidates = self.candidate_indices(ctx)
         sims, rewards, val_idx = self.similarities(ctx, candidates)
         scores = sims.max(dim=-1).values
+        if not rewards.any():
+            log.warning(
+                "NICE round at step %d: none of the %d validation prompts earned a reward in %d samples, so every "
+                "score is 0 and this round keeps a seeded random subset. NICE needs the current model to solve some "
+                "target prompts: sample more (selector=nice_reference), use reward=contains or a reward model, "
+                "or warm up longer.",
+                ctx.global_step,
+                rewards.shape[0],
+                rewards.shape[-1],
+            )
         local = top_k_indices(scores, self.k(ctx), seeded_generator(self.seed, ctx.update_index))
         self.last_scores = {
             "update_index": ctx.update_index,
