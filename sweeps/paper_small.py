@@ -363,9 +363,11 @@ def compute_line(root: Path) -> str:
     )
 
 
-def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path) -> str:
+def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: Path, level: int = 2) -> str:
     """Run ``dataflex-report`` over the study directory into ``out_dir`` and return the markdown that
-    goes between the study's markers in docs/results.md (the table, the plots, the provenance)."""
+    goes between the study's markers in docs/results.md (the table, the plots, the provenance).
+    ``level``: the heading level of the section holding the block; the report's ``##`` sections
+    become one level below it."""
     if not root.is_dir():
         return f"Not run yet: no `{root}`.\n"
     command = [
@@ -398,7 +400,7 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
     text = text.replace(str(repo) + "/", "")
     # arms are named by their experiment file: show the arm's own name (paper_small_<study>_<arm> -> <arm>)
     lines = [
-        line.replace(f"experiment={study.prefix}_", "") if line.startswith("| ") else line
+        _demote(line.replace(f"experiment={study.prefix}_", ""), level - 1)
         for line in text.splitlines()
         if not line.startswith("# Comparison")
     ]
@@ -427,10 +429,23 @@ def generated_block(study: Study, root: Path, out_dir: Path, docs: Path, repo: P
     )
 
 
+def _demote(line: str, by: int) -> str:
+    """A markdown heading ``by`` levels deeper; any other line as it is."""
+    return "#" * by + line if line.startswith("#") and by > 0 else line
+
+
+def _enclosing_level(text: str) -> int:
+    """The level of the last markdown heading in ``text`` (2 when there is none)."""
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    return len(headings[-1]) - len(headings[-1].lstrip("#")) if headings else 2
+
+
 def results(argv: list[str]) -> int:
     """Regenerate the generated blocks of docs/results.md (tables, plots, provenance) from the study
-    directories; the prose around the markers is kept."""
+    directories; the prose around the markers is kept. A study without outputs on this machine keeps
+    its block as it is (its runs may live elsewhere); one never run gets a "Not run yet" block."""
     parser = argparse.ArgumentParser(prog="paper_small.py results", description=results.__doc__)
+    parser.add_argument("studies", nargs="*", help=f"the studies to regenerate, of {', '.join(STUDIES)} (default: all)")
     parser.add_argument("--doc", default=str(HERE.parent / "docs" / "results.md"))
     parser.add_argument(
         "--outputs",
@@ -438,15 +453,22 @@ def results(argv: list[str]) -> int:
         help="the output root holding paper_small/<study> (default: $DATAFLEX_OUTPUTS or outputs)",
     )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.studies if name not in STUDIES]
+    if unknown:
+        parser.error(f"unknown study {', '.join(unknown)}: choose from {', '.join(STUDIES)}")
     doc, repo = Path(args.doc).resolve(), HERE.parent
     text = doc.read_text() if doc.is_file() else ""
-    for study in STUDIES.values():
+    for study in (STUDIES[name] for name in args.studies or STUDIES):
         begin, end = BEGIN.format(study.name), END.format(study.name)
         root = (Path(args.outputs).expanduser() / "paper_small" / study.name).resolve()
-        block = generated_block(study, root, doc.parent / "results" / study.name, doc, repo)
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + block + end + rest.split(end, 1)[1]
+        present = begin in text and end in text
+        if present and not root.is_dir() and "Not run yet" not in text.split(begin, 1)[1].split(end, 1)[0]:
+            print(f"[paper_small] {study.name}: no {root} here; its block is kept as it is", flush=True)
+            continue
+        head = text.split(begin, 1)[0] if present else text
+        block = generated_block(study, root, doc.parent / "results" / study.name, doc, repo, _enclosing_level(head))
+        if present:
+            text = head + begin + "\n" + block + end + text.split(begin, 1)[1].split(end, 1)[1]
         else:
             text += f"\n{begin}\n{block}{end}\n"
         print(f"[paper_small] {study.name}: {root}", flush=True)

@@ -111,12 +111,9 @@ def plot_selection_composition(arms: list[Arm], path: Path, target: str | None =
             ax.axhline(comp.pool[target], color="black", linestyle="--", linewidth=1, label=f"{target} base rate")
         labels = [f"{n}\n{'' if s is None else s}" for n, s, _ in comp.rounds]
         ax.set_xticks(xs, labels, fontsize=7)
-        ax.set(
-            ylim=(0, 1),
-            ylabel="share of selected",
-            xlabel="selection round (optimizer step)",
-            title=f"Selection composition: {comp.arm.name} (mean over {comp.seeds} seed(s))",
-        )
+        ax.set(ylim=(0, 1), ylabel="share of selected", xlabel="selection round (optimizer step)")
+        # left-aligned and small: a long arm name runs into the legend's margin instead of off the figure
+        ax.set_title(f"{comp.arm.name} (mean over {comp.seeds} seed(s))", loc="left", fontsize=9)
         if index == 0:
             ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     return _save(figure, path)

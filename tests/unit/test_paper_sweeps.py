@@ -289,3 +289,23 @@ def test_provenance_names_the_launches_that_produced_the_runs(tmp_path):
     ]
     produced = paper_small.producing_launches(tmp_path, launches)
     assert [launch["commit"] for launch in produced] == ["old", "new"]  # a from the first, b from the second
+
+
+def test_results_keeps_the_block_of_a_study_without_outputs_here(tmp_path, capsys):
+    """A study whose runs are not on this machine keeps its numbers; only the named studies are touched."""
+    doc = tmp_path / "results.md"
+    begin, end = paper_small.BEGIN, paper_small.END
+    blocks = [f"{begin.format(name)}\n{name} numbers\n{end.format(name)}" for name in paper_small.STUDIES]
+    doc.write_text("# Results\n\n" + "\n\n".join(blocks) + "\n")
+    assert paper_small.results(["mixture", "--doc", str(doc), "--outputs", str(tmp_path / "none")]) == 0
+    assert doc.read_text() == "# Results\n\n" + "\n\n".join(blocks) + "\n"
+    out = capsys.readouterr().out
+    assert "mixture: no " in out and "its block is kept" in out and "selection" not in out
+
+
+def test_report_headings_go_one_level_below_the_enclosing_section():
+    assert paper_small._enclosing_level("# Results\n\n### Planted target\n\ntext\n") == 3
+    assert paper_small._enclosing_level("no heading") == 2
+    assert paper_small._demote("## Selection composition", 2) == "#### Selection composition"
+    assert paper_small._demote("| ## not a heading |", 2) == "| ## not a heading |"
+    assert paper_small._demote("## kept", 0) == "## kept"
