@@ -60,12 +60,15 @@ class Study:
     primary: str
     metrics: tuple[str, ...]
     target: str | None = None  # a planted target domain: the report's selection precision
+    baseline: str | None = None  # the arm every other is compared with seed by seed (paired differences)
 
     @property
     def report_args(self) -> list[str]:
-        """``dataflex-report`` options: the best row's metric, the metrics shown, the target."""
-        return ["--metric", self.primary, "--metrics", ",".join(self.metrics)] + (
-            ["--target", self.target] if self.target else []
+        """``dataflex-report`` options: the best row's metric, the metrics shown, the target, the baseline."""
+        return (
+            ["--metric", self.primary, "--metrics", ",".join(self.metrics)]
+            + (["--target", self.target] if self.target else [])
+            + (["--baseline", self.experiment(self.baseline)] if self.baseline else [])
         )
 
     @property
@@ -94,6 +97,7 @@ STUDIES = {
         seeds="1,2,3",
         primary="ppl/avg",
         metrics=("ppl/avg", "ppl/worst", *(f"ppl/{d}" for d in DOMAINS)),
+        baseline="uniform",
     ),
     "selection": Study(
         name="selection",
@@ -105,6 +109,7 @@ STUDIES = {
         seeds="1,2,3",
         primary="mcq/definitions/accuracy",
         metrics=("mcq/definitions/accuracy", "em/arithmetic", "em/facts"),
+        baseline="random",
     ),
     # issue 18: problems where the right answer is known (data=planted_target / planted_noisy)
     "target": Study(
@@ -114,6 +119,7 @@ STUDIES = {
         primary="em/facts",
         metrics=("em/facts", "nll/facts", "em/arithmetic", "nll/arithmetic", "mcq/definitions/accuracy"),
         target="planted_target_facts",
+        baseline="random",  # the same number of rows per round, chosen blindly
     ),
     "planted": Study(
         name="planted",
@@ -125,6 +131,7 @@ STUDIES = {
         seeds="1,2,3",
         primary="ppl/avg",
         metrics=("ppl/avg", "ppl/worst", *(f"ppl/{d}" for d in DOMAINS)),
+        baseline="uniform",
     ),
     "noise": Study(
         name="noise",
@@ -132,6 +139,7 @@ STUDIES = {
         seeds="1,2,3",
         primary="em/facts",
         metrics=("mcq/definitions/accuracy", "em/arithmetic", "nll/arithmetic", "em/facts", "nll/facts"),
+        baseline="uniform",
     ),
 }
 

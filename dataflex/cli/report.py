@@ -6,6 +6,7 @@
     dataflex-report SWEEP --metric em/arithmetic             # the metric that picks the best row
     dataflex-report SWEEP --wandb                            # also log the table to W&B (the sweep's group)
     dataflex-report SWEEP --target facts                     # selection precision for the pool's `facts` rows
+    dataflex-report SWEEP --baseline uniform                 # each arm minus `uniform`, seed by seed (paired)
 
 Reads only the files every run writes (metrics.jsonl, metrics.json, dataflex_config.yaml, the
 selection rounds selections/round_*.json); W&B is never needed. Prints the table and writes
@@ -45,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         "with its share of the pool, the base rate, beside it) to the table and the composition tables",
     )
     parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="ARM",
+        help="an arm (or the end of its name): adds a table of every other arm's paired differences to it "
+        "(per seed, mean ± std over the shared seeds, and on how many seeds the arm is better)",
+    )
+    parser.add_argument(
         "--wandb",
         nargs="?",
         const="",
@@ -61,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = write_report(
-            args.dirs, args.out, args.metric, args.metrics.split(",") if args.metrics else None, args.target
+            args.dirs,
+            args.out,
+            args.metric,
+            args.metrics.split(",") if args.metrics else None,
+            args.target,
+            args.baseline,
         )
     except DataFlexError as err:
         print(f"dataflex-report: error: {err}", file=sys.stderr)

@@ -10,7 +10,17 @@ from pathlib import Path
 from dataflex.report.composition import composition_markdown, plot_selection_composition
 from dataflex.report.plots import plot_arm_proportions, plot_losses, plot_metric, plot_selection_overlap
 from dataflex.report.runs import RunRecord, find_runs, load_run
-from dataflex.report.tables import BEST_MARK, Arm, best_arm, default_metric, lower_is_better, markdown_table, summarize
+from dataflex.report.tables import (
+    BEST_MARK,
+    Arm,
+    best_arm,
+    default_metric,
+    find_arm,
+    lower_is_better,
+    markdown_table,
+    paired_table,
+    summarize,
+)
 
 
 @dataclass
@@ -41,9 +51,11 @@ def build_report(
     metric: str | None = None,
     metrics: list[str] | None = None,
     target: str | None = None,
+    baseline: str | None = None,
 ) -> Report:
     """Read every run under ``paths`` and build the table (no files written). With ``target`` (a
-    domain of the selection rounds) the table gets its selection precision beside the base rate."""
+    domain of the selection rounds) the table gets its selection precision beside the base rate; with
+    ``baseline`` (an arm) a second table of every arm's paired differences to it, seed by seed."""
     from dataflex.config import ConfigError
 
     paths = list(paths)
@@ -60,6 +72,7 @@ def build_report(
         raise ConfigError(f"--metric {metric!r} was not evaluated; evaluated: {', '.join(available) or 'nothing'}")
     if target is not None:
         _check_target(runs, target)
+    base = find_arm(arms, baseline) if baseline is not None else None
     metric = metric or default_metric(metrics or available)
     table = markdown_table(arms, metric, metrics, target)
     unfinished = [r for r in runs if not r.finished]
@@ -87,6 +100,15 @@ def build_report(
                 f"Precision: the share of each selection round's rows that are `{target}` rows, averaged over the "
                 f"rounds after the start, then mean ± std over seeds; the base rate is `{target}`'s share of the pool."
             )
+        if base is not None:
+            lines += ["", f"## Paired differences to {base.name}", ""]
+            lines.append(paired_table(arms, base, metrics or available, target))
+            lines += [
+                "",
+                f"Each cell: the arm's value minus {base.name}'s on the same seed, mean ± sample std over the "
+                "seeds both finished, and on how many of them the arm is better (lower for losses, perplexities "
+                "and NLLs, higher otherwise). Precision: the mean selection precision.",
+            ]
         composition = composition_markdown(arms, target)
         if composition:
             lines += ["", "## Selection composition", "", composition]
@@ -107,6 +129,7 @@ def write_report(
     metric: str | None = None,
     metrics: list[str] | None = None,
     target: str | None = None,
+    baseline: str | None = None,
 ) -> Report:
     """Write ``report.md`` and the plots (``report_metric.png``, ``report_loss.png``, ``report_proportions.png`` for
     mixers, ``report_selection_overlap.png`` and ``report_selection_composition.png`` for selectors)
@@ -114,7 +137,7 @@ def write_report(
     from dataflex.utils import atomic_write_text
 
     paths = list(paths)
-    report = build_report(paths, metric, metrics, target)
+    report = build_report(paths, metric, metrics, target, baseline)
     out = Path(out_dir if out_dir is not None else paths[0])
     out.mkdir(parents=True, exist_ok=True)
     finished = report.arms

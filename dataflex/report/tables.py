@@ -183,3 +183,66 @@ def markdown_table(
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# -- paired differences against a baseline arm --------------------------------------------------------
+
+
+def find_arm(arms: list[Arm], name: str) -> Arm:
+    """The arm called ``name``, or the one arm whose name ends with it (``static`` finds
+    ``experiment=paper_small_target_static``); a clear error otherwise."""
+    from dataflex.errors import ConfigError
+
+    exact = [a for a in arms if a.name == name]
+    found = exact or [a for a in arms if a.name.endswith(name)]
+    if len(found) != 1:
+        names = ", ".join(a.name for a in arms) or "none"
+        what = "is ambiguous" if found else "matches no finished arm"
+        raise ConfigError(f"--baseline {name!r} {what}; arms: {names}")
+    return found[0]
+
+
+def run_values(run: RunRecord, metric: str, target: str | None = None) -> float | None:
+    """One run's value of ``metric``; ``precision`` is its mean selection precision for ``target``."""
+    if metric == "precision":
+        comp = run.composition
+        return comp.mean_precision(target) if target and comp is not None and target in comp.domains else None
+    return run.eval.get(metric)
+
+
+def paired_difference(arm: Arm, base: Arm, metric: str, target: str | None = None) -> dict[str, Any] | None:
+    """``arm − base`` seed by seed over the seeds both finished: the differences' mean and sample std,
+    how many seeds, and on how many ``arm`` is better (lower for losses, higher otherwise)."""
+    ours = {r.seed: run_values(r, metric, target) for r in arm.runs}
+    theirs = {r.seed: run_values(r, metric, target) for r in base.runs}
+    diffs = [ours[s] - theirs[s] for s in ours if s in theirs and ours[s] is not None and theirs[s] is not None]
+    if not diffs:
+        return None
+    mean, std = mean_std(diffs)
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    return {"mean": mean, "std": std, "n": len(diffs), "better": sum(sign * d > 0 for d in diffs)}
+
+
+def _fmt_diff(diff: dict[str, Any] | None) -> str:
+    if diff is None:
+        return "–"
+    spread = "" if diff["std"] is None else f" ± {_fmt(diff['std'])}"
+    mean = _fmt(diff["mean"])
+    return f"{'+' if diff['mean'] > 0 else ''}{mean}{spread} ({diff['better']}/{diff['n']} better)"
+
+
+def paired_table(arms: list[Arm], base: Arm, metrics: list[str], target: str | None = None) -> str:
+    """One row per arm other than ``base``: for every metric (and ``precision`` with ``target``) the
+    paired difference to ``base`` (mean ± std over the shared seeds, and on how many seeds it is better)."""
+    columns = [*metrics, *(["precision"] if target else [])]
+    header = ["arm", "seeds paired", *(f"Δ {m}" for m in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for arm in arms:
+        if arm is base:
+            continue
+        diffs = [paired_difference(arm, base, m, target) for m in columns]
+        shared = sorted({r.seed for r in arm.runs} & {r.seed for r in base.runs}, key=str)
+        lines.append(
+            "| " + " | ".join([arm.name, ",".join(map(str, shared)) or "–", *(_fmt_diff(d) for d in diffs)]) + " |"
+        )
+    return "\n".join(lines)

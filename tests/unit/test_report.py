@@ -329,3 +329,24 @@ def test_short_names_drop_the_shared_prefix_at_a_boundary():
     assert _short_names(["mixer=odm", "mixer=random"]) == ["odm", "random"]
     assert _short_names(["mixer=odm,seed", "mixer=odm"]) == ["odm,seed", "odm"]  # a name that is the prefix stays whole
     assert _short_names(["a", "b"]) == ["a", "b"] and _short_names(["only=one"]) == ["only=one"]
+
+
+def test_paired_differences_to_a_baseline_by_hand(mixer_sweep):
+    """odm (ppl 10, 12 on seeds 1, 2; seed 3 has no partner) minus random (8, 9): +2, +3 -> 2.5 ± 0.7071,
+    worse on both seeds (lower is better); em/x 0.5-0.1, 0.7-0.1 -> 0.5 ± 0.1414, better on both."""
+    report = build_report([mixer_sweep], baseline="random")  # the end of `mixer=random`
+    assert "## Paired differences to mixer=random" in report.markdown
+    paired = report.markdown.split("## Paired")[1]
+    row = next(line for line in paired.splitlines() if line.startswith("| mixer=odm"))
+    cells = row.strip("| ").split(" | ")
+    assert cells[1] == "1,2"  # the seeds both arms finished
+    assert cells[2] == "+0.5000 ± 0.1414 (2/2 better)"  # em/x
+    assert cells[3] == "+2.5000 ± 0.7071 (0/2 better)"  # ppl/avg
+    assert not any(line.startswith("| mixer=random") for line in paired.splitlines())
+
+
+def test_an_unknown_or_ambiguous_baseline_is_one_clear_error(mixer_sweep):
+    with pytest.raises(ConfigError, match="'uniform' matches no finished arm; arms: mixer=odm, mixer=random"):
+        build_report([mixer_sweep], baseline="uniform")
+    with pytest.raises(ConfigError, match="'m' is ambiguous"):
+        build_report([mixer_sweep], baseline="m")
