@@ -216,3 +216,13 @@ def test_totals_over_attempts_sum_each_attempts_last_record():
     ]
     assert totals_over_attempts(records) == {"attempts": 2, "decision_seconds": 5.0, "train_seconds": 13.0}
     assert totals_over_attempts([{"step": 1}]) is None
+
+
+def test_paired_precision_against_the_random_arm(selection_sweep):
+    """less seed 1: precision 0.6, random seed 1: 0.1 -> +0.5 on the one shared seed; em/facts 0.1 - 0.05."""
+    report = build_report([selection_sweep], metric="em/facts", target="facts", baseline="selector=random")
+    paired = report.markdown.split("## Paired differences to selector=random")[1]
+    row = next(line for line in paired.splitlines() if line.startswith("| selector=less"))
+    assert row == "| selector=less | 1 | +0.0500 (1/1 better) | +0.5000 (1/1 better) |"
+    static = next(line for line in paired.splitlines() if line.startswith("| selector=static"))
+    assert static.endswith("| – |")  # no selection rounds: no precision to pair
