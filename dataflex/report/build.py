@@ -15,6 +15,7 @@ from dataflex.report.tables import (
     Arm,
     best_arm,
     default_metric,
+    domain_weight_table,
     find_arm,
     lower_is_better,
     markdown_table,
@@ -109,6 +110,14 @@ def build_report(
                 "seeds both finished, and on how many of them the arm is better (lower for losses, perplexities "
                 "and NLLs, higher otherwise). Precision: the mean selection precision.",
             ]
+        weights = domain_weight_table(arms)
+        if weights:
+            lines += ["", "## Weights by domain", "", weights, ""]
+            lines.append(
+                "Each cell: the mean relative weight B·w a weighter gave the domain's rows (1 = the batch average), "
+                "over the steps after its warm-up, mean ± std over seeds. The weighters never see the domains; "
+                "the runs log these means (`weighter/domain_weight/<domain>`) to show where the weight went."
+            )
         composition = composition_markdown(arms, target)
         if composition:
             lines += ["", "## Selection composition", "", composition]

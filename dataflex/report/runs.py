@@ -14,6 +14,7 @@ from dataflex.report.selection import Composition, read_composition
 
 PREFIX = "mixer/proportion/"
 OVERLAP = "selector/overlap"
+DOMAIN_WEIGHT = "weighter/domain_weight/"
 TOKENS = "train/num_input_tokens_seen"
 #: the decision-cost keys of metrics.json (dataflex.train.timing)
 DECISION_KEYS = ("decision_seconds", "train_seconds", "decision_share", "decision_overhead")
@@ -88,6 +89,22 @@ class RunRecord:
     decision: dict[str, float] = field(default_factory=dict)
     #: what each selection round chose, by domain (None: no round saved)
     composition: Composition | None = None
+    #: a weighter's mean B·w per domain over the steps after its warm-up (1 = the batch average)
+    domain_weights: dict[str, float] = field(default_factory=dict)
+
+
+def domain_weights(records: list[dict], after_step: int = 0) -> dict[str, float]:
+    """Mean over the steps after ``after_step`` (a weighter's warm-up, uniform by construction) of each
+    ``weighter/domain_weight/<domain>`` series: the mean relative weight B·w the domain's rows got."""
+    by_domain: dict[str, dict[int, float]] = {}
+    for record in records:
+        step = record.get("step")
+        if step is None or int(step) <= after_step:
+            continue
+        for key, value in record.items():
+            if key.startswith(DOMAIN_WEIGHT) and isinstance(value, (int, float)):
+                by_domain.setdefault(key[len(DOMAIN_WEIGHT) :], {})[int(step)] = float(value)
+    return {d: sum(v.values()) / len(v) for d, v in sorted(by_domain.items())}
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -190,4 +207,5 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
             if (k in DECISION_KEYS or k.startswith("decision_seconds/")) and isinstance(v, (int, float))
         },
         composition=read_composition(run_dir),
+        domain_weights=domain_weights(records, int((config.get("weighter") or {}).get("warmup_steps") or 0)),
     )

@@ -246,3 +246,22 @@ def paired_table(arms: list[Arm], base: Arm, metrics: list[str], target: str | N
             "| " + " | ".join([arm.name, ",".join(map(str, shared)) or "–", *(_fmt_diff(d) for d in diffs)]) + " |"
         )
     return "\n".join(lines)
+
+
+def domain_weight_table(arms: list[Arm]) -> str | None:
+    """One row per weighter arm: each domain's mean relative weight B·w after the warm-up (1 = the
+    batch average), mean ± std over seeds; None when no run logged domain weights."""
+    weighted = [a for a in arms if any(r.domain_weights for r in a.runs)]
+    if not weighted:
+        return None
+    domains = sorted({d for a in weighted for r in a.runs for d in r.domain_weights})
+    header = ["arm", "seeds", *domains]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for arm in weighted:
+        cells = []
+        for d in domains:
+            values = [r.domain_weights[d] for r in arm.runs if d in r.domain_weights]
+            cells.append(_fmt_stat(mean_std(values)) if values else "–")
+        seeds = ",".join(str(r.seed) for r in arm.runs if r.domain_weights)
+        lines.append("| " + " | ".join([arm.name, seeds, *cells]) + " |")
+    return "\n".join(lines)

@@ -350,3 +350,23 @@ def test_an_unknown_or_ambiguous_baseline_is_one_clear_error(mixer_sweep):
         build_report([mixer_sweep], baseline="uniform")
     with pytest.raises(ConfigError, match="'m' is ambiguous"):
         build_report([mixer_sweep], baseline="m")
+
+
+def test_weights_by_domain_average_the_steps_after_the_warm_up(tmp_path):
+    """Seed 1: corrupted 1.0 (warm-up step 2, left out), 1.2, 1.4 -> 1.3; seed 2: 1.1 -> mean 1.2 ± 0.1414."""
+    sweep = tmp_path / "noise"
+    for seed, series in ((1, [(2, 1.0, 1.0), (3, 1.2, 0.9), (4, 1.4, 0.8)]), (2, [(3, 1.1, 0.95)])):
+        run = make_run(sweep / "weighter=loss" / f"seed={seed}", seed=seed, evals={"em/x": 0.1}, kind="weighter")
+        config = yaml.safe_load((run / "dataflex_config.yaml").read_text())
+        config["weighter"]["warmup_steps"] = 2
+        (run / "dataflex_config.yaml").write_text(yaml.safe_dump(config))
+        with (run / "metrics.jsonl").open("a") as f:
+            for step, bad, good in series:
+                record = {"step": step, "weighter/domain_weight/corrupted": bad, "weighter/domain_weight/clean": good}
+                f.write(json.dumps(record) + "\n")
+    make_run(sweep / "plain" / "seed=1", evals={"em/x": 0.1})  # no weighter: no row
+    report = build_report([sweep])
+    table = report.markdown.split("## Weights by domain")[1]
+    assert "| arm | seeds | clean | corrupted |" in table
+    assert "| weighter=loss | 1,2 | 0.9000 ± 0.0707 | 1.2000 ± 0.1414 |" in table
+    assert "| plain |" not in table
