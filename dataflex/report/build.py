@@ -108,7 +108,7 @@ def build_report(
                 "",
                 f"Each cell: the arm's value minus {base.name}'s on the same seed, mean ± sample std over the "
                 "seeds both finished, and on how many of them the arm is better (lower for losses, perplexities "
-                "and NLLs, higher otherwise). Precision: the mean selection precision.",
+                "and NLLs, higher otherwise)." + (" Precision: the mean selection precision." if target else ""),
             ]
         weights = domain_weight_table(arms)
         if weights:
