@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataflex.report.composition import composition_markdown, plot_selection_composition
-from dataflex.report.plots import plot_arm_proportions, plot_losses, plot_metric, plot_selection_overlap
+from dataflex.report.plots import (
+    plot_arm_proportions,
+    plot_domain_weights,
+    plot_losses,
+    plot_metric,
+    plot_selection_overlap,
+)
 from dataflex.report.runs import RunRecord, find_runs, load_run
 from dataflex.report.tables import (
     BEST_MARK,
@@ -155,6 +161,7 @@ def write_report(
         "loss": plot_losses(finished, out / "report_loss.png"),
         "proportions": plot_arm_proportions(finished, out / "report_proportions.png"),
         "selection_overlap": plot_selection_overlap(finished, out / "report_selection_overlap.png"),
+        "domain_weights": plot_domain_weights(finished, out / "report_domain_weights.png"),
         "selection_composition": plot_selection_composition(
             finished, out / "report_selection_composition.png", report.target
         ),

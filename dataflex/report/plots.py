@@ -173,3 +173,31 @@ def plot_selection_overlap(arms: list[Arm], path: Path) -> Path | None:
     )
     axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+def plot_domain_weights(arms: list[Arm], path: Path, window: int = 5) -> Path | None:
+    """Each domain's mean relative weight B·w over training (after the weighter's warm-up), one panel
+    per domain, one line per weighter arm (the mean over its seeds, a ``window``-step moving average;
+    1 = the batch average)."""
+    weighted = [a for a in arms if any(r.domain_weights for r in a.runs)]
+    if not weighted:
+        return None
+    domains = sorted({d for a in weighted for r in a.runs for d in r.domain_weights})
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.6), squeeze=False, sharey=True)
+    labels = _short_names([a.name for a in weighted])
+    for ax, domain in zip(axes[0], domains):
+        for index, (arm, label) in enumerate(zip(weighted, labels)):
+            mean = _mean_series([r.domain_weights[domain] for r in arm.runs if r.domain_weights.get(domain)])
+            steps = sorted(mean)
+            smooth = [
+                sum(mean[t] for t in steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1])
+                for i in range(len(steps))
+            ]
+            ax.plot(steps, smooth, color=f"C{index % 10}", label=label, linewidth=1.4)
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(domain, fontsize=9, loc="left")
+        ax.set(xlabel="optimizer step")
+    axes[0][0].set_ylabel(f"B·w of the domain's rows ({window}-step mean)")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(figure, path)

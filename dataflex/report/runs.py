@@ -89,13 +89,14 @@ class RunRecord:
     decision: dict[str, float] = field(default_factory=dict)
     #: what each selection round chose, by domain (None: no round saved)
     composition: Composition | None = None
-    #: a weighter's mean B·w per domain over the steps after its warm-up (1 = the batch average)
-    domain_weights: dict[str, float] = field(default_factory=dict)
+    #: a weighter's B·w per domain and step after its warm-up (1 = the batch average)
+    domain_weights: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
-def domain_weights(records: list[dict], after_step: int = 0) -> dict[str, float]:
-    """Mean over the steps after ``after_step`` (a weighter's warm-up, uniform by construction) of each
-    ``weighter/domain_weight/<domain>`` series: the mean relative weight B·w the domain's rows got."""
+def domain_weight_series(records: list[dict], after_step: int = 0) -> dict[str, dict[int, float]]:
+    """Each ``weighter/domain_weight/<domain>`` series after ``after_step`` (a weighter's warm-up, uniform
+    by construction): domain -> {step: the mean relative weight B·w of the domain's rows in that step}.
+    A step without the domain's rows has no value; the later record of a step wins."""
     by_domain: dict[str, dict[int, float]] = {}
     for record in records:
         step = record.get("step")
@@ -104,7 +105,7 @@ def domain_weights(records: list[dict], after_step: int = 0) -> dict[str, float]
         for key, value in record.items():
             if key.startswith(DOMAIN_WEIGHT) and isinstance(value, (int, float)):
                 by_domain.setdefault(key[len(DOMAIN_WEIGHT) :], {})[int(step)] = float(value)
-    return {d: sum(v.values()) / len(v) for d, v in sorted(by_domain.items())}
+    return dict(sorted(by_domain.items()))
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -207,5 +208,5 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
             if (k in DECISION_KEYS or k.startswith("decision_seconds/")) and isinstance(v, (int, float))
         },
         composition=read_composition(run_dir),
-        domain_weights=domain_weights(records, int((config.get("weighter") or {}).get("warmup_steps") or 0)),
+        domain_weights=domain_weight_series(records, int((config.get("weighter") or {}).get("warmup_steps") or 0)),
     )

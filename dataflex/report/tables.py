@@ -260,7 +260,8 @@ def domain_weight_table(arms: list[Arm]) -> str | None:
     for arm in weighted:
         cells = []
         for d in domains:
-            values = [r.domain_weights[d] for r in arm.runs if d in r.domain_weights]
+            series = [r.domain_weights[d] for r in arm.runs if r.domain_weights.get(d)]
+            values = [sum(one.values()) / len(one) for one in series]  # each run's mean over its steps
             cells.append(_fmt_stat(mean_std(values)) if values else "–")
         seeds = ",".join(str(r.seed) for r in arm.runs if r.domain_weights)
         lines.append("| " + " | ".join([arm.name, seeds, *cells]) + " |")

@@ -370,3 +370,5 @@ def test_weights_by_domain_average_the_steps_after_the_warm_up(tmp_path):
     assert "| arm | seeds | clean | corrupted |" in table
     assert "| weighter=loss | 1,2 | 0.9000 ± 0.0707 | 1.2000 ± 0.1414 |" in table
     assert "| plain |" not in table
+    png = write_report([sweep], tmp_path / "out").plots["domain_weights"]
+    assert png.name == "report_domain_weights.png" and png.read_bytes()[:8] == PNG
