@@ -12,8 +12,10 @@ Reads only the files every run writes (metrics.jsonl, metrics.json, dataflex_con
 selection rounds selections/round_*.json); W&B is never needed. Prints the table and writes
 report.md plus report_loss.png, report_proportions.png (mixer runs), report_selection_overlap.png
 and report_selection_composition.png (selector runs: each round's share of the selected rows per
-domain) into --out (default: the first directory). The table has a "decision cost" column (time
-spent deciding as a percentage of the time spent training) for runs that recorded it.
+domain), report_domain_weights.png (weighter runs: each domain's B·w over training) into --out
+(default: the first directory). The table has a "decision cost" column (time spent deciding as a
+percentage of the time spent training) for runs that recorded it; weighter runs add a weights-by-domain
+table, --baseline a table of paired differences.
 """
 
 from __future__ import annotations
