@@ -102,6 +102,8 @@ def best_arm(arms: list[Arm], metric: str | None) -> Arm | None:
 
 
 def _fmt(value: float) -> str:
+    if abs(value) < 1e-12:  # float noise of an exact zero (a std over equal values)
+        value = 0.0
     if value == 0 or 1e-3 <= abs(value) < 1e5:
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
     return f"{value:.3e}"

@@ -372,3 +372,10 @@ def test_weights_by_domain_average_the_steps_after_the_warm_up(tmp_path):
     assert "| plain |" not in table
     png = write_report([sweep], tmp_path / "out").plots["domain_weights"]
     assert png.name == "report_domain_weights.png" and png.read_bytes()[:8] == PNG
+
+
+def test_float_noise_of_a_zero_std_prints_as_zero():
+    from dataflex.report.tables import _fmt_stat
+
+    assert _fmt_stat((0.18, 3.399e-17)) == "0.1800 ± 0.0000"
+    assert _fmt_stat((2.5e-5, None)) == "2.500e-05"  # a real small value keeps its digits
