@@ -1,6 +1,6 @@
 """`dataflex-run`: compose the Hydra config and run it.
 
-dataflex-run                                   # the demo (experiment=demo): online LESS finds a planted target
+dataflex-run                                   # the demo (experiment=demo): NEAR finds a planted target
 dataflex-run model=tiny                        # seconds, for tests
 dataflex-run model=tiny trainer=pt_full data=offline_domains
 dataflex-run model=tiny trainer=deepspeed_z2 nproc=2   # several processes (torchrun, gloo on CPU)

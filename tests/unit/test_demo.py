@@ -26,7 +26,7 @@ def test_demo_is_a_target_aware_selection_on_the_planted_target():
     cfg = compose_config(["experiment=demo"], tiny=False)
     assert cfg.model.name == "smollm2_135m" and cfg.data.name == "planted_target"
     assert cfg.data.target_domain in cfg.data.domains and cfg.data.validation
-    assert cfg.selector.name == "less" and cfg.selector.budget == 64  # one tenth of the 640-row pool
+    assert cfg.selector.name == "near" and cfg.selector.budget == 64  # one tenth of the 640-row pool
     assert not cfg.verbose
     components = preflight(to_dict(cfg), check_inputs=False)
     assert components["selector"].needs_validation
