@@ -204,9 +204,13 @@ def find_arm(arms: list[Arm], name: str) -> Arm:
     return found[0]
 
 
+#: the paired table's column of mean selection precision (a name no eval metric has: eval metrics carry no space)
+SELECTION_PRECISION = "selection precision"
+
+
 def run_values(run: RunRecord, metric: str, target: str | None = None) -> float | None:
-    """One run's value of ``metric``; ``precision`` is its mean selection precision for ``target``."""
-    if metric == "precision":
+    """One run's value of ``metric``; ``SELECTION_PRECISION`` is its mean selection precision for ``target``."""
+    if metric == SELECTION_PRECISION:
         comp = run.composition
         return comp.mean_precision(target) if target and comp is not None and target in comp.domains else None
     return run.eval.get(metric)
@@ -234,9 +238,9 @@ def _fmt_diff(diff: dict[str, Any] | None) -> str:
 
 
 def paired_table(arms: list[Arm], base: Arm, metrics: list[str], target: str | None = None) -> str:
-    """One row per arm other than ``base``: for every metric (and ``precision`` with ``target``) the
-    paired difference to ``base`` (mean ± std over the shared seeds, and on how many seeds it is better)."""
-    columns = [*metrics, *(["precision"] if target else [])]
+    """One row per arm other than ``base``: for every metric (and the selection precision with ``target``)
+    the paired difference to ``base`` (mean ± std over the shared seeds, and on how many seeds it is better)."""
+    columns = [*metrics, *([SELECTION_PRECISION] if target else [])]
     header = ["arm", "seeds paired", *(f"Δ {m}" for m in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for arm in arms:

@@ -56,8 +56,8 @@ def map_pool(
     model.eval()
     window_size = batch_size * max(1, sort_window)
     outputs, positions = [], []  # per batch: its values, and its rows' positions in `local`
+    bar = progress(None, total=-(-local.numel() // batch_size), desc=desc)
     try:
-        bar = progress(None, total=-(-local.numel() // batch_size), desc=desc)
         for offset in range(0, local.numel(), window_size):
             rows = [dataset[int(i)] for i in local[offset : offset + window_size]]
             order = by_length(rows) if sort_window > 1 else list(range(len(rows)))
@@ -68,8 +68,8 @@ def map_pool(
                 outputs.append(fn(model, batch).detach().float().cpu())
                 positions.extend(offset + j for j in chunk)
                 bar.update(1)
-        bar.close()
     finally:
+        bar.close()
         model.train(was_training)
     # back to the order of `local`
     values = torch.cat(outputs)[torch.argsort(torch.tensor(positions))] if outputs else torch.empty(0)

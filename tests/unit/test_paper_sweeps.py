@@ -309,3 +309,35 @@ def test_report_headings_go_one_level_below_the_enclosing_section():
     assert paper_small._demote("## Selection composition", 2) == "#### Selection composition"
     assert paper_small._demote("| ## not a heading |", 2) == "| ## not a heading |"
     assert paper_small._demote("## kept", 0) == "## kept"
+
+
+def test_odm_replay_reproduces_a_log_written_by_the_pinned_update(tmp_path):
+    """sweeps/probe_odm_replay.py: a log whose proportions follow ALGORITHMS.md's update (drawn under the
+    previous step's proportions) replays with zero error; a tampered proportion shows as the error."""
+    import json
+
+    import torch
+
+    from dataflex.mixers.odm import exp3_probabilities, odm_update_rewards
+
+    spec = importlib.util.spec_from_file_location("probe_odm_replay", SWEEPS / "probe_odm_replay.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    names = ["a", "b", "noise"]
+    rewards, pi = torch.zeros(3, dtype=torch.float64), torch.full((3,), 1 / 3, dtype=torch.float64)
+    lines = [{"step": 0, **{f"mixer/proportion/{n}": 1 / 3 for n in names}}]
+    for step in range(1, 60):
+        losses = {"a": 5.0, "noise": 7.0} if step % 2 else {"b": 4.0, "noise": 7.5}  # `a` and `b` take turns
+        loss = torch.tensor([losses.get(n, float("nan")) for n in names], dtype=torch.float64)
+        rewards = odm_update_rewards(rewards, loss, pi, ~loss.isnan())
+        pi = exp3_probabilities(rewards, step)
+        lines.append({"step": step, **{f"train/domain_loss/{n}": v for n, v in losses.items()}})
+        lines.append({"step": step, **{f"mixer/proportion/{n}": p for n, p in zip(names, pi.tolist())}})
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(map(json.dumps, lines)))
+    replayed, final, worst, last = probe.replay(*probe.logged_series(path))
+    assert last == 59 and worst < 1e-12 and torch.allclose(final, pi) and torch.allclose(replayed, rewards)
+    assert final[2] == final.max()  # the highest-loss domain gains probability
+    lines[-1]["mixer/proportion/noise"] += 0.01
+    path.write_text("\n".join(map(json.dumps, lines)))
+    assert probe.replay(*probe.logged_series(path))[2] == pytest.approx(0.01)

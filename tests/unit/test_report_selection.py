@@ -226,3 +226,16 @@ def test_paired_precision_against_the_random_arm(selection_sweep):
     assert row == "| selector=less | 1 | +0.0500 (1/1 better) | +0.5000 (1/1 better) |"
     static = next(line for line in paired.splitlines() if line.startswith("| selector=static"))
     assert static.endswith("| – |")  # no selection rounds: no precision to pair
+
+
+def test_an_eval_metric_named_precision_is_not_the_selection_precision(tmp_path):
+    """An eval metric called ``precision`` pairs its own values; the selection precision is its own column."""
+    sweep = tmp_path / "sweep"
+    for arm, value, facts in (("selector=less", 0.9, 8), ("selector=random", 0.7, 1)):
+        run = make_run(sweep / arm / "seed=1", seed=1, evals={"precision": value})
+        add_rounds(run, [{"facts": facts, "arith": 10 - facts, "defs": 0}] * 2)
+    report = build_report([sweep], metric="precision", target="facts", baseline="selector=random")
+    paired = report.markdown.split("## Paired differences to selector=random")[1].splitlines()
+    assert "| arm | seeds paired | Δ precision | Δ selection precision |" in paired
+    row = next(line for line in paired if line.startswith("| selector=less"))
+    assert row == "| selector=less | 1 | +0.2000 (1/1 better) | +0.7000 (1/1 better) |"

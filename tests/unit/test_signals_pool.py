@@ -77,3 +77,28 @@ def test_length_sorted_batches_give_the_unsorted_result():
     )  # in length order (unsorted: 5,6,7,8,5,..)
     plain = map_pool(per_sample_losses, m, data, collate, batch_size=4, sort_window=1)
     torch.testing.assert_close(sorted_run, plain)
+
+
+def test_a_failing_signal_closes_the_bar_and_restores_the_mode(monkeypatch):
+    import pytest
+
+    import dataflex.signals.pool as pool
+
+    closed = []
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(pool, "progress", lambda *a, **k: Bar())
+
+    def broken(model, batch):
+        raise RuntimeError("signal failed")
+
+    m = model()
+    with pytest.raises(RuntimeError, match="signal failed"):
+        map_pool(broken, m, rows(), collate, batch_size=3)
+    assert closed == [True] and m.training
