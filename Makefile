@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: run test lint format test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load bench-scale clean help slurm-up slurm-down
+.PHONY: run test lint format test-all test-fast setup data bench bench-signals bench-gpu bench-mix bench-less bench-select bench-load bench-scale bench-pool clean help slurm-up slurm-down
 
 help:
 	@echo "make run | make test | make test-fast | make data | make setup | make clean"
@@ -117,6 +117,10 @@ bench-scale: setup
 	$(BIN)/python benchmarks/scale.py --tokenized 1000000 10000000 --steps 1000
 
 # A selector over a 200k-sample synthetic pool (and 20k): peak RSS and time vs plain training.
+# A whole-pool loss pass on the planted-target run: length-sorted batches vs pool order (and bf16, sized).
+bench-pool: data
+	$(BIN)/python benchmarks/pool.py --bf16
+
 bench-load: data
 	$(BIN)/python benchmarks/load.py
 
