@@ -116,11 +116,11 @@ bench-scale: setup
 	$(BIN)/python benchmarks/scale.py --sizes 10000000 --steps 1000 --resume-at 1000
 	$(BIN)/python benchmarks/scale.py --tokenized 1000000 10000000 --steps 1000
 
-# A selector over a 200k-sample synthetic pool (and 20k): peak RSS and time vs plain training.
 # A whole-pool loss pass on the planted-target run: length-sorted batches vs pool order (and bf16, sized).
 bench-pool: data
 	$(BIN)/python benchmarks/pool.py --bf16
 
+# A selector over a 200k-sample synthetic pool (and 20k): peak RSS and time vs plain training.
 bench-load: data
 	$(BIN)/python benchmarks/load.py
 
