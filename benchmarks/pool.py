@@ -12,6 +12,8 @@ each round. On ``--rows`` pool rows (a seeded sample; the whole pool is 640), ea
   length, then cut into batches of ``--batch-size``);
 * baseline: the same pass over the rows in pool order (``sort_window=1``): what a DataLoader with the
   padding collator does, and what the selectors did before the sorting;
+* baseline: one row at a time (batch 1, no padding at all): the shape of LESS's reference code, which
+  scores the pool with a batch-size-1 DataLoader;
 * (``--bf16``) the project's pass under ``torch.autocast("cpu", torch.bfloat16)``: NOT the project's
   default, measured to size a bf16 option (the loss change and the agreement of the top-64 selection
   are printed beside it).
@@ -39,7 +41,7 @@ from hydra import compose, initialize_config_module
 from dataflex.config import register_resolvers
 from dataflex.run import Run
 from dataflex.signals.losses import per_sample_losses
-from dataflex.signals.pool import by_length, map_pool
+from dataflex.signals.pool import map_pool, pool_batches
 
 
 class FirstRound(Exception):
@@ -48,14 +50,10 @@ class FirstRound(Exception):
 
 def padded_tokens(pool, indices: torch.Tensor, batch_size: int, sort_window: int) -> int:
     """Σ over the pass's batches of rows × the batch's longest row (map_pool's batching, one rank)."""
-    total, window = 0, batch_size * max(1, sort_window)
-    for offset in range(0, indices.numel(), window):
-        rows = [pool[int(i)] for i in indices[offset : offset + window]]
-        order = by_length(rows) if sort_window > 1 else list(range(len(rows)))
-        for start in range(0, len(rows), batch_size):
-            chunk = order[start : start + batch_size]
-            total += len(chunk) * max(len(rows[j]["input_ids"]) for j in chunk)
-    return total
+    return sum(
+        len(rows) * max(len(r["input_ids"]) for r in rows)
+        for _, rows in pool_batches(pool, indices, batch_size, sort_window)
+    )
 
 
 def main() -> None:
@@ -82,18 +80,21 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         n = len(pool) if args.rows <= 0 else min(args.rows, len(pool))
         indices = torch.randperm(len(pool), generator=g)[:n].sort().values
-        passes = [("baseline: pool order", 1, False), ("project: length-sorted", 32, False)]
+        bs = args.batch_size
+        passes = [
+            ("baseline: pool order", bs, 1, False),
+            ("baseline: one row at a time", 1, 1, False),
+            ("project: length-sorted", bs, 32, False),
+        ]
         if args.bf16:
-            passes.append(("length-sorted, bf16 autocast", 32, True))
-        for name, window, bf16 in passes:
+            passes.append(("length-sorted, bf16 autocast", bs, 32, True))
+        for name, size, window, bf16 in passes:
             autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
             t0 = time.perf_counter()
             with autocast:
-                values = map_pool(
-                    per_sample_losses, model, pool, ctx.collator, indices, args.batch_size, name, sort_window=window
-                )
+                values = map_pool(per_sample_losses, model, pool, ctx.collator, indices, size, name, sort_window=window)
             seconds = time.perf_counter() - t0
-            tokens = padded_tokens(pool, indices, args.batch_size, window)
+            tokens = padded_tokens(pool, indices, size, window)
             results[name] = {"seconds": seconds, "tokens": tokens, "values": values.float()}
             print(f"[bench-pool] {name}: {seconds:.1f}s, {tokens} padded tokens", flush=True)
         raise FirstRound

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -54,20 +54,14 @@ def map_pool(
     device = model_device(model)
     was_training = model.training
     model.eval()
-    window_size = batch_size * max(1, sort_window)
     outputs, positions = [], []  # per batch: its values, and its rows' positions in `local`
     bar = progress(None, total=-(-local.numel() // batch_size), desc=desc)
     try:
-        for offset in range(0, local.numel(), window_size):
-            rows = [dataset[int(i)] for i in local[offset : offset + window_size]]
-            order = by_length(rows) if sort_window > 1 else list(range(len(rows)))
-            for start in range(0, len(rows), batch_size):
-                chunk = order[start : start + batch_size]
-                batch = collator([rows[j] for j in chunk])
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                outputs.append(fn(model, batch).detach().float().cpu())
-                positions.extend(offset + j for j in chunk)
-                bar.update(1)
+        for where, rows in pool_batches(dataset, local, batch_size, sort_window):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(rows).items()}
+            outputs.append(fn(model, batch).detach().float().cpu())
+            positions.extend(where)
+            bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
@@ -76,6 +70,20 @@ def map_pool(
     gathered, order = gather_by_index(values, local)
     # gathered rows follow increasing pool index; put them back in the caller's order
     return gathered[torch.searchsorted(order, indices)]
+
+
+def pool_batches(
+    dataset: Sequence[dict[str, Any]], local: torch.Tensor, batch_size: int, sort_window: int
+) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+    """The batches ``map_pool`` computes over the pool rows ``local``: each as the positions of its rows in
+    ``local`` and the rows. Each window of ``sort_window`` batches is sorted by length (1: ``local``'s order)."""
+    window_size = batch_size * max(1, sort_window)
+    for offset in range(0, local.numel(), window_size):
+        rows = [dataset[int(i)] for i in local[offset : offset + window_size]]
+        order = by_length(rows) if sort_window > 1 else list(range(len(rows)))
+        for start in range(0, len(rows), batch_size):
+            chunk = order[start : start + batch_size]
+            yield [offset + j for j in chunk], [rows[j] for j in chunk]
 
 
 def by_length(rows: Sequence[Any]) -> list[int]:
